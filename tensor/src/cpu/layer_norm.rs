@@ -1,0 +1,124 @@
+//! Layer norm over the last axis, forward and backward fused (as in llm.c's `layernorm_*`).
+//!
+//! Forward, per row of `C` values: `μ = Σx/C`, `σ² = Σ(x-μ)²/C`, `r = 1/√(σ²+ε)`,
+//! `x̂ = (x-μ)·r`, `y = x̂ ⊙ w + b`. The row's `μ` and `r` are kept for the backward.
+//!
+//! Backward, with `g = dy ⊙ w`:
+//! `dx = r · (g - mean(g) - x̂ · mean(g ⊙ x̂))`, `dw = Σ_rows dy ⊙ x̂`, `db = Σ_rows dy`.
+//! Rows are split across threads; each chunk of rows sums its own `dw`, `db`, and the
+//! partial sums are added in a fixed order so results do not depend on scheduling.
+
+use rayon::prelude::*;
+
+use super::parallel::PARALLEL_MIN;
+use super::softmax::contiguous;
+use crate::layout::Layout;
+
+pub(crate) struct Forward {
+    pub y: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub rstd: Vec<f32>,
+}
+
+pub(crate) fn forward(src: &[f32], layout: &Layout, w: &[f32], b: &[f32], eps: f32) -> Forward {
+    let x = contiguous(src, layout);
+    let cols = *layout.shape().last().unwrap_or(&1);
+    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    let mut y = vec![0.0; x.len()];
+    let mut mean = vec![0.0; rows];
+    let mut rstd = vec![0.0; rows];
+    let per = rows_per_task(rows, cols);
+    y.par_chunks_mut((per * cols).max(1))
+        .zip(mean.par_chunks_mut(per))
+        .zip(rstd.par_chunks_mut(per))
+        .enumerate()
+        .for_each(|(c, ((y, mean), rstd))| {
+            for (r, yr) in y.chunks_exact_mut(cols).enumerate() {
+                let xr = &x[(c * per + r) * cols..][..cols];
+                let mu = super::math::sum(xr) / cols as f32;
+                let var = xr.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / cols as f32;
+                let rs = 1.0 / (var + eps).sqrt();
+                for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                    *o = (v - mu) * rs * wv + bv;
+                }
+                mean[r] = mu;
+                rstd[r] = rs;
+            }
+        });
+    Forward { y, mean, rstd }
+}
+
+/// Rows per parallel task: all rows in one task when small, a few tasks per thread otherwise.
+fn rows_per_task(rows: usize, cols: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if rows * cols < PARALLEL_MIN || threads <= 1 {
+        rows.max(1)
+    } else {
+        rows.div_ceil(threads * 4).max(1)
+    }
+}
+
+pub(crate) struct Backward {
+    pub dx: Vec<f32>,
+    pub dw: Vec<f32>,
+    pub db: Vec<f32>,
+}
+
+pub(crate) fn backward(
+    src: &[f32],
+    layout: &Layout,
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    ldy: &Layout,
+) -> Backward {
+    let x = contiguous(src, layout);
+    let dy = contiguous(dy, ldy);
+    let cols = *layout.shape().last().unwrap_or(&1);
+    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    let mut dx = vec![0.0; x.len()];
+    let rows_per_chunk = rows_per_task(rows, cols);
+    // Each chunk of rows: its dx rows, plus partial dw and db.
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut((rows_per_chunk * cols).max(1))
+        .enumerate()
+        .map(|(c, dx_chunk)| {
+            let mut dw = vec![0.0; cols];
+            let mut db = vec![0.0; cols];
+            let mut xhat = vec![0.0; cols];
+            let mut g = vec![0.0; cols];
+            for (r, dxr) in dx_chunk.chunks_exact_mut(cols).enumerate() {
+                let row = c * rows_per_chunk + r;
+                let xr = &x[row * cols..][..cols];
+                let gr = &dy[row * cols..][..cols];
+                let (mu, rs) = (mean[row], rstd[row]);
+                let mut mean_g = 0.0;
+                let mut mean_gx = 0.0;
+                for i in 0..cols {
+                    xhat[i] = (xr[i] - mu) * rs;
+                    g[i] = gr[i] * w[i];
+                    mean_g += g[i];
+                    mean_gx += g[i] * xhat[i];
+                    dw[i] += gr[i] * xhat[i];
+                    db[i] += gr[i];
+                }
+                mean_g /= cols as f32;
+                mean_gx /= cols as f32;
+                for i in 0..cols {
+                    dxr[i] = rs * (g[i] - mean_g - xhat[i] * mean_gx);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dw = vec![0.0; cols];
+    let mut db = vec![0.0; cols];
+    for (pw, pb) in &partials {
+        for i in 0..cols {
+            dw[i] += pw[i];
+            db[i] += pb[i];
+        }
+    }
+    Backward { dx, dw, db }
+}

@@ -1,0 +1,319 @@
+//! Transcendental functions on eight lanes at once (`wide::f32x8`, AVX when the build has it).
+//!
+//! Every elementwise kernel maps slices through these functions, eight elements at a time; a
+//! ragged tail is padded into one more vector. Strided inputs are gathered into a buffer
+//! first, so a result never depends on the layout its input had.
+//!
+//! - `exp`: Cody–Waite reduction `x = r·ln2 + f` with `|f| ≤ ln2/2`, a degree-7 polynomial for
+//!   `e^f` (the Cephes `expf` coefficients), and `2^r` built from exponent bits in two halves so
+//!   that results down to the subnormal range and up to overflow (`+inf`) come out right.
+//! - `tanh`: for `|x| < 0.625` the odd Cephes polynomial, else `1 - 2/(e^{2|x|}+1)` with the sign.
+//! - `erf`: for `|x| < 1` the Cephes odd polynomial in `x`, else Abramowitz–Stegun 7.1.26
+//!   (absolute error below 1.5e-7, which is where `erf` is within a few ulp of ±1).
+//! - `gelu(x) = x·Φ(x) = ½x(1 + erf(x/√2))`, `gelu'(x) = Φ(x) + x·φ(x)`,
+//!   `φ(x) = e^{-x²/2}/√(2π)`.
+
+use wide::{f32x8, CmpLt};
+
+const LANES: usize = 8;
+
+/// `dst[i] = f(src[i])`, eight lanes at a time.
+#[inline(always)]
+pub(crate) fn map(src: &[f32], dst: &mut [f32], f: impl Fn(f32x8) -> f32x8) {
+    debug_assert_eq!(src.len(), dst.len());
+    let mut s = src.chunks_exact(LANES);
+    let mut d = dst.chunks_exact_mut(LANES);
+    for (s, d) in (&mut s).zip(&mut d) {
+        let x = f32x8::from(<[f32; LANES]>::try_from(s).unwrap());
+        d.copy_from_slice(&f(x).to_array());
+    }
+    let (s, d) = (s.remainder(), d.into_remainder());
+    if !s.is_empty() {
+        let mut buf = [0.0; LANES];
+        buf[..s.len()].copy_from_slice(s);
+        let y = f(f32x8::from(buf)).to_array();
+        d.copy_from_slice(&y[..d.len()]);
+    }
+}
+
+/// `dst[i] = f(a[i], b[i])`, eight lanes at a time.
+#[inline(always)]
+pub(crate) fn map2(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32x8, f32x8) -> f32x8) {
+    debug_assert!(a.len() == dst.len() && b.len() == dst.len());
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    let mut d = dst.chunks_exact_mut(LANES);
+    for ((x, y), d) in (&mut ca).zip(&mut cb).zip(&mut d) {
+        let x = f32x8::from(<[f32; LANES]>::try_from(x).unwrap());
+        let y = f32x8::from(<[f32; LANES]>::try_from(y).unwrap());
+        d.copy_from_slice(&f(x, y).to_array());
+    }
+    let (x, y, d) = (ca.remainder(), cb.remainder(), d.into_remainder());
+    if !x.is_empty() {
+        let (mut bx, mut by) = ([0.0; LANES], [0.0; LANES]);
+        bx[..x.len()].copy_from_slice(x);
+        by[..y.len()].copy_from_slice(y);
+        let r = f(f32x8::from(bx), f32x8::from(by)).to_array();
+        d.copy_from_slice(&r[..d.len()]);
+    }
+}
+
+/// `2^n` for integral `n` in `[-126, 127]` (a float whose exponent bits are `n + 127`).
+#[inline(always)]
+fn pow2i(n: f32x8) -> f32x8 {
+    let bits = (n + f32x8::splat(127.0)).round_int() << 23;
+    bytemuck::cast(bits)
+}
+
+/// `e^x`; `+inf` above ~88.72, subnormal then `0` below ~-87.3, NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp(x: f32x8) -> f32x8 {
+    let ln2_hi = f32x8::splat(0.693_359_4);
+    let ln2_lo = f32x8::splat(-2.121_944_4e-4);
+    let xc = x.max(f32x8::splat(-104.0)).min(f32x8::splat(89.0));
+    let r = (xc * f32x8::splat(std::f32::consts::LOG2_E)).round();
+    let f = xc - r * ln2_hi - r * ln2_lo;
+    let p = f32x8::splat(1.987_569_1e-4);
+    let p = p.mul_add(f, f32x8::splat(1.398_199_9e-3));
+    let p = p.mul_add(f, f32x8::splat(8.333_452e-3));
+    let p = p.mul_add(f, f32x8::splat(4.166_579_6e-2));
+    let p = p.mul_add(f, f32x8::splat(1.666_666_5e-1));
+    let p = p.mul_add(f, f32x8::splat(0.5));
+    let ef = (p * f).mul_add(f, f) + f32x8::ONE;
+    // 2^r as 2^h * 2^(r-h), each factor in range, so subnormal results and overflow are right.
+    let h = (r * f32x8::splat(0.5)).floor();
+    let y = ef * pow2i(h) * pow2i(r - h);
+    x.is_nan().blend(x, y)
+}
+
+/// `tanh(x)` to a few ulp.
+#[inline(always)]
+pub(crate) fn tanh(x: f32x8) -> f32x8 {
+    let ax = x.abs();
+    // Small |x|: x + x^3 P(x^2).
+    let z = x * x;
+    let p = f32x8::splat(-5.704_988_7e-3);
+    let p = p.mul_add(z, f32x8::splat(2.063_908_9e-2));
+    let p = p.mul_add(z, f32x8::splat(-5.373_971_6e-2));
+    let p = p.mul_add(z, f32x8::splat(1.333_144_2e-1));
+    let p = p.mul_add(z, f32x8::splat(-3.333_328_2e-1));
+    let small = (p * z).mul_add(x, x);
+    // Large |x|: sign(x) (1 - 2 / (e^{2|x|} + 1)).
+    let e = exp(ax + ax);
+    let big = f32x8::ONE - f32x8::splat(2.0) / (e + f32x8::ONE);
+    let big = big.copysign(x);
+    ax.cmp_lt(f32x8::splat(0.625)).blend(small, big)
+}
+
+/// `erf(x)`.
+#[inline(always)]
+pub(crate) fn erf(x: f32x8) -> f32x8 {
+    let ax = x.abs();
+    // |x| < 1: x * T(x^2) (Cephes erff).
+    let z = x * x;
+    let t = f32x8::splat(7.853_861_4e-5);
+    let t = t.mul_add(z, f32x8::splat(-8.010_193_6e-4));
+    let t = t.mul_add(z, f32x8::splat(5.188_327_7e-3));
+    let t = t.mul_add(z, f32x8::splat(-2.685_381_2e-2));
+    let t = t.mul_add(z, f32x8::splat(1.128_358_5e-1));
+    let t = t.mul_add(z, f32x8::splat(-3.761_262_6e-1));
+    let t = t.mul_add(z, f32x8::splat(1.128_379_2));
+    let small = x * t;
+    // |x| >= 1: 1 - poly(s) e^{-x^2}, s = 1/(1 + p|x|) (Abramowitz & Stegun 7.1.26).
+    let s = f32x8::ONE / f32x8::splat(0.327_591_1).mul_add(ax, f32x8::ONE);
+    let q = f32x8::splat(1.061_405_4);
+    let q = q.mul_add(s, f32x8::splat(-1.453_152_1));
+    let q = q.mul_add(s, f32x8::splat(1.421_413_8));
+    let q = q.mul_add(s, f32x8::splat(-0.284_496_72));
+    let q = q.mul_add(s, f32x8::splat(0.254_829_6));
+    let big = (f32x8::ONE - q * s * exp(-z)).copysign(x);
+    ax.cmp_lt(f32x8::ONE).blend(small, big)
+}
+
+/// `1 / (1 + e^{-x})`.
+#[inline(always)]
+pub(crate) fn sigmoid(x: f32x8) -> f32x8 {
+    f32x8::ONE / (f32x8::ONE + exp(-x))
+}
+
+/// Exact GELU, `½ x (1 + erf(x/√2))`.
+#[inline(always)]
+pub(crate) fn gelu(x: f32x8) -> f32x8 {
+    let half = f32x8::splat(0.5);
+    half * x * (f32x8::ONE + erf(x * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2)))
+}
+
+/// `d/dx gelu(x) = Φ(x) + x φ(x)`.
+#[inline(always)]
+pub(crate) fn gelu_derivative(x: f32x8) -> f32x8 {
+    let half = f32x8::splat(0.5);
+    let cdf = half * (f32x8::ONE + erf(x * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2)));
+    // 1/√(2π)
+    let pdf = f32x8::splat(0.398_942_3) * exp(-half * x * x);
+    x.mul_add(pdf, cdf)
+}
+
+/// Natural log (`wide`'s, which handles 0, negatives, infinities and NaN).
+#[inline(always)]
+pub(crate) fn ln(x: f32x8) -> f32x8 {
+    x.ln()
+}
+
+/// Sum of a slice with eight independent lanes (and four vectors in flight), then the lanes.
+#[inline]
+pub(crate) fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [f32x8::ZERO; 4];
+    let mut chunks = xs.chunks_exact(4 * LANES);
+    for c in &mut chunks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a += f32x8::from(<[f32; LANES]>::try_from(&c[k * LANES..(k + 1) * LANES]).unwrap());
+        }
+    }
+    let mut total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    let rest = chunks.remainder();
+    let mut tail = rest.chunks_exact(LANES);
+    for c in &mut tail {
+        total += f32x8::from(<[f32; LANES]>::try_from(c).unwrap());
+    }
+    let mut s = total.reduce_add();
+    for &x in tail.remainder() {
+        s += x;
+    }
+    s
+}
+
+/// Maximum of a slice (NaN if any element is NaN; `-inf` for an empty slice).
+#[inline]
+pub(crate) fn max(xs: &[f32]) -> f32 {
+    let mut acc = f32x8::splat(f32::NEG_INFINITY);
+    let mut nan = false;
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        let v = f32x8::from(<[f32; LANES]>::try_from(c).unwrap());
+        nan |= v.is_nan().any();
+        acc = acc.max(v);
+    }
+    let mut m = acc.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max);
+    for &x in chunks.remainder() {
+        nan |= x.is_nan();
+        m = m.max(x);
+    }
+    if nan {
+        f32::NAN
+    } else {
+        m
+    }
+}
+
+/// `Σ e^{x - shift}` over a slice, writing `e^{x - shift}` into `out` when given.
+#[inline]
+pub(crate) fn sum_exp_shifted(xs: &[f32], shift: f32, out: Option<&mut [f32]>) -> f32 {
+    let s = f32x8::splat(shift);
+    match out {
+        Some(out) => {
+            map(xs, out, |v| exp(v - s));
+            sum(out)
+        }
+        None => {
+            let mut acc = f32x8::ZERO;
+            let mut chunks = xs.chunks_exact(LANES);
+            for c in &mut chunks {
+                acc += exp(f32x8::from(<[f32; LANES]>::try_from(c).unwrap()) - s);
+            }
+            let rest = chunks.remainder();
+            if !rest.is_empty() {
+                let mut buf = [f32::NEG_INFINITY; LANES];
+                buf[..rest.len()].copy_from_slice(rest);
+                acc += exp(f32x8::from(buf) - s);
+            }
+            acc.reduce_add()
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Worst error of `f` against the f64 reference `g` over a grid, as (absolute, relative).
+    fn worst(f: impl Fn(f32x8) -> f32x8, g: impl Fn(f64) -> f64, lo: f32, hi: f32) -> (f64, f64) {
+        let n = 200_000;
+        let xs: Vec<f32> = (0..n).map(|i| lo + (hi - lo) * i as f32 / n as f32).collect();
+        let mut ys = vec![0.0; n];
+        map(&xs, &mut ys, f);
+        let (mut abs, mut rel) = (0.0f64, 0.0f64);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = g(x as f64);
+            let err = (y as f64 - want).abs();
+            abs = abs.max(err);
+            rel = rel.max(err / want.abs().max(1e-30));
+        }
+        (abs, rel)
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let (_, rel) = worst(exp, f64::exp, -87.0, 88.0);
+        assert!(rel < 2.5e-7, "exp relative error {rel}");
+    }
+
+    #[test]
+    fn exp_handles_the_edges() {
+        let xs = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 89.0, -110.0, 88.7, -100.0, 0.0];
+        let mut ys = [0.0; 8];
+        map(&xs, &mut ys, exp);
+        assert!(ys[0].is_nan());
+        assert_eq!(ys[1], f32::INFINITY);
+        assert_eq!(ys[2], 0.0);
+        assert_eq!(ys[3], f32::INFINITY);
+        assert_eq!(ys[4], 0.0);
+        assert!((ys[5] as f64 / (88.7f32 as f64).exp() - 1.0).abs() < 3e-7);
+        // e^-100 is subnormal in f32: relative accuracy drops, absolute is tiny.
+        assert!((ys[6] as f64 - (-100f64).exp()).abs() < 1e-44);
+        assert_eq!(ys[7], 1.0);
+    }
+
+    #[test]
+    fn tanh_is_accurate() {
+        let (_, rel) = worst(tanh, f64::tanh, -10.0, 10.0);
+        assert!(rel < 5e-7, "tanh relative error {rel}");
+    }
+
+    #[test]
+    fn erf_is_accurate() {
+        let (abs, _) = worst(erf, libm::erf, -6.0, 6.0);
+        assert!(abs < 3e-7, "erf absolute error {abs}");
+        let (_, rel) = worst(erf, libm::erf, -0.99, 0.99);
+        assert!(rel < 5e-7, "erf relative error below 1: {rel}");
+    }
+
+    #[test]
+    fn gelu_and_its_derivative_are_accurate() {
+        let phi = |x: f64| 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+        let (abs, _) = worst(gelu, |x| x * phi(x), -8.0, 8.0);
+        assert!(abs < 1e-6, "gelu absolute error {abs}");
+        let d = |x: f64| phi(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let (abs, _) = worst(gelu_derivative, d, -8.0, 8.0);
+        assert!(abs < 1e-6, "gelu' absolute error {abs}");
+    }
+
+    #[test]
+    fn sigmoid_and_ln_are_accurate() {
+        let (abs, _) = worst(sigmoid, |x| 1.0 / (1.0 + (-x).exp()), -30.0, 30.0);
+        assert!(abs < 2e-7, "sigmoid absolute error {abs}");
+        let (_, rel) = worst(ln, f64::ln, 1e-3, 1e3);
+        assert!(rel < 3e-7, "ln relative error {rel}");
+    }
+
+    #[test]
+    fn sums_and_max_match_plain_loops() {
+        let xs: Vec<f32> = (0..1001).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        assert_eq!(sum(&xs), xs.iter().sum::<f32>());
+        assert_eq!(max(&xs), 50.0);
+        assert!(max(&[1.0, f32::NAN, 2.0]).is_nan());
+        let lse = max(&xs) + sum_exp_shifted(&xs, max(&xs), None).ln();
+        let want = xs.iter().map(|&x| (x as f64 - 50.0).exp()).sum::<f64>().ln() + 50.0;
+        assert!((lse as f64 - want).abs() < 1e-5);
+    }
+}

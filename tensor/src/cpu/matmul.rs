@@ -1,0 +1,93 @@
+//! Batched matrix product on the CPU through `matrixmultiply::sgemm`.
+//!
+//! `sgemm` takes a row stride and a column stride for each operand, so any 2-D view works as
+//! is: a transposed operand is the same data with its two strides swapped, and a broadcast
+//! batch axis is stride 0. Nothing is copied before the product.
+//!
+//! Work is split with `rayon` around single-threaded `sgemm` calls (matrixmultiply's own
+//! threading stays off, so threads are never nested): one task per batch matrix when there are
+//! at least as many batches as threads, otherwise each matrix's rows are cut into blocks so
+//! that every thread gets work. Each task writes its own rows of the output.
+
+use rayon::prelude::*;
+
+use super::parallel::SendPtr;
+use crate::backend::MatmulSpec;
+use crate::layout::Layout;
+
+/// Products smaller than this many multiply-adds run on one thread.
+const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+/// Row blocks are at least this tall, so each `sgemm` still packs full panels.
+const MIN_ROWS_PER_TASK: usize = 32;
+
+pub(crate) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, spec: &MatmulSpec) -> Vec<f32> {
+    let MatmulSpec { batch, m, k, n } = spec;
+    let (m, k, n) = (*m, *k, *n);
+    let batches: usize = batch.iter().product();
+    let mut out = vec![0.0f32; batches * m * n];
+    if out.is_empty() || k == 0 {
+        return out;
+    }
+    let rank = la.rank();
+    let (sa, sb) = (la.strides(), lb.strides());
+    let (rsa, csa) = (sa[rank - 2] as isize, sa[rank - 1] as isize);
+    let (rsb, csb) = (sb[rank - 2] as isize, sb[rank - 1] as isize);
+    // Storage offset of batch matrix `i` in each operand.
+    let batch_offset = |i: usize, l: &Layout| -> usize {
+        let mut rest = i;
+        let mut off = l.offset();
+        for d in (0..batch.len()).rev() {
+            off += (rest % batch[d]) * l.strides()[d];
+            rest /= batch[d];
+        }
+        off
+    };
+    let threads = rayon::current_num_threads();
+    let row_blocks = if batches * m * n * k < PARALLEL_MIN_FLOPS || batches >= threads {
+        1
+    } else {
+        threads.div_ceil(batches).min(m.div_ceil(MIN_ROWS_PER_TASK)).max(1)
+    };
+    let rows_per_block = m.div_ceil(row_blocks);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        let (i, blk) = (t / row_blocks, t % row_blocks);
+        let r0 = blk * rows_per_block;
+        let rows = rows_per_block.min(m - r0.min(m));
+        if rows == 0 {
+            return;
+        }
+        let (oa, ob) = (batch_offset(i, la), batch_offset(i, lb));
+        // SAFETY: the Tensor layer guarantees both layouts lie inside their storage, so every
+        // element sgemm reads (rows r0..r0+rows of matrix i of `a`, all of matrix i of `b`) is
+        // in bounds. Task (i, blk) writes only rows r0..r0+rows of output matrix i, which no
+        // other task writes, and `out` lives until every task has finished (the parallel loop
+        // below joins before we return it). beta = 0, so sgemm never reads `out`.
+        unsafe {
+            let c = out_ptr.get().add(i * m * n + r0 * n);
+            matrixmultiply::sgemm(
+                rows,
+                k,
+                n,
+                1.0,
+                a.as_ptr().add(oa + r0 * rsa as usize),
+                rsa,
+                csa,
+                b.as_ptr().add(ob),
+                rsb,
+                csb,
+                0.0,
+                c,
+                n as isize,
+                1,
+            );
+        }
+    };
+    let tasks = batches * row_blocks;
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+    out
+}

@@ -1,0 +1,378 @@
+//! Arithmetic on tensors: elementwise ops with broadcasting, reductions, softmax, layer norm
+//! and matmul. Each method checks shapes, axes and devices, works out the output shape, and
+//! hands the backend layouts it can trust (see [`crate::backend`]).
+
+use crate::backend::{BinaryOp, MatmulSpec, ReduceOp, UnaryOp};
+use crate::bail;
+use crate::error::{fmt_shape, Result};
+use crate::layout::broadcast_shape;
+use crate::tensor::Tensor;
+
+macro_rules! unary_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self) -> Result<Tensor> { self.unary(UnaryOp::$op) }
+    )*};
+}
+macro_rules! scalar_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self, c: f32) -> Result<Tensor> { self.unary(UnaryOp::$op(c)) }
+    )*};
+}
+macro_rules! binary_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self, rhs: &Tensor) -> Result<Tensor> { self.binary(rhs, BinaryOp::$op) }
+    )*};
+}
+
+/// Output of [`Tensor::layer_norm_with_stats`].
+pub struct LayerNormParts {
+    pub y: Tensor,
+    /// Per-row mean, shape: the input's without its last axis.
+    pub mean: Tensor,
+    /// Per-row `1/√(var+ε)`, same shape as `mean`.
+    pub rstd: Tensor,
+}
+
+impl Tensor {
+    /// Any [`UnaryOp`] applied elementwise.
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let s = self.storage.backend().unary(&self.layout, op)?;
+        Ok(Tensor::from_output(s, self.shape()))
+    }
+
+    unary_methods! {
+        neg => Neg;
+        exp => Exp;
+        /// Natural logarithm.
+        log => Log;
+        sqrt => Sqrt;
+        square => Square;
+        recip => Recip;
+        tanh => Tanh;
+        sigmoid => Sigmoid;
+        relu => Relu;
+        /// `relu(x)²`.
+        squared_relu => SquaredRelu;
+        /// Exact (erf) GELU.
+        gelu => Gelu;
+        /// `d/dx gelu(x)`.
+        gelu_derivative => GeluDerivative;
+        /// `1` where `x > 0`, else `0`.
+        step => Step;
+    }
+
+    scalar_methods! {
+        add_scalar => AddScalar;
+        mul_scalar => MulScalar;
+        div_scalar => DivScalar;
+        max_scalar => MaxScalar;
+        /// `c - x`.
+        scalar_sub => ScalarSub;
+    }
+
+    /// `x - c` (exactly `x + (-c)`).
+    pub fn sub_scalar(&self, c: f32) -> Result<Tensor> {
+        self.add_scalar(-c)
+    }
+
+    /// Any [`BinaryOp`], broadcasting both operands to a common shape (numpy rules).
+    pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        let name = binary_name(op);
+        self.same_device(name, rhs)?;
+        let shape = broadcast_shape(name, self.shape(), rhs.shape())?;
+        let la = self.layout.broadcast_to(&shape)?;
+        let lb = rhs.layout.broadcast_to(&shape)?;
+        let s = self.storage.backend().binary(&la, &rhs.storage, &lb, op)?;
+        Ok(Tensor::from_output(s, &shape))
+    }
+
+    binary_methods! {
+        add => Add;
+        sub => Sub;
+        mul => Mul;
+        div => Div;
+        /// Elementwise maximum.
+        maximum => Max;
+        /// Elementwise minimum.
+        minimum => Min;
+        /// `1` where `self > rhs`, else `0`.
+        gt => Gt;
+        /// `1` where `self >= rhs`, else `0`.
+        ge => Ge;
+        /// `1` where `self == rhs`, else `0`.
+        eq => Eq;
+    }
+
+    /// `self != 0 ? on_true : on_false`, all three broadcast to one shape.
+    pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        self.same_device("where_cond", on_true)?;
+        self.same_device("where_cond", on_false)?;
+        let shape = broadcast_shape("where_cond", self.shape(), on_true.shape())?;
+        let shape = broadcast_shape("where_cond", &shape, on_false.shape())?;
+        let s = self.storage.backend().where_cond(
+            &self.layout.broadcast_to(&shape)?,
+            &on_true.storage,
+            &on_true.layout.broadcast_to(&shape)?,
+            &on_false.storage,
+            &on_false.layout.broadcast_to(&shape)?,
+        )?;
+        Ok(Tensor::from_output(s, &shape))
+    }
+
+    /// `value` where `mask != 0`, else `self`; `mask` broadcasts to `self`'s shape.
+    pub fn masked_fill(&self, mask: &Tensor, value: f32) -> Result<Tensor> {
+        let fill = Tensor::scalar(value).to_device(&self.device())?;
+        let mask = mask.broadcast_to(self.shape()).map_err(|e| crate::Error::new("masked_fill", e.message))?;
+        mask.where_cond(&fill, self)
+    }
+
+    /// Reduces `axis` with `op`, keeping it as size 1 when `keepdim`.
+    pub fn reduce(&self, axis: usize, op: ReduceOp, keepdim: bool) -> Result<Tensor> {
+        self.layout.check_axis(reduce_name(op), axis)?;
+        let s = self.storage.backend().reduce(&self.layout, axis, op)?;
+        let mut shape = self.shape().to_vec();
+        shape[axis] = 1;
+        let out = Tensor::from_output(s, &shape);
+        if keepdim {
+            Ok(out)
+        } else {
+            out.squeeze(axis)
+        }
+    }
+
+    pub fn sum(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(axis, ReduceOp::Sum, false)
+    }
+    pub fn sum_keepdim(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(axis, ReduceOp::Sum, true)
+    }
+    pub fn mean(&self, axis: usize) -> Result<Tensor> {
+        self.mean_keepdim(axis)?.squeeze(axis)
+    }
+    pub fn mean_keepdim(&self, axis: usize) -> Result<Tensor> {
+        let n = self.dim(axis)?;
+        self.reduce(axis, ReduceOp::Sum, true)?.div_scalar(n as f32)
+    }
+    pub fn max(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(axis, ReduceOp::Max, false)
+    }
+    pub fn max_keepdim(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(axis, ReduceOp::Max, true)
+    }
+    pub fn min(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(axis, ReduceOp::Min, false)
+    }
+    pub fn min_keepdim(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(axis, ReduceOp::Min, true)
+    }
+    /// `log Σ exp(x)` along `axis`, computed stably.
+    pub fn log_sum_exp(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(axis, ReduceOp::LogSumExp, false)
+    }
+    pub fn log_sum_exp_keepdim(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(axis, ReduceOp::LogSumExp, true)
+    }
+    /// Sum of every element, as a tensor of shape `[]`.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        self.flatten()?.sum(0)
+    }
+    /// Mean of every element, as a tensor of shape `[]`.
+    pub fn mean_all(&self) -> Result<Tensor> {
+        self.flatten()?.mean(0)
+    }
+
+    /// Sums a broadcast result back down to `shape`: the adjoint of `broadcast_to(shape)`.
+    pub fn sum_to_shape(&self, shape: &[usize]) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let lead = self.rank().checked_sub(shape.len()).unwrap_or(usize::MAX);
+        if lead == usize::MAX || broadcast_shape("sum_to_shape", shape, self.shape())? != self.shape() {
+            bail!("sum_to_shape", "{} is not a broadcast of {}", fmt_shape(self.shape()), fmt_shape(shape));
+        }
+        let mut out = self.clone();
+        for _ in 0..lead {
+            out = out.sum(0)?;
+        }
+        for (axis, &d) in shape.iter().enumerate() {
+            if d == 1 && out.shape()[axis] != 1 {
+                out = out.sum_keepdim(axis)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Softmax along `axis`.
+    pub fn softmax(&self, axis: usize) -> Result<Tensor> {
+        self.layout.check_axis("softmax", axis)?;
+        self.along_last(axis, |x| {
+            let s = x.storage.backend().softmax(&x.layout)?;
+            Ok(Tensor::from_output(s, x.shape()))
+        })
+    }
+
+    /// Given `self = softmax(x)` along `axis` and the gradient `dy` of the output, the gradient
+    /// of `x`: `y ⊙ (dy - Σ dy ⊙ y)`.
+    pub fn softmax_backward(&self, dy: &Tensor, axis: usize) -> Result<Tensor> {
+        self.layout.check_axis("softmax_backward", axis)?;
+        self.same_device("softmax_backward", dy)?;
+        same_shape("softmax_backward", self, dy)?;
+        let (y, g) = (self.move_axis_last(axis)?, dy.move_axis_last(axis)?);
+        let s = y.storage.backend().softmax_backward(&y.layout, &g.storage, &g.layout)?;
+        Tensor::from_output(s, y.shape()).move_last_axis_back(axis)
+    }
+
+    /// Layer norm over the last axis with weight and bias of the last axis's size.
+    pub fn layer_norm(&self, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+        Ok(self.layer_norm_with_stats(weight, bias, eps)?.y)
+    }
+
+    /// Layer norm, also returning the per-row mean and `1/σ` that its backward needs.
+    pub fn layer_norm_with_stats(&self, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<LayerNormParts> {
+        self.check_norm_params("layer_norm", weight, Some(bias))?;
+        let out = self.storage.backend().layer_norm(&self.layout, &weight.storage, &weight.layout, &bias.storage, &bias.layout, eps)?;
+        let rows_shape = &self.shape()[..self.rank() - 1];
+        Ok(LayerNormParts {
+            y: Tensor::from_output(out.y, self.shape()),
+            mean: Tensor::from_output(out.mean, rows_shape),
+            rstd: Tensor::from_output(out.rstd, rows_shape),
+        })
+    }
+
+    /// The fused layer-norm backward: `(dx, dweight, dbias)` from the input `self`, the weight,
+    /// the saved `mean` and `rstd`, and the output gradient `dy`.
+    pub fn layer_norm_backward(
+        &self,
+        weight: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let op = "layer_norm_backward";
+        let c = self.check_norm_params(op, weight, None)?;
+        same_shape(op, self, dy)?;
+        for t in [mean, rstd, dy] {
+            self.same_device(op, t)?;
+        }
+        let rows_shape = &self.shape()[..self.rank() - 1];
+        if mean.shape() != rows_shape || rstd.shape() != rows_shape {
+            bail!(op, "mean {} and rstd {} must have shape {}", fmt_shape(mean.shape()), fmt_shape(rstd.shape()), fmt_shape(rows_shape));
+        }
+        let (mean, rstd) = (mean.contiguous()?, rstd.contiguous()?);
+        let g = self.storage.backend().layer_norm_backward(
+            &self.layout,
+            &weight.storage,
+            &weight.layout,
+            &mean.storage,
+            &rstd.storage,
+            &dy.storage,
+            &dy.layout,
+        )?;
+        Ok((
+            Tensor::from_output(g.dx, self.shape()),
+            Tensor::from_output(g.dweight, &[c]),
+            Tensor::from_output(g.dbias, &[c]),
+        ))
+    }
+
+    fn check_norm_params(&self, op: &'static str, weight: &Tensor, bias: Option<&Tensor>) -> Result<usize> {
+        if self.rank() == 0 {
+            bail!(op, "input must have at least one axis");
+        }
+        let c = self.shape()[self.rank() - 1];
+        for (name, t) in [("weight", Some(weight)), ("bias", bias)] {
+            let Some(t) = t else { continue };
+            self.same_device(op, t)?;
+            if t.shape() != [c] {
+                bail!(op, "{name} has shape {}, expected [{c}] for input {}", fmt_shape(t.shape()), fmt_shape(self.shape()));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Matrix product over the last two axes, batch axes broadcast: `[..., m, k] x [..., k, n]`.
+    /// Transposed and otherwise strided operands are used in place, without copies.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.same_device("matmul", rhs)?;
+        let (a, b) = (self.shape(), rhs.shape());
+        if a.len() < 2 || b.len() < 2 {
+            bail!("matmul", "{} x {}: both operands need at least 2 axes", fmt_shape(a), fmt_shape(b));
+        }
+        let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
+        let (k2, n) = (b[b.len() - 2], b[b.len() - 1]);
+        if k != k2 {
+            bail!("matmul", "{} x {}: inner dims {k} != {k2}", fmt_shape(a), fmt_shape(b));
+        }
+        let batch = broadcast_shape("matmul", &a[..a.len() - 2], &b[..b.len() - 2])
+            .map_err(|_| crate::Error::new("matmul", format!("{} x {}: batch axes do not broadcast", fmt_shape(a), fmt_shape(b))))?;
+        let la = self.layout.broadcast_to(&[batch.clone(), vec![m, k]].concat())?;
+        let lb = rhs.layout.broadcast_to(&[batch.clone(), vec![k, n]].concat())?;
+        let spec = MatmulSpec { batch: batch.clone(), m, k, n };
+        let s = self.storage.backend().matmul(&la, &rhs.storage, &lb, &spec)?;
+        Ok(Tensor::from_output(s, &[batch, vec![m, n]].concat()))
+    }
+
+    /// Runs `f` with `axis` moved last, then moves it back.
+    fn along_last(&self, axis: usize, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        f(&self.move_axis_last(axis)?)?.move_last_axis_back(axis)
+    }
+
+    /// A view with `axis` moved to the end.
+    fn move_axis_last(&self, axis: usize) -> Result<Tensor> {
+        if axis + 1 == self.rank() {
+            return Ok(self.clone());
+        }
+        let mut dims: Vec<usize> = (0..self.rank()).filter(|&d| d != axis).collect();
+        dims.push(axis);
+        self.permute(&dims)
+    }
+
+    /// The inverse of [`Tensor::move_axis_last`].
+    fn move_last_axis_back(&self, axis: usize) -> Result<Tensor> {
+        let last = self.rank() - 1;
+        if axis == last {
+            return Ok(self.clone());
+        }
+        let dims: Vec<usize> = (0..self.rank())
+            .map(|d| match d.cmp(&axis) {
+                std::cmp::Ordering::Less => d,
+                std::cmp::Ordering::Equal => last,
+                std::cmp::Ordering::Greater => d - 1,
+            })
+            .collect();
+        self.permute(&dims)
+    }
+}
+
+pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        bail!(op, "shapes {} and {} differ", fmt_shape(a.shape()), fmt_shape(b.shape()));
+    }
+    Ok(())
+}
+
+fn binary_name(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "add",
+        BinaryOp::Sub => "sub",
+        BinaryOp::Mul => "mul",
+        BinaryOp::Div => "div",
+        BinaryOp::Max => "maximum",
+        BinaryOp::Min => "minimum",
+        BinaryOp::Gt => "gt",
+        BinaryOp::Ge => "ge",
+        BinaryOp::Eq => "eq",
+    }
+}
+
+fn reduce_name(op: ReduceOp) -> &'static str {
+    match op {
+        ReduceOp::Sum => "sum",
+        ReduceOp::Max => "max",
+        ReduceOp::Min => "min",
+        ReduceOp::LogSumExp => "log_sum_exp",
+    }
+}

@@ -1,0 +1,173 @@
+//! Naive reference kernels, written straight from the definitions.
+//!
+//! Each reads its inputs one element at a time through [`Tensor::get`] (plain index
+//! arithmetic over the layout), computes in f64, and knows nothing about SIMD, threads or
+//! runs. They are slow on purpose: tests hold every optimised kernel to them.
+
+use crate::backend::{BinaryOp, ReduceOp, UnaryOp};
+use crate::error::Result;
+use crate::layout::broadcast_shape;
+use crate::tensor::Tensor;
+
+/// Calls `f` with every multi-index of `shape`, in row-major order.
+pub fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
+    if shape.contains(&0) {
+        return;
+    }
+    let mut index = vec![0; shape.len()];
+    loop {
+        f(&index);
+        let mut d = shape.len();
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            index[d] += 1;
+            if index[d] < shape[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+}
+
+/// Reads `t` at `index` of a broadcast `shape` (numpy rules).
+fn get_broadcast(t: &Tensor, index: &[usize]) -> f64 {
+    let lead = index.len() - t.rank();
+    let own: Vec<usize> = t.shape().iter().enumerate().map(|(d, &n)| if n == 1 { 0 } else { index[lead + d] }).collect();
+    t.get(&own).expect("in bounds") as f64
+}
+
+fn collect(shape: &[usize], f: impl Fn(&[usize]) -> f64) -> Tensor {
+    let mut out = Vec::with_capacity(shape.iter().product());
+    for_each_index(shape, |i| out.push(f(i) as f32));
+    Tensor::from_vec(out, shape).expect("shape matches")
+}
+
+/// `erf` in f64.
+pub fn erf(x: f64) -> f64 {
+    libm::erf(x)
+}
+
+/// One unary op on one value, in f64.
+pub fn unary_value(op: UnaryOp, x: f64) -> f64 {
+    use UnaryOp::*;
+    let phi = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+    match op {
+        Identity => x,
+        Neg => -x,
+        Exp => x.exp(),
+        Log => x.ln(),
+        Sqrt => x.sqrt(),
+        Square => x * x,
+        Recip => 1.0 / x,
+        Tanh => x.tanh(),
+        Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Relu => x.max(0.0),
+        SquaredRelu => x.max(0.0).powi(2),
+        Gelu => x * phi(x),
+        GeluDerivative => phi(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt(),
+        Step => (x > 0.0) as u8 as f64,
+        AddScalar(c) => x + c as f64,
+        MulScalar(c) => x * c as f64,
+        DivScalar(c) => x / c as f64,
+        MaxScalar(c) => x.max(c as f64),
+        ScalarSub(c) => c as f64 - x,
+    }
+}
+
+pub fn unary(x: &Tensor, op: UnaryOp) -> Tensor {
+    collect(x.shape(), |i| unary_value(op, x.get(i).unwrap() as f64))
+}
+
+/// One binary op on two values, in f64.
+pub fn binary_value(op: BinaryOp, a: f64, b: f64) -> f64 {
+    use BinaryOp::*;
+    match op {
+        Add => a + b,
+        Sub => a - b,
+        Mul => a * b,
+        Div => a / b,
+        Max => a.max(b),
+        Min => a.min(b),
+        Gt => (a > b) as u8 as f64,
+        Ge => (a >= b) as u8 as f64,
+        Eq => (a == b) as u8 as f64,
+    }
+}
+
+pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let shape = broadcast_shape("reference::binary", a.shape(), b.shape())?;
+    Ok(collect(&shape, |i| binary_value(op, get_broadcast(a, i), get_broadcast(b, i))))
+}
+
+/// Values of `x` along `axis` at the other coordinates of `index` (whose `axis` entry is ignored).
+fn fiber(x: &Tensor, axis: usize, index: &[usize]) -> Vec<f64> {
+    let mut i = index.to_vec();
+    (0..x.shape()[axis])
+        .map(|k| {
+            i[axis] = k;
+            x.get(&i).unwrap() as f64
+        })
+        .collect()
+}
+
+/// Reduces `axis`, keeping it as size 1.
+pub fn reduce(x: &Tensor, axis: usize, op: ReduceOp) -> Tensor {
+    let mut shape = x.shape().to_vec();
+    shape[axis] = 1;
+    collect(&shape, |i| {
+        let v = fiber(x, axis, i);
+        match op {
+            ReduceOp::Sum => v.iter().sum(),
+            ReduceOp::Max => v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            ReduceOp::Min => v.iter().cloned().fold(f64::INFINITY, f64::min),
+            ReduceOp::LogSumExp => {
+                let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                m + v.iter().map(|y| (y - m).exp()).sum::<f64>().ln()
+            }
+        }
+    })
+}
+
+pub fn softmax(x: &Tensor, axis: usize) -> Tensor {
+    collect(x.shape(), |i| {
+        let v = fiber(x, axis, i);
+        let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = v.iter().map(|y| (y - m).exp()).sum();
+        (v[i[axis]] - m).exp() / z
+    })
+}
+
+/// Layer norm over the last axis.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Tensor {
+    let axis = x.rank() - 1;
+    collect(x.shape(), |i| {
+        let v = fiber(x, axis, i);
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = v.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / n;
+        let c = i[axis];
+        (v[c] - mean) / (var + eps as f64).sqrt() * w.get(&[c]).unwrap() as f64 + b.get(&[c]).unwrap() as f64
+    })
+}
+
+/// Batched matmul with broadcast batch axes, as a triple loop.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (ra, rb) = (a.rank(), b.rank());
+    let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
+    let batch = broadcast_shape("reference::matmul", &a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
+    let shape = [batch.clone(), vec![m, n]].concat();
+    Ok(collect(&shape, |i| {
+        let nb = batch.len();
+        let pick = |t: &Tensor, r: usize, c: usize| {
+            let tb = t.rank() - 2;
+            let mut idx: Vec<usize> =
+                (0..tb).map(|d| if t.shape()[d] == 1 { 0 } else { i[nb - tb + d] }).collect();
+            idx.extend([r, c]);
+            t.get(&idx).unwrap() as f64
+        };
+        (0..k).map(|p| pick(a, i[nb], p) * pick(b, p, i[nb + 1])).sum()
+    }))
+}
