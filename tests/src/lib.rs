@@ -1,0 +1,147 @@
+//! Helpers shared by the cross-crate tests: random shapes, and inputs that arrive as
+//! contiguous tensors or as transposed, sliced and broadcast views of a base tensor.
+//!
+//! A [`Viewed`] input is a contiguous *base* tensor plus a [`Recipe`] that turns it into a view
+//! of the wanted shape. Kernel tests apply the recipe to a `Tensor`, so kernels see strided
+//! inputs; gradient tests apply it to a `Var` inside the checked function, so the gradient
+//! flows back through the view's own backward rule to the base, whose elements the checker
+//! perturbs.
+
+use autograd::Var;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tensor::{Result, Tensor};
+
+/// How a base tensor becomes the input an op sees.
+#[derive(Clone, Debug)]
+pub enum Recipe {
+    /// The base itself.
+    Contiguous,
+    /// `base.transpose(a, b)`; the base has axes `a` and `b` swapped.
+    Transposed(usize, usize),
+    /// `base.narrow(axis, before, len)`; the base is longer along `axis` by `before + after`.
+    Sliced { axis: usize, before: usize, after: usize },
+    /// `base.broadcast_to(shape)`; the base has size 1 along `axis`.
+    Broadcast { axis: usize },
+    /// `base.broadcast_to(shape)`; the base lacks the leading axis.
+    BroadcastLeading,
+}
+
+/// A base tensor and the recipe that views it as the input.
+#[derive(Clone, Debug)]
+pub struct Viewed {
+    pub base: Tensor,
+    pub recipe: Recipe,
+    pub shape: Vec<usize>,
+}
+
+impl Viewed {
+    /// The input as a (possibly strided) tensor.
+    pub fn tensor(&self) -> Tensor {
+        self.apply(&self.base).expect("recipe fits base")
+    }
+
+    /// The recipe applied to any tensor of the base's shape.
+    pub fn apply(&self, t: &Tensor) -> Result<Tensor> {
+        match self.recipe {
+            Recipe::Contiguous => Ok(t.clone()),
+            Recipe::Transposed(a, b) => t.transpose(a, b),
+            Recipe::Sliced { axis, before, .. } => t.narrow(axis, before, self.shape[axis]),
+            Recipe::Broadcast { .. } | Recipe::BroadcastLeading => t.broadcast_to(&self.shape),
+        }
+    }
+
+    /// The recipe applied on the tape, for gradient checks.
+    pub fn apply_var(&self, v: &Var) -> Result<Var> {
+        match self.recipe {
+            Recipe::Contiguous => Ok(v.clone()),
+            Recipe::Transposed(a, b) => v.transpose(a, b),
+            Recipe::Sliced { axis, before, .. } => v.narrow(axis, before, self.shape[axis]),
+            Recipe::Broadcast { .. } | Recipe::BroadcastLeading => v.broadcast_to(&self.shape),
+        }
+    }
+}
+
+/// Values drawn uniformly from `[low, high)` with a seed.
+pub fn uniform(shape: &[usize], low: f32, high: f32, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Tensor::rand_uniform(shape, low, high, &mut rng)
+}
+
+/// Values in `[low, high)` kept at least `gap` away from every point in `avoid` (for ops with
+/// kinks or singularities, where finite differences are meaningless).
+pub fn uniform_avoiding(shape: &[usize], low: f32, high: f32, avoid: &[f32], gap: f32, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|_| loop {
+            let x: f32 = rng.gen_range(low..high);
+            if avoid.iter().all(|a| (x - a).abs() > gap) {
+                break x;
+            }
+        })
+        .collect();
+    Tensor::from_vec(data, shape).unwrap()
+}
+
+/// A recipe that can produce a view of `shape`, and the base shape it needs.
+fn recipe_for(shape: &[usize], pick: usize, a: usize, b: usize, pad: (usize, usize)) -> (Recipe, Vec<usize>) {
+    let rank = shape.len();
+    let mut base = shape.to_vec();
+    let recipe = match pick % 5 {
+        1 if rank >= 2 => {
+            let (a, b) = (a % rank, b % rank);
+            base.swap(a, b);
+            Recipe::Transposed(a, b)
+        }
+        2 if rank >= 1 => {
+            let axis = a % rank;
+            base[axis] += pad.0 + pad.1;
+            Recipe::Sliced { axis, before: pad.0, after: pad.1 }
+        }
+        3 if rank >= 1 => {
+            let axis = a % rank;
+            base[axis] = 1;
+            Recipe::Broadcast { axis }
+        }
+        4 if rank >= 2 => {
+            base.remove(0);
+            Recipe::BroadcastLeading
+        }
+        _ => Recipe::Contiguous,
+    };
+    (recipe, base)
+}
+
+/// Inputs of `shape` in any of the layouts above, with values uniform in `[low, high)`.
+pub fn viewed(shape: Vec<usize>, low: f32, high: f32) -> impl Strategy<Value = Viewed> {
+    (0usize..5, 0usize..8, 0usize..8, 0usize..3, 0usize..3, any::<u64>()).prop_map(move |(pick, a, b, p0, p1, seed)| {
+        let (recipe, base_shape) = recipe_for(&shape, pick, a, b, (p0, p1));
+        Viewed { base: uniform(&base_shape, low, high, seed), recipe, shape: shape.clone() }
+    })
+}
+
+/// Like [`viewed`] but never broadcast (for inputs whose gradient check needs every logical
+/// element to be independent, or for ops whose inputs must not alias).
+pub fn viewed_no_broadcast(shape: Vec<usize>, low: f32, high: f32) -> impl Strategy<Value = Viewed> {
+    (0usize..3, 0usize..8, 0usize..8, 0usize..3, 0usize..3, any::<u64>()).prop_map(move |(pick, a, b, p0, p1, seed)| {
+        let (recipe, base_shape) = recipe_for(&shape, pick, a, b, (p0, p1));
+        Viewed { base: uniform(&base_shape, low, high, seed), recipe, shape: shape.clone() }
+    })
+}
+
+/// Shapes of rank `ranks` with each dimension in `dims`.
+pub fn shape(ranks: std::ops::RangeInclusive<usize>, dims: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<usize>> {
+    ranks.prop_flat_map(move |r| prop::collection::vec(dims.clone(), r))
+}
+
+/// Asserts two tensors have one shape and agree elementwise within `atol + rtol * |want|`.
+pub fn assert_close(got: &Tensor, want: &Tensor, atol: f32, rtol: f32) {
+    assert_eq!(got.shape(), want.shape(), "shapes differ");
+    let (g, w) = (got.to_vec().unwrap(), want.to_vec().unwrap());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let ok = (a - b).abs() <= atol + rtol * b.abs() || (a.is_nan() && b.is_nan()) || a == b;
+        assert!(ok, "element {i} of {:?}: got {a}, want {b} (atol {atol}, rtol {rtol})", got.shape());
+    }
+}

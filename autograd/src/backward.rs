@@ -1,0 +1,180 @@
+//! Every derivative rule, in one place.
+//!
+//! Notation: the node computed `y = f(x, ...)`; `g = ∂L/∂y` arrives from later nodes; each rule
+//! returns `∂L/∂x = g · ∂y/∂x` for every input that needs it. Where an input was broadcast
+//! in the forward pass, its gradient is summed back to its own shape (`sum_to_shape`).
+
+use tensor::{BinaryOp, ReduceOp, Result, Tensor, UnaryOp};
+
+use crate::op::{NodeId, Op};
+
+/// Gradients of the inputs of `op`, given the gradient `g` of its output.
+pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> {
+    let mut out = Vec::new();
+    match op {
+        Op::Leaf { .. } => unreachable!("leaves are collected by the sweep"),
+
+        Op::Unary { x, op, input, output } => {
+            use UnaryOp::*;
+            let gx = match op {
+                // d(x)/dx = 1
+                Identity | AddScalar(_) => g,
+                // d(-x)/dx = d(c - x)/dx = -1
+                Neg | ScalarSub(_) => g.neg()?,
+                // d(e^x)/dx = e^x = y
+                Exp => g.mul(&output)?,
+                // d(ln x)/dx = 1/x
+                Log => g.div(&input)?,
+                // d(√x)/dx = 1/(2√x) = 0.5/y
+                Sqrt => g.mul_scalar(0.5)?.div(&output)?,
+                // d(x²)/dx = 2x
+                Square => g.mul(&input)?.mul_scalar(2.0)?,
+                // d(1/x)/dx = -1/x² = -y²
+                Recip => g.mul(&output.square()?)?.neg()?,
+                // d(tanh x)/dx = 1 - y²
+                Tanh => g.mul(&output.square()?.scalar_sub(1.0)?)?,
+                // d(σ(x))/dx = y(1 - y)
+                Sigmoid => g.mul(&output.mul(&output.scalar_sub(1.0)?)?)?,
+                // d(max(x,0))/dx = [x > 0]
+                Relu => g.mul(&input.step()?)?,
+                // d(relu(x)²)/dx = 2 relu(x)
+                SquaredRelu => g.mul(&input.relu()?)?.mul_scalar(2.0)?,
+                // d(x Φ(x))/dx = Φ(x) + x φ(x)
+                Gelu => g.mul(&input.gelu_derivative()?)?,
+                // d(cx)/dx = c, d(x/c)/dx = 1/c
+                MulScalar(c) => g.mul_scalar(c)?,
+                DivScalar(c) => g.div_scalar(c)?,
+                // d(max(x,c))/dx = [x > c]
+                MaxScalar(c) => g.mul(&input.sub_scalar(c)?.step()?)?,
+                GeluDerivative | Step => unreachable!("not recorded"),
+            };
+            out.push((x, gx));
+        }
+
+        Op::Binary { lhs, rhs, op, a, b } => {
+            let (ga, gb) = match op {
+                // ∂(a+b) = (1, 1), ∂(a-b) = (1, -1)
+                BinaryOp::Add => (lhs.map(|_| Ok(g.clone())), rhs.map(|_| Ok(g.clone()))),
+                BinaryOp::Sub => (lhs.map(|_| Ok(g.clone())), rhs.map(|_| g.neg())),
+                // ∂(ab) = (b, a)
+                BinaryOp::Mul => (lhs.map(|_| g.mul(&b)), rhs.map(|_| g.mul(&a))),
+                // ∂(a/b) = (1/b, -a/b²)
+                BinaryOp::Div => (lhs.map(|_| g.div(&b)), rhs.map(|_| g.mul(&a)?.div(&b.square()?)?.neg())),
+                // ∂max(a,b) = ([a>b], [b>a]); a tie sends half to each.
+                BinaryOp::Max => (lhs.map(|_| g.mul(&winner(&a, &b)?)), rhs.map(|_| g.mul(&winner(&b, &a)?))),
+                BinaryOp::Min => (lhs.map(|_| g.mul(&winner(&b, &a)?)), rhs.map(|_| g.mul(&winner(&a, &b)?))),
+                BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq => unreachable!("comparisons are not recorded"),
+            };
+            if let (Some(n), Some(ga)) = (lhs, ga) {
+                out.push((n, ga?.sum_to_shape(a.shape())?));
+            }
+            if let (Some(n), Some(gb)) = (rhs, gb) {
+                out.push((n, gb?.sum_to_shape(b.shape())?));
+            }
+        }
+
+        Op::Where { cond, t, f, t_shape, f_shape } => {
+            // The chosen branch gets g, the other nothing.
+            let zero = Tensor::scalar(0.0).to_device(&g.device())?;
+            if let Some(n) = t {
+                out.push((n, cond.where_cond(&g, &zero)?.sum_to_shape(&t_shape)?));
+            }
+            if let Some(n) = f {
+                out.push((n, cond.where_cond(&zero, &g)?.sum_to_shape(&f_shape)?));
+            }
+        }
+
+        Op::Reduce { x, op, axis, keepdim, input, output } => {
+            let g = if keepdim { g } else { g.unsqueeze(axis)? };
+            let gx = match op {
+                // ∂(Σ x)/∂x_i = 1: g spreads over the axis.
+                ReduceOp::Sum => g.broadcast_to(input.shape())?,
+                // ∂max/∂x_i = [x_i = max], shared evenly between ties.
+                ReduceOp::Max | ReduceOp::Min => {
+                    let hit = input.eq(&output)?;
+                    let count = hit.sum_keepdim(axis)?;
+                    hit.mul(&g.div(&count)?)?
+                }
+                // ∂ lse/∂x_i = e^{x_i - lse} = softmax(x)_i
+                ReduceOp::LogSumExp => input.sub(&output)?.exp()?.mul(&g)?,
+            };
+            out.push((x, gx));
+        }
+
+        // dx = y ⊙ (g - Σ g ⊙ y)
+        Op::Softmax { x, axis, output } => out.push((x, output.softmax_backward(&g, axis)?)),
+
+        Op::LayerNorm { x, weight, bias, input, weight_value, mean, rstd } => {
+            // Fused: dx = r (g w - mean(g w) - x̂ mean(g w x̂)), dw = Σ g x̂, db = Σ g.
+            let (dx, dw, db) = input.layer_norm_backward(&weight_value, &mean, &rstd, &g)?;
+            for (n, t) in [(x, dx), (weight, dw), (bias, db)] {
+                if let Some(n) = n {
+                    out.push((n, t));
+                }
+            }
+        }
+
+        Op::Matmul { lhs, rhs, a, b } => {
+            // y = a b: da = g bᵀ, db = aᵀ g (transposes are views; batch broadcasts summed).
+            if let Some(n) = lhs {
+                out.push((n, g.matmul(&b.t()?)?.sum_to_shape(a.shape())?));
+            }
+            if let Some(n) = rhs {
+                let gb = if b.rank() == 2 && a.rank() > 2 {
+                    // A shared weight: fold the batch into rows, one product instead of many.
+                    let k = a.shape()[a.rank() - 1];
+                    let n_out = g.shape()[g.rank() - 1];
+                    a.reshape(&[usize::MAX, k])?.t()?.matmul(&g.reshape(&[usize::MAX, n_out])?)?
+                } else {
+                    a.t()?.matmul(&g)?.sum_to_shape(b.shape())?
+                };
+                out.push((n, gb));
+            }
+        }
+
+        // Views: move the gradient back through the inverse view.
+        Op::Transpose { x, a, b } => out.push((x, g.transpose(a, b)?)),
+        Op::Permute { x, dims } => {
+            let mut inverse = vec![0; dims.len()];
+            for (i, &d) in dims.iter().enumerate() {
+                inverse[d] = i;
+            }
+            out.push((x, g.permute(&inverse)?));
+        }
+        Op::Narrow { x, axis, start, full } => {
+            // Zeros outside the kept range.
+            let len = g.shape()[axis];
+            let pad = |n: usize| -> Result<Option<Tensor>> {
+                if n == 0 {
+                    return Ok(None);
+                }
+                let mut shape = g.shape().to_vec();
+                shape[axis] = n;
+                Ok(Some(Tensor::zeros(&shape).to_device(&g.device())?))
+            };
+            let (before, after) = (pad(start)?, pad(full - start - len)?);
+            let parts: Vec<&Tensor> = [before.as_ref(), Some(&g), after.as_ref()].into_iter().flatten().collect();
+            out.push((x, Tensor::cat(&parts, axis)?));
+        }
+        Op::Broadcast { x, shape } => out.push((x, g.sum_to_shape(&shape)?)),
+        Op::Reshape { x, shape } => out.push((x, g.reshape(&shape)?)),
+        Op::Cat { inputs, axis, sizes } => {
+            let mut start = 0;
+            for (n, size) in inputs.into_iter().zip(sizes) {
+                if let Some(n) = n {
+                    out.push((n, g.narrow(axis, start, size)?));
+                }
+                start += size;
+            }
+        }
+        // The adjoints of picking are adding back into place.
+        Op::IndexSelect { x, axis, indices, size } => out.push((x, g.index_add(axis, &indices, size)?)),
+        Op::Gather { x, axis, indices, size } => out.push((x, g.scatter_add(axis, &indices, size)?)),
+    }
+    Ok(out)
+}
+
+/// `1` where `a > b`, `½` where `a == b`, `0` elsewhere (broadcast to their common shape).
+fn winner(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.gt(b)?.add(&a.eq(b)?.mul_scalar(0.5)?)
+}

@@ -1,0 +1,348 @@
+//! `Var`: a tensor value plus, when it was computed on a recording tape, its node there.
+//!
+//! Every method computes the value with `tensor` and, if any input is tracked, records one node
+//! with what its backward rule needs. Inputs that are not tracked (constants, inputs on an
+//! inference tape) get no gradient and cost nothing to record.
+
+use tensor::{bail, BinaryOp, ReduceOp, Result, Tensor, UnaryOp};
+
+use crate::op::{NodeId, Op};
+use crate::tape::Tape;
+
+#[derive(Clone)]
+struct Tracked {
+    tape: Tape,
+    node: NodeId,
+    generation: u64,
+}
+
+/// A value in a differentiable computation.
+#[derive(Clone)]
+pub struct Var {
+    value: Tensor,
+    tracked: Option<Tracked>,
+}
+
+impl std::fmt::Debug for Var {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Var({:?}{})", self.value, if self.tracked.is_some() { ", tracked" } else { "" })
+    }
+}
+
+macro_rules! unary_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self) -> Result<Var> { self.unary(UnaryOp::$op) }
+    )*};
+}
+macro_rules! scalar_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self, c: f32) -> Result<Var> { self.unary(UnaryOp::$op(c)) }
+    )*};
+}
+macro_rules! binary_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self, rhs: &Var) -> Result<Var> { self.binary(rhs, BinaryOp::$op) }
+    )*};
+}
+
+impl Var {
+    /// A value that needs no gradient.
+    pub fn constant(value: Tensor) -> Var {
+        Var { value, tracked: None }
+    }
+
+    pub(crate) fn on_tape(value: Tensor, tape: Tape, node: NodeId) -> Var {
+        let generation = tape.generation();
+        Var { value, tracked: Some(Tracked { tape, node, generation }) }
+    }
+
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        self.value.shape()
+    }
+
+    /// True when gradients will flow through this value.
+    pub fn is_tracked(&self) -> bool {
+        self.tracked.is_some()
+    }
+
+    /// The same value, cut off from the tape.
+    pub fn detach(&self) -> Var {
+        Var::constant(self.value.clone())
+    }
+
+    pub(crate) fn raw_node(&self) -> Option<(u64, NodeId)> {
+        self.tracked.as_ref().map(|t| (t.generation, t.node))
+    }
+
+    /// This var's node on `tape`, `None` if untracked; an error if it belongs to another tape
+    /// or to one whose backward has already run.
+    pub(crate) fn node_on(&self, tape: &Tape) -> Result<Option<NodeId>> {
+        match &self.tracked {
+            None => Ok(None),
+            Some(t) if !t.tape.same(tape) => bail!("autograd", "a value from another tape was used"),
+            Some(t) if t.generation != tape.generation() => {
+                bail!("autograd", "a value from a tape whose backward already ran was used")
+            }
+            Some(t) => Ok(Some(t.node)),
+        }
+    }
+
+    /// Records `make(input nodes)` with output `value` if any input is tracked.
+    fn record(inputs: &[&Var], value: Tensor, make: impl FnOnce(Vec<Option<NodeId>>) -> Op) -> Result<Var> {
+        let Some(tape) = inputs.iter().find_map(|v| v.tracked.as_ref().map(|t| t.tape.clone())) else {
+            return Ok(Var::constant(value));
+        };
+        let nodes = inputs.iter().map(|v| v.node_on(&tape)).collect::<Result<Vec<_>>>()?;
+        let node = tape.push(make(nodes), value.shape().to_vec());
+        Ok(Var::on_tape(value, tape, node))
+    }
+
+    /// Records an op of one tracked input.
+    fn record1(&self, value: Tensor, make: impl FnOnce(NodeId) -> Op) -> Result<Var> {
+        Var::record(&[self], value, |n| make(n[0].expect("single tracked input")))
+    }
+
+    // ---- elementwise ----
+
+    /// Any differentiable [`UnaryOp`].
+    pub fn unary(&self, op: UnaryOp) -> Result<Var> {
+        if matches!(op, UnaryOp::GeluDerivative) && self.is_tracked() {
+            bail!("gelu_derivative", "has no backward rule (second derivatives are not supported)");
+        }
+        let output = self.value.unary(op)?;
+        if matches!(op, UnaryOp::Step) {
+            return Ok(Var::constant(output)); // piecewise constant: zero gradient
+        }
+        self.record1(output.clone(), |x| Op::Unary { x, op, input: self.value.clone(), output })
+    }
+
+    unary_methods! {
+        neg => Neg;
+        exp => Exp;
+        log => Log;
+        sqrt => Sqrt;
+        square => Square;
+        recip => Recip;
+        tanh => Tanh;
+        sigmoid => Sigmoid;
+        relu => Relu;
+        squared_relu => SquaredRelu;
+        /// Exact (erf) GELU.
+        gelu => Gelu;
+    }
+
+    scalar_methods! {
+        add_scalar => AddScalar;
+        mul_scalar => MulScalar;
+        div_scalar => DivScalar;
+        max_scalar => MaxScalar;
+        /// `c - x`.
+        scalar_sub => ScalarSub;
+    }
+
+    pub fn sub_scalar(&self, c: f32) -> Result<Var> {
+        self.add_scalar(-c)
+    }
+
+    /// Any [`BinaryOp`] with broadcasting. Comparisons return constants (zero gradient).
+    pub fn binary(&self, rhs: &Var, op: BinaryOp) -> Result<Var> {
+        let value = self.value.binary(&rhs.value, op)?;
+        if matches!(op, BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq) {
+            return Ok(Var::constant(value));
+        }
+        Var::record(&[self, rhs], value, |n| Op::Binary {
+            lhs: n[0],
+            rhs: n[1],
+            op,
+            a: self.value.clone(),
+            b: rhs.value.clone(),
+        })
+    }
+
+    binary_methods! {
+        add => Add;
+        sub => Sub;
+        mul => Mul;
+        div => Div;
+        maximum => Max;
+        minimum => Min;
+        gt => Gt;
+        ge => Ge;
+        eq => Eq;
+    }
+
+    /// `cond != 0 ? on_true : on_false` with broadcasting; `cond` is a constant.
+    pub fn where_cond(cond: &Tensor, on_true: &Var, on_false: &Var) -> Result<Var> {
+        let value = cond.where_cond(&on_true.value, &on_false.value)?;
+        Var::record(&[on_true, on_false], value, |n| Op::Where {
+            cond: cond.clone(),
+            t: n[0],
+            f: n[1],
+            t_shape: on_true.shape().to_vec(),
+            f_shape: on_false.shape().to_vec(),
+        })
+    }
+
+    /// `value` where `mask != 0`, else `self`.
+    pub fn masked_fill(&self, mask: &Tensor, value: f32) -> Result<Var> {
+        let fill = Var::constant(Tensor::scalar(value).to_device(&self.value.device())?);
+        let mask = mask.broadcast_to(self.shape())?;
+        Var::where_cond(&mask, &fill, self)
+    }
+
+    // ---- reductions ----
+
+    pub fn reduce(&self, axis: usize, op: ReduceOp, keepdim: bool) -> Result<Var> {
+        let output = self.value.reduce(axis, op, true)?;
+        let value = if keepdim { output.clone() } else { output.squeeze(axis)? };
+        self.record1(value, |x| Op::Reduce { x, op, axis, keepdim, input: self.value.clone(), output })
+    }
+
+    pub fn sum(&self, axis: usize) -> Result<Var> {
+        self.reduce(axis, ReduceOp::Sum, false)
+    }
+    pub fn sum_keepdim(&self, axis: usize) -> Result<Var> {
+        self.reduce(axis, ReduceOp::Sum, true)
+    }
+    pub fn mean(&self, axis: usize) -> Result<Var> {
+        let n = self.value.dim(axis)? as f32;
+        self.sum(axis)?.div_scalar(n)
+    }
+    pub fn mean_keepdim(&self, axis: usize) -> Result<Var> {
+        let n = self.value.dim(axis)? as f32;
+        self.sum_keepdim(axis)?.div_scalar(n)
+    }
+    pub fn max(&self, axis: usize) -> Result<Var> {
+        self.reduce(axis, ReduceOp::Max, false)
+    }
+    pub fn max_keepdim(&self, axis: usize) -> Result<Var> {
+        self.reduce(axis, ReduceOp::Max, true)
+    }
+    pub fn min(&self, axis: usize) -> Result<Var> {
+        self.reduce(axis, ReduceOp::Min, false)
+    }
+    pub fn min_keepdim(&self, axis: usize) -> Result<Var> {
+        self.reduce(axis, ReduceOp::Min, true)
+    }
+    pub fn log_sum_exp(&self, axis: usize) -> Result<Var> {
+        self.reduce(axis, ReduceOp::LogSumExp, false)
+    }
+    pub fn log_sum_exp_keepdim(&self, axis: usize) -> Result<Var> {
+        self.reduce(axis, ReduceOp::LogSumExp, true)
+    }
+    /// Sum of all elements, shape `[]`.
+    pub fn sum_all(&self) -> Result<Var> {
+        self.flatten()?.sum(0)
+    }
+    /// Mean of all elements, shape `[]`.
+    pub fn mean_all(&self) -> Result<Var> {
+        self.flatten()?.mean(0)
+    }
+
+    // ---- fused ops ----
+
+    pub fn softmax(&self, axis: usize) -> Result<Var> {
+        let output = self.value.softmax(axis)?;
+        self.record1(output.clone(), |x| Op::Softmax { x, axis, output })
+    }
+
+    /// Layer norm over the last axis, `(x - μ)/√(σ²+ε) ⊙ weight + bias`.
+    pub fn layer_norm(&self, weight: &Var, bias: &Var, eps: f32) -> Result<Var> {
+        let parts = self.value.layer_norm_with_stats(&weight.value, &bias.value, eps)?;
+        Var::record(&[self, weight, bias], parts.y, |n| Op::LayerNorm {
+            x: n[0],
+            weight: n[1],
+            bias: n[2],
+            input: self.value.clone(),
+            weight_value: weight.value.clone(),
+            mean: parts.mean,
+            rstd: parts.rstd,
+        })
+    }
+
+    /// Batched matrix product over the last two axes.
+    pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        let value = self.value.matmul(&rhs.value)?;
+        Var::record(&[self, rhs], value, |n| Op::Matmul { lhs: n[0], rhs: n[1], a: self.value.clone(), b: rhs.value.clone() })
+    }
+
+    // ---- views ----
+
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Var> {
+        self.record1(self.value.transpose(a, b)?, |x| Op::Transpose { x, a, b })
+    }
+    /// Swaps the last two axes.
+    pub fn t(&self) -> Result<Var> {
+        let r = self.value.rank();
+        if r < 2 {
+            bail!("t", "needs at least 2 axes, got {:?}", self.shape());
+        }
+        self.transpose(r - 2, r - 1)
+    }
+    pub fn permute(&self, dims: &[usize]) -> Result<Var> {
+        self.record1(self.value.permute(dims)?, |x| Op::Permute { x, dims: dims.to_vec() })
+    }
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Var> {
+        let full = self.value.dim(axis)?;
+        self.record1(self.value.narrow(axis, start, len)?, |x| Op::Narrow { x, axis, start, full })
+    }
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Var> {
+        self.record1(self.value.broadcast_to(shape)?, |x| Op::Broadcast { x, shape: self.shape().to_vec() })
+    }
+    pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
+        self.record1(self.value.reshape(shape)?, |x| Op::Reshape { x, shape: self.shape().to_vec() })
+    }
+    pub fn flatten(&self) -> Result<Var> {
+        self.reshape(&[self.value.numel()])
+    }
+    pub fn unsqueeze(&self, axis: usize) -> Result<Var> {
+        self.record1(self.value.unsqueeze(axis)?, |x| Op::Reshape { x, shape: self.shape().to_vec() })
+    }
+    pub fn squeeze(&self, axis: usize) -> Result<Var> {
+        self.record1(self.value.squeeze(axis)?, |x| Op::Reshape { x, shape: self.shape().to_vec() })
+    }
+    pub fn contiguous(&self) -> Result<Var> {
+        self.record1(self.value.contiguous()?, |x| Op::Reshape { x, shape: self.shape().to_vec() })
+    }
+
+    // ---- indexing ----
+
+    pub fn cat(parts: &[&Var], axis: usize) -> Result<Var> {
+        let values: Vec<&Tensor> = parts.iter().map(|p| &p.value).collect();
+        let value = Tensor::cat(&values, axis)?;
+        let sizes = parts.iter().map(|p| p.shape()[axis]).collect();
+        Var::record(parts, value, |inputs| Op::Cat { inputs, axis, sizes })
+    }
+
+    pub fn index_select(&self, axis: usize, indices: &[usize]) -> Result<Var> {
+        let size = self.value.dim(axis)?;
+        let value = self.value.index_select(axis, indices)?;
+        self.record1(value, |x| Op::IndexSelect { x, axis, indices: indices.to_vec(), size })
+    }
+
+    /// Embedding lookup in the table `self` (`[vocab, dim]`); result `ids_shape + [dim]`.
+    pub fn embedding(&self, ids: &[usize], ids_shape: &[usize]) -> Result<Var> {
+        if self.value.rank() != 2 {
+            bail!("embedding", "table must be [vocab, dim], got {:?}", self.shape());
+        }
+        if ids.len() != ids_shape.iter().product::<usize>() {
+            bail!("embedding", "{} ids do not fill shape {ids_shape:?}", ids.len());
+        }
+        let dim = self.shape()[1];
+        self.index_select(0, ids)?.reshape(&[ids_shape, &[dim]].concat())
+    }
+
+    /// `out[.., i, ..] = self[.., indices[.., i, ..], ..]` along `axis`.
+    pub fn gather(&self, axis: usize, indices: &[usize], index_shape: &[usize]) -> Result<Var> {
+        let size = self.value.dim(axis)?;
+        let value = self.value.gather(axis, indices, index_shape)?;
+        self.record1(value, |x| Op::Gather { x, axis, indices: indices.to_vec(), size })
+    }
+}

@@ -1,0 +1,323 @@
+//! Every optimised kernel against the naive reference kernels of `tensor::reference`, on
+//! random shapes and on strided inputs (transposed, sliced, broadcast views).
+//!
+//! Tolerances, stated per family:
+//! - add/sub/mul/div/max/min/comparisons, copies, index ops: exact (f32 ops are correctly
+//!   rounded; the reference computes in f64 and rounds once, which gives the same value);
+//! - exp, log, sqrt, tanh, sigmoid, GELU and friends: `1e-6 + 1e-6·|want|`;
+//! - sums, log-sum-exp, softmax: `1e-5` absolute on inputs in [-2, 2];
+//! - layer norm: `2e-5` absolute (its outputs are O(1));
+//! - matmul: `1e-5·k` absolute on inputs in [-1, 1] (k products accumulated in f32).
+//!
+//! The fixed-size cases at the end are large enough to take the multi-threaded paths.
+
+use proptest::prelude::*;
+use tensor::{reference, BinaryOp, ReduceOp, Tensor, UnaryOp};
+use tests::{assert_close, shape, uniform, viewed, viewed_no_broadcast};
+
+fn cases() -> ProptestConfig {
+    ProptestConfig { cases: 48, ..ProptestConfig::default() }
+}
+
+const UNARY: [UnaryOp; 19] = [
+    UnaryOp::Identity,
+    UnaryOp::Neg,
+    UnaryOp::Exp,
+    UnaryOp::Log,
+    UnaryOp::Sqrt,
+    UnaryOp::Square,
+    UnaryOp::Recip,
+    UnaryOp::Tanh,
+    UnaryOp::Sigmoid,
+    UnaryOp::Relu,
+    UnaryOp::SquaredRelu,
+    UnaryOp::Gelu,
+    UnaryOp::GeluDerivative,
+    UnaryOp::Step,
+    UnaryOp::AddScalar(0.75),
+    UnaryOp::MulScalar(-1.5),
+    UnaryOp::DivScalar(3.0),
+    UnaryOp::MaxScalar(0.25),
+    UnaryOp::ScalarSub(2.0),
+];
+
+const BINARY: [BinaryOp; 9] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::Max,
+    BinaryOp::Min,
+    BinaryOp::Gt,
+    BinaryOp::Ge,
+    BinaryOp::Eq,
+];
+
+fn unary_tolerance(op: UnaryOp) -> (f32, f32) {
+    match op {
+        UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Gelu | UnaryOp::GeluDerivative => {
+            (1e-6, 1e-6)
+        }
+        _ => (0.0, 0.0),
+    }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn unary_ops_match_reference(x in shape(1..=4, 1..=6).prop_flat_map(|s| viewed(s, 0.05, 4.0)), neg in any::<bool>()) {
+        // Positive inputs keep log and sqrt defined; `neg` flips them for the others.
+        let x = if neg { x.tensor().neg().unwrap() } else { x.tensor() };
+        for op in UNARY {
+            if neg && matches!(op, UnaryOp::Log | UnaryOp::Sqrt) { continue; }
+            let (atol, rtol) = unary_tolerance(op);
+            assert_close(&x.unary(op).unwrap(), &reference::unary(&x, op), atol, rtol);
+        }
+    }
+
+    #[test]
+    fn binary_ops_broadcast_like_reference(
+        s in shape(1..=4, 1..=5),
+        drop in 0usize..4,
+        a in any::<u64>(),
+        b in any::<u64>(),
+        transpose in any::<bool>(),
+    ) {
+        // rhs has some axes of size 1 (and maybe fewer axes), lhs is maybe transposed.
+        let lhs = uniform(&s, -2.0, 2.0, a);
+        let lhs = if transpose && s.len() >= 2 { lhs.t().unwrap() } else { lhs };
+        let mut rs: Vec<usize> = lhs.shape().iter().enumerate().map(|(i, &d)| if i % 2 == 1 { 1 } else { d }).collect();
+        rs.drain(..drop.min(rs.len()));
+        let rhs = uniform(&rs, 0.5, 2.0, b);
+        for op in BINARY {
+            assert_close(&lhs.binary(&rhs, op).unwrap(), &reference::binary(&lhs, &rhs, op).unwrap(), 0.0, 0.0);
+            assert_close(&rhs.binary(&lhs, op).unwrap(), &reference::binary(&rhs, &lhs, op).unwrap(), 0.0, 0.0);
+        }
+    }
+
+    #[test]
+    fn reductions_match_reference(x in shape(1..=4, 1..=7).prop_flat_map(|s| viewed(s, -2.0, 2.0)), axis in 0usize..4) {
+        let t = x.tensor();
+        let axis = axis % t.rank();
+        for (op, atol) in [(ReduceOp::Sum, 1e-5), (ReduceOp::Max, 0.0), (ReduceOp::Min, 0.0), (ReduceOp::LogSumExp, 1e-5)] {
+            assert_close(&t.reduce(axis, op, true).unwrap(), &reference::reduce(&t, axis, op), atol, 0.0);
+        }
+    }
+
+    #[test]
+    fn softmax_matches_reference(x in shape(1..=4, 1..=7).prop_flat_map(|s| viewed(s, -4.0, 4.0)), axis in 0usize..4) {
+        let t = x.tensor();
+        let axis = axis % t.rank();
+        assert_close(&t.softmax(axis).unwrap(), &reference::softmax(&t, axis), 1e-6, 1e-5);
+    }
+
+    #[test]
+    fn layer_norm_matches_reference(x in shape(1..=3, 1..=9).prop_flat_map(|s| viewed_no_broadcast(s, -3.0, 3.0)), seed in any::<u64>()) {
+        // Broadcast inputs can make a row constant; see `layer_norm_of_a_constant_row_is_the_bias`.
+        let t = x.tensor();
+        let c = t.shape()[t.rank() - 1];
+        let w = uniform(&[c], 0.5, 1.5, seed);
+        let b = uniform(&[c], -0.5, 0.5, seed ^ 1);
+        assert_close(&t.layer_norm(&w, &b, 1e-5).unwrap(), &reference::layer_norm(&t, &w, &b, 1e-5), 2e-5, 0.0);
+    }
+
+    #[test]
+    fn matmul_matches_triple_loop(
+        batch in shape(0..=2, 1..=3),
+        m in 1usize..9, k in 1usize..9, n in 1usize..9,
+        ta in any::<bool>(), tb in any::<bool>(), bcast in any::<bool>(), seed in any::<u64>(),
+    ) {
+        // Operands may be transposed views, and rhs may drop its batch axes (broadcast).
+        let a_shape = [batch.clone(), if ta { vec![k, m] } else { vec![m, k] }].concat();
+        let b_batch = if bcast { vec![] } else { batch.clone() };
+        let b_shape = [b_batch, if tb { vec![n, k] } else { vec![k, n] }].concat();
+        let a = uniform(&a_shape, -1.0, 1.0, seed);
+        let b = uniform(&b_shape, -1.0, 1.0, seed ^ 7);
+        let a = if ta { a.t().unwrap() } else { a };
+        let b = if tb { b.t().unwrap() } else { b };
+        assert_close(&a.matmul(&b).unwrap(), &reference::matmul(&a, &b).unwrap(), 1e-5 * k as f32, 0.0);
+    }
+
+    #[test]
+    fn index_select_and_index_add_are_adjoint(s in shape(1..=3, 1..=5), axis in 0usize..3, seed in any::<u64>(), picks in prop::collection::vec(0usize..5, 0..7)) {
+        let axis = axis % s.len();
+        let x = uniform(&s, -1.0, 1.0, seed).t().unwrap_or_else(|_| uniform(&s, -1.0, 1.0, seed));
+        let size = x.shape()[axis];
+        let idx: Vec<usize> = picks.iter().map(|p| p % size).collect();
+        let y = x.index_select(axis, &idx).unwrap();
+        // Each picked slice equals the narrowed source.
+        for (j, &i) in idx.iter().enumerate() {
+            prop_assert_eq!(y.narrow(axis, j, 1).unwrap().to_vec().unwrap(), x.narrow(axis, i, 1).unwrap().to_vec().unwrap());
+        }
+        // <index_select(x), g> == <x, index_add(g)> for any g.
+        let g = uniform(y.shape(), -1.0, 1.0, seed ^ 3);
+        let lhs: f64 = y.to_vec().unwrap().iter().zip(g.to_vec().unwrap()).map(|(a, b)| (*a as f64) * b as f64).sum();
+        let back = g.index_add(axis, &idx, size).unwrap();
+        let rhs: f64 = x.to_vec().unwrap().iter().zip(back.to_vec().unwrap()).map(|(a, b)| (*a as f64) * b as f64).sum();
+        prop_assert!((lhs - rhs).abs() < 1e-4, "{} vs {}", lhs, rhs);
+    }
+
+    #[test]
+    fn gather_and_scatter_add_are_adjoint(rows in 1usize..5, cols in 1usize..6, k in 1usize..5, seed in any::<u64>()) {
+        let x = uniform(&[cols, rows], -1.0, 1.0, seed).t().unwrap(); // [rows, cols], strided
+        let idx: Vec<usize> = (0..rows * k).map(|i| (i * 7 + seed as usize) % cols).collect();
+        let y = x.gather(1, &idx, &[rows, k]).unwrap();
+        for r in 0..rows { for j in 0..k {
+            prop_assert_eq!(y.get(&[r, j]).unwrap(), x.get(&[r, idx[r * k + j]]).unwrap());
+        }}
+        let g = uniform(&[rows, k], -1.0, 1.0, seed ^ 5);
+        let back = g.scatter_add(1, &idx, cols).unwrap();
+        let lhs: f64 = y.to_vec().unwrap().iter().zip(g.to_vec().unwrap()).map(|(a, b)| (*a as f64) * b as f64).sum();
+        let rhs: f64 = x.to_vec().unwrap().iter().zip(back.to_vec().unwrap()).map(|(a, b)| (*a as f64) * b as f64).sum();
+        prop_assert!((lhs - rhs).abs() < 1e-4);
+    }
+
+    #[test]
+    fn cat_places_parts_in_order(s in shape(1..=3, 1..=4), axis in 0usize..3, extra in 1usize..4, seed in any::<u64>()) {
+        let axis = axis % s.len();
+        let a = uniform(&s, -1.0, 1.0, seed);
+        let mut s2 = s.clone();
+        s2[axis] = extra;
+        // The second part is a transposed (strided) view when it has two axes.
+        let b = if s2.len() >= 2 {
+            let mut swapped = s2.clone();
+            swapped.swap(s2.len() - 2, s2.len() - 1);
+            uniform(&swapped, -1.0, 1.0, seed ^ 9).t().unwrap()
+        } else {
+            uniform(&s2, -1.0, 1.0, seed ^ 9)
+        };
+        let c = Tensor::cat(&[&a, &b], axis).unwrap();
+        prop_assert_eq!(c.narrow(axis, 0, s[axis]).unwrap().to_vec().unwrap(), a.to_vec().unwrap());
+        prop_assert_eq!(c.narrow(axis, s[axis], b.shape()[axis]).unwrap().to_vec().unwrap(), b.to_vec().unwrap());
+    }
+
+    #[test]
+    fn where_and_masked_fill_pick_elementwise(s in shape(1..=3, 1..=5), seed in any::<u64>()) {
+        let c = uniform(&s, -1.0, 1.0, seed).gt(&Tensor::scalar(0.0)).unwrap();
+        let t = uniform(&s, -1.0, 1.0, seed ^ 1);
+        let f = uniform(&[s[s.len() - 1]], -1.0, 1.0, seed ^ 2); // broadcast
+        let w = c.where_cond(&t, &f).unwrap();
+        let m = t.masked_fill(&c, -9.0).unwrap();
+        let (cv, tv, wv, mv) = (c.to_vec().unwrap(), t.to_vec().unwrap(), w.to_vec().unwrap(), m.to_vec().unwrap());
+        let fv = f.broadcast_to(&s).unwrap().to_vec().unwrap();
+        for i in 0..cv.len() {
+            prop_assert_eq!(wv[i], if cv[i] != 0.0 { tv[i] } else { fv[i] });
+            prop_assert_eq!(mv[i], if cv[i] != 0.0 { -9.0 } else { tv[i] });
+        }
+    }
+
+    #[test]
+    fn argmax_and_topk_find_the_largest(rows in 1usize..5, cols in 1usize..9, k in 0usize..9, seed in any::<u64>()) {
+        let x = uniform(&[rows, cols], -1.0, 1.0, seed);
+        let k = k % (cols + 1);
+        let arg = x.argmax(1).unwrap();
+        let (vals, idx) = x.topk(k).unwrap();
+        prop_assert_eq!(vals.shape(), &[rows, k]);
+        for r in 0..rows {
+            let row: Vec<f32> = x.narrow(0, r, 1).unwrap().to_vec().unwrap();
+            let mut sorted = row.clone();
+            sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            prop_assert_eq!(row[arg[r]], sorted[0]);
+            for j in 0..k {
+                prop_assert_eq!(vals.get(&[r, j]).unwrap(), sorted[j]);
+                prop_assert_eq!(row[idx[r * k + j]], sorted[j]);
+            }
+        }
+        // argmax along axis 0 too.
+        let arg0 = x.argmax(0).unwrap();
+        for c in 0..cols {
+            let col: Vec<f32> = (0..rows).map(|r| x.get(&[r, c]).unwrap()).collect();
+            prop_assert!(col.iter().all(|&v| v <= col[arg0[c]]));
+        }
+    }
+}
+
+#[test]
+fn layer_norm_of_a_constant_row_is_the_bias() {
+    // Var = 0, so y = (x - mean) / sqrt(eps) * w + b: the rounding residue of x - mean (one ulp
+    // of x) is amplified by 1/sqrt(eps) = 316, as in every f32 implementation. Within 1e-3.
+    let x = Tensor::full(1.7, &[3, 64]);
+    let w = uniform(&[64], 0.5, 1.5, 1);
+    let b = uniform(&[64], -0.5, 0.5, 2);
+    let want = b.broadcast_to(&[3, 64]).unwrap().contiguous().unwrap();
+    assert_close(&x.layer_norm(&w, &b, 1e-5).unwrap(), &want, 1e-3, 0.0);
+}
+
+#[test]
+fn embedding_looks_up_rows_and_scatters_back() {
+    let table = uniform(&[10, 4], -1.0, 1.0, 3);
+    let ids = [3, 1, 3, 9, 0, 1];
+    let e = table.embedding(&ids, &[2, 3]).unwrap();
+    assert_eq!(e.shape(), &[2, 3, 4]);
+    for (j, &i) in ids.iter().enumerate() {
+        let row: Vec<f32> = (0..4).map(|c| e.get(&[j / 3, j % 3, c]).unwrap()).collect();
+        assert_eq!(row, table.narrow(0, i, 1).unwrap().to_vec().unwrap());
+    }
+    let g = Tensor::ones(&[2, 3, 4]);
+    let back = g.embedding_backward(&ids, 10).unwrap();
+    let counts = [1.0, 2.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+    for (v, &n) in counts.iter().enumerate() {
+        assert_eq!(back.narrow(0, v, 1).unwrap().to_vec().unwrap(), vec![n; 4]);
+    }
+    let err = table.embedding(&[10], &[1]).unwrap_err().to_string();
+    assert!(err.contains("index 10 out of range") && err.contains("[10,4]"), "{err}");
+}
+
+/// Sizes above the parallel threshold, with strided inputs, so the rayon paths are checked.
+#[test]
+fn large_inputs_take_parallel_paths_and_agree() {
+    let x = uniform(&[300, 257], -2.0, 2.0, 1).t().unwrap(); // [257, 300], strided
+    for op in [UnaryOp::Exp, UnaryOp::Gelu, UnaryOp::Tanh, UnaryOp::Neg] {
+        let (atol, rtol) = unary_tolerance(op);
+        assert_close(&x.unary(op).unwrap(), &reference::unary(&x, op), atol, rtol);
+    }
+    let bias = uniform(&[300], -1.0, 1.0, 2);
+    assert_close(&x.add(&bias).unwrap(), &reference::binary(&x, &bias, BinaryOp::Add).unwrap(), 0.0, 0.0);
+    for axis in 0..2 {
+        for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::LogSumExp] {
+            assert_close(&x.reduce(axis, op, true).unwrap(), &reference::reduce(&x, axis, op), 1e-4, 1e-6);
+        }
+        assert_close(&x.softmax(axis).unwrap(), &reference::softmax(&x, axis), 1e-6, 1e-5);
+    }
+    let (w, b) = (uniform(&[300], 0.5, 1.5, 3), uniform(&[300], -0.5, 0.5, 4));
+    assert_close(&x.layer_norm(&w, &b, 1e-5).unwrap(), &reference::layer_norm(&x, &w, &b, 1e-5), 2e-5, 0.0);
+    // One big matrix (split by rows), a few batches, a transposed operand, a broadcast weight.
+    let a = uniform(&[3, 130, 70], -1.0, 1.0, 5);
+    let bt = uniform(&[3, 90, 70], -1.0, 1.0, 6).t().unwrap();
+    assert_close(&a.matmul(&bt).unwrap(), &reference::matmul(&a, &bt).unwrap(), 1e-3, 0.0);
+    let big = uniform(&[600, 64], -1.0, 1.0, 7);
+    let wt = uniform(&[64, 80], -1.0, 1.0, 8);
+    assert_close(&big.matmul(&wt).unwrap(), &reference::matmul(&big, &wt).unwrap(), 1e-3, 0.0);
+}
+
+#[test]
+fn results_do_not_depend_on_layout() {
+    // The same values, contiguous or transposed, give bit-identical results.
+    let x = uniform(&[64, 48], -3.0, 3.0, 11);
+    let xt = x.t().unwrap().contiguous().unwrap().t().unwrap();
+    assert!(!xt.is_contiguous());
+    for op in UNARY {
+        let bits = |t: &Tensor| t.unary(op).unwrap().to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&x) == bits(&xt), "{op:?} differs between layouts");
+    }
+}
+
+#[test]
+fn kernel_errors_name_op_and_shapes() {
+    let a = Tensor::zeros(&[8, 256, 64]);
+    let b = Tensor::zeros(&[8, 32, 256]);
+    assert_eq!(a.matmul(&b).unwrap_err().to_string(), "matmul: [8,256,64] x [8,32,256]: inner dims 64 != 32");
+    let e = Tensor::zeros(&[2, 3]).add(&Tensor::zeros(&[4])).unwrap_err().to_string();
+    assert_eq!(e, "add: shapes [2,3] and [4] do not broadcast");
+    let e = Tensor::zeros(&[2, 3]).sum(2).unwrap_err().to_string();
+    assert_eq!(e, "sum: axis 2 out of range for shape [2,3]");
+    let e = Tensor::zeros(&[2, 3]).layer_norm(&Tensor::ones(&[4]), &Tensor::zeros(&[3]), 1e-5).unwrap_err().to_string();
+    assert!(e.starts_with("layer_norm: weight has shape [4]"), "{e}");
+    let e = Tensor::cat(&[&Tensor::zeros(&[2, 3]), &Tensor::zeros(&[2, 4])], 0).unwrap_err().to_string();
+    assert!(e.starts_with("cat:"), "{e}");
+    let e = Tensor::zeros(&[2, 3]).index_select(1, &[5]).unwrap_err().to_string();
+    assert_eq!(e, "index_select: index 5 out of range for axis 1 of size 3 in [2,3]");
+    let e = Tensor::zeros(&[2, 3]).topk(4).unwrap_err().to_string();
+    assert!(e.starts_with("topk:"), "{e}");
+}
