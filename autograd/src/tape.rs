@@ -151,6 +151,12 @@ pub struct Gradients {
     leaves: HashMap<(u64, NodeId), Tensor>,
 }
 
+impl std::fmt::Debug for Gradients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gradients({} parameters, {} leaves)", self.params.len(), self.leaves.len())
+    }
+}
+
 impl Gradients {
     /// The gradient of a parameter, if the loss depended on it.
     pub fn get(&self, id: ParamId) -> Option<&Tensor> {

@@ -1,0 +1,236 @@
+//! A finite-difference gradient check for every differentiable op, on random shapes, with
+//! inputs that reach the op as contiguous tensors or as transposed, sliced and broadcast views
+//! (the view is applied on the tape, so its own backward rule is checked too).
+//!
+//! Inputs are kept away from kinks (ReLU at 0, ties of max/min) and singularities (log, sqrt,
+//! 1/x at 0), where a finite difference does not measure a derivative.
+
+use autograd::{check_gradients, GradCheck, Var};
+use proptest::prelude::*;
+use tensor::{Result, Tensor};
+use tests::{shape, uniform, uniform_avoiding, viewed, viewed_no_broadcast, Recipe, Viewed};
+
+fn cases() -> ProptestConfig {
+    ProptestConfig { cases: 64, max_global_rejects: 4096, ..ProptestConfig::default() }
+}
+
+/// Gradient-checks `f` applied to the views of `inputs` (the bases are what gets perturbed).
+fn check(inputs: &[&Viewed], config: &GradCheck, f: impl Fn(&[Var]) -> Result<Var>) -> Result<()> {
+    let bases: Vec<Tensor> = inputs.iter().map(|v| v.base.clone()).collect();
+    let views: Vec<Viewed> = inputs.iter().map(|v| (*v).clone()).collect();
+    check_gradients(
+        |vars| {
+            let xs = vars.iter().zip(&views).map(|(v, r)| r.apply_var(v)).collect::<Result<Vec<_>>>()?;
+            f(&xs)
+        },
+        &bases,
+        config,
+    )?;
+    Ok(())
+}
+
+/// A view of `shape` whose base values avoid `avoid` by `gap`.
+fn viewed_avoiding(shape: Vec<usize>, low: f32, high: f32, avoid: &'static [f32], gap: f32) -> impl Strategy<Value = Viewed> {
+    viewed(shape, low, high).prop_map(move |v| {
+        let base = uniform_avoiding(v.base.shape(), low, high, avoid, gap, v.base.to_vec().unwrap()[0].to_bits() as u64);
+        Viewed { base, ..v }
+    })
+}
+
+fn default() -> GradCheck {
+    GradCheck::default()
+}
+
+/// Smallest |a - b| over the broadcast pair (to skip near-ties of max/min).
+fn min_gap(a: &Tensor, b: &Tensor) -> f32 {
+    a.sub(b).unwrap().to_vec().unwrap().iter().fold(f32::INFINITY, |m, d| m.min(d.abs()))
+}
+
+fn small() -> impl Strategy<Value = Vec<usize>> {
+    shape(1..=3, 1..=4)
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn smooth_unary_ops(x in small().prop_flat_map(|s| viewed(s, -2.0, 2.0))) {
+        type Op = fn(&Var) -> Result<Var>;
+        let ops: [(&str, Op); 10] = [
+            ("neg", |x| x.neg()),
+            ("exp", |x| x.exp()),
+            ("square", |x| x.square()),
+            ("tanh", |x| x.tanh()),
+            ("sigmoid", |x| x.sigmoid()),
+            ("gelu", |x| x.gelu()),
+            ("add_scalar", |x| x.add_scalar(0.3)),
+            ("sub_scalar", |x| x.sub_scalar(0.3)),
+            ("mul_scalar", |x| x.mul_scalar(-1.7)),
+            ("scalar_sub", |x| x.scalar_sub(2.0)),
+        ];
+        for (name, op) in ops {
+            check(&[&x], &default(), |v| op(&v[0])).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+        }
+        check(&[&x], &default(), |v| v[0].div_scalar(3.0)).map_err(|e| TestCaseError::fail(format!("div_scalar: {e}")))?;
+    }
+
+    #[test]
+    fn positive_domain_unary_ops(x in small().prop_flat_map(|s| viewed(s, 0.5, 3.0))) {
+        check(&[&x], &default(), |v| v[0].log()).map_err(|e| TestCaseError::fail(format!("log: {e}")))?;
+        check(&[&x], &default(), |v| v[0].sqrt()).map_err(|e| TestCaseError::fail(format!("sqrt: {e}")))?;
+        check(&[&x], &default(), |v| v[0].recip()).map_err(|e| TestCaseError::fail(format!("recip: {e}")))?;
+    }
+
+    #[test]
+    fn kinked_unary_ops(x in small().prop_flat_map(|s| viewed_avoiding(s, -2.0, 2.0, &[0.0, 0.25], 0.05))) {
+        check(&[&x], &default(), |v| v[0].relu()).map_err(|e| TestCaseError::fail(format!("relu: {e}")))?;
+        // Smooth, but its second derivative jumps at 0.
+        check(&[&x], &default(), |v| v[0].squared_relu()).map_err(|e| TestCaseError::fail(format!("squared_relu: {e}")))?;
+        check(&[&x], &default(), |v| v[0].max_scalar(0.25)).map_err(|e| TestCaseError::fail(format!("max_scalar: {e}")))?;
+    }
+
+    #[test]
+    fn broadcasting_binary_ops(
+        (a, b) in small().prop_flat_map(|s| {
+            // b has the same rank with some axes 1, or drops the leading axis.
+            let bs: Vec<usize> = s.iter().enumerate().map(|(i, &d)| if i % 2 == 0 { d } else { 1 }).collect();
+            (viewed(s, -2.0, 2.0), viewed(bs, 0.5, 2.0))
+        }),
+        swap in any::<bool>(),
+    ) {
+        let (a, b) = if swap { (&b, &a) } else { (&a, &b) };
+        type Op = fn(&Var, &Var) -> Result<Var>;
+        let ops: [(&str, Op); 3] = [("add", |a, b| a.add(b)), ("sub", |a, b| a.sub(b)), ("mul", |a, b| a.mul(b))];
+        for (name, op) in ops {
+            check(&[a, b], &default(), |v| op(&v[0], &v[1])).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+        }
+        // Divide by the input kept in [0.5, 2].
+        let (num, den) = if swap { (b, a) } else { (a, b) };
+        check(&[num, den], &default(), |v| v[0].div(&v[1])).map_err(|e| TestCaseError::fail(format!("div: {e}")))?;
+    }
+
+    #[test]
+    fn max_and_min_of_two(a in small().prop_flat_map(|s| (viewed(s.clone(), -2.0, 2.0), viewed(s, -2.0, 2.0)))) {
+        let (a, b) = a;
+        prop_assume!(min_gap(&a.tensor(), &b.tensor()) > 0.03);
+        check(&[&a, &b], &default(), |v| v[0].maximum(&v[1])).map_err(|e| TestCaseError::fail(format!("maximum: {e}")))?;
+        check(&[&a, &b], &default(), |v| v[0].minimum(&v[1])).map_err(|e| TestCaseError::fail(format!("minimum: {e}")))?;
+    }
+
+    #[test]
+    fn reductions(x in small().prop_flat_map(|s| viewed_no_broadcast(s, -2.0, 2.0)), axis in 0usize..3) {
+        let axis = axis % x.shape.len();
+        check(&[&x], &default(), |v| v[0].sum(axis)).map_err(|e| TestCaseError::fail(format!("sum: {e}")))?;
+        check(&[&x], &default(), |v| v[0].sum_keepdim(axis)).map_err(|e| TestCaseError::fail(format!("sum_keepdim: {e}")))?;
+        check(&[&x], &default(), |v| v[0].mean(axis)).map_err(|e| TestCaseError::fail(format!("mean: {e}")))?;
+        check(&[&x], &default(), |v| v[0].log_sum_exp(axis)).map_err(|e| TestCaseError::fail(format!("log_sum_exp: {e}")))?;
+        check(&[&x], &default(), |v| v[0].sum_all()).map_err(|e| TestCaseError::fail(format!("sum_all: {e}")))?;
+        check(&[&x], &default(), |v| v[0].mean_all()).map_err(|e| TestCaseError::fail(format!("mean_all: {e}")))?;
+        // max/min: only where the winner is clear (a near-tie has no derivative).
+        let t = x.tensor();
+        let sorted_gap = {
+            let top = t.max_keepdim(axis).unwrap();
+            let others = t.sub(&top).unwrap().to_vec().unwrap();
+            others.iter().filter(|d| **d != 0.0).fold(f32::INFINITY, |m, d| m.min(d.abs()))
+        };
+        let low_gap = {
+            let bottom = t.min_keepdim(axis).unwrap();
+            t.sub(&bottom).unwrap().to_vec().unwrap().iter().filter(|d| **d != 0.0).fold(f32::INFINITY, |m, d| m.min(d.abs()))
+        };
+        if sorted_gap > 0.03 {
+            check(&[&x], &default(), |v| v[0].max(axis)).map_err(|e| TestCaseError::fail(format!("max: {e}")))?;
+        }
+        if low_gap > 0.03 {
+            check(&[&x], &default(), |v| v[0].min_keepdim(axis)).map_err(|e| TestCaseError::fail(format!("min: {e}")))?;
+        }
+    }
+
+    #[test]
+    fn softmax_along_any_axis(x in small().prop_flat_map(|s| viewed(s, -3.0, 3.0)), axis in 0usize..3) {
+        let axis = axis % x.shape.len();
+        check(&[&x], &default(), |v| v[0].softmax(axis))?;
+    }
+
+    #[test]
+    fn layer_norm_input_weight_and_bias(x in shape(1..=3, 3..=6).prop_flat_map(|s| viewed_no_broadcast(s, -2.0, 2.0)), seed in any::<u64>()) {
+        let c = x.shape[x.shape.len() - 1];
+        // A row of nearly equal values has a huge, fast-changing gradient (1/σ): skip those.
+        let t = x.tensor();
+        let centered = t.sub(&t.mean_keepdim(t.rank() - 1).unwrap()).unwrap();
+        let var = centered.square().unwrap().mean(t.rank() - 1).unwrap().to_vec().unwrap();
+        prop_assume!(var.iter().all(|&v| v > 0.25));
+        let w = Viewed { base: uniform(&[c], 0.5, 1.5, seed), recipe: Recipe::Contiguous, shape: vec![c] };
+        let b = Viewed { base: uniform(&[c], -0.5, 0.5, seed ^ 1), recipe: Recipe::Contiguous, shape: vec![c] };
+        check(&[&x, &w, &b], &default(), |v| v[0].layer_norm(&v[1], &v[2], 1e-5))?;
+    }
+
+    #[test]
+    fn batched_matmul_with_strided_and_broadcast_operands(
+        (a, b, bt) in (shape(0..=2, 1..=3), 1usize..5, 1usize..5, 1usize..5, any::<bool>()).prop_flat_map(|(batch, m, k, n, shared)| {
+            let a_shape = [batch.clone(), vec![m, k]].concat();
+            let b_shape = if shared { vec![k, n] } else { [batch, vec![k, n]].concat() };
+            // Also a right operand that is a transposed view, the way attention uses K.
+            let bt = any::<u64>().prop_map(move |seed| Viewed {
+                base: uniform(&[n, k], -1.0, 1.0, seed),
+                recipe: Recipe::Transposed(0, 1),
+                shape: vec![k, n],
+            });
+            (viewed(a_shape, -1.0, 1.0), viewed(b_shape, -1.0, 1.0), bt)
+        }),
+    ) {
+        check(&[&a, &b], &default(), |v| v[0].matmul(&v[1]))?;
+        check(&[&a, &bt], &default(), |v| v[0].matmul(&v[1]))?;
+    }
+
+    #[test]
+    fn views_on_the_tape(x in shape(2..=3, 1..=4).prop_flat_map(|s| viewed(s, -1.0, 1.0)), axis in 0usize..3, start in 0usize..4) {
+        let r = x.shape.len();
+        let axis = axis % r;
+        let start = start % x.shape[axis];
+        let len = x.shape[axis] - start;
+        check(&[&x], &default(), |v| v[0].transpose(0, r - 1))?;
+        check(&[&x], &default(), |v| v[0].permute(&(0..r).rev().collect::<Vec<_>>()))?;
+        check(&[&x], &default(), |v| v[0].narrow(axis, start, len))?;
+        check(&[&x], &default(), |v| v[0].unsqueeze(0)?.broadcast_to(&[[2].as_slice(), &x.shape].concat()))?;
+        check(&[&x], &default(), |v| v[0].reshape(&[usize::MAX]))?;
+        check(&[&x], &default(), |v| v[0].unsqueeze(1)?.squeeze(1))?;
+        check(&[&x], &default(), |v| v[0].contiguous())?;
+        check(&[&x], &default(), |v| v[0].flatten())?;
+    }
+
+    #[test]
+    fn cat_of_views(a in small().prop_flat_map(|s| (viewed(s.clone(), -1.0, 1.0), viewed(s, -1.0, 1.0))), axis in 0usize..3) {
+        let (a, b) = a;
+        let axis = axis % a.shape.len();
+        check(&[&a, &b], &default(), |v| Var::cat(&[&v[0], &v[1], &v[0]], axis))?;
+    }
+
+    #[test]
+    fn index_select_embedding_and_gather(x in shape(2..=2, 2..=5).prop_flat_map(|s| viewed(s, -1.0, 1.0)), picks in prop::collection::vec(0usize..8, 1..6)) {
+        let (rows, cols) = (x.shape[0], x.shape[1]);
+        let row_ids: Vec<usize> = picks.iter().map(|p| p % rows).collect();
+        check(&[&x], &default(), |v| v[0].index_select(0, &row_ids))?;
+        let col_ids: Vec<usize> = picks.iter().map(|p| p % cols).collect();
+        check(&[&x], &default(), |v| v[0].index_select(1, &col_ids))?;
+        check(&[&x], &default(), |v| v[0].embedding(&row_ids, &[1, row_ids.len()]))?;
+        let gathered: Vec<usize> = (0..rows * 2).map(|i| picks[i % picks.len()] % cols).collect();
+        check(&[&x], &default(), |v| v[0].gather(1, &gathered, &[rows, 2]))?;
+    }
+
+    #[test]
+    fn where_and_masked_fill(a in small().prop_flat_map(|s| (viewed(s.clone(), -1.0, 1.0), viewed(s, -1.0, 1.0))), seed in any::<u64>()) {
+        let (a, b) = a;
+        let cond = uniform(&a.shape, -1.0, 1.0, seed).gt(&Tensor::scalar(0.0)).unwrap();
+        check(&[&a, &b], &default(), |v| Var::where_cond(&cond, &v[0], &v[1]))?;
+        check(&[&a], &default(), |v| v[0].masked_fill(&cond, -3.0))?;
+    }
+}
+
+#[test]
+fn a_wrong_rule_is_caught() {
+    // The checker must fail when the analytic gradient is wrong: `detach` hides x from the
+    // tape, so the analytic gradient of x*detach(x) is x, not 2x.
+    let x = uniform(&[3, 2], 0.5, 1.5, 1);
+    let err = check_gradients(|v| v[0].mul(&v[0].detach()), &[x], &GradCheck::default()).unwrap_err();
+    assert!(err.to_string().contains("analytic"), "{err}");
+}
