@@ -76,7 +76,7 @@ pub(crate) fn binary_slice(op: BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) 
 /// `op` over every element of a strided input; returns contiguous output.
 pub(crate) fn unary(src: &[f32], layout: &Layout, op: UnaryOp) -> Vec<f32> {
     let walk = Walk::new([layout]);
-    let mut out = vec![0.0; walk.numel()];
+    let mut out = super::pool::uninit(walk.numel());
     for_each_chunk(&mut out, 1, |start, chunk| {
         let mut buf = [0.0; BLOCK];
         walk.runs(start, start + chunk.len(), |run| {
@@ -99,7 +99,7 @@ pub(crate) fn unary(src: &[f32], layout: &Layout, op: UnaryOp) -> Vec<f32> {
 /// `op(a, b)` over two strided inputs of one shape; returns contiguous output.
 pub(crate) fn binary(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, op: BinaryOp) -> Vec<f32> {
     let walk = Walk::new([la, lb]);
-    let mut out = vec![0.0; walk.numel()];
+    let mut out = super::pool::uninit(walk.numel());
     for_each_chunk(&mut out, 2, |start, chunk| {
         let (mut ba, mut bb) = ([0.0; BLOCK], [0.0; BLOCK]);
         walk.runs(start, start + chunk.len(), |run| {
@@ -123,7 +123,7 @@ pub(crate) fn binary(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, op: BinaryO
 /// `cond != 0 ? t : f` over three strided inputs of one shape.
 pub(crate) fn where_cond(c: &[f32], lc: &Layout, t: &[f32], lt: &Layout, f: &[f32], lf: &Layout) -> Vec<f32> {
     let walk = Walk::new([lc, lt, lf]);
-    let mut out = vec![0.0; walk.numel()];
+    let mut out = super::pool::uninit(walk.numel());
     for_each_chunk(&mut out, 3, |start, chunk| {
         walk.runs(start, start + chunk.len(), |run| {
             let dst = &mut chunk[run.start - start..][..run.len];

@@ -39,7 +39,7 @@ fn slot(shape: &[usize], axis: usize, start: usize, len: usize) -> Layout {
 pub(crate) fn index_select(src: &[f32], layout: &Layout, axis: usize, indices: &[usize]) -> Vec<f32> {
     let mut shape = layout.shape().to_vec();
     shape[axis] = indices.len();
-    let mut out = vec![0.0; shape.iter().product()];
+    let mut out = super::pool::uninit(shape.iter().product());
     let inner: usize = layout.shape()[axis + 1..].iter().product();
     if axis == 0 && layout.is_contiguous() {
         // Embedding lookup: one contiguous row per index.
@@ -59,7 +59,7 @@ pub(crate) fn index_select(src: &[f32], layout: &Layout, axis: usize, indices: &
 pub(crate) fn index_add(src: &[f32], layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Vec<f32> {
     let mut shape = layout.shape().to_vec();
     shape[axis] = size;
-    let mut out = vec![0.0; shape.iter().product()];
+    let mut out = super::pool::zeroed(shape.iter().product());
     let inner: usize = layout.shape()[axis + 1..].iter().product();
     if axis == 0 && layout.is_contiguous() {
         // Embedding backward: add each gradient row into its token's row.
@@ -105,7 +105,7 @@ pub(crate) fn scatter_add(src: &[f32], layout: &Layout, axis: usize, indices: &[
     let shape = layout.shape();
     let inner: usize = shape[axis + 1..].iter().product();
     let outer: usize = shape[..axis].iter().product();
-    let mut out = vec![0.0; outer * size * inner];
+    let mut out = super::pool::zeroed(outer * size * inner);
     for (flat, &i) in indices.iter().enumerate() {
         let (o, _, r) = split(flat, shape, axis);
         out[(o * size + i) * inner + r] += g[flat];
@@ -117,7 +117,7 @@ pub(crate) fn scatter_add(src: &[f32], layout: &Layout, axis: usize, indices: &[
 pub(crate) fn cat(parts: &[(&[f32], &Layout)], axis: usize) -> Vec<f32> {
     let mut shape = parts[0].1.shape().to_vec();
     shape[axis] = parts.iter().map(|(_, l)| l.shape()[axis]).sum();
-    let mut out = vec![0.0; shape.iter().product()];
+    let mut out = super::pool::uninit(shape.iter().product());
     let mut start = 0;
     for (data, l) in parts {
         let len = l.shape()[axis];

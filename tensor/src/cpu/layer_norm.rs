@@ -24,7 +24,7 @@ pub(crate) fn forward(src: &[f32], layout: &Layout, w: &[f32], b: &[f32], eps: f
     let x = contiguous(src, layout);
     let cols = *layout.shape().last().unwrap_or(&1);
     let rows = if cols == 0 { 0 } else { x.len() / cols };
-    let mut y = vec![0.0; x.len()];
+    let mut y = super::pool::uninit(x.len());
     let mut mean = vec![0.0; rows];
     let mut rstd = vec![0.0; rows];
     let per = rows_per_task(rows, cols);
@@ -77,7 +77,7 @@ pub(crate) fn backward(
     let dy = contiguous(dy, ldy);
     let cols = *layout.shape().last().unwrap_or(&1);
     let rows = if cols == 0 { 0 } else { x.len() / cols };
-    let mut dx = vec![0.0; x.len()];
+    let mut dx = super::pool::uninit(x.len());
     let rows_per_chunk = rows_per_task(rows, cols);
     // Each chunk of rows: its dx rows, plus partial dw and db.
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx

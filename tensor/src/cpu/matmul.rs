@@ -24,10 +24,11 @@ pub(crate) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, spec: &Matm
     let MatmulSpec { batch, m, k, n } = spec;
     let (m, k, n) = (*m, *k, *n);
     let batches: usize = batch.iter().product();
-    let mut out = vec![0.0f32; batches * m * n];
-    if out.is_empty() || k == 0 {
-        return out;
+    if batches * m * n == 0 || k == 0 {
+        return super::pool::zeroed(batches * m * n);
     }
+    // sgemm with beta = 0 writes every output element, so old contents do not matter.
+    let mut out = super::pool::uninit(batches * m * n);
     let rank = la.rank();
     let (sa, sb) = (la.strides(), lb.strides());
     let (rsa, csa) = (sa[rank - 2] as isize, sa[rank - 1] as isize);

@@ -9,6 +9,7 @@ mod layer_norm;
 pub(crate) mod math;
 mod matmul;
 pub(crate) mod parallel;
+pub mod pool;
 mod reduce;
 mod softmax;
 mod walk;
@@ -21,10 +22,16 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 
-/// Tensor data in main memory.
+/// Tensor data in main memory. Large buffers go back to the [`pool`] when dropped.
 #[derive(Clone, Debug, Default)]
 pub struct CpuStorage {
     data: Vec<f32>,
+}
+
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        pool::recycle(std::mem::take(&mut self.data));
+    }
 }
 
 impl CpuStorage {

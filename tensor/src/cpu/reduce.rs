@@ -55,7 +55,7 @@ pub(crate) fn reduce(src: &[f32], layout: &Layout, axis: usize, op: ReduceOp) ->
         ReduceOp::Min => BinaryOp::Min,
         ReduceOp::LogSumExp => unreachable!("handled above"),
     };
-    let mut out = vec![0.0; numel];
+    let mut out = super::pool::uninit(numel);
     for_each_chunk(&mut out, len, |start, chunk| {
         let mut buf = [0.0f32; 256];
         let mut acc = [0.0f32; 256];
@@ -91,7 +91,7 @@ pub(crate) fn reduce(src: &[f32], layout: &Layout, axis: usize, op: ReduceOp) ->
 /// Reduces rows of `len` contiguous elements; `first` maps each output index to its row start.
 fn reduce_rows(src: &[f32], first: &Layout, len: usize, op: ReduceOp) -> Vec<f32> {
     let walk = Walk::new([first]);
-    let mut out = vec![0.0; walk.numel()];
+    let mut out = super::pool::uninit(walk.numel());
     for_each_chunk(&mut out, len, |start, chunk| {
         walk.runs(start, start + chunk.len(), |run| {
             let dst = &mut chunk[run.start - start..][..run.len];

@@ -25,7 +25,7 @@ pub(crate) fn contiguous<'a>(src: &'a [f32], layout: &Layout) -> std::borrow::Co
 pub(crate) fn softmax(src: &[f32], layout: &Layout) -> Vec<f32> {
     let x = contiguous(src, layout);
     let cols = *layout.shape().last().unwrap_or(&1);
-    let mut out = vec![0.0; x.len()];
+    let mut out = super::pool::uninit(x.len());
     for_each_rows(&mut out, cols, |row0, chunk| {
         for (r, y) in chunk.chunks_exact_mut(cols).enumerate() {
             let xr = &x[(row0 + r) * cols..][..cols];
@@ -44,7 +44,7 @@ pub(crate) fn softmax_backward(y: &[f32], ly: &Layout, dy: &[f32], ldy: &Layout)
     let y = contiguous(y, ly);
     let dy = contiguous(dy, ldy);
     let cols = *ly.shape().last().unwrap_or(&1);
-    let mut out = vec![0.0; y.len()];
+    let mut out = super::pool::uninit(y.len());
     for_each_rows(&mut out, cols, |row0, chunk| {
         for (r, dx) in chunk.chunks_exact_mut(cols).enumerate() {
             let yr = &y[(row0 + r) * cols..][..cols];
