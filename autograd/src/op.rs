@@ -10,14 +10,44 @@ pub(crate) type NodeId = usize;
 
 pub(crate) enum Op {
     /// An input of the computation: a parameter (gradient keyed by its id) or a plain leaf.
-    Leaf { param: Option<ParamId> },
-    Unary { x: NodeId, op: UnaryOp, input: Tensor, output: Tensor },
-    Binary { lhs: Option<NodeId>, rhs: Option<NodeId>, op: BinaryOp, a: Tensor, b: Tensor },
+    Leaf {
+        param: Option<ParamId>,
+    },
+    Unary {
+        x: NodeId,
+        op: UnaryOp,
+        input: Tensor,
+        output: Tensor,
+    },
+    Binary {
+        lhs: Option<NodeId>,
+        rhs: Option<NodeId>,
+        op: BinaryOp,
+        a: Tensor,
+        b: Tensor,
+    },
     /// `cond ? t : f`; the condition is a constant.
-    Where { cond: Tensor, t: Option<NodeId>, f: Option<NodeId>, t_shape: Vec<usize>, f_shape: Vec<usize> },
+    Where {
+        cond: Tensor,
+        t: Option<NodeId>,
+        f: Option<NodeId>,
+        t_shape: Vec<usize>,
+        f_shape: Vec<usize>,
+    },
     /// A reduction; `output` is kept with `axis` as size 1.
-    Reduce { x: NodeId, op: ReduceOp, axis: usize, keepdim: bool, input: Tensor, output: Tensor },
-    Softmax { x: NodeId, axis: usize, output: Tensor },
+    Reduce {
+        x: NodeId,
+        op: ReduceOp,
+        axis: usize,
+        keepdim: bool,
+        input: Tensor,
+        output: Tensor,
+    },
+    Softmax {
+        x: NodeId,
+        axis: usize,
+        output: Tensor,
+    },
     LayerNorm {
         x: Option<NodeId>,
         weight: Option<NodeId>,
@@ -27,14 +57,51 @@ pub(crate) enum Op {
         mean: Tensor,
         rstd: Tensor,
     },
-    Matmul { lhs: Option<NodeId>, rhs: Option<NodeId>, a: Tensor, b: Tensor },
-    Transpose { x: NodeId, a: usize, b: usize },
-    Permute { x: NodeId, dims: Vec<usize> },
-    Narrow { x: NodeId, axis: usize, start: usize, full: usize },
-    Broadcast { x: NodeId, shape: Vec<usize> },
+    Matmul {
+        lhs: Option<NodeId>,
+        rhs: Option<NodeId>,
+        a: Tensor,
+        b: Tensor,
+    },
+    Transpose {
+        x: NodeId,
+        a: usize,
+        b: usize,
+    },
+    Permute {
+        x: NodeId,
+        dims: Vec<usize>,
+    },
+    Narrow {
+        x: NodeId,
+        axis: usize,
+        start: usize,
+        full: usize,
+    },
+    Broadcast {
+        x: NodeId,
+        shape: Vec<usize>,
+    },
     /// Any change of shape that keeps row-major order (reshape, squeeze, unsqueeze, flatten).
-    Reshape { x: NodeId, shape: Vec<usize> },
-    Cat { inputs: Vec<Option<NodeId>>, axis: usize, sizes: Vec<usize> },
-    IndexSelect { x: NodeId, axis: usize, indices: Vec<usize>, size: usize },
-    Gather { x: NodeId, axis: usize, indices: Vec<usize>, size: usize },
+    Reshape {
+        x: NodeId,
+        shape: Vec<usize>,
+    },
+    Cat {
+        inputs: Vec<Option<NodeId>>,
+        axis: usize,
+        sizes: Vec<usize>,
+    },
+    IndexSelect {
+        x: NodeId,
+        axis: usize,
+        indices: Vec<usize>,
+        size: usize,
+    },
+    Gather {
+        x: NodeId,
+        axis: usize,
+        indices: Vec<usize>,
+        size: usize,
+    },
 }

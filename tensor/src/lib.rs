@@ -10,7 +10,7 @@
 //! 3. [`ops`] and [`indexing`]: what you can compute, with shape checks and clear errors.
 //! 4. [`backend`]: the device trait that ops dispatch to; the CPU is its first implementation.
 //! 5. [`cpu`]: the kernels: a strided walker, `wide` SIMD math, `rayon` splitting, `sgemm`.
-//! 6. [`reference`]: naive kernels written from the definitions, which the tests hold the fast
+//! 6. [`reference`](mod@reference): naive kernels written from the definitions, which the tests hold the fast
 //!    ones to.
 
 pub mod backend;
@@ -23,7 +23,9 @@ pub mod reference;
 pub mod tensor;
 pub mod view;
 
-pub use backend::{BackendDevice, BackendStorage, BinaryOp, Device, MatmulSpec, ReduceOp, Storage, UnaryOp};
+pub use backend::{
+    BackendDevice, BackendStorage, BinaryOp, Device, MatmulSpec, ReduceOp, Storage, UnaryOp,
+};
 pub use error::{Error, Result};
 pub use layout::Layout;
 pub use ops::LayerNormParts;

@@ -28,24 +28,42 @@ impl Tensor {
     pub fn from_storage(storage: Storage, layout: Layout) -> Result<Tensor> {
         let len = storage.backend().len();
         if layout.storage_extent() > len {
-            bail!("from_storage", "layout {} reaches past a storage of {len} elements", fmt_shape(layout.shape()));
+            bail!(
+                "from_storage",
+                "layout {} reaches past a storage of {len} elements",
+                fmt_shape(layout.shape())
+            );
         }
-        Ok(Tensor { storage: Arc::new(storage), layout })
+        Ok(Tensor {
+            storage: Arc::new(storage),
+            layout,
+        })
     }
 
     /// Contiguous output storage of `shape` (what every op returns).
     pub(crate) fn from_output(storage: Storage, shape: &[usize]) -> Tensor {
         debug_assert_eq!(storage.backend().len(), shape.iter().product::<usize>());
-        Tensor { storage: Arc::new(storage), layout: Layout::contiguous(shape) }
+        Tensor {
+            storage: Arc::new(storage),
+            layout: Layout::contiguous(shape),
+        }
     }
 
     /// A tensor on the CPU holding `data` in row-major order.
     pub fn from_vec(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         if data.len() != numel {
-            bail!("from_vec", "{} values do not fill shape {} ({numel} elements)", data.len(), fmt_shape(shape));
+            bail!(
+                "from_vec",
+                "{} values do not fill shape {} ({numel} elements)",
+                data.len(),
+                fmt_shape(shape)
+            );
         }
-        Ok(Tensor::from_output(Storage::Cpu(CpuStorage::new(data)), shape))
+        Ok(Tensor::from_output(
+            Storage::Cpu(CpuStorage::new(data)),
+            shape,
+        ))
     }
 
     /// A copy of `data` on the CPU.
@@ -73,13 +91,18 @@ impl Tensor {
 
     /// `0, 1, ..., n-1`.
     pub fn arange(n: usize) -> Tensor {
-        Tensor::from_output(Storage::Cpu(CpuStorage::new((0..n).map(|i| i as f32).collect())), &[n])
+        Tensor::from_output(
+            Storage::Cpu(CpuStorage::new((0..n).map(|i| i as f32).collect())),
+            &[n],
+        )
     }
 
     /// Samples from a normal distribution with mean 0 and standard deviation `std`.
     pub fn randn(shape: &[usize], std: f32, rng: &mut impl Rng) -> Tensor {
         let n = shape.iter().product();
-        let data = (0..n).map(|_| std * <StandardNormal as Distribution<f32>>::sample(&StandardNormal, rng)).collect();
+        let data = (0..n)
+            .map(|_| std * <StandardNormal as Distribution<f32>>::sample(&StandardNormal, rng))
+            .collect();
         Tensor::from_output(Storage::Cpu(CpuStorage::new(data)), shape)
     }
 
@@ -135,7 +158,12 @@ impl Tensor {
     /// The value of a tensor with exactly one element.
     pub fn to_scalar(&self) -> Result<f32> {
         if self.numel() != 1 {
-            bail!("to_scalar", "tensor of shape {} has {} elements, not 1", fmt_shape(self.shape()), self.numel());
+            bail!(
+                "to_scalar",
+                "tensor of shape {} has {} elements, not 1",
+                fmt_shape(self.shape()),
+                self.numel()
+            );
         }
         Ok(self.to_vec()?[0])
     }
@@ -143,7 +171,11 @@ impl Tensor {
     /// The element at a multi-index.
     pub fn get(&self, index: &[usize]) -> Result<f32> {
         if index.len() != self.rank() || index.iter().zip(self.shape()).any(|(i, d)| i >= d) {
-            bail!("get", "index {index:?} out of bounds for shape {}", fmt_shape(self.shape()));
+            bail!(
+                "get",
+                "index {index:?} out of bounds for shape {}",
+                fmt_shape(self.shape())
+            );
         }
         match self.storage.as_cpu() {
             Some(cpu) => Ok(cpu.as_slice()[self.layout.position(index)]),
@@ -161,14 +193,17 @@ impl Tensor {
             return Ok(self.clone());
         }
         let host = self.to_vec()?;
-        Ok(Tensor::from_output(device.from_host(&host)?, self.shape()))
+        Ok(Tensor::from_output(device.upload(&host)?, self.shape()))
     }
 
     /// Errors unless `other` is on this tensor's device.
     pub(crate) fn same_device(&self, op: &'static str, other: &Tensor) -> Result<()> {
         let (a, b) = (self.device(), other.device());
         if a != b {
-            return Err(Error::new(op, format!("operands on different devices: {a} and {b}")));
+            return Err(Error::new(
+                op,
+                format!("operands on different devices: {a} and {b}"),
+            ));
         }
         Ok(())
     }

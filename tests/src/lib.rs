@@ -21,7 +21,11 @@ pub enum Recipe {
     /// `base.transpose(a, b)`; the base has axes `a` and `b` swapped.
     Transposed(usize, usize),
     /// `base.narrow(axis, before, len)`; the base is longer along `axis` by `before + after`.
-    Sliced { axis: usize, before: usize, after: usize },
+    Sliced {
+        axis: usize,
+        before: usize,
+        after: usize,
+    },
     /// `base.broadcast_to(shape)`; the base has size 1 along `axis`.
     Broadcast { axis: usize },
     /// `base.broadcast_to(shape)`; the base lacks the leading axis.
@@ -71,7 +75,14 @@ pub fn uniform(shape: &[usize], low: f32, high: f32, seed: u64) -> Tensor {
 
 /// Values in `[low, high)` kept at least `gap` away from every point in `avoid` (for ops with
 /// kinks or singularities, where finite differences are meaningless).
-pub fn uniform_avoiding(shape: &[usize], low: f32, high: f32, avoid: &[f32], gap: f32, seed: u64) -> Tensor {
+pub fn uniform_avoiding(
+    shape: &[usize],
+    low: f32,
+    high: f32,
+    avoid: &[f32],
+    gap: f32,
+    seed: u64,
+) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let data = (0..n)
@@ -86,7 +97,13 @@ pub fn uniform_avoiding(shape: &[usize], low: f32, high: f32, avoid: &[f32], gap
 }
 
 /// A recipe that can produce a view of `shape`, and the base shape it needs.
-fn recipe_for(shape: &[usize], pick: usize, a: usize, b: usize, pad: (usize, usize)) -> (Recipe, Vec<usize>) {
+fn recipe_for(
+    shape: &[usize],
+    pick: usize,
+    a: usize,
+    b: usize,
+    pad: (usize, usize),
+) -> (Recipe, Vec<usize>) {
     let rank = shape.len();
     let mut base = shape.to_vec();
     let recipe = match pick % 5 {
@@ -98,7 +115,11 @@ fn recipe_for(shape: &[usize], pick: usize, a: usize, b: usize, pad: (usize, usi
         2 if rank >= 1 => {
             let axis = a % rank;
             base[axis] += pad.0 + pad.1;
-            Recipe::Sliced { axis, before: pad.0, after: pad.1 }
+            Recipe::Sliced {
+                axis,
+                before: pad.0,
+                after: pad.1,
+            }
         }
         3 if rank >= 1 => {
             let axis = a % rank;
@@ -116,23 +137,54 @@ fn recipe_for(shape: &[usize], pick: usize, a: usize, b: usize, pad: (usize, usi
 
 /// Inputs of `shape` in any of the layouts above, with values uniform in `[low, high)`.
 pub fn viewed(shape: Vec<usize>, low: f32, high: f32) -> impl Strategy<Value = Viewed> {
-    (0usize..5, 0usize..8, 0usize..8, 0usize..3, 0usize..3, any::<u64>()).prop_map(move |(pick, a, b, p0, p1, seed)| {
-        let (recipe, base_shape) = recipe_for(&shape, pick, a, b, (p0, p1));
-        Viewed { base: uniform(&base_shape, low, high, seed), recipe, shape: shape.clone() }
-    })
+    (
+        0usize..5,
+        0usize..8,
+        0usize..8,
+        0usize..3,
+        0usize..3,
+        any::<u64>(),
+    )
+        .prop_map(move |(pick, a, b, p0, p1, seed)| {
+            let (recipe, base_shape) = recipe_for(&shape, pick, a, b, (p0, p1));
+            Viewed {
+                base: uniform(&base_shape, low, high, seed),
+                recipe,
+                shape: shape.clone(),
+            }
+        })
 }
 
 /// Like [`viewed`] but never broadcast (for inputs whose gradient check needs every logical
 /// element to be independent, or for ops whose inputs must not alias).
-pub fn viewed_no_broadcast(shape: Vec<usize>, low: f32, high: f32) -> impl Strategy<Value = Viewed> {
-    (0usize..3, 0usize..8, 0usize..8, 0usize..3, 0usize..3, any::<u64>()).prop_map(move |(pick, a, b, p0, p1, seed)| {
-        let (recipe, base_shape) = recipe_for(&shape, pick, a, b, (p0, p1));
-        Viewed { base: uniform(&base_shape, low, high, seed), recipe, shape: shape.clone() }
-    })
+pub fn viewed_no_broadcast(
+    shape: Vec<usize>,
+    low: f32,
+    high: f32,
+) -> impl Strategy<Value = Viewed> {
+    (
+        0usize..3,
+        0usize..8,
+        0usize..8,
+        0usize..3,
+        0usize..3,
+        any::<u64>(),
+    )
+        .prop_map(move |(pick, a, b, p0, p1, seed)| {
+            let (recipe, base_shape) = recipe_for(&shape, pick, a, b, (p0, p1));
+            Viewed {
+                base: uniform(&base_shape, low, high, seed),
+                recipe,
+                shape: shape.clone(),
+            }
+        })
 }
 
 /// Shapes of rank `ranks` with each dimension in `dims`.
-pub fn shape(ranks: std::ops::RangeInclusive<usize>, dims: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<usize>> {
+pub fn shape(
+    ranks: std::ops::RangeInclusive<usize>,
+    dims: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = Vec<usize>> {
     ranks.prop_flat_map(move |r| prop::collection::vec(dims.clone(), r))
 }
 
@@ -142,6 +194,10 @@ pub fn assert_close(got: &Tensor, want: &Tensor, atol: f32, rtol: f32) {
     let (g, w) = (got.to_vec().unwrap(), want.to_vec().unwrap());
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let ok = (a - b).abs() <= atol + rtol * b.abs() || (a.is_nan() && b.is_nan()) || a == b;
-        assert!(ok, "element {i} of {:?}: got {a}, want {b} (atol {atol}, rtol {rtol})", got.shape());
+        assert!(
+            ok,
+            "element {i} of {:?}: got {a}, want {b} (atol {atol}, rtol {rtol})",
+            got.shape()
+        );
     }
 }

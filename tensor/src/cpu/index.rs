@@ -33,10 +33,17 @@ pub(crate) fn add_strided(src: &[f32], sl: &Layout, dst: &mut [f32], dl: &Layout
 
 /// Layout of a contiguous `shape` narrowed to `[start, start+len)` along `axis`.
 fn slot(shape: &[usize], axis: usize, start: usize, len: usize) -> Layout {
-    Layout::contiguous(shape).narrow(axis, start, len).expect("slot in bounds")
+    Layout::contiguous(shape)
+        .narrow(axis, start, len)
+        .expect("slot in bounds")
 }
 
-pub(crate) fn index_select(src: &[f32], layout: &Layout, axis: usize, indices: &[usize]) -> Vec<f32> {
+pub(crate) fn index_select(
+    src: &[f32],
+    layout: &Layout,
+    axis: usize,
+    indices: &[usize],
+) -> Vec<f32> {
     let mut shape = layout.shape().to_vec();
     shape[axis] = indices.len();
     let mut out = super::pool::uninit(shape.iter().product());
@@ -56,7 +63,13 @@ pub(crate) fn index_select(src: &[f32], layout: &Layout, axis: usize, indices: &
     out
 }
 
-pub(crate) fn index_add(src: &[f32], layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Vec<f32> {
+pub(crate) fn index_add(
+    src: &[f32],
+    layout: &Layout,
+    axis: usize,
+    indices: &[usize],
+    size: usize,
+) -> Vec<f32> {
     let mut shape = layout.shape().to_vec();
     shape[axis] = size;
     let mut out = super::pool::zeroed(shape.iter().product());
@@ -85,7 +98,13 @@ fn split(flat: usize, shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (flat / (inner * a), (flat / inner) % a, flat % inner)
 }
 
-pub(crate) fn gather(src: &[f32], layout: &Layout, axis: usize, indices: &[usize], out_shape: &[usize]) -> Vec<f32> {
+pub(crate) fn gather(
+    src: &[f32],
+    layout: &Layout,
+    axis: usize,
+    indices: &[usize],
+    out_shape: &[usize],
+) -> Vec<f32> {
     // A contiguous copy makes the (outer, axis, inner) arithmetic plain.
     let x = super::softmax::contiguous(src, layout);
     let shape = layout.shape();
@@ -100,7 +119,13 @@ pub(crate) fn gather(src: &[f32], layout: &Layout, axis: usize, indices: &[usize
         .collect()
 }
 
-pub(crate) fn scatter_add(src: &[f32], layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Vec<f32> {
+pub(crate) fn scatter_add(
+    src: &[f32],
+    layout: &Layout,
+    axis: usize,
+    indices: &[usize],
+    size: usize,
+) -> Vec<f32> {
     let g = super::softmax::contiguous(src, layout);
     let shape = layout.shape();
     let inner: usize = shape[axis + 1..].iter().product();

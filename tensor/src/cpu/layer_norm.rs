@@ -23,7 +23,7 @@ pub(crate) struct Forward {
 pub(crate) fn forward(src: &[f32], layout: &Layout, w: &[f32], b: &[f32], eps: f32) -> Forward {
     let x = contiguous(src, layout);
     let cols = *layout.shape().last().unwrap_or(&1);
-    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    let rows = x.len().checked_div(cols).unwrap_or(0);
     let mut y = super::pool::uninit(x.len());
     let mut mean = vec![0.0; rows];
     let mut rstd = vec![0.0; rows];
@@ -76,7 +76,7 @@ pub(crate) fn backward(
     let x = contiguous(src, layout);
     let dy = contiguous(dy, ldy);
     let cols = *layout.shape().last().unwrap_or(&1);
-    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    let rows = x.len().checked_div(cols).unwrap_or(0);
     let mut dx = super::pool::uninit(x.len());
     let rows_per_chunk = rows_per_task(rows, cols);
     // Each chunk of rows: its dx rows, plus partial dw and db.

@@ -3,21 +3,22 @@
 //!
 //! Each submodule is one family of kernels; this file only routes the device trait to them.
 
-mod elementwise;
-mod index;
-mod layer_norm;
-pub(crate) mod math;
-mod matmul;
-pub(crate) mod parallel;
+pub mod elementwise;
+pub mod index;
+pub mod layer_norm;
+pub mod math;
+pub mod matmul;
+pub mod parallel;
 pub mod pool;
-mod reduce;
-mod softmax;
-mod walk;
+pub mod reduce;
+pub mod softmax;
+pub mod walk;
 
 use std::any::Any;
 
 use crate::backend::{
-    BackendStorage, BinaryOp, Device, LayerNormGrads, LayerNormOutput, MatmulSpec, ReduceOp, Storage, UnaryOp,
+    BackendStorage, BinaryOp, Device, LayerNormGrads, LayerNormOutput, MatmulSpec, ReduceOp,
+    Storage, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -49,7 +50,9 @@ fn wrap(data: Vec<f32>) -> Result<Storage> {
 
 /// The CPU slice of an operand (the Tensor layer has already checked devices).
 fn cpu<'a>(op: &'static str, s: &'a Storage) -> Result<&'a [f32]> {
-    s.as_cpu().map(CpuStorage::as_slice).ok_or_else(|| Error::new(op, format!("operand is on {}, not cpu", s.device())))
+    s.as_cpu()
+        .map(CpuStorage::as_slice)
+        .ok_or_else(|| Error::new(op, format!("operand is on {}, not cpu", s.device())))
 }
 
 impl BackendStorage for CpuStorage {
@@ -71,11 +74,37 @@ impl BackendStorage for CpuStorage {
     fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage> {
         wrap(elementwise::unary(&self.data, layout, op))
     }
-    fn binary(&self, layout: &Layout, rhs: &Storage, rhs_layout: &Layout, op: BinaryOp) -> Result<Storage> {
-        wrap(elementwise::binary(&self.data, layout, cpu("binary", rhs)?, rhs_layout, op))
+    fn binary(
+        &self,
+        layout: &Layout,
+        rhs: &Storage,
+        rhs_layout: &Layout,
+        op: BinaryOp,
+    ) -> Result<Storage> {
+        wrap(elementwise::binary(
+            &self.data,
+            layout,
+            cpu("binary", rhs)?,
+            rhs_layout,
+            op,
+        ))
     }
-    fn where_cond(&self, layout: &Layout, t: &Storage, lt: &Layout, f: &Storage, lf: &Layout) -> Result<Storage> {
-        wrap(elementwise::where_cond(&self.data, layout, cpu("where_cond", t)?, lt, cpu("where_cond", f)?, lf))
+    fn where_cond(
+        &self,
+        layout: &Layout,
+        t: &Storage,
+        lt: &Layout,
+        f: &Storage,
+        lf: &Layout,
+    ) -> Result<Storage> {
+        wrap(elementwise::where_cond(
+            &self.data,
+            layout,
+            cpu("where_cond", t)?,
+            lt,
+            cpu("where_cond", f)?,
+            lf,
+        ))
     }
     fn reduce(&self, layout: &Layout, axis: usize, op: ReduceOp) -> Result<Storage> {
         wrap(reduce::reduce(&self.data, layout, axis, op))
@@ -86,8 +115,18 @@ impl BackendStorage for CpuStorage {
     fn softmax(&self, layout: &Layout) -> Result<Storage> {
         wrap(softmax::softmax(&self.data, layout))
     }
-    fn softmax_backward(&self, layout: &Layout, dy: &Storage, dy_layout: &Layout) -> Result<Storage> {
-        wrap(softmax::softmax_backward(&self.data, layout, cpu("softmax_backward", dy)?, dy_layout))
+    fn softmax_backward(
+        &self,
+        layout: &Layout,
+        dy: &Storage,
+        dy_layout: &Layout,
+    ) -> Result<Storage> {
+        wrap(softmax::softmax_backward(
+            &self.data,
+            layout,
+            cpu("softmax_backward", dy)?,
+            dy_layout,
+        ))
     }
     fn layer_norm(
         &self,
@@ -101,7 +140,11 @@ impl BackendStorage for CpuStorage {
         let w = softmax::contiguous(cpu("layer_norm", weight)?, weight_layout);
         let b = softmax::contiguous(cpu("layer_norm", bias)?, bias_layout);
         let f = layer_norm::forward(&self.data, layout, &w, &b, eps);
-        Ok(LayerNormOutput { y: wrap(f.y)?, mean: wrap(f.mean)?, rstd: wrap(f.rstd)? })
+        Ok(LayerNormOutput {
+            y: wrap(f.y)?,
+            mean: wrap(f.mean)?,
+            rstd: wrap(f.rstd)?,
+        })
     }
     fn layer_norm_backward(
         &self,
@@ -115,22 +158,64 @@ impl BackendStorage for CpuStorage {
     ) -> Result<LayerNormGrads> {
         let op = "layer_norm_backward";
         let w = softmax::contiguous(cpu(op, weight)?, weight_layout);
-        let g = layer_norm::backward(&self.data, layout, &w, cpu(op, mean)?, cpu(op, rstd)?, cpu(op, dy)?, dy_layout);
-        Ok(LayerNormGrads { dx: wrap(g.dx)?, dweight: wrap(g.dw)?, dbias: wrap(g.db)? })
+        let g = layer_norm::backward(
+            &self.data,
+            layout,
+            &w,
+            cpu(op, mean)?,
+            cpu(op, rstd)?,
+            cpu(op, dy)?,
+            dy_layout,
+        );
+        Ok(LayerNormGrads {
+            dx: wrap(g.dx)?,
+            dweight: wrap(g.dw)?,
+            dbias: wrap(g.db)?,
+        })
     }
-    fn matmul(&self, layout: &Layout, rhs: &Storage, rhs_layout: &Layout, spec: &MatmulSpec) -> Result<Storage> {
-        wrap(matmul::matmul(&self.data, layout, cpu("matmul", rhs)?, rhs_layout, spec))
+    fn matmul(
+        &self,
+        layout: &Layout,
+        rhs: &Storage,
+        rhs_layout: &Layout,
+        spec: &MatmulSpec,
+    ) -> Result<Storage> {
+        wrap(matmul::matmul(
+            &self.data,
+            layout,
+            cpu("matmul", rhs)?,
+            rhs_layout,
+            spec,
+        ))
     }
     fn index_select(&self, layout: &Layout, axis: usize, indices: &[usize]) -> Result<Storage> {
         wrap(index::index_select(&self.data, layout, axis, indices))
     }
-    fn index_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
+    fn index_add(
+        &self,
+        layout: &Layout,
+        axis: usize,
+        indices: &[usize],
+        size: usize,
+    ) -> Result<Storage> {
         wrap(index::index_add(&self.data, layout, axis, indices, size))
     }
-    fn gather(&self, layout: &Layout, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Storage> {
+    fn gather(
+        &self,
+        layout: &Layout,
+        axis: usize,
+        indices: &[usize],
+        out_shape: &[usize],
+    ) -> Result<Storage> {
         wrap(index::gather(&self.data, layout, axis, indices, out_shape))
     }
-    fn scatter_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
+    fn scatter_add(
+        &self,
+        layout: &Layout,
+        axis: usize,
+        indices: &[usize],
+        size: usize,
+    ) -> Result<Storage> {
         wrap(index::scatter_add(&self.data, layout, axis, indices, size))
     }
     fn cat(&self, layout: &Layout, others: &[(&Storage, &Layout)], axis: usize) -> Result<Storage> {

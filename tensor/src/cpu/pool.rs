@@ -6,8 +6,8 @@
 //! [`POOLED_MIN`] elements or more are kept when their tensor is dropped and handed to the next
 //! request of exactly the same length (like the caching allocators of GPU frameworks).
 //!
-//! [`uninit`] buffers hold old values: only kernels that overwrite every element use them.
-//! Kernels that accumulate use [`zeroed`]. The cache keeps at most [`POOL_MAX_BYTES`];
+//! `uninit` buffers hold old values: only kernels that overwrite every element use them.
+//! Kernels that accumulate use `zeroed`. The cache keeps at most [`POOL_MAX_BYTES`];
 //! [`release_cached_memory`] empties it.
 
 use std::collections::HashMap;
@@ -27,7 +27,10 @@ static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 
 fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> R {
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    f(guard.get_or_insert_with(|| Pool { free: HashMap::new(), bytes: 0 }))
+    f(guard.get_or_insert_with(|| Pool {
+        free: HashMap::new(),
+        bytes: 0,
+    }))
 }
 
 fn take(len: usize) -> Option<Vec<f32>> {

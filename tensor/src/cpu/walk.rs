@@ -1,7 +1,7 @@
 //! Walking N strided operands of one shape together, in row-major order of that shape.
 //!
 //! Every elementwise kernel reduces to: for each output index `i` (row-major), read operand `j`
-//! at `offset_j + Σ index_d * stride_j[d]`. Doing that per element is slow, so [`Walk`] first
+//! at `offset_j + Σ index_d * stride_j[d]`. Doing that per element is slow, so `Walk` first
 //! merges adjacent dimensions that are laid out row-major for *every* operand (a contiguous
 //! tensor collapses to one dimension), then hands out *runs*: stretches along the innermost
 //! remaining dimension where each operand advances by a fixed stride. Kernels then loop over a
@@ -63,7 +63,12 @@ impl<const N: usize> Walk<N> {
             s.reverse();
         }
         let offsets = std::array::from_fn(|j| layouts[j].offset());
-        Walk { shape, strides, offsets, numel }
+        Walk {
+            shape,
+            strides,
+            offsets,
+            numel,
+        }
     }
 
     pub fn numel(&self) -> usize {
@@ -77,7 +82,12 @@ impl<const N: usize> Walk<N> {
         }
         let rank = self.shape.len();
         if rank == 0 {
-            f(Run { start: 0, len: 1, offsets: self.offsets, strides: [0; N] });
+            f(Run {
+                start: 0,
+                len: 1,
+                offsets: self.offsets,
+                strides: [0; N],
+            });
             return;
         }
         let inner = self.shape[rank - 1];
@@ -90,14 +100,22 @@ impl<const N: usize> Walk<N> {
             rest /= self.shape[d];
         }
         let mut base: [usize; N] = std::array::from_fn(|j| {
-            self.offsets[j] + (0..rank - 1).map(|d| index[d] * self.strides[j][d]).sum::<usize>()
+            self.offsets[j]
+                + (0..rank - 1)
+                    .map(|d| index[d] * self.strides[j][d])
+                    .sum::<usize>()
         });
         let mut pos = begin;
         let mut within = begin % inner;
         while pos < end {
             let len = (inner - within).min(end - pos);
             let offsets = std::array::from_fn(|j| base[j] + within * inner_strides[j]);
-            f(Run { start: pos, len, offsets, strides: inner_strides });
+            f(Run {
+                start: pos,
+                len,
+                offsets,
+                strides: inner_strides,
+            });
             pos += len;
             within = 0;
             // Advance the outer multi-index by one, carrying.
