@@ -75,6 +75,15 @@ pub(crate) fn binary_slice(op: BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) 
     }
 }
 
+/// The input's elements in row-major order: borrowed if already contiguous, else copied.
+pub(crate) fn contiguous<'a>(src: &'a [f32], layout: &Layout) -> std::borrow::Cow<'a, [f32]> {
+    if layout.is_contiguous() {
+        std::borrow::Cow::Borrowed(&src[layout.offset()..layout.offset() + layout.numel()])
+    } else {
+        std::borrow::Cow::Owned(unary(src, layout, UnaryOp::Identity))
+    }
+}
+
 /// `op` over every element of a strided input; returns contiguous output.
 pub(crate) fn unary(src: &[f32], layout: &Layout, op: UnaryOp) -> Vec<f32> {
     let walk = Walk::new([layout]);

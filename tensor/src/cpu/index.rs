@@ -106,7 +106,7 @@ pub(crate) fn gather(
     out_shape: &[usize],
 ) -> Vec<f32> {
     // A contiguous copy makes the (outer, axis, inner) arithmetic plain.
-    let x = super::softmax::contiguous(src, layout);
+    let x = super::elementwise::contiguous(src, layout);
     let shape = layout.shape();
     let inner: usize = shape[axis + 1..].iter().product();
     indices
@@ -126,7 +126,7 @@ pub(crate) fn scatter_add(
     indices: &[usize],
     size: usize,
 ) -> Vec<f32> {
-    let g = super::softmax::contiguous(src, layout);
+    let g = super::elementwise::contiguous(src, layout);
     let shape = layout.shape();
     let inner: usize = shape[axis + 1..].iter().product();
     let outer: usize = shape[..axis].iter().product();

@@ -10,8 +10,8 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::contiguous;
 use super::parallel::PARALLEL_MIN;
-use super::softmax::contiguous;
 use crate::layout::Layout;
 
 pub(crate) struct Forward {

@@ -137,8 +137,8 @@ impl BackendStorage for CpuStorage {
         bias_layout: &Layout,
         eps: f32,
     ) -> Result<LayerNormOutput> {
-        let w = softmax::contiguous(cpu("layer_norm", weight)?, weight_layout);
-        let b = softmax::contiguous(cpu("layer_norm", bias)?, bias_layout);
+        let w = elementwise::contiguous(cpu("layer_norm", weight)?, weight_layout);
+        let b = elementwise::contiguous(cpu("layer_norm", bias)?, bias_layout);
         let f = layer_norm::forward(&self.data, layout, &w, &b, eps);
         Ok(LayerNormOutput {
             y: wrap(f.y)?,
@@ -157,7 +157,7 @@ impl BackendStorage for CpuStorage {
         dy_layout: &Layout,
     ) -> Result<LayerNormGrads> {
         let op = "layer_norm_backward";
-        let w = softmax::contiguous(cpu(op, weight)?, weight_layout);
+        let w = elementwise::contiguous(cpu(op, weight)?, weight_layout);
         let g = layer_norm::backward(
             &self.data,
             layout,

@@ -7,20 +7,10 @@
 //! Backward: with `y = softmax(x)` and upstream `dy`, the Jacobian is `diag(y) - y yᵀ`, so
 //! `dx = y ⊙ (dy - ⟨dy, y⟩)`, one dot product and one pass per row.
 
-use super::elementwise::unary;
+use super::elementwise::contiguous;
 use super::math;
 use super::parallel::for_each_rows;
-use crate::backend::UnaryOp;
 use crate::layout::Layout;
-
-/// The input's elements in row-major order: borrowed if already contiguous, else copied.
-pub(crate) fn contiguous<'a>(src: &'a [f32], layout: &Layout) -> std::borrow::Cow<'a, [f32]> {
-    if layout.is_contiguous() {
-        std::borrow::Cow::Borrowed(&src[layout.offset()..layout.offset() + layout.numel()])
-    } else {
-        std::borrow::Cow::Owned(unary(src, layout, UnaryOp::Identity))
-    }
-}
 
 pub(crate) fn softmax(src: &[f32], layout: &Layout) -> Vec<f32> {
     let x = contiguous(src, layout);
