@@ -142,7 +142,12 @@ impl Tape {
             }
             match node.op {
                 Op::Leaf { param: Some(p) } => {
-                    out.params.insert(p, g);
+                    // A parameter lifted more than once (a tied weight) gets the sum.
+                    let total = match out.params.remove(&p) {
+                        Some(acc) => acc.add(&g)?,
+                        None => g,
+                    };
+                    out.params.insert(p, total);
                 }
                 Op::Leaf { param: None } => {
                     out.leaves.insert((self.generation() - 1, id), g);
@@ -188,6 +193,11 @@ impl Gradients {
     /// Takes a parameter's gradient out.
     pub fn remove(&mut self, id: ParamId) -> Option<Tensor> {
         self.params.remove(&id)
+    }
+
+    /// Puts a parameter's gradient (back) in, e.g. after scaling it.
+    pub fn insert(&mut self, id: ParamId, grad: Tensor) {
+        self.params.insert(id, grad);
     }
 
     /// All parameter gradients.

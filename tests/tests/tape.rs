@@ -119,3 +119,21 @@ fn second_derivative_ops_are_refused_not_silently_wrong() {
         .to_string();
     assert!(err.contains("no backward rule"), "{err}");
 }
+
+#[test]
+fn a_parameter_lifted_twice_gets_the_sum() {
+    // A tied weight: the same ParamId lifted as two leaves, d(sum(2w) + sum(3w))/dw = 5.
+    let tape = Tape::new();
+    let id = ParamId::new();
+    let a = tape.param(id, &Tensor::ones(&[2]));
+    let b = tape.param(id, &Tensor::ones(&[2]));
+    let loss = a
+        .mul_scalar(2.0)
+        .unwrap()
+        .add(&b.mul_scalar(3.0).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = tape.backward(&loss).unwrap();
+    assert_eq!(g.get(id).unwrap().to_vec().unwrap(), vec![5.0, 5.0]);
+}

@@ -1,0 +1,131 @@
+//! Multi-head attention, for cross-attention (queries from one sequence, keys and values from
+//! another) and self-attention, with the causal mask of Perceiver AR.
+//!
+//! Forward, per head `h` with `D` channels:
+//! `q = x_q W_qᵀ · D^(-½)` (rotated), `k = x_kv W_kᵀ` (rotated), `v = x_kv W_vᵀ`,
+//! `S = q kᵀ` (masked entries set to the most negative f32), `P = softmax(S)` (dropout),
+//! `o = P v`, heads concatenated, then `o W_oᵀ + b_o`.
+//!
+//! Backward, composed from the rules of each op: `dP = do vᵀ`, `dv = Pᵀ do`,
+//! `dS = P ⊙ (dP − Σ dP ⊙ P)` (softmax), `dq = dS k`, `dk = dSᵀ q`, and masked scores get no
+//! gradient.
+//!
+//! The causal mask with a query offset: `L` queries are the *last* `L` positions of `N` keys, so
+//! query `i` sits at absolute position `N − L + i` and may see keys `j ≤ N − L + i`. In
+//! Perceiver AR the keys are the prefix followed by the latents themselves, so latent `i` sees
+//! the whole prefix and latents `0..=i`.
+
+use autograd::Var;
+use tensor::Tensor;
+
+use crate::ctx::Ctx;
+use crate::dropout::dropout;
+use crate::error::{Error, Result};
+use crate::linear::Linear;
+use crate::params::Builder;
+use crate::rotary::RotaryTables;
+
+/// The value masked scores are set to (the library uses the most negative finite f32 rather than
+/// -inf, so a row with every key masked still has a defined softmax).
+pub const MASKED: f32 = -f32::MAX;
+
+/// `[queries, keys]` mask, 1 where key `j` lies in the future of query `i` (right-aligned).
+pub fn causal_mask(queries: usize, keys: usize) -> Result<Tensor> {
+    if queries > keys {
+        return Err(Error::Config(format!(
+            "causal mask: {queries} queries but only {keys} keys"
+        )));
+    }
+    let offset = keys - queries;
+    let data = (0..queries)
+        .flat_map(|i| (0..keys).map(move |j| (j > i + offset) as u8 as f32))
+        .collect();
+    Ok(Tensor::from_vec(data, &[queries, keys])?)
+}
+
+/// Which biases the projections carry.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionBiases {
+    pub qkv: bool,
+    pub out: bool,
+}
+
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// Optional parts of one attention call.
+#[derive(Default)]
+pub struct AttendOptions<'a> {
+    /// 1 where a score is masked; broadcastable to `[B, H, L, N]`.
+    pub mask: Option<&'a Tensor>,
+    pub rotary_q: Option<&'a RotaryTables>,
+    pub rotary_k: Option<&'a RotaryTables>,
+    /// Dropout on the attention probabilities.
+    pub dropout: f32,
+}
+
+impl Attention {
+    pub fn new(
+        b: &mut Builder,
+        q_dim: usize,
+        kv_dim: usize,
+        heads: usize,
+        biases: AttentionBiases,
+        std: f32,
+    ) -> Result<Self> {
+        if heads == 0 || q_dim % heads != 0 {
+            return Err(Error::Config(format!(
+                "{heads} heads do not divide {q_dim} channels"
+            )));
+        }
+        Ok(Attention {
+            q_proj: Linear::new(&mut b.sub("q_proj"), q_dim, q_dim, biases.qkv, std)?,
+            k_proj: Linear::new(&mut b.sub("k_proj"), kv_dim, q_dim, biases.qkv, std)?,
+            v_proj: Linear::new(&mut b.sub("v_proj"), kv_dim, q_dim, biases.qkv, std)?,
+            o_proj: Linear::new(&mut b.sub("o_proj"), q_dim, q_dim, biases.out, std)?,
+            heads,
+            head_dim: q_dim / heads,
+        })
+    }
+
+    /// `[B, T, H·D]` → `[B, H, T, D]` (a view).
+    fn split_heads(&self, x: &Var) -> Result<Var> {
+        let (b, t) = (x.shape()[0], x.shape()[1]);
+        Ok(x.reshape(&[b, t, self.heads, self.head_dim])?
+            .permute(&[0, 2, 1, 3])?)
+    }
+
+    /// `x_q` `[B, L, C]` attends to `x_kv` `[B, N, C_kv]`; returns `[B, L, C]`.
+    pub fn forward(&self, ctx: &Ctx, x_q: &Var, x_kv: &Var, opts: &AttendOptions) -> Result<Var> {
+        let (b, l) = (x_q.shape()[0], x_q.shape()[1]);
+        let scale = (self.head_dim as f32).powf(-0.5);
+        let mut q = self
+            .split_heads(&self.q_proj.forward(ctx, x_q)?)?
+            .mul_scalar(scale)?;
+        let mut k = self.split_heads(&self.k_proj.forward(ctx, x_kv)?)?;
+        let v = self.split_heads(&self.v_proj.forward(ctx, x_kv)?)?;
+        if let Some(r) = opts.rotary_q {
+            q = r.apply(&q)?;
+        }
+        if let Some(r) = opts.rotary_k {
+            k = r.apply(&k)?;
+        }
+        let mut scores = q.matmul(&k.t()?)?; // [B, H, L, N]
+        if let Some(mask) = opts.mask {
+            scores = scores.masked_fill(&mask.to_device(&scores.value().device())?, MASKED)?;
+        }
+        let probs = dropout(ctx, &scores.softmax(3)?, opts.dropout)?;
+        let o = probs.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[
+            b,
+            l,
+            self.heads * self.head_dim,
+        ])?;
+        self.o_proj.forward(ctx, &o)
+    }
+}

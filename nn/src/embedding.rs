@@ -1,0 +1,29 @@
+//! `Embedding`: row `id` of a `[vocab, dim]` table for each token. The backward adds each
+//! output gradient row into its token's row (`index_add`), so repeated tokens accumulate.
+
+use autograd::{ParamId, Var};
+
+use crate::ctx::Ctx;
+use crate::error::Result;
+use crate::params::Builder;
+
+pub struct Embedding {
+    pub weight: ParamId,
+    pub vocab: usize,
+    pub dim: usize,
+}
+
+impl Embedding {
+    pub fn new(b: &mut Builder, vocab: usize, dim: usize, std: f32) -> Result<Self> {
+        Ok(Embedding {
+            weight: b.normal("weight", &[vocab, dim], std, false)?,
+            vocab,
+            dim,
+        })
+    }
+
+    /// `ids` of shape `shape` → `shape + [dim]`.
+    pub fn forward(&self, ctx: &Ctx, ids: &[usize], shape: &[usize]) -> Result<Var> {
+        Ok(ctx.param(self.weight).embedding(ids, shape)?)
+    }
+}

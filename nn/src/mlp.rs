@@ -1,0 +1,63 @@
+//! The transformer MLP, pre-norm: `fc2(act(fc1(norm(x))))`, widening the channels by a factor
+//! in between.
+//!
+//! Two activations, as the two reference implementations use them:
+//! - squared ReLU, `relu(x)²` (Perceiver AR paper, after So et al. 2021's Primer);
+//! - exact GELU, `x Φ(x)` (the perceiver-io library).
+
+use autograd::Var;
+use serde::{Deserialize, Serialize};
+
+use crate::ctx::Ctx;
+use crate::error::Result;
+use crate::layer_norm::LayerNorm;
+use crate::linear::Linear;
+use crate::params::Builder;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    SquaredRelu,
+    Gelu,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Var) -> Result<Var> {
+        Ok(match self {
+            Activation::SquaredRelu => x.squared_relu()?,
+            Activation::Gelu => x.gelu()?,
+        })
+    }
+}
+
+pub struct Mlp {
+    pub norm: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub activation: Activation,
+}
+
+impl Mlp {
+    pub fn new(
+        b: &mut Builder,
+        dim: usize,
+        widening: usize,
+        activation: Activation,
+        bias: bool,
+        std: f32,
+        eps: f32,
+    ) -> Result<Self> {
+        Ok(Mlp {
+            norm: LayerNorm::new(&mut b.sub("norm"), dim, eps)?,
+            fc1: Linear::new(&mut b.sub("fc1"), dim, widening * dim, bias, std)?,
+            fc2: Linear::new(&mut b.sub("fc2"), widening * dim, dim, bias, std)?,
+            activation,
+        })
+    }
+
+    /// The MLP's output (the caller adds the residual).
+    pub fn forward(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
+        let h = self.fc1.forward(ctx, &self.norm.forward(ctx, x)?)?;
+        self.fc2.forward(ctx, &self.activation.apply(&h)?)
+    }
+}

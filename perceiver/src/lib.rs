@@ -1,0 +1,15 @@
+//! # perceiver: Perceiver AR end to end
+//!
+//! The model ([`model`]) with a config that expresses both published variants ([`config`]),
+//! loading of perceiver-io reference dumps ([`import`]), and the `perceiver` binary.
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod import;
+pub mod model;
+pub mod verify;
+
+pub use config::PerceiverArConfig;
+pub use error::{Error, Result};
+pub use model::{Input, PerceiverAr};
