@@ -91,6 +91,11 @@ impl Var {
         self.tracked.is_some()
     }
 
+    /// The tape this value is recorded on, if any.
+    pub fn tape(&self) -> Option<Tape> {
+        self.tracked.as_ref().map(|t| t.tape.clone())
+    }
+
     /// The same value, cut off from the tape.
     pub fn detach(&self) -> Var {
         Var::constant(self.value.clone())
