@@ -79,7 +79,7 @@ impl Attention {
         biases: AttentionBiases,
         std: f32,
     ) -> Result<Self> {
-        if heads == 0 || q_dim % heads != 0 {
+        if heads == 0 || !q_dim.is_multiple_of(heads) {
             return Err(Error::Config(format!(
                 "{heads} heads do not divide {q_dim} channels"
             )));

@@ -39,7 +39,7 @@ pub struct RotaryTables {
 impl Rotary {
     /// `θ_i = 1 / base^(2i/dims)`, computed in f32 as PyTorch does.
     pub fn new(dims: usize, base: f32) -> Result<Self> {
-        if dims % 2 != 0 {
+        if !dims.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "rotary dims must be even, got {dims}"
             )));

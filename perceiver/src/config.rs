@@ -178,7 +178,7 @@ impl PerceiverArConfig {
         if self.vocab_size == 0 || self.channels == 0 || self.max_seq_len == 0 {
             return bad("vocab_size, channels and max_seq_len must be positive".into());
         }
-        if self.heads == 0 || self.channels % self.heads != 0 {
+        if self.heads == 0 || !self.channels.is_multiple_of(self.heads) {
             return bad(format!(
                 "heads ({}) must divide channels ({})",
                 self.heads, self.channels
@@ -190,7 +190,7 @@ impl PerceiverArConfig {
                 self.max_latents, self.max_seq_len
             ));
         }
-        if self.rotary_dims % 2 != 0 || self.rotary_dims > self.head_dim() {
+        if !self.rotary_dims.is_multiple_of(2) || self.rotary_dims > self.head_dim() {
             return bad(format!(
                 "rotary_dims ({}) must be even and at most the head dim ({})",
                 self.rotary_dims,

@@ -45,7 +45,7 @@ pub fn config_from_library(lib: &Value) -> Result<PerceiverArConfig> {
         })?;
     let (channels, heads) = (uint("num_channels")?, uint("num_heads")?);
     let abs_pos = boolean("abs_pos_emb")?;
-    let head_dim = if heads > 0 { channels / heads } else { 0 };
+    let head_dim = channels.checked_div(heads).unwrap_or(0);
     let mut c = PerceiverArConfig::perceiver_io(
         uint("vocab_size")?,
         uint("max_seq_len")?,

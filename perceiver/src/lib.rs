@@ -3,11 +3,15 @@
 //! The model ([`model`]) with a config that expresses both published variants ([`config`]),
 //! loading of perceiver-io reference dumps ([`import`]), and the `perceiver` binary.
 
+pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod import;
 pub mod model;
+pub mod plot;
+pub mod train;
 pub mod verify;
 
 pub use config::PerceiverArConfig;

@@ -1,0 +1,41 @@
+//! Training data: the copy task of the paper (section 5.1) and byte-level text.
+//!
+//! Both produce [`Batch`]es: token ids `[batch, seq_len]`, the split into prefix and latents,
+//! and one target per latent (the next token), with [`IGNORE`] where a latent is not scored.
+
+pub mod copy;
+pub mod text;
+
+/// Target value of latents that are not scored.
+pub const IGNORE: usize = usize::MAX;
+
+/// One batch of training or evaluation data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub ids: Vec<usize>,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub prefix_len: usize,
+    /// `[batch, seq_len - prefix_len]`: the token after each latent, or [`IGNORE`].
+    pub targets: Vec<usize>,
+}
+
+impl Batch {
+    pub fn input(&self) -> crate::model::Input<'_> {
+        crate::model::Input {
+            ids: &self.ids,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            prefix_len: self.prefix_len,
+        }
+    }
+
+    pub fn latents(&self) -> usize {
+        self.seq_len - self.prefix_len
+    }
+
+    /// Number of scored targets.
+    pub fn scored(&self) -> usize {
+        self.targets.iter().filter(|&&t| t != IGNORE).count()
+    }
+}

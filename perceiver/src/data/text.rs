@@ -1,0 +1,108 @@
+//! Byte-level text: every byte is a token (vocabulary 256), so any file works and results are
+//! reported in bits per byte.
+//!
+//! The last `valid_fraction` of the file is held out. Training crops start at random offsets
+//! and have random lengths, so the prefix length varies from step to step and short prompts
+//! work at generation time; evaluation slides a window over the held-out tail so that every
+//! byte after the first window's prefix is predicted exactly once.
+
+use std::path::Path;
+
+use rand::Rng;
+
+use super::Batch;
+use crate::error::{Error, Result};
+
+pub const VOCAB: usize = 256;
+
+pub struct TextData {
+    pub train: Vec<u8>,
+    pub valid: Vec<u8>,
+}
+
+impl TextData {
+    /// Reads `path` and holds out its tail; errors name the file when it is too short to use.
+    pub fn load(path: &Path, valid_fraction: f32, min_len: usize) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let data_err = |message: String| Error::Data {
+            path: path.to_path_buf(),
+            message,
+        };
+        if bytes.is_empty() {
+            return Err(data_err("the file is empty".into()));
+        }
+        if !(0.0..1.0).contains(&valid_fraction) {
+            return Err(Error::Config(format!(
+                "valid fraction must be in [0, 1), got {valid_fraction}"
+            )));
+        }
+        let split = bytes.len() - (bytes.len() as f64 * valid_fraction as f64) as usize;
+        let (train, valid) = bytes.split_at(split);
+        if train.len() <= min_len || (valid_fraction > 0.0 && valid.len() <= min_len) {
+            return Err(data_err(format!(
+                "{} bytes are too few: training and held-out parts each need more than {min_len} bytes (one context)",
+                bytes.len()
+            )));
+        }
+        Ok(TextData {
+            train: train.to_vec(),
+            valid: valid.to_vec(),
+        })
+    }
+
+    /// A training batch: one random length in `[min_len, max_len]` for the whole batch, random
+    /// offsets, and `min(latents, len)` latents each predicting the next byte.
+    pub fn batch(
+        &self,
+        batch: usize,
+        min_len: usize,
+        max_len: usize,
+        latents: usize,
+        rng: &mut impl Rng,
+    ) -> Batch {
+        let len = rng.gen_range(min_len.max(1)..=max_len);
+        let latents = latents.min(len);
+        let mut ids = Vec::with_capacity(batch * len);
+        let mut targets = Vec::with_capacity(batch * latents);
+        for _ in 0..batch {
+            let start = rng.gen_range(0..self.train.len() - len);
+            let crop = &self.train[start..start + len + 1];
+            ids.extend(crop[..len].iter().map(|&b| b as usize));
+            targets.extend(crop[len - latents + 1..].iter().map(|&b| b as usize));
+        }
+        Batch {
+            ids,
+            batch,
+            seq_len: len,
+            prefix_len: len - latents,
+            targets,
+        }
+    }
+
+    /// Windows over `data` of length `seq_len` with `latents` latents, stepping by `latents`, so
+    /// each byte after the first prefix is predicted once; at most `max_windows` windows.
+    pub fn eval_windows(
+        data: &[u8],
+        seq_len: usize,
+        latents: usize,
+        max_windows: usize,
+    ) -> Vec<Batch> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start + seq_len < data.len() && out.len() < max_windows {
+            let crop = &data[start..start + seq_len + 1];
+            out.push(Batch {
+                ids: crop[..seq_len].iter().map(|&b| b as usize).collect(),
+                batch: 1,
+                seq_len,
+                prefix_len: seq_len - latents,
+                targets: crop[seq_len - latents + 1..]
+                    .iter()
+                    .map(|&b| b as usize)
+                    .collect(),
+            });
+            start += latents;
+        }
+        out
+    }
+}

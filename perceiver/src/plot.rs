@@ -1,0 +1,125 @@
+//! Draws the loss curves of a run (`metrics.jsonl`) as an SVG: training loss (a moving
+//! average) and held-out loss against the step. Plain SVG text, no drawing library.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Reads `(step, value)` pairs of `field` from lines of `kind`.
+fn series(lines: &[serde_json::Value], kind: &str, field: &str) -> Vec<(f64, f64)> {
+    lines
+        .iter()
+        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some(kind))
+        .filter_map(|v| Some((v.get("step")?.as_f64()?, v.get(field)?.as_f64()?)))
+        .collect()
+}
+
+/// Writes `svg_path` from the metrics file `metrics_path`.
+pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<()> {
+    let text = std::fs::read_to_string(metrics_path).map_err(|e| Error::io(metrics_path, e))?;
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let train = series(&lines, "train", "loss");
+    // A moving average over 10 logged points smooths batch noise.
+    let smooth: Vec<(f64, f64)> = train
+        .iter()
+        .enumerate()
+        .map(|(i, &(s, _))| {
+            let w = &train[i.saturating_sub(9)..=i];
+            (s, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+        })
+        .collect();
+    let eval = series(&lines, "eval", "loss");
+    let all: Vec<&(f64, f64)> = smooth.iter().chain(&eval).collect();
+    if all.is_empty() {
+        return Ok(());
+    }
+    let (w, h, m) = (720.0, 420.0, 60.0);
+    let x_max = all.iter().map(|p| p.0).fold(1.0, f64::max);
+    let y_max = all.iter().map(|p| p.1).fold(0.0, f64::max) * 1.05;
+    let y_min = 0.0;
+    let x = |s: f64| m + (s / x_max) * (w - 2.0 * m);
+    let y = |v: f64| h - m - (v - y_min) / (y_max - y_min).max(1e-9) * (h - 2.0 * m);
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{}" y="24" text-anchor="middle" font-size="15">{title}</text>"#,
+        w / 2.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{m}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{m}" y1="{m}" x2="{m}" y2="{}" stroke="black"/>"#,
+        h - m,
+        w - m,
+        h - m,
+        h - m
+    );
+    for i in 0..=5 {
+        let (sv, vv) = (
+            x_max * i as f64 / 5.0,
+            y_min + (y_max - y_min) * i as f64 / 5.0,
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0}</text>"#,
+            x(sv),
+            h - m + 18.0,
+            sv
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{:.2}</text><line x1="{m}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="lightgray"/>"#,
+            m - 6.0,
+            y(vv) + 4.0,
+            vv,
+            y(vv),
+            w - m,
+            y(vv)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">step</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">loss (nats)</text>"#,
+        w / 2.0,
+        h - 14.0,
+        h / 2.0,
+        h / 2.0
+    );
+    for (points, color, label, dy) in [
+        (&smooth, "steelblue", "training (moving average)", 0.0),
+        (&eval, "darkorange", "held out", 18.0),
+    ] {
+        if points.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = points
+            .iter()
+            .map(|&(s, v)| format!("{:.1},{:.1}", x(s), y(v)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{label}</text>"#,
+            w - m - 190.0,
+            m + 10.0 + dy,
+            w - m - 170.0,
+            m + 10.0 + dy,
+            w - m - 164.0,
+            m + 14.0 + dy
+        );
+    }
+    svg.push_str("</svg>\n");
+    nn::checkpoint::write_atomic(svg_path, svg.as_bytes())?;
+    Ok(())
+}

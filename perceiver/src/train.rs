@@ -1,0 +1,571 @@
+//! The training loop: sample a batch, run the model on a recording tape, take the
+//! cross-entropy of the scored latents, backpropagate, clip, and let AdamW update the weights;
+//! evaluate on held-out data now and then, log metrics as JSON lines, and checkpoint.
+//!
+//! A run is fully described by [`TrainConfig`] and its [`RunState`] (step and random streams),
+//! so a checkpoint resumes to exactly the parameters an uninterrupted run would reach.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use autograd::Tape;
+use nn::loss::{cross_entropy, CrossEntropy};
+use nn::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
+use nn::Ctx;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tensor::Tensor;
+
+use crate::checkpoint::{self, RunState};
+use crate::config::PerceiverArConfig;
+use crate::data::copy::CopyTask;
+use crate::data::text::TextData;
+use crate::data::{Batch, IGNORE};
+use crate::error::{Error, Result};
+use crate::model::PerceiverAr;
+
+/// What the model learns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskConfig {
+    /// The copy task with `k` random bytes.
+    Copy { k: usize },
+    /// Bytes of a file, the last `valid_fraction` held out; crops are `min_len..=max_seq_len`.
+    Text {
+        path: PathBuf,
+        valid_fraction: f32,
+        min_len: usize,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub task: TaskConfig,
+    pub model: PerceiverArConfig,
+    pub batch_size: usize,
+    pub steps: u64,
+    /// Stop after this many seconds of training, whatever the step.
+    pub time_budget_secs: Option<f64>,
+    pub schedule: Schedule,
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm limit.
+    pub clip: Option<f32>,
+    pub z_loss: f32,
+    pub eval_every: u64,
+    pub eval_batches: usize,
+    pub checkpoint_every: u64,
+    /// Stop once held-out copy accuracy reaches 100 %.
+    pub stop_when_solved: bool,
+    pub seed: u64,
+}
+
+/// Held-out results.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EvalResult {
+    pub loss: f32,
+    /// Fraction of scored tokens predicted right (argmax).
+    pub accuracy: f32,
+    /// Copy task: fraction of sequences with every mirrored token right.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence_accuracy: Option<f32>,
+    /// Text: loss in bits per byte.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bits_per_byte: Option<f32>,
+    pub tokens: usize,
+    pub latents: usize,
+}
+
+/// The data source of a task.
+pub enum Task {
+    Copy(CopyTask),
+    Text(TextData),
+}
+
+/// Seed offset of the held-out copy sequences: a stream training never draws from.
+const HELD_OUT_SEED: u64 = 0x005e_ed0f_4e1d_0075;
+
+impl Task {
+    pub fn load(config: &TaskConfig, model: &PerceiverArConfig) -> Result<Task> {
+        match config {
+            TaskConfig::Copy { k } => {
+                let task = CopyTask { k: *k };
+                if task.seq_len() > model.max_seq_len || task.min_latents() > model.max_latents {
+                    return Err(Error::Config(format!(
+                        "the copy task with k = {k} needs max_seq_len >= {} and max_latents >= {}",
+                        task.seq_len(),
+                        task.min_latents()
+                    )));
+                }
+                Ok(Task::Copy(task))
+            }
+            TaskConfig::Text {
+                path,
+                valid_fraction,
+                min_len,
+            } => {
+                if *min_len == 0 || *min_len > model.max_seq_len {
+                    return Err(Error::Config(format!(
+                        "min crop length {min_len} must be in 1..={}",
+                        model.max_seq_len
+                    )));
+                }
+                Ok(Task::Text(TextData::load(
+                    path,
+                    *valid_fraction,
+                    model.max_seq_len,
+                )?))
+            }
+        }
+    }
+
+    fn train_batch(&self, config: &TrainConfig, rng: &mut ChaCha8Rng) -> Batch {
+        let m = &config.model;
+        match (self, &config.task) {
+            (Task::Copy(t), _) => t.batch(config.batch_size, m.max_latents, rng),
+            (Task::Text(t), TaskConfig::Text { min_len, .. }) => t.batch(
+                config.batch_size,
+                *min_len,
+                m.max_seq_len,
+                m.max_latents,
+                rng,
+            ),
+            (Task::Text(_), _) => unreachable!("task built from its config"),
+        }
+    }
+
+    /// Held-out batches with `latents` latents.
+    pub fn eval_batches(&self, config: &TrainConfig, latents: usize) -> Result<Vec<Batch>> {
+        let m = &config.model;
+        if latents == 0 || latents > m.max_seq_len {
+            return Err(Error::Input(format!(
+                "latents must be in 1..={}, got {latents}",
+                m.max_seq_len
+            )));
+        }
+        match self {
+            Task::Copy(t) => {
+                if latents < t.min_latents() {
+                    return Err(Error::Input(format!(
+                        "the copy task with k = {} needs at least {} latents",
+                        t.k,
+                        t.min_latents()
+                    )));
+                }
+                Ok(t.held_out(
+                    config.eval_batches,
+                    config.batch_size,
+                    latents,
+                    config.seed ^ HELD_OUT_SEED,
+                ))
+            }
+            Task::Text(t) => {
+                let windows = TextData::eval_windows(
+                    &t.valid,
+                    m.max_seq_len,
+                    latents,
+                    config.eval_batches.saturating_mul(config.batch_size),
+                );
+                // Stack windows into batches of `batch_size` rows.
+                Ok(windows
+                    .chunks(config.batch_size)
+                    .map(|group| Batch {
+                        ids: group.iter().flat_map(|b| b.ids.iter().copied()).collect(),
+                        batch: group.len(),
+                        seq_len: group[0].seq_len,
+                        prefix_len: group[0].prefix_len,
+                        targets: group
+                            .iter()
+                            .flat_map(|b| b.targets.iter().copied())
+                            .collect(),
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    pub fn is_text(&self) -> bool {
+        matches!(self, Task::Text(_))
+    }
+}
+
+/// Loss (summed over scored targets), correct predictions and per-row all-correct flags.
+fn score(logits: &Tensor, batch: &Batch) -> Result<(f64, usize, Vec<bool>)> {
+    let vocab = *logits.shape().last().unwrap();
+    let values = logits.to_vec()?;
+    let latents = batch.latents();
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    let mut rows_ok = vec![true; batch.batch];
+    for (i, &t) in batch.targets.iter().enumerate() {
+        if t == IGNORE {
+            continue;
+        }
+        let row = &values[i * vocab..(i + 1) * vocab];
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let lse = m as f64
+            + row
+                .iter()
+                .map(|&v| ((v - m) as f64).exp())
+                .sum::<f64>()
+                .ln();
+        loss += lse - row[t] as f64;
+        let argmax = row
+            .iter()
+            .enumerate()
+            .fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
+        if argmax == t {
+            correct += 1;
+        } else {
+            rows_ok[i / latents] = false;
+        }
+    }
+    Ok((loss, correct, rows_ok))
+}
+
+/// Evaluates `model` on held-out batches.
+pub fn evaluate(model: &PerceiverAr, task: &Task, batches: &[Batch]) -> Result<EvalResult> {
+    let (mut loss, mut correct, mut tokens, mut rows, mut rows_ok) = (0.0f64, 0, 0, 0, 0);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for batch in batches {
+        let tape = Tape::inference();
+        let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
+        let logits = model.forward(&ctx, &batch.input())?;
+        let (l, c, ok) = score(logits.value(), batch)?;
+        loss += l;
+        correct += c;
+        tokens += batch.scored();
+        rows += ok.len();
+        rows_ok += ok.iter().filter(|&&o| o).count();
+    }
+    if tokens == 0 {
+        return Err(Error::Input("no held-out tokens to evaluate".into()));
+    }
+    let mean = (loss / tokens as f64) as f32;
+    Ok(EvalResult {
+        loss: mean,
+        accuracy: correct as f32 / tokens as f32,
+        sequence_accuracy: (!task.is_text()).then(|| rows_ok as f32 / rows as f32),
+        bits_per_byte: task.is_text().then(|| mean / std::f32::consts::LN_2),
+        tokens,
+        latents: batches.first().map_or(0, |b| b.latents()),
+    })
+}
+
+/// One training step's numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepStats {
+    pub step: u64,
+    pub loss: f32,
+    pub accuracy: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+    pub tokens: usize,
+}
+
+/// A run in progress: the model, the optimizer, the data and the random streams.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub model: PerceiverAr,
+    pub optimizer: AdamW,
+    pub task: Task,
+    pub state: RunState,
+    held_out: Vec<Batch>,
+}
+
+impl Trainer {
+    /// A fresh run.
+    pub fn new(config: TrainConfig) -> Result<Self> {
+        for (name, value) in [
+            ("batch_size", config.batch_size as u64),
+            ("eval_every", config.eval_every),
+            ("checkpoint_every", config.checkpoint_every),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+        let model = PerceiverAr::new(config.model.clone(), config.seed)?;
+        let task = Task::load(&config.task, &config.model)?;
+        let held_out = task.eval_batches(&config, config.model.max_latents)?;
+        let state = RunState {
+            step: 0,
+            data_rng: ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(1)),
+            dropout_rng: ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(2)),
+            elapsed_secs: 0.0,
+        };
+        Ok(Trainer {
+            optimizer: AdamW::new(config.adamw),
+            config,
+            model,
+            task,
+            state,
+            held_out,
+        })
+    }
+
+    /// Continues the run saved at `path` (a checkpoint or a run directory).
+    pub fn resume(path: &Path) -> Result<Self> {
+        let ck = checkpoint::load(path)?;
+        let mut trainer = Trainer::new(ck.config)?;
+        load_params(&mut trainer.model, &ck.params, &ck.dir)?;
+        trainer
+            .optimizer
+            .load_state(&trainer.model.params, &ck.optimizer, ck.state.step)?;
+        trainer.state = ck.state;
+        Ok(trainer)
+    }
+
+    /// One step on one batch.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let batch = self
+            .task
+            .train_batch(&self.config, &mut self.state.data_rng);
+        let tape = Tape::new();
+        let ctx = Ctx::new(&tape, &self.model.params, true, &mut self.state.dropout_rng);
+        let logits = self.model.forward(&ctx, &batch.input())?;
+        let opts = CrossEntropy {
+            ignore_index: Some(IGNORE),
+            z_loss: self.config.z_loss,
+        };
+        let loss = cross_entropy(&logits, &batch.targets, opts)?;
+        let (_, correct, _) = score(logits.value(), &batch)?;
+        let loss_value = loss.value().to_scalar()?;
+        if !loss_value.is_finite() {
+            return Err(Error::Input(format!(
+                "the loss became {loss_value} at step {}",
+                self.state.step
+            )));
+        }
+        drop(ctx);
+        let mut grads = tape.backward(&loss)?;
+        let ids: Vec<_> = self.model.params.iter().map(|p| p.id).collect();
+        let grad_norm = match self.config.clip {
+            Some(max) => clip_grad_norm(&mut grads, &ids, max)?,
+            None => clip_grad_norm(&mut grads, &ids, f32::INFINITY)?,
+        };
+        let lr = self.config.schedule.lr(self.state.step);
+        self.optimizer.update(&mut self.model.params, &grads, lr)?;
+        self.state.step += 1;
+        Ok(StepStats {
+            step: self.state.step,
+            loss: loss_value,
+            accuracy: correct as f32 / batch.scored().max(1) as f32,
+            lr,
+            grad_norm,
+            tokens: batch.batch * batch.seq_len,
+        })
+    }
+
+    /// Held-out evaluation with the training latents.
+    pub fn evaluate(&self) -> Result<EvalResult> {
+        evaluate(&self.model, &self.task, &self.held_out)
+    }
+
+    /// Writes a checkpoint under `out`.
+    pub fn save(&self, out: &Path) -> Result<PathBuf> {
+        let params: Vec<(String, Tensor)> = self
+            .model
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        checkpoint::save(
+            out,
+            &self.config,
+            &self.state,
+            &params,
+            &self.optimizer.state(&self.model.params),
+            2,
+        )
+    }
+}
+
+/// Copies saved parameters into `model`: every parameter must be there with its shape.
+pub fn load_params(
+    model: &mut PerceiverAr,
+    params: &std::collections::HashMap<String, Tensor>,
+    dir: &Path,
+) -> Result<()> {
+    let names: Vec<String> = model.params.iter().map(|p| p.name.clone()).collect();
+    for name in &names {
+        let value = params.get(name).ok_or_else(|| {
+            Error::Input(format!(
+                "{}: the checkpoint has no tensor {name}",
+                dir.display()
+            ))
+        })?;
+        model
+            .params
+            .set_by_name(name, value.clone())
+            .map_err(|e| Error::Input(format!("{}: {e}", dir.display())))?;
+    }
+    if let Some(extra) = params.keys().find(|k| !names.contains(k)) {
+        return Err(Error::Input(format!(
+            "{}: unexpected tensor {extra} for this model",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Loads a model (config and weights) from a checkpoint, for eval and generate.
+pub fn load_model(path: &Path) -> Result<(PerceiverAr, TrainConfig)> {
+    let ck = checkpoint::load(path)?;
+    let mut model = PerceiverAr::new(ck.config.model.clone(), 0)?;
+    load_params(&mut model, &ck.params, &ck.dir)?;
+    Ok((model, ck.config))
+}
+
+/// Appends JSON lines to `OUT/metrics.jsonl`.
+pub struct MetricsLog {
+    file: std::fs::File,
+    pub path: PathBuf,
+}
+
+impl MetricsLog {
+    pub fn open(out: &Path) -> Result<Self> {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let path = out.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsLog { file, path })
+    }
+
+    pub fn write(
+        &mut self,
+        kind: &str,
+        value: &impl Serialize,
+        extra: &[(&str, f64)],
+    ) -> Result<()> {
+        let mut v = serde_json::to_value(value).map_err(|e| Error::Json {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("kind".into(), kind.into());
+            for (k, x) in extra {
+                obj.insert((*k).into(), (*x).into());
+            }
+        }
+        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Runs `trainer` until its step count or time budget, reporting through `on_event`.
+pub fn run(
+    trainer: &mut Trainer,
+    out: &Path,
+    mut on_event: impl FnMut(Event),
+) -> Result<Option<EvalResult>> {
+    let mut log = MetricsLog::open(out)?;
+    let started = Instant::now();
+    let base_elapsed = trainer.state.elapsed_secs;
+    let mut last = Instant::now();
+    let mut tokens_since = 0usize;
+    let mut last_eval = None;
+    while trainer.state.step < trainer.config.steps {
+        if let Some(budget) = trainer.config.time_budget_secs {
+            if trainer.state.elapsed_secs >= budget {
+                on_event(Event::OutOfTime);
+                break;
+            }
+        }
+        let stats = trainer.step()?;
+        trainer.state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
+        tokens_since += stats.tokens;
+        let dt = last.elapsed().as_secs_f64();
+        let tokens_per_sec = tokens_since as f64 / dt.max(1e-9);
+        if stats.step % 10 == 0 || stats.step == 1 {
+            log.write(
+                "train",
+                &stats,
+                &[
+                    ("tokens_per_sec", tokens_per_sec),
+                    ("elapsed_secs", trainer.state.elapsed_secs),
+                ],
+            )?;
+            last = Instant::now();
+            tokens_since = 0;
+        }
+        on_event(Event::Step {
+            stats: &stats,
+            tokens_per_sec,
+        });
+        let done = trainer.state.step >= trainer.config.steps;
+        if trainer.state.step.is_multiple_of(trainer.config.eval_every) || done {
+            let result = trainer.evaluate()?;
+            log.write(
+                "eval",
+                &result,
+                &[
+                    ("step", trainer.state.step as f64),
+                    ("elapsed_secs", trainer.state.elapsed_secs),
+                ],
+            )?;
+            on_event(Event::Eval {
+                step: trainer.state.step,
+                result: &result,
+            });
+            let solved = trainer.config.stop_when_solved && result.sequence_accuracy == Some(1.0);
+            last_eval = Some(result);
+            if solved {
+                trainer.save(out)?;
+                on_event(Event::Solved);
+                break;
+            }
+        }
+        if trainer
+            .state
+            .step
+            .is_multiple_of(trainer.config.checkpoint_every)
+            || done
+        {
+            let dir = trainer.save(out)?;
+            on_event(Event::Checkpoint(&dir));
+        }
+    }
+    if trainer
+        .config
+        .time_budget_secs
+        .is_some_and(|b| trainer.state.elapsed_secs >= b)
+    {
+        // Leave a checkpoint of where the budget ran out.
+        let result = trainer.evaluate()?;
+        log.write(
+            "eval",
+            &result,
+            &[
+                ("step", trainer.state.step as f64),
+                ("elapsed_secs", trainer.state.elapsed_secs),
+            ],
+        )?;
+        on_event(Event::Eval {
+            step: trainer.state.step,
+            result: &result,
+        });
+        last_eval = Some(result);
+        let dir = trainer.save(out)?;
+        on_event(Event::Checkpoint(&dir));
+    }
+    Ok(last_eval)
+}
+
+/// What the loop reports as it goes.
+pub enum Event<'a> {
+    Step {
+        stats: &'a StepStats,
+        tokens_per_sec: f64,
+    },
+    Eval {
+        step: u64,
+        result: &'a EvalResult,
+    },
+    Checkpoint(&'a Path),
+    Solved,
+    OutOfTime,
+}
