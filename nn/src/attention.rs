@@ -43,6 +43,16 @@ pub fn causal_mask(queries: usize, keys: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(data, &[queries, keys])?)
 }
 
+/// `[batch, 1, 1, keys]` mask, 1 where `padding[b * keys + j]` marks key `j` of row `b` as
+/// padding; combine with a causal mask by `maximum`.
+pub fn key_padding_mask(padding: &[bool], batch: usize, keys: usize) -> Result<Tensor> {
+    if padding.len() != batch * keys {
+        return Err(Error::Config(format!("key padding: {} flags for {batch} rows of {keys} keys", padding.len())));
+    }
+    let data = padding.iter().map(|&p| p as u8 as f32).collect();
+    Ok(Tensor::from_vec(data, &[batch, 1, 1, keys])?)
+}
+
 /// Which biases the projections carry.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionBiases {
