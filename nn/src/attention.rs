@@ -47,7 +47,10 @@ pub fn causal_mask(queries: usize, keys: usize) -> Result<Tensor> {
 /// padding; combine with a causal mask by `maximum`.
 pub fn key_padding_mask(padding: &[bool], batch: usize, keys: usize) -> Result<Tensor> {
     if padding.len() != batch * keys {
-        return Err(Error::Config(format!("key padding: {} flags for {batch} rows of {keys} keys", padding.len())));
+        return Err(Error::Config(format!(
+            "key padding: {} flags for {batch} rows of {keys} keys",
+            padding.len()
+        )));
     }
     let data = padding.iter().map(|&p| p as u8 as f32).collect();
     Ok(Tensor::from_vec(data, &[batch, 1, 1, keys])?)

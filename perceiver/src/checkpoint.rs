@@ -57,8 +57,18 @@ fn json_read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     })
 }
 
+/// `(step, copy)` of a checkpoint directory name `step-N` or `step-N.K`.
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("step-")?;
+    match rest.split_once('.') {
+        Some((step, copy)) => Some((step.parse().ok()?, copy.parse().ok()?)),
+        None => Some((rest.parse().ok()?, 0)),
+    }
+}
+
 /// Writes a checkpoint of `step` under `out`, points `out/latest` at it, and keeps the newest
-/// `keep` checkpoints.
+/// `keep` checkpoints. Saving a step that already has a checkpoint writes a new copy
+/// (`step-N.1`, …) so the one `latest` names is never touched before `latest` moves.
 pub fn save(
     out: &Path,
     config: &TrainConfig,
@@ -69,7 +79,17 @@ pub fn save(
 ) -> Result<PathBuf> {
     let root = out.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    let name = format!("step-{:08}", state.step);
+    let base = format!("step-{:08}", state.step);
+    let name = (0..)
+        .map(|k| {
+            if k == 0 {
+                base.clone()
+            } else {
+                format!("{base}.{k}")
+            }
+        })
+        .find(|n| !root.join(n).exists())
+        .expect("a free name");
     let tmp = root.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -82,27 +102,26 @@ pub fn save(
     json_write(&tmp.join("config.json"), config)?;
     json_write(&tmp.join("state.json"), state)?;
     let dir = root.join(&name);
-    if dir.exists() {
-        // Re-saving the same step: the new copy replaces it only once complete.
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    // The rename must be on disk before `latest` can name it.
+    std::fs::File::open(&root)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(&root, e))?;
     write_atomic(
         &out.join("latest"),
         format!("checkpoints/{name}").as_bytes(),
     )?;
-    // Drop all but the newest `keep` complete checkpoints.
-    let mut all: Vec<PathBuf> = std::fs::read_dir(&root)
+    // Drop all but the newest `keep` complete checkpoints, by step number.
+    let mut all: Vec<((u64, u64), PathBuf)> = std::fs::read_dir(&root)
         .map_err(|e| Error::io(&root, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-        })
+        .filter_map(|p| Some((parse_name(&p.file_name()?.to_string_lossy())?, p)))
         .collect();
     all.sort();
-    for old in all.iter().rev().skip(keep.max(1)) {
-        let _ = std::fs::remove_dir_all(old);
+    for (_, old) in all.iter().rev().skip(keep.max(1)) {
+        if *old != dir {
+            let _ = std::fs::remove_dir_all(old);
+        }
     }
     Ok(dir)
 }

@@ -32,19 +32,30 @@ impl Sampling {
     };
 }
 
-/// Logits for the token after `tokens`.
-pub fn next_logits(model: &PerceiverAr, tokens: &[usize]) -> Result<Vec<f32>> {
+/// The split of the reference implementation: `min(len, max_latents)` latents, the rest prefix.
+pub fn default_prefix_len(len: usize, model: &PerceiverAr) -> usize {
+    len - len.min(model.config.max_latents)
+}
+
+/// Logits for the token after `tokens`, over the last `max_seq_len` of them, with the window's
+/// first `prefix_len(window length)` tokens as prefix.
+pub fn next_logits(
+    model: &PerceiverAr,
+    tokens: &[usize],
+    prefix_len: &dyn Fn(usize) -> usize,
+) -> Result<Vec<f32>> {
     if tokens.is_empty() {
         return Err(Error::Input("cannot predict from an empty prompt".into()));
     }
     let c = &model.config;
     let window = &tokens[tokens.len().saturating_sub(c.max_seq_len)..];
-    let latents = window.len().min(c.max_latents);
+    let prefix = prefix_len(window.len()).min(window.len() - 1);
+    let latents = window.len() - prefix;
     let input = Input {
         ids: window,
         batch: 1,
         seq_len: window.len(),
-        prefix_len: window.len() - latents,
+        prefix_len: prefix,
     };
     let tape = Tape::inference();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -102,19 +113,25 @@ pub fn pick(logits: &[f32], sampling: Sampling, rng: &mut impl Rng) -> usize {
     *order.last().unwrap()
 }
 
-/// Extends `prompt` by `count` tokens, calling `on_token` as each one is chosen.
+/// Extends `prompt` by `count` tokens, calling `on_token` as each one is chosen; `prefix_len`
+/// splits each window as in [`next_logits`].
 pub fn generate(
     model: &PerceiverAr,
     prompt: &[usize],
     count: usize,
     sampling: Sampling,
     seed: u64,
+    prefix_len: &dyn Fn(usize) -> usize,
     mut on_token: impl FnMut(usize),
 ) -> Result<Vec<usize>> {
     let mut tokens = prompt.to_vec();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..count {
-        let next = pick(&next_logits(model, &tokens)?, sampling, &mut rng);
+        let next = pick(
+            &next_logits(model, &tokens, prefix_len)?,
+            sampling,
+            &mut rng,
+        );
         on_token(next);
         tokens.push(next);
     }

@@ -40,6 +40,18 @@ pub enum TaskConfig {
     },
 }
 
+impl TaskConfig {
+    /// How a window of `len` tokens splits into prefix and latents at generation time, the way
+    /// training split it: the copy task's prefix is the `k` bytes to mirror (so each position is
+    /// computed exactly as in training); text used `min(len, max_latents)` latents.
+    pub fn prefix_len(&self, len: usize, model: &PerceiverArConfig) -> usize {
+        match self {
+            TaskConfig::Copy { k } => (*k).min(len.saturating_sub(1)),
+            TaskConfig::Text { .. } => len - len.min(model.max_latents),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub task: TaskConfig,
@@ -345,6 +357,12 @@ impl Trainer {
             Some(max) => clip_grad_norm(&mut grads, &ids, max)?,
             None => clip_grad_norm(&mut grads, &ids, f32::INFINITY)?,
         };
+        if !grad_norm.is_finite() {
+            return Err(Error::Input(format!(
+                "the gradient norm became {grad_norm} at step {}",
+                self.state.step
+            )));
+        }
         let lr = self.config.schedule.lr(self.state.step);
         self.optimizer.update(&mut self.model.params, &grads, lr)?;
         self.state.step += 1;

@@ -214,12 +214,14 @@ pub fn verify_dump(dir: &Path) -> Result<VerifyReport> {
 
     // The greedy continuation of the first row's prompt.
     let prompt = &tokens[..size("gen_prompt")?];
+    let split = |len: usize| crate::generate::default_prefix_len(len, &model);
     let greedy = generate(
         &model,
         prompt,
         size("gen_tokens")?,
         Sampling::GREEDY,
         0,
+        &split,
         |_| {},
     )?;
     Ok(VerifyReport {

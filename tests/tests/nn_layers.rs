@@ -253,23 +253,57 @@ fn padded_keys_have_no_influence() {
     // Row 0 pads its first two keys, row 1 none; changing padded keys changes nothing.
     let mut store = ParamStore::new();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let att = Attention::new(&mut Builder::new(&mut store, &mut rng), 8, 8, 2, AttentionBiases { qkv: true, out: true }, 0.5).unwrap();
-    let padding = [true, true, false, false, false, false, false, false, false, false];
-    let mask = causal_mask(3, 5).unwrap().maximum(&key_padding_mask(&padding, 2, 5).unwrap()).unwrap();
+    let att = Attention::new(
+        &mut Builder::new(&mut store, &mut rng),
+        8,
+        8,
+        2,
+        AttentionBiases {
+            qkv: true,
+            out: true,
+        },
+        0.5,
+    )
+    .unwrap();
+    let padding = [
+        true, true, false, false, false, false, false, false, false, false,
+    ];
+    let mask = causal_mask(3, 5)
+        .unwrap()
+        .maximum(&key_padding_mask(&padding, 2, 5).unwrap())
+        .unwrap();
     let run = |kv: &Tensor| {
         let tape = Tape::inference();
         let mut r = ChaCha8Rng::seed_from_u64(0);
         let ctx = Ctx::new(&tape, &store, false, &mut r);
         let kv = Var::constant(kv.clone());
         let q = kv.narrow(1, 2, 3).unwrap();
-        att.forward(&ctx, &q, &kv, &AttendOptions { mask: Some(&mask), ..Default::default() }).unwrap().value().to_vec().unwrap()
+        att.forward(
+            &ctx,
+            &q,
+            &kv,
+            &AttendOptions {
+                mask: Some(&mask),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .value()
+        .to_vec()
+        .unwrap()
     };
     let x = uniform(&[2, 5, 8], -1.0, 1.0, 5);
     let mut changed = x.to_vec().unwrap();
     for v in &mut changed[..16] {
         *v += 3.0; // row 0, keys 0 and 1 (padding)
     }
-    let (a, b) = (run(&x), run(&Tensor::from_vec(changed, &[2, 5, 8]).unwrap()));
+    let (a, b) = (
+        run(&x),
+        run(&Tensor::from_vec(changed, &[2, 5, 8]).unwrap()),
+    );
     assert_eq!(a, b);
-    assert!(key_padding_mask(&padding, 2, 4).unwrap_err().to_string().contains("10 flags"));
+    assert!(key_padding_mask(&padding, 2, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("10 flags"));
 }

@@ -25,7 +25,11 @@ fn agrees_with_the_perceiver_io_reference_dump() {
     println!("{report}");
     assert!(report.passed(), "{report}");
     assert!(report.logits_max_error < 1e-5 && report.loss_error() < 1e-5);
-    assert_eq!(report.grads.len(), 36, "every parameter's gradient is compared");
+    assert_eq!(
+        report.grads.len(),
+        36,
+        "every parameter's gradient is compared"
+    );
 }
 
 /// More dumps made with tools/make_reference_dump.py from other library configs: no absolute
@@ -34,11 +38,15 @@ fn agrees_with_the_perceiver_io_reference_dump() {
 #[test]
 fn agrees_with_perceiver_io_across_configs() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let mut dumps: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dumps: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     dumps.sort();
     assert!(dumps.len() >= 3, "expected the dumps in {}", root.display());
     for dir in dumps {
-        let report = perceiver::verify::verify_dump(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let report = perceiver::verify::verify_dump(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert!(report.passed(), "{}:\n{report}", dir.display());
     }
 }

@@ -245,3 +245,57 @@ fn malformed_inputs_are_named() {
     assert!(e.contains("/nonexistent/run"), "{e}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn saving_a_step_twice_keeps_the_first_copy_until_latest_moves() {
+    let out = scratch("resave");
+    let mut trainer = Trainer::new(small_copy_config(5, 1)).unwrap();
+    trainer.step().unwrap();
+    let first = trainer.save(&out).unwrap();
+    let second = trainer.save(&out).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(checkpoint::resolve(&out).unwrap(), second);
+    assert!(
+        first.exists(),
+        "the copy latest named was not deleted before latest moved"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn held_out_windows_score_every_byte_after_the_first_prefix_once() {
+    use perceiver::data::text::TextData;
+    use perceiver::data::IGNORE;
+    // 250 distinct bytes, so a window can be located by its ids.
+    let data: Vec<u8> = (0..250u32).map(|i| (i * 7 % 251) as u8).collect();
+    let windows = TextData::eval_windows(&data, 40, 16, usize::MAX);
+    let mut seen = vec![0; data.len()];
+    for w in &windows {
+        // Recover the window's start from its ids, then mark the bytes its latents score.
+        let start = (0..=data.len() - 41)
+            .find(|&s| {
+                data[s..s + 40]
+                    .iter()
+                    .map(|&b| b as usize)
+                    .eq(w.ids.iter().copied())
+            })
+            .unwrap();
+        for (j, &t) in w.targets.iter().enumerate() {
+            if t != IGNORE {
+                let byte = start + 40 - 16 + 1 + j;
+                assert_eq!(t, data[byte] as usize);
+                seen[byte] += 1;
+            }
+        }
+    }
+    assert!(
+        seen[..25].iter().all(|&c| c == 0) && seen[25..].iter().all(|&c| c == 1),
+        "{seen:?}"
+    );
+    // No held-out part at all is refused up front.
+    let file = std::env::temp_dir().join(format!("perceiver-vf-{}.txt", std::process::id()));
+    std::fs::write(&file, vec![b'a'; 1000]).unwrap();
+    let e = TextData::load(&file, 0.0, 10).err().unwrap().to_string();
+    assert!(e.contains("held-out fraction"), "{e}");
+    std::fs::remove_file(&file).unwrap();
+}

@@ -253,8 +253,15 @@ fn train_command(a: &TrainArgs) -> Result<bool> {
             (Trainer::new(config)?, out)
         }
     };
-    if let Some(steps) = a.steps.filter(|_| a.resume.is_some()) {
-        trainer.config.steps = steps;
+    if a.resume.is_some() {
+        // Resuming can extend a run: more steps (the schedule stretches to them) or more time.
+        if let Some(steps) = a.steps {
+            trainer.config.steps = steps;
+            trainer.config.schedule.total = steps;
+        }
+        if let Some(minutes) = a.minutes {
+            trainer.config.time_budget_secs = Some(trainer.state.elapsed_secs + minutes * 60.0);
+        }
     }
     let c = &trainer.config;
     eprintln!(
@@ -377,6 +384,8 @@ fn eval_command(a: &EvalArgs) -> Result<bool> {
 fn generate_command(a: &GenerateArgs) -> Result<bool> {
     let (model, config) = train::load_model(&a.checkpoint)?;
     let copy_task = matches!(config.task, TaskConfig::Copy { .. });
+    // Split windows into prefix and latents as training did (the text file is not needed).
+    let split = |len: usize| config.task.prefix_len(len, &config.model);
     let mut prompt: Vec<usize> = a.prompt.bytes().map(usize::from).collect();
     if copy_task {
         prompt.insert(0, copy::BOS);
@@ -387,20 +396,28 @@ fn generate_command(a: &GenerateArgs) -> Result<bool> {
         top_p: a.top_p,
     };
     let mut stdout = std::io::stdout();
-    let _ = stdout.write_all(a.prompt.as_bytes());
+    if stdout.write_all(a.prompt.as_bytes()).is_err() {
+        std::process::exit(0);
+    }
     let mut ended = false;
-    generate(&model, &prompt, a.tokens, sampling, a.seed, |t| {
+    generate(&model, &prompt, a.tokens, sampling, a.seed, &split, |t| {
         if ended {
             return;
         }
         if t < 256 {
-            let _ = stdout.write_all(&[t as u8]);
-            let _ = stdout.flush();
+            // A closed pipe (`| head`) ends the program quietly, like other command-line tools.
+            if stdout
+                .write_all(&[t as u8])
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
+                std::process::exit(0);
+            }
         } else if t == copy::EOS {
             ended = true;
         }
     })?;
-    println!();
+    let _ = writeln!(stdout);
     Ok(true)
 }
 

@@ -31,14 +31,14 @@ impl TextData {
         if bytes.is_empty() {
             return Err(data_err("the file is empty".into()));
         }
-        if !(0.0..1.0).contains(&valid_fraction) {
+        if !(valid_fraction > 0.0 && valid_fraction < 1.0) {
             return Err(Error::Config(format!(
-                "valid fraction must be in [0, 1), got {valid_fraction}"
+                "the held-out fraction must be in (0, 1), got {valid_fraction}"
             )));
         }
         let split = bytes.len() - (bytes.len() as f64 * valid_fraction as f64) as usize;
         let (train, valid) = bytes.split_at(split);
-        if train.len() <= min_len || (valid_fraction > 0.0 && valid.len() <= min_len) {
+        if train.len() <= min_len || valid.len() <= min_len {
             return Err(data_err(format!(
                 "{} bytes are too few: training and held-out parts each need more than {min_len} bytes (one context)",
                 bytes.len()
@@ -80,28 +80,46 @@ impl TextData {
     }
 
     /// Windows over `data` of length `seq_len` with `latents` latents, stepping by `latents`, so
-    /// each byte after the first prefix is predicted once; at most `max_windows` windows.
+    /// each byte after the first prefix is predicted once; at most `max_windows` windows. A last
+    /// window, aligned to the end of `data`, scores the bytes the stride did not reach.
     pub fn eval_windows(
         data: &[u8],
         seq_len: usize,
         latents: usize,
         max_windows: usize,
     ) -> Vec<Batch> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        while start + seq_len < data.len() && out.len() < max_windows {
+        let window = |start: usize, scored_until: Option<usize>| {
             let crop = &data[start..start + seq_len + 1];
-            out.push(Batch {
+            // Latent j predicts data[first + j].
+            let first = start + seq_len - latents + 1;
+            Batch {
                 ids: crop[..seq_len].iter().map(|&b| b as usize).collect(),
                 batch: 1,
                 seq_len,
                 prefix_len: seq_len - latents,
-                targets: crop[seq_len - latents + 1..]
-                    .iter()
-                    .map(|&b| b as usize)
+                targets: (0..latents)
+                    .map(|j| {
+                        if scored_until.is_some_and(|u| first + j <= u) {
+                            super::IGNORE
+                        } else {
+                            data[first + j] as usize
+                        }
+                    })
                     .collect(),
-            });
+            }
+        };
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut scored_until = None;
+        while start + seq_len < data.len() && out.len() < max_windows {
+            out.push(window(start, None));
+            scored_until = Some(start + seq_len);
             start += latents;
+        }
+        if let Some(until) = scored_until {
+            if until + 1 < data.len() && out.len() < max_windows {
+                out.push(window(data.len() - 1 - seq_len, Some(until)));
+            }
         }
         out
     }
