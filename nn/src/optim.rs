@@ -87,6 +87,15 @@ impl AdamW {
         Ok(())
     }
 
+    /// Moves the moments to `device`.
+    pub fn to_device(&mut self, device: &tensor::Device) -> Result<()> {
+        for (m, v) in self.moments.values_mut() {
+            *m = m.to_device(device)?;
+            *v = v.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// The moments by parameter name (`m.<name>`, `v.<name>`), for checkpoints.
     pub fn state(&self, params: &ParamStore) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();

@@ -103,6 +103,14 @@ impl ParamStore {
         self.params.is_empty()
     }
 
+    /// Moves every parameter to `device` (a no-op for those already there).
+    pub fn to_device(&mut self, device: &tensor::Device) -> Result<()> {
+        for p in &mut self.params {
+            p.value = p.value.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// Total number of scalars.
     pub fn numel(&self) -> usize {
         self.params.iter().map(|p| p.value.numel()).sum()

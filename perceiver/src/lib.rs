@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod devices;
 pub mod error;
 pub mod generate;
 pub mod import;

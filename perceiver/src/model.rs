@@ -196,6 +196,19 @@ impl PerceiverAr {
         })
     }
 
+    /// Moves every parameter to `device`; inputs stay token ids on the host.
+    pub fn to_device(&mut self, device: &tensor::Device) -> Result<()> {
+        Ok(self.params.to_device(device)?)
+    }
+
+    /// Where the parameters live.
+    pub fn device(&self) -> tensor::Device {
+        self.params
+            .iter()
+            .next()
+            .map_or(tensor::Device::Cpu, |p| p.value.device())
+    }
+
     fn check_input(&self, input: &Input) -> Result<()> {
         let c = &self.config;
         let Input {

@@ -329,6 +329,13 @@ impl Trainer {
         Ok(trainer)
     }
 
+    /// Moves the model and the optimizer state to `device` (a run's device is a runtime choice,
+    /// not part of its config: a checkpoint resumes on any device).
+    pub fn to_device(&mut self, device: &tensor::Device) -> Result<()> {
+        self.model.to_device(device)?;
+        Ok(self.optimizer.to_device(device)?)
+    }
+
     /// One step on one batch.
     pub fn step(&mut self) -> Result<StepStats> {
         let batch = self

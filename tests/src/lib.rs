@@ -11,7 +11,7 @@ use autograd::Var;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tensor::{Result, Tensor};
+use tensor::{Device, Result, Tensor};
 
 /// How a base tensor becomes the input an op sees.
 #[derive(Clone, Debug)]
@@ -195,4 +195,27 @@ pub fn assert_close(got: &Tensor, want: &Tensor, atol: f32, rtol: f32) {
             got.shape()
         );
     }
+}
+
+/// The devices the device suite runs on: the CPU, and with the `opencl` feature the first OpenCL
+/// device. With the feature on and no OpenCL platform this panics with the reason: a green run
+/// must mean the kernels ran.
+pub fn devices() -> Vec<Device> {
+    #[allow(unused_mut)]
+    let mut out = vec![Device::Cpu];
+    #[cfg(feature = "opencl")]
+    out.push(opencl_device());
+    out
+}
+
+/// The first OpenCL device, opened (and its kernels built) once per test process.
+#[cfg(feature = "opencl")]
+pub fn opencl_device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| match gpu::OpenClDevice::open(0) {
+            Ok(d) => d.device(),
+            Err(e) => panic!("the opencl feature is on but no OpenCL device could be opened: {e}"),
+        })
+        .clone()
 }

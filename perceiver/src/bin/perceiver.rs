@@ -20,9 +20,12 @@ use perceiver::{PerceiverArConfig, Result};
     about = "Train, evaluate, sample and verify Perceiver AR models"
 )]
 struct Cli {
-    /// Worker threads for the kernels (default: all cores).
+    /// Worker threads for the CPU kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where to compute: cpu, opencl (the first OpenCL device) or opencl:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +38,8 @@ enum Command {
     Eval(EvalArgs),
     /// Sample a continuation of a prompt from a checkpoint.
     Generate(GenerateArgs),
+    /// List the devices this build can compute on.
+    Devices,
     /// Load a perceiver-io reference dump and compare logits, loss, gradients and greedy tokens.
     Verify {
         /// Directory with config.json, model.safetensors and case.safetensors.
@@ -234,7 +239,7 @@ fn describe(result: &train::EvalResult) -> String {
     }
 }
 
-fn train_command(a: &TrainArgs) -> Result<bool> {
+fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
     let (mut trainer, out) = match &a.resume {
         Some(dir) => {
             let trainer = Trainer::resume(dir)?;
@@ -253,6 +258,7 @@ fn train_command(a: &TrainArgs) -> Result<bool> {
             (Trainer::new(config)?, out)
         }
     };
+    trainer.to_device(device)?;
     if a.resume.is_some() {
         // Resuming can extend a run: more steps (the schedule stretches to them) or more time.
         if let Some(steps) = a.steps {
@@ -356,8 +362,9 @@ fn trainer_step(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn eval_command(a: &EvalArgs) -> Result<bool> {
-    let (model, mut config) = train::load_model(&a.checkpoint)?;
+fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
+    let (mut model, mut config) = train::load_model(&a.checkpoint)?;
+    model.to_device(device)?;
     if let (Some(path), TaskConfig::Text { path: p, .. }) = (&a.data, &mut config.task) {
         *p = path.clone();
     }
@@ -381,8 +388,9 @@ fn eval_command(a: &EvalArgs) -> Result<bool> {
     Ok(true)
 }
 
-fn generate_command(a: &GenerateArgs) -> Result<bool> {
-    let (model, config) = train::load_model(&a.checkpoint)?;
+fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
+    let (mut model, config) = train::load_model(&a.checkpoint)?;
+    model.to_device(device)?;
     let copy_task = matches!(config.task, TaskConfig::Copy { .. });
     // Split windows into prefix and latents as training did (the text file is not needed).
     let split = |len: usize| config.task.prefix_len(len, &config.model);
@@ -432,10 +440,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let device = match perceiver::devices::parse(&cli.device) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result: Result<bool> = match &cli.command {
-        Command::Train(a) => train_command(a),
-        Command::Eval(a) => eval_command(a),
-        Command::Generate(a) => generate_command(a),
+        Command::Train(a) => train_command(a, &device),
+        Command::Eval(a) => eval_command(a, &device),
+        Command::Generate(a) => generate_command(a, &device),
+        Command::Devices => perceiver::devices::describe().map(|lines| {
+            lines.iter().for_each(|l| println!("{l}"));
+            true
+        }),
         Command::Verify { dir } => perceiver::verify::verify_dump(dir).map(|report| {
             println!("{report}");
             report.passed()

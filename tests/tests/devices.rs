@@ -1,0 +1,263 @@
+//! One op test suite, written once and run on every device (`tests::devices()`: the CPU, and
+//! OpenCL with `--features opencl`): each op on random shapes, with inputs as transposed, sliced
+//! and broadcast views, must agree with the CPU within `1e-5 + 1e-5·|cpu|` (transcendentals and
+//! sums: the device's own `exp`/`erf` and summation order), `1e-4·k` for matmul; each backward
+//! is checked through the gradients of a whole small model; and a short training run must
+//! follow the CPU's loss curve.
+
+use autograd::Tape;
+use nn::loss::{cross_entropy, CrossEntropy};
+use nn::Ctx;
+use perceiver::{Input, PerceiverAr, PerceiverArConfig};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tensor::{BinaryOp, Device, ReduceOp, Result, Tensor, UnaryOp};
+use tests::{devices, shape, uniform, viewed, viewed_no_broadcast, Viewed};
+
+/// Runs `f` on the CPU and on `device` (inputs moved there, views applied there) and compares.
+fn agree(
+    device: &Device,
+    what: &str,
+    inputs: &[&Viewed],
+    tol: f32,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
+    let on = |d: &Device| -> Vec<f32> {
+        let xs: Vec<Tensor> = inputs
+            .iter()
+            .map(|v| v.apply(&v.base.to_device(d).unwrap()).unwrap())
+            .collect();
+        let y = f(&xs).unwrap_or_else(|e| panic!("{what} on {d}: {e}"));
+        assert_eq!(y.device(), *d, "{what}: result on the wrong device");
+        y.to_vec().unwrap()
+    };
+    let (want, got) = (on(&Device::Cpu), on(device));
+    assert_eq!(want.len(), got.len(), "{what}");
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let ok = (w - g).abs() <= tol + tol * w.abs() || (w.is_nan() && g.is_nan()) || w == g;
+        assert!(ok, "{what} on {device}: element {i}: cpu {w}, device {g}");
+    }
+}
+
+const UNARY: [UnaryOp; 19] = [
+    UnaryOp::Identity,
+    UnaryOp::Neg,
+    UnaryOp::Exp,
+    UnaryOp::Log,
+    UnaryOp::Sqrt,
+    UnaryOp::Square,
+    UnaryOp::Recip,
+    UnaryOp::Tanh,
+    UnaryOp::Sigmoid,
+    UnaryOp::Relu,
+    UnaryOp::SquaredRelu,
+    UnaryOp::Gelu,
+    UnaryOp::GeluDerivative,
+    UnaryOp::Step,
+    UnaryOp::AddScalar(0.5),
+    UnaryOp::MulScalar(-2.0),
+    UnaryOp::DivScalar(3.0),
+    UnaryOp::MaxScalar(0.1),
+    UnaryOp::ScalarSub(1.0),
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn elementwise_ops(x in shape(1..=4, 1..=5).prop_flat_map(|s| viewed(s, 0.1, 3.0)), y in any::<u64>()) {
+        for d in devices() {
+            for op in UNARY {
+                agree(&d, &format!("{op:?}"), &[&x], 2e-6, |t| t[0].unary(op));
+            }
+            // Binary with a broadcast right operand.
+            let last = x.shape[x.shape.len() - 1];
+            let b = Viewed { base: uniform(&[last], 0.5, 2.0, y), recipe: tests::Recipe::Contiguous, shape: vec![last] };
+            for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min, BinaryOp::Gt, BinaryOp::Ge, BinaryOp::Eq] {
+                agree(&d, &format!("{op:?}"), &[&x, &b], 0.0, |t| t[0].binary(&t[1], op));
+                agree(&d, &format!("{op:?} swapped"), &[&x, &b], 0.0, |t| t[1].binary(&t[0], op));
+            }
+            agree(&d, "where", &[&x, &b], 0.0, |t| t[0].sub_scalar(1.5)?.gt(&Tensor::scalar(0.0).to_device(&t[0].device())?)?.where_cond(&t[0], &t[1]));
+            agree(&d, "contiguous", &[&x], 0.0, |t| t[0].contiguous());
+        }
+    }
+
+    #[test]
+    fn reductions_softmax_and_layer_norm(x in shape(1..=3, 1..=6).prop_flat_map(|s| viewed_no_broadcast(s, -2.0, 2.0)), axis in 0usize..3, seed in any::<u64>()) {
+        let axis = axis % x.shape.len();
+        let c = x.shape[x.shape.len() - 1];
+        let w = Viewed { base: uniform(&[c], 0.5, 1.5, seed), recipe: tests::Recipe::Contiguous, shape: vec![c] };
+        let b = Viewed { base: uniform(&[c], -0.5, 0.5, seed ^ 1), recipe: tests::Recipe::Contiguous, shape: vec![c] };
+        for d in devices() {
+            for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min, ReduceOp::LogSumExp] {
+                agree(&d, &format!("{op:?}"), &[&x], 1e-5, |t| t[0].reduce(axis, op, true));
+            }
+            agree(&d, "softmax", &[&x], 1e-5, |t| t[0].softmax(axis));
+            agree(&d, "softmax_backward", &[&x, &x], 1e-5, |t| t[0].softmax(axis)?.softmax_backward(&t[1], axis));
+            agree(&d, "layer_norm", &[&x, &w, &b], 1e-4, |t| t[0].layer_norm(&t[1], &t[2], 1e-5));
+            agree(&d, "layer_norm dx", &[&x, &w, &b], 1e-4, |t| {
+                let p = t[0].layer_norm_with_stats(&t[1], &t[2], 1e-5)?;
+                Ok(t[0].layer_norm_backward(&t[1], &p.mean, &p.rstd, &t[0])?.0)
+            });
+            agree(&d, "layer_norm dw db", &[&x, &w, &b], 1e-4, |t| {
+                let p = t[0].layer_norm_with_stats(&t[1], &t[2], 1e-5)?;
+                let (_, dw, db) = t[0].layer_norm_backward(&t[1], &p.mean, &p.rstd, &t[0])?;
+                Tensor::cat(&[&dw, &db], 0)
+            });
+            let argmax = |dev: &Device| x.apply(&x.base.to_device(dev).unwrap()).unwrap().argmax(axis).unwrap();
+            prop_assert_eq!(argmax(&Device::Cpu), argmax(&d));
+        }
+    }
+
+    #[test]
+    fn matmul_with_strided_and_broadcast_operands(batch in shape(0..=2, 1..=3), m in 1usize..20, k in 1usize..20, n in 1usize..20, shared in any::<bool>(), seed in any::<u64>()) {
+        let a = Viewed { base: uniform(&[batch.clone(), vec![k, m]].concat(), -1.0, 1.0, seed), recipe: tests::Recipe::Transposed(batch.len(), batch.len() + 1), shape: [batch.clone(), vec![m, k]].concat() };
+        let bs = if shared { vec![k, n] } else { [batch.clone(), vec![k, n]].concat() };
+        let b = Viewed { base: uniform(&bs, -1.0, 1.0, seed ^ 2), recipe: tests::Recipe::Contiguous, shape: bs.clone() };
+        for d in devices() {
+            agree(&d, "matmul", &[&a, &b], 1e-4 * k as f32, |t| t[0].matmul(&t[1]));
+        }
+    }
+
+    #[test]
+    fn indexing_ops(x in shape(2..=3, 1..=5).prop_flat_map(|s| viewed(s, -1.0, 1.0)), picks in prop::collection::vec(0usize..8, 1..6), axis in 0usize..3) {
+        let axis = axis % x.shape.len();
+        let size = x.shape[axis];
+        let idx: Vec<usize> = picks.iter().map(|p| p % size).collect();
+        for d in devices() {
+            agree(&d, "index_select", &[&x], 0.0, |t| t[0].index_select(axis, &idx));
+            agree(&d, "index_add", &[&x], 1e-6, |t| t[0].index_select(axis, &idx)?.index_add(axis, &idx, size + 1));
+            let mut gshape = x.shape.clone();
+            gshape[axis] = 2;
+            let gidx: Vec<usize> = (0..gshape.iter().product::<usize>()).map(|i| picks[i % picks.len()] % size).collect();
+            agree(&d, "gather", &[&x], 0.0, |t| t[0].gather(axis, &gidx, &gshape));
+            agree(&d, "scatter_add", &[&x], 1e-6, |t| t[0].gather(axis, &gidx, &gshape)?.scatter_add(axis, &gidx, size));
+            agree(&d, "cat", &[&x, &x], 0.0, |t| Tensor::cat(&[&t[0], &t[1], &t[0]], axis));
+            agree(&d, "embedding", &[&x], 0.0, |t| t[0].flatten()?.reshape(&[usize::MAX, 1])?.embedding(&[0, 1, 0], &[3]));
+        }
+    }
+}
+
+/// The gradients of every parameter of a small model (both variants), on each device, against
+/// the CPU: every backward rule and fused backward kernel runs on the device here.
+#[test]
+fn model_gradients_agree_across_devices() {
+    for paper in [false, true] {
+        let mut config = if paper {
+            PerceiverArConfig::paper(13, 10, 4, 16, 2, 2)
+        } else {
+            PerceiverArConfig::perceiver_io(13, 10, 4, 16, 2, 2)
+        };
+        config.init_scale = 0.3;
+        config.cross_attend_dropout = 0.0;
+        let ids: Vec<usize> = (0..20).map(|i| (i * 7 + 3) % 13).collect();
+        let targets: Vec<usize> = (0..8).map(|i| (i * 5 + 1) % 13).collect();
+        let run = |device: &Device| {
+            let mut model = PerceiverAr::new(config.clone(), 11).unwrap();
+            model.to_device(device).unwrap();
+            let tape = Tape::new();
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
+            let logits = model
+                .forward(
+                    &ctx,
+                    &Input {
+                        ids: &ids,
+                        batch: 2,
+                        seq_len: 10,
+                        prefix_len: 6,
+                    },
+                )
+                .unwrap();
+            let loss = cross_entropy(
+                &logits,
+                &targets,
+                CrossEntropy {
+                    ignore_index: None,
+                    z_loss: 1e-3,
+                },
+            )
+            .unwrap();
+            let value = loss.value().to_scalar().unwrap();
+            drop(ctx);
+            let grads = tape.backward(&loss).unwrap();
+            let g: Vec<(String, Vec<f32>)> = model
+                .params
+                .iter()
+                .map(|p| (p.name.clone(), grads.get(p.id).unwrap().to_vec().unwrap()))
+                .collect();
+            (value, g)
+        };
+        let (cpu_loss, cpu) = run(&Device::Cpu);
+        for d in devices() {
+            let (loss, grads) = run(&d);
+            assert!(
+                (loss - cpu_loss).abs() < 1e-5,
+                "loss on {d}: {loss} vs {cpu_loss}"
+            );
+            for ((name, g), (_, want)) in grads.iter().zip(&cpu) {
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let err = g
+                    .iter()
+                    .zip(want)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    err <= 1e-4 * scale,
+                    "paper={paper}: gradient of {name} on {d}: max error {err} vs scale {scale}"
+                );
+            }
+        }
+    }
+}
+
+/// Training the copy task for a fixed number of steps follows the CPU's loss curve.
+#[test]
+fn training_follows_the_cpu_loss_curve() {
+    use nn::optim::{AdamWConfig, Decay, Schedule};
+    use perceiver::data::copy::{CopyTask, VOCAB};
+    use perceiver::train::{TaskConfig, TrainConfig, Trainer};
+    let task = CopyTask { k: 4 };
+    let mut model =
+        PerceiverArConfig::perceiver_io(VOCAB, task.seq_len(), task.min_latents(), 32, 2, 1);
+    model.cross_attend_dropout = 0.0;
+    let config = TrainConfig {
+        task: TaskConfig::Copy { k: 4 },
+        model,
+        batch_size: 8,
+        steps: 30,
+        time_budget_secs: None,
+        schedule: Schedule {
+            peak: 3e-3,
+            warmup: 5,
+            total: 30,
+            decay: Decay::Cosine,
+            min_ratio: 0.1,
+        },
+        adamw: AdamWConfig::default(),
+        clip: Some(1.0),
+        z_loss: 1e-4,
+        eval_every: 100,
+        eval_batches: 1,
+        checkpoint_every: 100,
+        stop_when_solved: false,
+        seed: 4,
+    };
+    let curve = |device: &Device| -> Vec<f32> {
+        let mut trainer = Trainer::new(config.clone()).unwrap();
+        trainer.to_device(device).unwrap();
+        (0..30).map(|_| trainer.step().unwrap().loss).collect()
+    };
+    let cpu = curve(&Device::Cpu);
+    assert!(cpu[29] < cpu[0] - 0.5, "the CPU run learns: {cpu:?}");
+    for d in devices() {
+        let got = curve(&d);
+        for (step, (a, b)) in got.iter().zip(&cpu).enumerate() {
+            // Stated tolerance: 1e-3 relative per step (rounding differences compound slowly).
+            assert!(
+                (a - b).abs() <= 1e-3 * b.abs(),
+                "step {step} on {d}: loss {a} vs cpu {b}"
+            );
+        }
+    }
+}
