@@ -153,6 +153,12 @@ impl OpenClDevice {
         unsafe { kernel.enq().map_err(cl_err) }
     }
 
+    /// Waits until every enqueued kernel has finished (for timing; results read back to the
+    /// host are always complete).
+    pub fn synchronize(&self) -> Result<()> {
+        self.queue.finish().map_err(cl_err)
+    }
+
     /// This device as a `tensor::Device`.
     pub fn device(self: &Arc<Self>) -> Device {
         Device::Ext(self.clone())
