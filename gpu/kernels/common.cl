@@ -18,3 +18,38 @@ inline int position(const Layout l, int i) {
     }
     return pos;
 }
+
+// Row kernels use one work-group of ROW_GROUP work-items per row: work-item l handles columns
+// l, l + ROW_GROUP, ... (neighbouring work-items read neighbouring addresses), then the group
+// combines its partial results through local memory.
+#define ROW_GROUP 64
+
+inline float group_sum(float v, __local float* scratch) {
+    int l = get_local_id(0);
+    scratch[l] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = ROW_GROUP / 2; s > 0; s >>= 1) {
+        if (l < s) scratch[l] += scratch[l + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    float r = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+inline float group_max(float v, __local float* scratch) {
+    int l = get_local_id(0);
+    scratch[l] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = ROW_GROUP / 2; s > 0; s >>= 1) {
+        if (l < s) scratch[l] = fmax(scratch[l], scratch[l + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    float r = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+inline float group_min(float v, __local float* scratch) {
+    return -group_max(-v, scratch);
+}

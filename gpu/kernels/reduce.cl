@@ -1,34 +1,41 @@
-// Reductions along one axis. `first` maps each output element to the storage position of the
-// first element of its reduced fiber; the fiber has `len` elements `stride` apart. One
-// work-item reduces one fiber.
+// Reductions along one axis, one work-group per output element. `first` maps each output
+// element to the storage position of the first element of its fiber; the fiber has `len`
+// elements `stride` apart. NaN propagates through max and min.
 
 __kernel void reduce(int op, Layout first, int len, int stride, __global const float* src,
                      __global float* dst, int n) {
-    int o = get_global_id(0);
-    if (o >= n) return;
+    __local float scratch[ROW_GROUP];
+    int o = get_group_id(0), l = get_local_id(0);
     int base = position(first, o);
+    float r;
     if (op == 0) {                          // sum
         float acc = 0.0f;
-        for (int r = 0; r < len; ++r) acc += src[base + r * stride];
-        dst[o] = acc;
+        for (int i = l; i < len; i += ROW_GROUP) acc += src[base + i * stride];
+        r = group_sum(acc, scratch);
     } else if (op == 1 || op == 2) {        // max, min
         float acc = op == 1 ? -INFINITY : INFINITY;
-        for (int r = 0; r < len; ++r) {
-            float v = src[base + r * stride];
-            if (isnan(v)) { acc = v; break; }
+        int nan = 0;
+        for (int i = l; i < len; i += ROW_GROUP) {
+            float v = src[base + i * stride];
+            nan |= isnan(v);
             acc = op == 1 ? fmax(acc, v) : fmin(acc, v);
         }
-        dst[o] = acc;
+        r = op == 1 ? group_max(acc, scratch) : group_min(acc, scratch);
+        if (group_max(nan ? 1.0f : 0.0f, scratch) > 0.0f) r = NAN;
     } else {                                // log-sum-exp, shifted by the max
         float m = -INFINITY;
-        for (int r = 0; r < len; ++r) m = fmax(m, src[base + r * stride]);
-        if (!isfinite(m)) { dst[o] = m; return; }
+        for (int i = l; i < len; i += ROW_GROUP) m = fmax(m, src[base + i * stride]);
+        m = group_max(m, scratch);
         float s = 0.0f;
-        for (int r = 0; r < len; ++r) s += exp(src[base + r * stride] - m);
-        dst[o] = m + log(s);
+        if (isfinite(m))
+            for (int i = l; i < len; i += ROW_GROUP) s += exp(src[base + i * stride] - m);
+        s = group_sum(s, scratch);
+        r = isfinite(m) ? m + log(s) : m;
     }
+    if (l == 0) dst[o] = r;
 }
 
+// One work-item per output element (argmax is not on any hot path).
 __kernel void argmax(Layout first, int len, int stride, __global const float* src,
                      __global int* dst, int n) {
     int o = get_global_id(0);

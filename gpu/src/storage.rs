@@ -14,6 +14,9 @@ use tensor::{
 use crate::device::{cl_err, OpenClDevice};
 use crate::layout_arg::{fiber_starts, i32_of, rows, LayoutArg};
 
+/// Work-items per row in the row kernels (`ROW_GROUP` in kernels/common.cl).
+const ROW_GROUP: usize = 64;
+
 /// `len` f32 in an OpenCL buffer (allocated with at least one element: OpenCL has no empty
 /// buffers).
 pub struct OpenClStorage {
@@ -95,6 +98,21 @@ impl OpenClStorage {
             b.write(&v).enq().map_err(cl_err)?;
         }
         Ok(b)
+    }
+
+    /// Runs a row kernel: one work-group of [`ROW_GROUP`] work-items per row.
+    fn run_rows<'b>(
+        &'b self,
+        name: &str,
+        rows: usize,
+        args: impl FnOnce(&mut ocl::builders::KernelBuilder<'b>),
+    ) -> Result<()> {
+        self.device.launch(
+            name,
+            [rows * ROW_GROUP, 1, 1],
+            Some([ROW_GROUP, 1, 1]),
+            args,
+        )
     }
 
     /// Runs a one-dimensional kernel over `n` work-items.
@@ -257,7 +275,7 @@ impl BackendStorage for OpenClStorage {
             i32_of(layout.strides()[axis])?,
         );
         let out = Self::alloc(&self.device, n)?;
-        self.run("reduce", n, |k| {
+        self.run_rows("reduce", n, |k| {
             k.arg(reduce_code(op))
                 .arg(first)
                 .arg(len)
@@ -299,7 +317,7 @@ impl BackendStorage for OpenClStorage {
     fn softmax(&self, layout: &Layout) -> Result<Storage> {
         let (rows_arg, cols, stride, n_rows) = rows(layout)?;
         let out = Self::alloc(&self.device, layout.numel())?;
-        self.run("softmax", n_rows, |k| {
+        self.run_rows("softmax", n_rows, |k| {
             k.arg(rows_arg)
                 .arg(cols)
                 .arg(stride)
@@ -320,7 +338,7 @@ impl BackendStorage for OpenClStorage {
         let (yr, cols, ys, n_rows) = rows(layout)?;
         let (gr, _, gs, _) = rows(dy_layout)?;
         let out = Self::alloc(&self.device, layout.numel())?;
-        self.run("softmax_backward", n_rows, |k| {
+        self.run_rows("softmax_backward", n_rows, |k| {
             k.arg(yr)
                 .arg(ys)
                 .arg(&self.buffer)
@@ -349,7 +367,7 @@ impl BackendStorage for OpenClStorage {
         let y = Self::alloc(&self.device, layout.numel())?;
         let mean = Self::alloc(&self.device, n_rows)?;
         let rstd = Self::alloc(&self.device, n_rows)?;
-        self.run("layer_norm", n_rows, |k| {
+        self.run_rows("layer_norm", n_rows, |k| {
             k.arg(xr)
                 .arg(cols)
                 .arg(stride)
@@ -394,7 +412,7 @@ impl BackendStorage for OpenClStorage {
         let c = cols as usize;
         let dw = Self::alloc(&self.device, c)?;
         let db = Self::alloc(&self.device, c)?;
-        self.run("layer_norm_backward_dx", n_rows, |k| {
+        self.run_rows("layer_norm_backward_dx", n_rows, |k| {
             k.arg(xr)
                 .arg(cols)
                 .arg(stride)
