@@ -262,3 +262,26 @@ fn training_follows_the_cpu_loss_curve() {
         }
     }
 }
+
+/// Moving between devices is explicit: an op on tensors of two devices is an error naming both.
+#[test]
+fn mixing_devices_is_an_error() {
+    for d in devices().into_iter().filter(|d| *d != Device::Cpu) {
+        let a = Tensor::ones(&[2, 3]);
+        let b = Tensor::ones(&[2, 3]).to_device(&d).unwrap();
+        let e = a.add(&b).unwrap_err().to_string();
+        assert!(
+            e.contains("different devices") && e.contains("cpu") && e.contains(&d.name()),
+            "{e}"
+        );
+        let e = b.matmul(&a.t().unwrap()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("matmul: operands on different devices"),
+            "{e}"
+        );
+        assert_eq!(
+            b.to_device(&Device::Cpu).unwrap().to_vec().unwrap(),
+            vec![1.0; 6]
+        );
+    }
+}
