@@ -14,12 +14,7 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
     match op {
         Op::Leaf { .. } => unreachable!("leaves are collected by the sweep"),
 
-        Op::Unary {
-            x,
-            op,
-            input,
-            output,
-        } => {
+        Op::Unary { x, op, input, output } => {
             use UnaryOp::*;
             let gx = match op {
                 // d(x)/dx = 1
@@ -64,19 +59,10 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                 // ∂(ab) = (b, a)
                 BinaryOp::Mul => (lhs.map(|_| g.mul(&b)), rhs.map(|_| g.mul(&a))),
                 // ∂(a/b) = (1/b, -a/b²)
-                BinaryOp::Div => (
-                    lhs.map(|_| g.div(&b)),
-                    rhs.map(|_| g.mul(&a)?.div(&b.square()?)?.neg()),
-                ),
+                BinaryOp::Div => (lhs.map(|_| g.div(&b)), rhs.map(|_| g.mul(&a)?.div(&b.square()?)?.neg())),
                 // ∂max(a,b) = ([a>b], [b>a]); a tie sends half to each.
-                BinaryOp::Max => (
-                    lhs.map(|_| g.mul(&winner(&a, &b)?)),
-                    rhs.map(|_| g.mul(&winner(&b, &a)?)),
-                ),
-                BinaryOp::Min => (
-                    lhs.map(|_| g.mul(&winner(&b, &a)?)),
-                    rhs.map(|_| g.mul(&winner(&a, &b)?)),
-                ),
+                BinaryOp::Max => (lhs.map(|_| g.mul(&winner(&a, &b)?)), rhs.map(|_| g.mul(&winner(&b, &a)?))),
+                BinaryOp::Min => (lhs.map(|_| g.mul(&winner(&b, &a)?)), rhs.map(|_| g.mul(&winner(&a, &b)?))),
                 BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq => {
                     unreachable!("comparisons are not recorded")
                 }
@@ -89,13 +75,7 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             }
         }
 
-        Op::Where {
-            cond,
-            t,
-            f,
-            t_shape,
-            f_shape,
-        } => {
+        Op::Where { cond, t, f, t_shape, f_shape } => {
             // The chosen branch gets g, the other nothing.
             let zero = Tensor::scalar(0.0).to_device(&g.device())?;
             if let Some(n) = t {
@@ -106,14 +86,7 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             }
         }
 
-        Op::Reduce {
-            x,
-            op,
-            axis,
-            keepdim,
-            input,
-            output,
-        } => {
+        Op::Reduce { x, op, axis, keepdim, input, output } => {
             let g = if keepdim { g } else { g.unsqueeze(axis)? };
             let gx = match op {
                 // ∂(Σ x)/∂x_i = 1: g spreads over the axis.
@@ -133,15 +106,7 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
         // dx = y ⊙ (g - Σ g ⊙ y)
         Op::Softmax { x, axis, output } => out.push((x, output.softmax_backward(&g, axis)?)),
 
-        Op::LayerNorm {
-            x,
-            weight,
-            bias,
-            input,
-            weight_value,
-            mean,
-            rstd,
-        } => {
+        Op::LayerNorm { x, weight, bias, input, weight_value, mean, rstd } => {
             // Fused: dx = r (g w - mean(g w) - x̂ mean(g w x̂)), dw = Σ g x̂, db = Σ g.
             let (dx, dw, db) = input.layer_norm_backward(&weight_value, &mean, &rstd, &g)?;
             for (n, t) in [(x, dx), (weight, dw), (bias, db)] {
@@ -161,9 +126,7 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                     // A shared weight: fold the batch into rows, one product instead of many.
                     let k = a.shape()[a.rank() - 1];
                     let n_out = g.shape()[g.rank() - 1];
-                    a.reshape(&[usize::MAX, k])?
-                        .t()?
-                        .matmul(&g.reshape(&[usize::MAX, n_out])?)?
+                    a.reshape(&[usize::MAX, k])?.t()?.matmul(&g.reshape(&[usize::MAX, n_out])?)?
                 } else {
                     a.t()?.matmul(&g)?.sum_to_shape(b.shape())?
                 };
@@ -180,12 +143,7 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             }
             out.push((x, g.permute(&inverse)?));
         }
-        Op::Narrow {
-            x,
-            axis,
-            start,
-            full,
-        } => {
+        Op::Narrow { x, axis, start, full } => {
             // Zeros outside the kept range.
             let len = g.shape()[axis];
             let pad = |n: usize| -> Result<Option<Tensor>> {
@@ -197,19 +155,13 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                 Ok(Some(Tensor::zeros(&shape).to_device(&g.device())?))
             };
             let (before, after) = (pad(start)?, pad(full - start - len)?);
-            let parts: Vec<&Tensor> = [before.as_ref(), Some(&g), after.as_ref()]
-                .into_iter()
-                .flatten()
-                .collect();
+            let parts: Vec<&Tensor> =
+                [before.as_ref(), Some(&g), after.as_ref()].into_iter().flatten().collect();
             out.push((x, Tensor::cat(&parts, axis)?));
         }
         Op::Broadcast { x, shape } => out.push((x, g.sum_to_shape(&shape)?)),
         Op::Reshape { x, shape } => out.push((x, g.reshape(&shape)?)),
-        Op::Cat {
-            inputs,
-            axis,
-            sizes,
-        } => {
+        Op::Cat { inputs, axis, sizes } => {
             let mut start = 0;
             for (n, size) in inputs.into_iter().zip(sizes) {
                 if let Some(n) = n {
@@ -219,18 +171,8 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             }
         }
         // The adjoints of picking are adding back into place.
-        Op::IndexSelect {
-            x,
-            axis,
-            indices,
-            size,
-        } => out.push((x, g.index_add(axis, &indices, size)?)),
-        Op::Gather {
-            x,
-            axis,
-            indices,
-            size,
-        } => out.push((x, g.scatter_add(axis, &indices, size)?)),
+        Op::IndexSelect { x, axis, indices, size } => out.push((x, g.index_add(axis, &indices, size)?)),
+        Op::Gather { x, axis, indices, size } => out.push((x, g.scatter_add(axis, &indices, size)?)),
     }
     Ok(out)
 }

@@ -29,12 +29,7 @@ pub struct GradCheck {
 
 impl Default for GradCheck {
     fn default() -> Self {
-        GradCheck {
-            eps: 1e-2,
-            atol: 1e-3,
-            rtol: 1e-2,
-            seed: 0,
-        }
+        GradCheck { eps: 1e-2, atol: 1e-3, rtol: 1e-2, seed: 0 }
     }
 }
 
@@ -61,10 +56,7 @@ pub fn check_gradients(
     inputs: &[Tensor],
     config: &GradCheck,
 ) -> Result<GradCheckReport> {
-    let inputs: Vec<Tensor> = inputs
-        .iter()
-        .map(|t| t.contiguous())
-        .collect::<Result<_>>()?;
+    let inputs: Vec<Tensor> = inputs.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
     // Analytic: one backward pass of L = Σ f(x) ⊙ r.
     let tape = Tape::new();
     let leaves: Vec<Var> = inputs.iter().map(|t| tape.leaf(t)).collect();
@@ -101,16 +93,10 @@ pub fn check_gradients(
                 perturbed[i] = Tensor::from_vec(data, x.shape())?;
                 weighted_sum(&f, &perturbed, &r_host)
             };
-            let numeric =
-                ((eval(config.eps)? - eval(-config.eps)?) / (2.0 * config.eps as f64)) as f32;
+            let numeric = ((eval(config.eps)? - eval(-config.eps)?) / (2.0 * config.eps as f64)) as f32;
             let a = analytic[j];
             let err = (a - numeric).abs();
-            let ok = approx::relative_eq!(
-                a,
-                numeric,
-                epsilon = config.atol,
-                max_relative = config.rtol
-            );
+            let ok = approx::relative_eq!(a, numeric, epsilon = config.atol, max_relative = config.rtol);
             if !ok || !a.is_finite() {
                 bail!(
                     "gradcheck",

@@ -40,11 +40,7 @@ impl Default for Tape {
 impl Tape {
     /// A tape that records.
     pub fn new() -> Self {
-        Tape(Rc::new(RefCell::new(TapeState {
-            nodes: Vec::new(),
-            recording: true,
-            generation: 0,
-        })))
+        Tape(Rc::new(RefCell::new(TapeState { nodes: Vec::new(), recording: true, generation: 0 })))
     }
 
     /// A tape that records nothing: every `Var` on it is a constant, so running a model on it
@@ -105,17 +101,10 @@ impl Tape {
     /// of every parameter and leaf that `loss` depends on. Consumes the recorded nodes.
     pub fn backward(self, loss: &Var) -> Result<Gradients> {
         let Some(loss_node) = loss.node_on(&self)? else {
-            bail!(
-                "backward",
-                "the loss does not depend on anything recorded on this tape"
-            );
+            bail!("backward", "the loss does not depend on anything recorded on this tape");
         };
         if loss.value().numel() != 1 {
-            bail!(
-                "backward",
-                "the loss must have one element, got shape {:?}",
-                loss.value().shape()
-            );
+            bail!("backward", "the loss must have one element, got shape {:?}", loss.value().shape());
         }
         let nodes = {
             let mut state = self.0.borrow_mut();
@@ -123,8 +112,7 @@ impl Tape {
             std::mem::take(&mut state.nodes)
         };
         let mut grads: Vec<Option<Tensor>> = (0..nodes.len()).map(|_| None).collect();
-        grads[loss_node] =
-            Some(Tensor::ones(loss.value().shape()).to_device(&loss.value().device())?);
+        grads[loss_node] = Some(Tensor::ones(loss.value().shape()).to_device(&loss.value().device())?);
         let mut out = Gradients::default();
         // Nodes after the loss cannot affect it.
         let mut nodes = nodes;
@@ -133,12 +121,7 @@ impl Tape {
             let id = nodes.len();
             let Some(g) = grads[id].take() else { continue };
             if g.shape() != node.shape.as_slice() {
-                bail!(
-                    "backward",
-                    "gradient of shape {:?} for a node of shape {:?}",
-                    g.shape(),
-                    node.shape
-                );
+                bail!("backward", "gradient of shape {:?} for a node of shape {:?}", g.shape(), node.shape);
             }
             match node.op {
                 Op::Leaf { param: Some(p) } => {
@@ -175,12 +158,7 @@ pub struct Gradients {
 
 impl std::fmt::Debug for Gradients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Gradients({} parameters, {} leaves)",
-            self.params.len(),
-            self.leaves.len()
-        )
+        write!(f, "Gradients({} parameters, {} leaves)", self.params.len(), self.leaves.len())
     }
 }
 

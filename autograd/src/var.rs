@@ -25,16 +25,7 @@ pub struct Var {
 
 impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Var({:?}{})",
-            self.value,
-            if self.tracked.is_some() {
-                ", tracked"
-            } else {
-                ""
-            }
-        )
+        write!(f, "Var({:?}{})", self.value, if self.tracked.is_some() { ", tracked" } else { "" })
     }
 }
 
@@ -60,22 +51,12 @@ macro_rules! binary_methods {
 impl Var {
     /// A value that needs no gradient.
     pub fn constant(value: Tensor) -> Var {
-        Var {
-            value,
-            tracked: None,
-        }
+        Var { value, tracked: None }
     }
 
     pub(crate) fn on_tape(value: Tensor, tape: Tape, node: NodeId) -> Var {
         let generation = tape.generation();
-        Var {
-            value,
-            tracked: Some(Tracked {
-                tape,
-                node,
-                generation,
-            }),
-        }
+        Var { value, tracked: Some(Tracked { tape, node, generation }) }
     }
 
     pub fn value(&self) -> &Tensor {
@@ -114,40 +95,25 @@ impl Var {
                 bail!("autograd", "a value from another tape was used")
             }
             Some(t) if t.generation != tape.generation() => {
-                bail!(
-                    "autograd",
-                    "a value from a tape whose backward already ran was used"
-                )
+                bail!("autograd", "a value from a tape whose backward already ran was used")
             }
             Some(t) => Ok(Some(t.node)),
         }
     }
 
     /// Records `make(input nodes)` with output `value` if any input is tracked.
-    fn record(
-        inputs: &[&Var],
-        value: Tensor,
-        make: impl FnOnce(Vec<Option<NodeId>>) -> Op,
-    ) -> Result<Var> {
-        let Some(tape) = inputs
-            .iter()
-            .find_map(|v| v.tracked.as_ref().map(|t| t.tape.clone()))
-        else {
+    fn record(inputs: &[&Var], value: Tensor, make: impl FnOnce(Vec<Option<NodeId>>) -> Op) -> Result<Var> {
+        let Some(tape) = inputs.iter().find_map(|v| v.tracked.as_ref().map(|t| t.tape.clone())) else {
             return Ok(Var::constant(value));
         };
-        let nodes = inputs
-            .iter()
-            .map(|v| v.node_on(&tape))
-            .collect::<Result<Vec<_>>>()?;
+        let nodes = inputs.iter().map(|v| v.node_on(&tape)).collect::<Result<Vec<_>>>()?;
         let node = tape.push(make(nodes), value.shape().to_vec());
         Ok(Var::on_tape(value, tape, node))
     }
 
     /// Records an op of one tracked input.
     fn record1(&self, value: Tensor, make: impl FnOnce(NodeId) -> Op) -> Result<Var> {
-        Var::record(&[self], value, |n| {
-            make(n[0].expect("single tracked input"))
-        })
+        Var::record(&[self], value, |n| make(n[0].expect("single tracked input")))
     }
 
     // ---- elementwise ----
@@ -155,21 +121,13 @@ impl Var {
     /// Any differentiable [`UnaryOp`].
     pub fn unary(&self, op: UnaryOp) -> Result<Var> {
         if matches!(op, UnaryOp::GeluDerivative) && self.is_tracked() {
-            bail!(
-                "gelu_derivative",
-                "has no backward rule (second derivatives are not supported)"
-            );
+            bail!("gelu_derivative", "has no backward rule (second derivatives are not supported)");
         }
         let output = self.value.unary(op)?;
         if matches!(op, UnaryOp::Step) {
             return Ok(Var::constant(output)); // piecewise constant: zero gradient
         }
-        self.record1(output.clone(), |x| Op::Unary {
-            x,
-            op,
-            input: self.value.clone(),
-            output,
-        })
+        self.record1(output.clone(), |x| Op::Unary { x, op, input: self.value.clone(), output })
     }
 
     unary_methods! {
@@ -250,19 +208,8 @@ impl Var {
 
     pub fn reduce(&self, axis: usize, op: ReduceOp, keepdim: bool) -> Result<Var> {
         let output = self.value.reduce(axis, op, true)?;
-        let value = if keepdim {
-            output.clone()
-        } else {
-            output.squeeze(axis)?
-        };
-        self.record1(value, |x| Op::Reduce {
-            x,
-            op,
-            axis,
-            keepdim,
-            input: self.value.clone(),
-            output,
-        })
+        let value = if keepdim { output.clone() } else { output.squeeze(axis)? };
+        self.record1(value, |x| Op::Reduce { x, op, axis, keepdim, input: self.value.clone(), output })
     }
 
     pub fn sum(&self, axis: usize) -> Result<Var> {
@@ -315,9 +262,7 @@ impl Var {
 
     /// Layer norm over the last axis, `(x - μ)/√(σ²+ε) ⊙ weight + bias`.
     pub fn layer_norm(&self, weight: &Var, bias: &Var, eps: f32) -> Result<Var> {
-        let parts = self
-            .value
-            .layer_norm_with_stats(&weight.value, &bias.value, eps)?;
+        let parts = self.value.layer_norm_with_stats(&weight.value, &bias.value, eps)?;
         Var::record(&[self, weight, bias], parts.y, |n| Op::LayerNorm {
             x: n[0],
             weight: n[1],
@@ -354,52 +299,29 @@ impl Var {
         self.transpose(r - 2, r - 1)
     }
     pub fn permute(&self, dims: &[usize]) -> Result<Var> {
-        self.record1(self.value.permute(dims)?, |x| Op::Permute {
-            x,
-            dims: dims.to_vec(),
-        })
+        self.record1(self.value.permute(dims)?, |x| Op::Permute { x, dims: dims.to_vec() })
     }
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Var> {
         let full = self.value.dim(axis)?;
-        self.record1(self.value.narrow(axis, start, len)?, |x| Op::Narrow {
-            x,
-            axis,
-            start,
-            full,
-        })
+        self.record1(self.value.narrow(axis, start, len)?, |x| Op::Narrow { x, axis, start, full })
     }
     pub fn broadcast_to(&self, shape: &[usize]) -> Result<Var> {
-        self.record1(self.value.broadcast_to(shape)?, |x| Op::Broadcast {
-            x,
-            shape: self.shape().to_vec(),
-        })
+        self.record1(self.value.broadcast_to(shape)?, |x| Op::Broadcast { x, shape: self.shape().to_vec() })
     }
     pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
-        self.record1(self.value.reshape(shape)?, |x| Op::Reshape {
-            x,
-            shape: self.shape().to_vec(),
-        })
+        self.record1(self.value.reshape(shape)?, |x| Op::Reshape { x, shape: self.shape().to_vec() })
     }
     pub fn flatten(&self) -> Result<Var> {
         self.reshape(&[self.value.numel()])
     }
     pub fn unsqueeze(&self, axis: usize) -> Result<Var> {
-        self.record1(self.value.unsqueeze(axis)?, |x| Op::Reshape {
-            x,
-            shape: self.shape().to_vec(),
-        })
+        self.record1(self.value.unsqueeze(axis)?, |x| Op::Reshape { x, shape: self.shape().to_vec() })
     }
     pub fn squeeze(&self, axis: usize) -> Result<Var> {
-        self.record1(self.value.squeeze(axis)?, |x| Op::Reshape {
-            x,
-            shape: self.shape().to_vec(),
-        })
+        self.record1(self.value.squeeze(axis)?, |x| Op::Reshape { x, shape: self.shape().to_vec() })
     }
     pub fn contiguous(&self) -> Result<Var> {
-        self.record1(self.value.contiguous()?, |x| Op::Reshape {
-            x,
-            shape: self.shape().to_vec(),
-        })
+        self.record1(self.value.contiguous()?, |x| Op::Reshape { x, shape: self.shape().to_vec() })
     }
 
     // ---- indexing ----
@@ -408,54 +330,31 @@ impl Var {
         let values: Vec<&Tensor> = parts.iter().map(|p| &p.value).collect();
         let value = Tensor::cat(&values, axis)?;
         let sizes = parts.iter().map(|p| p.shape()[axis]).collect();
-        Var::record(parts, value, |inputs| Op::Cat {
-            inputs,
-            axis,
-            sizes,
-        })
+        Var::record(parts, value, |inputs| Op::Cat { inputs, axis, sizes })
     }
 
     pub fn index_select(&self, axis: usize, indices: &[usize]) -> Result<Var> {
         let size = self.value.dim(axis)?;
         let value = self.value.index_select(axis, indices)?;
-        self.record1(value, |x| Op::IndexSelect {
-            x,
-            axis,
-            indices: indices.to_vec(),
-            size,
-        })
+        self.record1(value, |x| Op::IndexSelect { x, axis, indices: indices.to_vec(), size })
     }
 
     /// Embedding lookup in the table `self` (`[vocab, dim]`); result `ids_shape + [dim]`.
     pub fn embedding(&self, ids: &[usize], ids_shape: &[usize]) -> Result<Var> {
         if self.value.rank() != 2 {
-            bail!(
-                "embedding",
-                "table must be [vocab, dim], got {:?}",
-                self.shape()
-            );
+            bail!("embedding", "table must be [vocab, dim], got {:?}", self.shape());
         }
         if ids.len() != ids_shape.iter().product::<usize>() {
-            bail!(
-                "embedding",
-                "{} ids do not fill shape {ids_shape:?}",
-                ids.len()
-            );
+            bail!("embedding", "{} ids do not fill shape {ids_shape:?}", ids.len());
         }
         let dim = self.shape()[1];
-        self.index_select(0, ids)?
-            .reshape(&[ids_shape, &[dim]].concat())
+        self.index_select(0, ids)?.reshape(&[ids_shape, &[dim]].concat())
     }
 
     /// `out[.., i, ..] = self[.., indices[.., i, ..], ..]` along `axis`.
     pub fn gather(&self, axis: usize, indices: &[usize], index_shape: &[usize]) -> Result<Var> {
         let size = self.value.dim(axis)?;
         let value = self.value.gather(axis, indices, index_shape)?;
-        self.record1(value, |x| Op::Gather {
-            x,
-            axis,
-            indices: indices.to_vec(),
-            size,
-        })
+        self.record1(value, |x| Op::Gather { x, axis, indices: indices.to_vec(), size })
     }
 }

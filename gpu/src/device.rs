@@ -49,27 +49,14 @@ pub fn list_devices() -> Result<Vec<(DeviceInfo, Platform, ClDevice)>> {
     let mut out = Vec::new();
     for id in ids {
         let platform = Platform::new(id);
-        let pname = platform
-            .name()
-            .unwrap_or_else(|_| "unknown platform".into());
+        let pname = platform.name().unwrap_or_else(|_| "unknown platform".into());
         for device in ClDevice::list_all(platform).map_err(cl_err)? {
             let name = device.name().unwrap_or_else(|_| "unknown device".into());
-            out.push((
-                DeviceInfo {
-                    ordinal: out.len(),
-                    platform: pname.clone(),
-                    name,
-                },
-                platform,
-                device,
-            ));
+            out.push((DeviceInfo { ordinal: out.len(), platform: pname.clone(), name }, platform, device));
         }
     }
     if out.is_empty() {
-        return Err(tensor::Error::new(
-            "opencl",
-            "OpenCL platforms are installed but report no devices",
-        ));
+        return Err(tensor::Error::new("opencl", "OpenCL platforms are installed but report no devices"));
     }
     Ok(out)
 }
@@ -95,34 +82,17 @@ impl OpenClDevice {
             ));
         }
         let (info, platform, device) = all.swap_remove(ordinal);
-        let context = Context::builder()
-            .platform(platform)
-            .devices(device)
-            .build()
-            .map_err(cl_err)?;
+        let context = Context::builder().platform(platform).devices(device).build().map_err(cl_err)?;
         let queue = Queue::new(&context, device, None).map_err(cl_err)?;
-        let program = Program::builder()
-            .src(SOURCES.concat())
-            .devices(device)
-            .build(&context)
-            .map_err(|e| {
-                tensor::Error::new(
-                    "opencl",
-                    format!("building the kernels for {}: {e}", info.name),
-                )
+        let program =
+            Program::builder().src(SOURCES.concat()).devices(device).build(&context).map_err(|e| {
+                tensor::Error::new("opencl", format!("building the kernels for {}: {e}", info.name))
             })?;
-        Ok(Arc::new_cyclic(|me| OpenClDevice {
-            info,
-            queue,
-            program,
-            me: me.clone(),
-        }))
+        Ok(Arc::new_cyclic(|me| OpenClDevice { info, queue, program, me: me.clone() }))
     }
 
     pub(crate) fn handle(&self) -> Arc<OpenClDevice> {
-        self.me
-            .upgrade()
-            .expect("a device outlives its own methods")
+        self.me.upgrade().expect("a device outlives its own methods")
     }
 
     /// Runs kernel `name` over `global` work-items (with `local` work-groups if given); `args`
@@ -138,11 +108,7 @@ impl OpenClDevice {
             return Ok(());
         }
         let mut builder: ocl::builders::KernelBuilder<'b> = ocl::Kernel::builder();
-        builder
-            .program(&self.program)
-            .name(name)
-            .queue(self.queue.clone())
-            .global_work_size(global);
+        builder.program(&self.program).name(name).queue(self.queue.clone()).global_work_size(global);
         if let Some(l) = local {
             builder.local_work_size(l);
         }

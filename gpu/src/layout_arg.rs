@@ -20,29 +20,18 @@ pub struct LayoutArg {
 unsafe impl ocl::OclPrm for LayoutArg {}
 
 fn int(op: &'static str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| {
-        tensor::Error::new(
-            op,
-            format!("{v} exceeds the OpenCL kernels' 32-bit indices"),
-        )
-    })
+    i32::try_from(v)
+        .map_err(|_| tensor::Error::new(op, format!("{v} exceeds the OpenCL kernels' 32-bit indices")))
 }
 
 impl LayoutArg {
     /// From explicit parts.
     pub fn new(shape: &[usize], strides: &[usize], offset: usize) -> Result<Self> {
         if shape.len() > MAX_RANK {
-            bail!(
-                "opencl",
-                "rank {} exceeds the kernels' maximum of {MAX_RANK}",
-                shape.len()
-            );
+            bail!("opencl", "rank {} exceeds the kernels' maximum of {MAX_RANK}", shape.len());
         }
-        let mut arg = LayoutArg {
-            rank: shape.len() as i32,
-            offset: int("opencl", offset)?,
-            ..Default::default()
-        };
+        let mut arg =
+            LayoutArg { rank: shape.len() as i32, offset: int("opencl", offset)?, ..Default::default() };
         for (d, (&n, &s)) in shape.iter().zip(strides).enumerate() {
             arg.shape[d] = int("opencl", n)?;
             arg.strides[d] = int("opencl", s)?;
@@ -69,21 +58,9 @@ pub fn fiber_starts(layout: &Layout, axis: usize, len: usize) -> Result<LayoutAr
 /// stride.
 pub fn rows(layout: &Layout) -> Result<(LayoutArg, i32, i32, usize)> {
     let r = layout.rank();
-    let (cols, stride) = if r == 0 {
-        (1, 1)
-    } else {
-        (layout.shape()[r - 1], layout.strides()[r - 1])
-    };
-    let outer = if r == 0 {
-        &[][..]
-    } else {
-        &layout.shape()[..r - 1]
-    };
-    let outer_strides = if r == 0 {
-        &[][..]
-    } else {
-        &layout.strides()[..r - 1]
-    };
+    let (cols, stride) = if r == 0 { (1, 1) } else { (layout.shape()[r - 1], layout.strides()[r - 1]) };
+    let outer = if r == 0 { &[][..] } else { &layout.shape()[..r - 1] };
+    let outer_strides = if r == 0 { &[][..] } else { &layout.strides()[..r - 1] };
     let n_rows = outer.iter().product();
     Ok((
         LayoutArg::new(outer, outer_strides, layout.offset())?,

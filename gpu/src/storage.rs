@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use ocl::Buffer;
 use tensor::backend::{LayerNormGrads, LayerNormOutput};
-use tensor::{
-    BackendStorage, BinaryOp, Device, Layout, MatmulSpec, ReduceOp, Result, Storage, UnaryOp,
-};
+use tensor::{BackendStorage, BinaryOp, Device, Layout, MatmulSpec, ReduceOp, Result, Storage, UnaryOp};
 
 use crate::device::{cl_err, OpenClDevice};
 use crate::layout_arg::{fiber_starts, i32_of, rows, LayoutArg};
@@ -27,11 +25,7 @@ pub struct OpenClStorage {
 
 impl fmt::Debug for OpenClStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "OpenClStorage({} f32 on opencl:{})",
-            self.len, self.device.info.ordinal
-        )
+        write!(f, "OpenClStorage({} f32 on opencl:{})", self.len, self.device.info.ordinal)
     }
 }
 
@@ -41,16 +35,9 @@ fn wrap(s: OpenClStorage) -> Result<Storage> {
 
 impl OpenClStorage {
     fn alloc(device: &Arc<OpenClDevice>, len: usize) -> Result<Self> {
-        let buffer = Buffer::<f32>::builder()
-            .queue(device.queue.clone())
-            .len(len.max(1))
-            .build()
-            .map_err(cl_err)?;
-        Ok(OpenClStorage {
-            buffer,
-            len,
-            device: device.clone(),
-        })
+        let buffer =
+            Buffer::<f32>::builder().queue(device.queue.clone()).len(len.max(1)).build().map_err(cl_err)?;
+        Ok(OpenClStorage { buffer, len, device: device.clone() })
     }
 
     pub(crate) fn from_host(device: &Arc<OpenClDevice>, data: &[f32]) -> Result<Self> {
@@ -73,16 +60,10 @@ impl OpenClStorage {
     /// The OpenCL buffer of another operand of the same op.
     fn other<'a>(&self, s: &'a Storage) -> Result<&'a OpenClStorage> {
         let o = s.downcast::<OpenClStorage>().ok_or_else(|| {
-            tensor::Error::new(
-                "opencl",
-                format!("operand is on {}, not opencl", s.device()),
-            )
+            tensor::Error::new("opencl", format!("operand is on {}, not opencl", s.device()))
         })?;
         if !Arc::ptr_eq(&o.device, &self.device) {
-            return Err(tensor::Error::new(
-                "opencl",
-                "operands on different OpenCL devices",
-            ));
+            return Err(tensor::Error::new("opencl", "operands on different OpenCL devices"));
         }
         Ok(o)
     }
@@ -107,12 +88,7 @@ impl OpenClStorage {
         rows: usize,
         args: impl FnOnce(&mut ocl::builders::KernelBuilder<'b>),
     ) -> Result<()> {
-        self.device.launch(
-            name,
-            [rows * ROW_GROUP, 1, 1],
-            Some([ROW_GROUP, 1, 1]),
-            args,
-        )
+        self.device.launch(name, [rows * ROW_GROUP, 1, 1], Some([ROW_GROUP, 1, 1]), args)
     }
 
     /// Runs a one-dimensional kernel over `n` work-items.
@@ -128,12 +104,7 @@ impl OpenClStorage {
 
 /// Number of elements of `layout`'s shape with `axis` resized to `len`.
 fn resized(layout: &Layout, axis: usize, len: usize) -> usize {
-    layout
-        .shape()
-        .iter()
-        .enumerate()
-        .map(|(d, &s)| if d == axis { len } else { s })
-        .product()
+    layout.shape().iter().enumerate().map(|(d, &s)| if d == axis { len } else { s }).product()
 }
 
 fn unary_code(op: UnaryOp) -> (i32, f32) {
@@ -215,13 +186,7 @@ impl BackendStorage for OpenClStorage {
         wrap(self.unary_raw(layout, op)?)
     }
 
-    fn binary(
-        &self,
-        layout: &Layout,
-        rhs: &Storage,
-        rhs_layout: &Layout,
-        op: BinaryOp,
-    ) -> Result<Storage> {
+    fn binary(&self, layout: &Layout, rhs: &Storage, rhs_layout: &Layout, op: BinaryOp) -> Result<Storage> {
         let b = self.other(rhs)?;
         let n = layout.numel();
         let out = Self::alloc(&self.device, n)?;
@@ -249,11 +214,7 @@ impl BackendStorage for OpenClStorage {
         let (t, f) = (self.other(t)?, self.other(f)?);
         let n = layout.numel();
         let out = Self::alloc(&self.device, n)?;
-        let (lc, lt, lf) = (
-            LayoutArg::of(layout)?,
-            LayoutArg::of(lt)?,
-            LayoutArg::of(lf)?,
-        );
+        let (lc, lt, lf) = (LayoutArg::of(layout)?, LayoutArg::of(lt)?, LayoutArg::of(lf)?);
         self.run("where_cond", n, |k| {
             k.arg(lc)
                 .arg(&self.buffer)
@@ -270,10 +231,7 @@ impl BackendStorage for OpenClStorage {
     fn reduce(&self, layout: &Layout, axis: usize, op: ReduceOp) -> Result<Storage> {
         let first = fiber_starts(layout, axis, 1)?;
         let n = resized(layout, axis, 1);
-        let (len, stride) = (
-            i32_of(layout.shape()[axis])?,
-            i32_of(layout.strides()[axis])?,
-        );
+        let (len, stride) = (i32_of(layout.shape()[axis])?, i32_of(layout.strides()[axis])?);
         let out = Self::alloc(&self.device, n)?;
         self.run_rows("reduce", n, |k| {
             k.arg(reduce_code(op))
@@ -290,22 +248,14 @@ impl BackendStorage for OpenClStorage {
     fn argmax(&self, layout: &Layout, axis: usize) -> Result<Vec<usize>> {
         let first = fiber_starts(layout, axis, 1)?;
         let n = resized(layout, axis, 1);
-        let (len, stride) = (
-            i32_of(layout.shape()[axis])?,
-            i32_of(layout.strides()[axis])?,
-        );
+        let (len, stride) = (i32_of(layout.shape()[axis])?, i32_of(layout.strides()[axis])?);
         let out = Buffer::<i32>::builder()
             .queue(self.device.queue.clone())
             .len(n.max(1))
             .build()
             .map_err(cl_err)?;
         self.run("argmax", n, |k| {
-            k.arg(first)
-                .arg(len)
-                .arg(stride)
-                .arg(&self.buffer)
-                .arg(&out)
-                .arg(n as i32);
+            k.arg(first).arg(len).arg(stride).arg(&self.buffer).arg(&out).arg(n as i32);
         })?;
         let mut host = vec![0i32; n];
         if n > 0 {
@@ -318,22 +268,12 @@ impl BackendStorage for OpenClStorage {
         let (rows_arg, cols, stride, n_rows) = rows(layout)?;
         let out = Self::alloc(&self.device, layout.numel())?;
         self.run_rows("softmax", n_rows, |k| {
-            k.arg(rows_arg)
-                .arg(cols)
-                .arg(stride)
-                .arg(&self.buffer)
-                .arg(&out.buffer)
-                .arg(n_rows as i32);
+            k.arg(rows_arg).arg(cols).arg(stride).arg(&self.buffer).arg(&out.buffer).arg(n_rows as i32);
         })?;
         wrap(out)
     }
 
-    fn softmax_backward(
-        &self,
-        layout: &Layout,
-        dy: &Storage,
-        dy_layout: &Layout,
-    ) -> Result<Storage> {
+    fn softmax_backward(&self, layout: &Layout, dy: &Storage, dy_layout: &Layout) -> Result<Storage> {
         let g = self.other(dy)?;
         let (yr, cols, ys, n_rows) = rows(layout)?;
         let (gr, _, gs, _) = rows(dy_layout)?;
@@ -377,16 +317,9 @@ impl BackendStorage for OpenClStorage {
                 .arg(lb)
                 .arg(&b.buffer)
                 .arg(eps);
-            k.arg(&y.buffer)
-                .arg(&mean.buffer)
-                .arg(&rstd.buffer)
-                .arg(n_rows as i32);
+            k.arg(&y.buffer).arg(&mean.buffer).arg(&rstd.buffer).arg(n_rows as i32);
         })?;
-        Ok(LayerNormOutput {
-            y: wrap(y)?,
-            mean: wrap(mean)?,
-            rstd: wrap(rstd)?,
-        })
+        Ok(LayerNormOutput { y: wrap(y)?, mean: wrap(mean)?, rstd: wrap(rstd)? })
     }
 
     fn layer_norm_backward(
@@ -399,12 +332,7 @@ impl BackendStorage for OpenClStorage {
         dy: &Storage,
         dy_layout: &Layout,
     ) -> Result<LayerNormGrads> {
-        let (w, mean, rstd, g) = (
-            self.other(weight)?,
-            self.other(mean)?,
-            self.other(rstd)?,
-            self.other(dy)?,
-        );
+        let (w, mean, rstd, g) = (self.other(weight)?, self.other(mean)?, self.other(rstd)?, self.other(dy)?);
         let (xr, cols, stride, n_rows) = rows(layout)?;
         let (gr, _, gstride, _) = rows(dy_layout)?;
         let lw = LayoutArg::of(lw)?;
@@ -421,18 +349,10 @@ impl BackendStorage for OpenClStorage {
                 .arg(&w.buffer)
                 .arg(&mean.buffer)
                 .arg(&rstd.buffer);
-            k.arg(gr)
-                .arg(gstride)
-                .arg(&g.buffer)
-                .arg(&dx.buffer)
-                .arg(n_rows as i32);
+            k.arg(gr).arg(gstride).arg(&g.buffer).arg(&dx.buffer).arg(n_rows as i32);
         })?;
         self.run("layer_norm_backward_dw", c, |k| {
-            k.arg(xr)
-                .arg(stride)
-                .arg(&self.buffer)
-                .arg(&mean.buffer)
-                .arg(&rstd.buffer);
+            k.arg(xr).arg(stride).arg(&self.buffer).arg(&mean.buffer).arg(&rstd.buffer);
             k.arg(gr)
                 .arg(gstride)
                 .arg(&g.buffer)
@@ -441,11 +361,7 @@ impl BackendStorage for OpenClStorage {
                 .arg(cols)
                 .arg(n_rows as i32);
         })?;
-        Ok(LayerNormGrads {
-            dx: wrap(dx)?,
-            dweight: wrap(dw)?,
-            dbias: wrap(db)?,
-        })
+        Ok(LayerNormGrads { dx: wrap(dx)?, dweight: wrap(dw)?, dbias: wrap(db)? })
     }
 
     fn matmul(
@@ -463,27 +379,15 @@ impl BackendStorage for OpenClStorage {
         let (sa, sb) = (layout.strides(), rhs_layout.strides());
         let la = LayoutArg::new(batch, &sa[..r - 2], layout.offset())?;
         let lb = LayoutArg::new(batch, &sb[..r - 2], rhs_layout.offset())?;
-        let (rsa, csa, rsb, csb) = (
-            i32_of(sa[r - 2])?,
-            i32_of(sa[r - 1])?,
-            i32_of(sb[r - 2])?,
-            i32_of(sb[r - 1])?,
-        );
+        let (rsa, csa, rsb, csb) =
+            (i32_of(sa[r - 2])?, i32_of(sa[r - 1])?, i32_of(sb[r - 2])?, i32_of(sb[r - 1])?);
         let (mi, ki, ni) = (i32_of(*m)?, i32_of(*k)?, i32_of(*n)?);
         let tile = 16;
         let global = [n.div_ceil(tile) * tile, m.div_ceil(tile) * tile, batches];
-        self.device
-            .launch("matmul", global, Some([tile, tile, 1]), |kb| {
-                kb.arg(la)
-                    .arg(rsa)
-                    .arg(csa)
-                    .arg(&self.buffer)
-                    .arg(lb)
-                    .arg(rsb)
-                    .arg(csb)
-                    .arg(&b.buffer);
-                kb.arg(&out.buffer).arg(mi).arg(ki).arg(ni);
-            })?;
+        self.device.launch("matmul", global, Some([tile, tile, 1]), |kb| {
+            kb.arg(la).arg(rsa).arg(csa).arg(&self.buffer).arg(lb).arg(rsb).arg(csb).arg(&b.buffer);
+            kb.arg(&out.buffer).arg(mi).arg(ki).arg(ni);
+        })?;
         wrap(out)
     }
 
@@ -493,11 +397,7 @@ impl BackendStorage for OpenClStorage {
         let n = resized(layout, axis, indices.len());
         let idx = self.int_buffer(indices)?;
         let out = Self::alloc(&self.device, n)?;
-        let (stride, len, inner) = (
-            i32_of(layout.strides()[axis])?,
-            i32_of(indices.len())?,
-            i32_of(inner)?,
-        );
+        let (stride, len, inner) = (i32_of(layout.strides()[axis])?, i32_of(indices.len())?, i32_of(inner)?);
         self.run("index_select", n, |k| {
             k.arg(picked)
                 .arg(stride)
@@ -511,13 +411,7 @@ impl BackendStorage for OpenClStorage {
         wrap(out)
     }
 
-    fn index_add(
-        &self,
-        layout: &Layout,
-        axis: usize,
-        indices: &[usize],
-        size: usize,
-    ) -> Result<Storage> {
+    fn index_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
         // For each target entry t, the source entries j with indices[j] == t (CSR).
         let mut starts = vec![0usize; size + 1];
         for &t in indices {
@@ -537,11 +431,7 @@ impl BackendStorage for OpenClStorage {
         let n = resized(layout, axis, size);
         let (starts, sources) = (self.int_buffer(&starts)?, self.int_buffer(&sources)?);
         let out = Self::alloc(&self.device, n)?;
-        let (stride, size_i, inner) = (
-            i32_of(layout.strides()[axis])?,
-            i32_of(size)?,
-            i32_of(inner)?,
-        );
+        let (stride, size_i, inner) = (i32_of(layout.strides()[axis])?, i32_of(size)?, i32_of(inner)?);
         self.run("index_add", n, |k| {
             k.arg(first)
                 .arg(stride)
@@ -571,35 +461,20 @@ impl BackendStorage for OpenClStorage {
         let out = Self::alloc(&self.device, n)?;
         let stride = i32_of(layout.strides()[axis])?;
         self.run("gather", n, |k| {
-            k.arg(picked)
-                .arg(stride)
-                .arg(&idx)
-                .arg(&self.buffer)
-                .arg(&out.buffer)
-                .arg(n as i32);
+            k.arg(picked).arg(stride).arg(&idx).arg(&self.buffer).arg(&out.buffer).arg(n as i32);
         })?;
         wrap(out)
     }
 
-    fn scatter_add(
-        &self,
-        layout: &Layout,
-        axis: usize,
-        indices: &[usize],
-        size: usize,
-    ) -> Result<Storage> {
+    fn scatter_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
         let first = fiber_starts(layout, axis, size)?;
         let inner: usize = layout.shape()[axis + 1..].iter().product();
         let outer: usize = layout.shape()[..axis].iter().product();
         let n = outer * size * inner;
         let idx = self.int_buffer(indices)?;
         let out = Self::alloc(&self.device, n)?;
-        let (stride, src_len, size_i, inner_i) = (
-            i32_of(layout.strides()[axis])?,
-            i32_of(layout.shape()[axis])?,
-            i32_of(size)?,
-            i32_of(inner)?,
-        );
+        let (stride, src_len, size_i, inner_i) =
+            (i32_of(layout.strides()[axis])?, i32_of(layout.shape()[axis])?, i32_of(size)?, i32_of(inner)?);
         self.run("scatter_add", n, |k| {
             k.arg(first)
                 .arg(stride)
@@ -629,11 +504,7 @@ impl BackendStorage for OpenClStorage {
             let src = LayoutArg::of(l)?;
             let n = l.numel();
             self.run("copy_strided", n, |k| {
-                k.arg(src)
-                    .arg(&s.buffer)
-                    .arg(dst)
-                    .arg(&out.buffer)
-                    .arg(n as i32);
+                k.arg(src).arg(&s.buffer).arg(dst).arg(&out.buffer).arg(n as i32);
             })?;
             start += len;
         }
@@ -648,12 +519,7 @@ impl OpenClStorage {
         let (code, c) = unary_code(op);
         let lx = LayoutArg::of(layout)?;
         self.run("unary", n, |k| {
-            k.arg(code)
-                .arg(c)
-                .arg(lx)
-                .arg(&self.buffer)
-                .arg(&out.buffer)
-                .arg(n as i32);
+            k.arg(code).arg(c).arg(lx).arg(&self.buffer).arg(&out.buffer).arg(n as i32);
         })?;
         Ok(out)
     }

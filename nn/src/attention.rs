@@ -32,14 +32,10 @@ pub const MASKED: f32 = -f32::MAX;
 /// `[queries, keys]` mask, 1 where key `j` lies in the future of query `i` (right-aligned).
 pub fn causal_mask(queries: usize, keys: usize) -> Result<Tensor> {
     if queries > keys {
-        return Err(Error::Config(format!(
-            "causal mask: {queries} queries but only {keys} keys"
-        )));
+        return Err(Error::Config(format!("causal mask: {queries} queries but only {keys} keys")));
     }
     let offset = keys - queries;
-    let data = (0..queries)
-        .flat_map(|i| (0..keys).map(move |j| (j > i + offset) as u8 as f32))
-        .collect();
+    let data = (0..queries).flat_map(|i| (0..keys).map(move |j| (j > i + offset) as u8 as f32)).collect();
     Ok(Tensor::from_vec(data, &[queries, keys])?)
 }
 
@@ -93,9 +89,7 @@ impl Attention {
         std: f32,
     ) -> Result<Self> {
         if heads == 0 || !q_dim.is_multiple_of(heads) {
-            return Err(Error::Config(format!(
-                "{heads} heads do not divide {q_dim} channels"
-            )));
+            return Err(Error::Config(format!("{heads} heads do not divide {q_dim} channels")));
         }
         Ok(Attention {
             q_proj: Linear::new(&mut b.sub("q_proj"), q_dim, q_dim, biases.qkv, std)?,
@@ -110,17 +104,14 @@ impl Attention {
     /// `[B, T, H·D]` → `[B, H, T, D]` (a view).
     fn split_heads(&self, x: &Var) -> Result<Var> {
         let (b, t) = (x.shape()[0], x.shape()[1]);
-        Ok(x.reshape(&[b, t, self.heads, self.head_dim])?
-            .permute(&[0, 2, 1, 3])?)
+        Ok(x.reshape(&[b, t, self.heads, self.head_dim])?.permute(&[0, 2, 1, 3])?)
     }
 
     /// `x_q` `[B, L, C]` attends to `x_kv` `[B, N, C_kv]`; returns `[B, L, C]`.
     pub fn forward(&self, ctx: &Ctx, x_q: &Var, x_kv: &Var, opts: &AttendOptions) -> Result<Var> {
         let (b, l) = (x_q.shape()[0], x_q.shape()[1]);
         let scale = (self.head_dim as f32).powf(-0.5);
-        let mut q = self
-            .split_heads(&self.q_proj.forward(ctx, x_q)?)?
-            .mul_scalar(scale)?;
+        let mut q = self.split_heads(&self.q_proj.forward(ctx, x_q)?)?.mul_scalar(scale)?;
         let mut k = self.split_heads(&self.k_proj.forward(ctx, x_kv)?)?;
         let v = self.split_heads(&self.v_proj.forward(ctx, x_kv)?)?;
         if let Some(r) = opts.rotary_q {
@@ -134,11 +125,7 @@ impl Attention {
             scores = scores.masked_fill(&mask.to_device(&scores.value().device())?, MASKED)?;
         }
         let probs = dropout(ctx, &scores.softmax(3)?, opts.dropout)?;
-        let o = probs.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[
-            b,
-            l,
-            self.heads * self.head_dim,
-        ])?;
+        let o = probs.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.head_dim])?;
         self.o_proj.forward(ctx, &o)
     }
 }

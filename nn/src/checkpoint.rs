@@ -15,14 +15,8 @@ use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -71,23 +65,11 @@ pub fn write_safetensors(
     let mut views = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let bytes = t.to_vec()?.iter().flat_map(|v| v.to_le_bytes()).collect();
-        views.push((
-            name.clone(),
-            F32View {
-                shape: t.shape().to_vec(),
-                bytes,
-            },
-        ));
+        views.push((name.clone(), F32View { shape: t.shape().to_vec(), bytes }));
     }
-    let meta = if metadata.is_empty() {
-        None
-    } else {
-        Some(metadata)
-    };
-    let bytes = safetensors::serialize(views, &meta).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let meta = if metadata.is_empty() { None } else { Some(metadata) };
+    let bytes = safetensors::serialize(views, &meta)
+        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
     write_atomic(path, &bytes)
 }
 
@@ -104,32 +86,23 @@ pub struct TensorFile {
 impl TensorFile {
     /// The f32 tensor `name`, or an error naming the file and the tensor.
     pub fn float(&self, name: &str) -> Result<&Tensor> {
-        self.floats.get(name).ok_or_else(|| {
-            Error::Param(format!(
-                "{}: no f32 tensor named {name}",
-                self.path.display()
-            ))
-        })
+        self.floats
+            .get(name)
+            .ok_or_else(|| Error::Param(format!("{}: no f32 tensor named {name}", self.path.display())))
     }
 
     /// The integer tensor `name`.
     pub fn int(&self, name: &str) -> Result<&(Vec<i64>, Vec<usize>)> {
-        self.ints.get(name).ok_or_else(|| {
-            Error::Param(format!(
-                "{}: no integer tensor named {name}",
-                self.path.display()
-            ))
-        })
+        self.ints
+            .get(name)
+            .ok_or_else(|| Error::Param(format!("{}: no integer tensor named {name}", self.path.display())))
     }
 }
 
 /// Reads a safetensors file; a truncated or malformed file is an error naming the path.
 pub fn read_safetensors(path: &Path) -> Result<TensorFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |message: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| Error::Safetensors { path: path.to_path_buf(), message };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{e:?}")))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e:?}")))?;
     let mut out = TensorFile {
@@ -142,24 +115,18 @@ pub fn read_safetensors(path: &Path) -> Result<TensorFile> {
         let data = view.data();
         match view.dtype() {
             Dtype::F32 => {
-                let values = data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let values =
+                    data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
                 out.floats.insert(name, Tensor::from_vec(values, &shape)?);
             }
             Dtype::I64 => {
-                let values = data
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
+                let values =
+                    data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
                 out.ints.insert(name, (values, shape));
             }
             Dtype::I32 => {
-                let values = data
-                    .chunks_exact(4)
-                    .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
-                    .collect();
+                let values =
+                    data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect();
                 out.ints.insert(name, (values, shape));
             }
             other => {

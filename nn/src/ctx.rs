@@ -21,19 +21,8 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(
-        tape: &'a Tape,
-        params: &'a ParamStore,
-        train: bool,
-        rng: &'a mut ChaCha8Rng,
-    ) -> Self {
-        Ctx {
-            tape,
-            params,
-            train,
-            rng: RefCell::new(rng),
-            bindings: HashMap::new(),
-        }
+    pub fn new(tape: &'a Tape, params: &'a ParamStore, train: bool, rng: &'a mut ChaCha8Rng) -> Self {
+        Ctx { tape, params, train, rng: RefCell::new(rng), bindings: HashMap::new() }
     }
 
     /// Uses `value` for parameter `id` in this pass instead of lifting the stored value.

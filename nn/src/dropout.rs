@@ -16,15 +16,7 @@ pub fn dropout(ctx: &Ctx, x: &Var, p: f32) -> Result<Var> {
     let keep = 1.0 - p;
     let n = x.value().numel();
     let mut rng = ctx.rng.borrow_mut();
-    let mask: Vec<f32> = (0..n)
-        .map(|_| {
-            if rng.gen::<f32>() < keep {
-                1.0 / keep
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let mask: Vec<f32> = (0..n).map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
     let mask = Tensor::from_vec(mask, x.shape())?.to_device(&x.value().device())?;
     Ok(x.mul(&Var::constant(mask))?)
 }

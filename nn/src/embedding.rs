@@ -15,11 +15,7 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(b: &mut Builder, vocab: usize, dim: usize, std: f32) -> Result<Self> {
-        Ok(Embedding {
-            weight: b.normal("weight", &[vocab, dim], std, false)?,
-            vocab,
-            dim,
-        })
+        Ok(Embedding { weight: b.normal("weight", &[vocab, dim], std, false)?, vocab, dim })
     }
 
     /// `ids` of shape `shape` → `shape + [dim]`.

@@ -20,25 +20,10 @@ pub struct Linear {
 
 impl Linear {
     /// Weights ~ N(0, std²), bias zero.
-    pub fn new(
-        b: &mut Builder,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-        std: f32,
-    ) -> Result<Self> {
+    pub fn new(b: &mut Builder, in_dim: usize, out_dim: usize, bias: bool, std: f32) -> Result<Self> {
         let weight = b.normal("weight", &[out_dim, in_dim], std, true)?;
-        let bias = if bias {
-            Some(b.constant("bias", &[out_dim], 0.0)?)
-        } else {
-            None
-        };
-        Ok(Linear {
-            weight,
-            bias,
-            in_dim,
-            out_dim,
-        })
+        let bias = if bias { Some(b.constant("bias", &[out_dim], 0.0)?) } else { None };
+        Ok(Linear { weight, bias, in_dim, out_dim })
     }
 
     /// `x`: `[..., in]` → `[..., out]`.

@@ -23,12 +23,7 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        }
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
     }
 }
 
@@ -41,22 +36,13 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW {
-            config,
-            step: 0,
-            moments: HashMap::new(),
-        }
+        AdamW { config, step: 0, moments: HashMap::new() }
     }
 
     /// One update of every parameter that has a gradient.
     pub fn update(&mut self, params: &mut ParamStore, grads: &Gradients, lr: f32) -> Result<()> {
         self.step += 1;
-        let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
         let t = self.step as i32;
         let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
         let updates: Vec<(ParamId, Tensor)> = params
@@ -68,9 +54,7 @@ impl AdamW {
                     None => (p.value.zeros_like()?, p.value.zeros_like()?),
                 };
                 let m = m.mul_scalar(beta1)?.add(&g.mul_scalar(1.0 - beta1)?)?;
-                let v = v
-                    .mul_scalar(beta2)?
-                    .add(&g.square()?.mul_scalar(1.0 - beta2)?)?;
+                let v = v.mul_scalar(beta2)?.add(&g.square()?.mul_scalar(1.0 - beta2)?)?;
                 let mut x = p.value.clone();
                 if p.decay && weight_decay > 0.0 {
                     x = x.mul_scalar(1.0 - lr * weight_decay)?;
@@ -118,13 +102,8 @@ impl AdamW {
         self.moments.clear();
         self.step = step;
         for p in params.iter() {
-            match (
-                tensors.get(&format!("m.{}", p.name)),
-                tensors.get(&format!("v.{}", p.name)),
-            ) {
-                (Some(m), Some(v))
-                    if m.shape() == p.value.shape() && v.shape() == p.value.shape() =>
-                {
+            match (tensors.get(&format!("m.{}", p.name)), tensors.get(&format!("v.{}", p.name))) {
+                (Some(m), Some(v)) if m.shape() == p.value.shape() && v.shape() == p.value.shape() => {
                     self.moments.insert(p.id, (m.clone(), v.clone()));
                 }
                 (None, None) if step == 0 => {}

@@ -46,12 +46,7 @@ impl ParamStore {
         let id = ParamId::new();
         self.by_id.insert(id, self.params.len());
         self.by_name.insert(name.clone(), self.params.len());
-        self.params.push(Param {
-            id,
-            name,
-            value,
-            decay,
-        });
+        self.params.push(Param { id, name, value, decay });
         Ok(id)
     }
 
@@ -84,10 +79,7 @@ impl ParamStore {
 
     /// Replaces the value of the parameter called `name`.
     pub fn set_by_name(&mut self, name: &str, value: Tensor) -> Result<()> {
-        let id = self
-            .by_name(name)
-            .ok_or_else(|| Error::Param(format!("no parameter named {name}")))?
-            .id;
+        let id = self.by_name(name).ok_or_else(|| Error::Param(format!("no parameter named {name}")))?.id;
         self.set(id, value)
     }
 
@@ -126,44 +118,22 @@ pub struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     pub fn new(store: &'a mut ParamStore, rng: &'a mut dyn rand::RngCore) -> Self {
-        Builder {
-            store,
-            rng,
-            path: String::new(),
-        }
+        Builder { store, rng, path: String::new() }
     }
 
     /// A builder one level down: parameters get names `path.name.…`.
     pub fn sub(&mut self, name: impl std::fmt::Display) -> Builder<'_> {
-        let path = if self.path.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.path)
-        };
-        Builder {
-            store: self.store,
-            rng: self.rng,
-            path,
-        }
+        let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
+        Builder { store: self.store, rng: self.rng, path }
     }
 
     fn add(&mut self, name: &str, value: Tensor, decay: bool) -> Result<ParamId> {
-        let full = if self.path.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.path)
-        };
+        let full = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
         self.store.add(full, value, decay)
     }
 
     /// Normal(0, std) initial values.
-    pub fn normal(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        std: f32,
-        decay: bool,
-    ) -> Result<ParamId> {
+    pub fn normal(&mut self, name: &str, shape: &[usize], std: f32, decay: bool) -> Result<ParamId> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.rng.gen());
         let value = Tensor::randn(shape, std, &mut rng);
         self.add(name, value, decay)

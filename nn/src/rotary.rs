@@ -40,13 +40,9 @@ impl Rotary {
     /// `θ_i = 1 / base^(2i/dims)`, computed in f32 as PyTorch does.
     pub fn new(dims: usize, base: f32) -> Result<Self> {
         if !dims.is_multiple_of(2) {
-            return Err(Error::Config(format!(
-                "rotary dims must be even, got {dims}"
-            )));
+            return Err(Error::Config(format!("rotary dims must be even, got {dims}")));
         }
-        let inv_freq = (0..dims / 2)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / dims as f32))
-            .collect();
+        let inv_freq = (0..dims / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dims as f32)).collect();
         Ok(Rotary { dims, inv_freq })
     }
 
@@ -101,10 +97,7 @@ impl RotaryTables {
         if self.dims == d {
             return Ok(rotated);
         }
-        Ok(Var::cat(
-            &[&rotated, &x.narrow(3, self.dims, d - self.dims)?],
-            3,
-        )?)
+        Ok(Var::cat(&[&rotated, &x.narrow(3, self.dims, d - self.dims)?], 3)?)
     }
 }
 

@@ -42,19 +42,14 @@ pub struct Checkpoint {
 }
 
 fn json_write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?;
     Ok(write_atomic(path, text.as_bytes())?)
 }
 
 fn json_read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        source: e,
-    })
+    serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })
 }
 
 /// `(step, copy)` of a checkpoint directory name `step-N` or `step-N.K`.
@@ -81,36 +76,21 @@ pub fn save(
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let base = format!("step-{:08}", state.step);
     let name = (0..)
-        .map(|k| {
-            if k == 0 {
-                base.clone()
-            } else {
-                format!("{base}.{k}")
-            }
-        })
+        .map(|k| if k == 0 { base.clone() } else { format!("{base}.{k}") })
         .find(|n| !root.join(n).exists())
         .expect("a free name");
     let tmp = root.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     write_safetensors(&tmp.join("model.safetensors"), params, HashMap::new())?;
-    write_safetensors(
-        &tmp.join("optimizer.safetensors"),
-        optimizer,
-        HashMap::new(),
-    )?;
+    write_safetensors(&tmp.join("optimizer.safetensors"), optimizer, HashMap::new())?;
     json_write(&tmp.join("config.json"), config)?;
     json_write(&tmp.join("state.json"), state)?;
     let dir = root.join(&name);
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
     // The rename must be on disk before `latest` can name it.
-    std::fs::File::open(&root)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(&root, e))?;
-    write_atomic(
-        &out.join("latest"),
-        format!("checkpoints/{name}").as_bytes(),
-    )?;
+    std::fs::File::open(&root).and_then(|d| d.sync_all()).map_err(|e| Error::io(&root, e))?;
+    write_atomic(&out.join("latest"), format!("checkpoints/{name}").as_bytes())?;
     // Drop all but the newest `keep` complete checkpoints, by step number.
     let mut all: Vec<((u64, u64), PathBuf)> = std::fs::read_dir(&root)
         .map_err(|e| Error::io(&root, e))?

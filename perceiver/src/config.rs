@@ -152,14 +152,7 @@ impl PerceiverArConfig {
             tied_output: false,
             output_bias: true,
             cross_attend_dropout_kind: CrossAttendDropout::Bernoulli,
-            ..Self::perceiver_io(
-                vocab_size,
-                max_seq_len,
-                max_latents,
-                channels,
-                heads,
-                layers,
-            )
+            ..Self::perceiver_io(vocab_size, max_seq_len, max_latents, channels, heads, layers)
         }
     }
 
@@ -179,10 +172,7 @@ impl PerceiverArConfig {
             return bad("vocab_size, channels and max_seq_len must be positive".into());
         }
         if self.heads == 0 || !self.channels.is_multiple_of(self.heads) {
-            return bad(format!(
-                "heads ({}) must divide channels ({})",
-                self.heads, self.channels
-            ));
+            return bad(format!("heads ({}) must divide channels ({})", self.heads, self.channels));
         }
         if self.max_latents == 0 || self.max_latents > self.max_seq_len {
             return bad(format!(

@@ -8,9 +8,9 @@ use crate::error::{Error, Result};
 pub fn parse(spec: &str) -> Result<Device> {
     let (kind, ordinal) = match spec.split_once(':') {
         Some((k, n)) => {
-            let n = n.parse::<usize>().map_err(|_| {
-                Error::Input(format!("--device {spec}: {n} is not a device number"))
-            })?;
+            let n = n
+                .parse::<usize>()
+                .map_err(|_| Error::Input(format!("--device {spec}: {n} is not a device number")))?;
             (k, n)
         }
         None => (spec, 0),
@@ -18,9 +18,7 @@ pub fn parse(spec: &str) -> Result<Device> {
     match kind {
         "cpu" if ordinal == 0 => Ok(Device::Cpu),
         "opencl" => open_opencl(ordinal),
-        _ => Err(Error::Input(format!(
-            "--device {spec}: expected cpu, opencl or opencl:N"
-        ))),
+        _ => Err(Error::Input(format!("--device {spec}: expected cpu, opencl or opencl:N"))),
     }
 }
 
@@ -31,9 +29,7 @@ fn open_opencl(ordinal: usize) -> Result<Device> {
 
 #[cfg(not(feature = "opencl"))]
 fn open_opencl(_: usize) -> Result<Device> {
-    Err(Error::Input(
-        "this build has no OpenCL support: rebuild with `--features opencl`".into(),
-    ))
+    Err(Error::Input("this build has no OpenCL support: rebuild with `--features opencl`".into()))
 }
 
 /// One line per device the build can use.
@@ -42,10 +38,7 @@ pub fn describe() -> Result<Vec<String>> {
     let mut out = vec!["cpu: the host, with SIMD kernels on all cores".to_string()];
     #[cfg(feature = "opencl")]
     for (info, _, _) in gpu::list_devices()? {
-        out.push(format!(
-            "opencl:{}: {} ({})",
-            info.ordinal, info.name, info.platform
-        ));
+        out.push(format!("opencl:{}: {} ({})", info.ordinal, info.name, info.platform));
     }
     #[cfg(not(feature = "opencl"))]
     out.push("(OpenCL devices are listed by a build with `--features opencl`)".into());

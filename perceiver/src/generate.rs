@@ -25,11 +25,7 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    pub const GREEDY: Sampling = Sampling {
-        temperature: 0.0,
-        top_k: None,
-        top_p: None,
-    };
+    pub const GREEDY: Sampling = Sampling { temperature: 0.0, top_k: None, top_p: None };
 }
 
 /// The split of the reference implementation: `min(len, max_latents)` latents, the rest prefix.
@@ -51,12 +47,7 @@ pub fn next_logits(
     let window = &tokens[tokens.len().saturating_sub(c.max_seq_len)..];
     let prefix = prefix_len(window.len()).min(window.len() - 1);
     let latents = window.len() - prefix;
-    let input = Input {
-        ids: window,
-        batch: 1,
-        seq_len: window.len(),
-        prefix_len: prefix,
-    };
+    let input = Input { ids: window, batch: 1, seq_len: window.len(), prefix_len: prefix };
     let tape = Tape::inference();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
@@ -66,29 +57,19 @@ pub fn next_logits(
 
 /// Picks a token from `logits` according to `sampling`.
 pub fn pick(logits: &[f32], sampling: Sampling, rng: &mut impl Rng) -> usize {
-    let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, &v)| if v > logits[best] { i } else { best })
-    };
+    let argmax =
+        || logits.iter().enumerate().fold(0, |best, (i, &v)| if v > logits[best] { i } else { best });
     if sampling.temperature <= 0.0 {
         return argmax();
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| {
-        logits[b]
-            .partial_cmp(&logits[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    order.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal));
     if let Some(k) = sampling.top_k {
         order.truncate(k.max(1));
     }
     let m = logits[order[0]];
-    let mut probs: Vec<f64> = order
-        .iter()
-        .map(|&i| (((logits[i] - m) / sampling.temperature) as f64).exp())
-        .collect();
+    let mut probs: Vec<f64> =
+        order.iter().map(|&i| (((logits[i] - m) / sampling.temperature) as f64).exp()).collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if let Some(top_p) = sampling.top_p {
@@ -127,11 +108,7 @@ pub fn generate(
     let mut tokens = prompt.to_vec();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..count {
-        let next = pick(
-            &next_logits(model, &tokens, prefix_len)?,
-            sampling,
-            &mut rng,
-        );
+        let next = pick(&next_logits(model, &tokens, prefix_len)?, sampling, &mut rng);
         on_token(next);
         tokens.push(next);
     }

@@ -16,16 +16,12 @@ use crate::model::PerceiverAr;
 
 /// The library's `CausalSequenceModelConfig` (the `config` object of a dump's config.json).
 pub fn config_from_library(lib: &Value) -> Result<PerceiverArConfig> {
-    let get = |k: &str| {
-        lib.get(k)
-            .ok_or_else(|| Error::Config(format!("library config has no field {k}")))
-    };
+    let get = |k: &str| lib.get(k).ok_or_else(|| Error::Config(format!("library config has no field {k}")));
     let uint = |k: &str| -> Result<usize> {
-        get(k)?.as_u64().map(|v| v as usize).ok_or_else(|| {
-            Error::Config(format!(
-                "library config field {k} is not a non-negative integer"
-            ))
-        })
+        get(k)?
+            .as_u64()
+            .map(|v| v as usize)
+            .ok_or_else(|| Error::Config(format!("library config field {k} is not a non-negative integer")))
     };
     let float = |k: &str| -> Result<f32> {
         get(k)?
@@ -34,15 +30,11 @@ pub fn config_from_library(lib: &Value) -> Result<PerceiverArConfig> {
             .ok_or_else(|| Error::Config(format!("library config field {k} is not a number")))
     };
     let boolean = |k: &str| -> Result<bool> {
-        get(k)?
-            .as_bool()
-            .ok_or_else(|| Error::Config(format!("library config field {k} is not a boolean")))
+        get(k)?.as_bool().ok_or_else(|| Error::Config(format!("library config field {k} is not a boolean")))
     };
     let rotary_layers = get("num_self_attention_rotary_layers")?
         .as_i64()
-        .ok_or_else(|| {
-            Error::Config("num_self_attention_rotary_layers is not an integer".into())
-        })?;
+        .ok_or_else(|| Error::Config("num_self_attention_rotary_layers is not an integer".into()))?;
     let (channels, heads) = (uint("num_channels")?, uint("num_heads")?);
     let abs_pos = boolean("abs_pos_emb")?;
     let head_dim = channels.checked_div(heads).unwrap_or(0);
@@ -62,18 +54,10 @@ pub fn config_from_library(lib: &Value) -> Result<PerceiverArConfig> {
     c.output_norm = boolean("output_norm")?;
     c.output_bias = boolean("output_bias")?;
     c.init_scale = float("init_scale")?;
-    c.absolute_positions = if abs_pos {
-        AbsolutePositions::Learned
-    } else {
-        AbsolutePositions::None
-    };
+    c.absolute_positions = if abs_pos { AbsolutePositions::Learned } else { AbsolutePositions::None };
     // Rotary over half of each head with absolute embeddings, over all of it without.
     c.rotary_dims = if abs_pos { head_dim / 2 } else { head_dim };
-    c.rotary_self_layers = if rotary_layers < 0 {
-        None
-    } else {
-        Some(rotary_layers as usize)
-    };
+    c.rotary_self_layers = if rotary_layers < 0 { None } else { Some(rotary_layers as usize) };
     c.validate()?;
     Ok(c)
 }
@@ -81,14 +65,8 @@ pub fn config_from_library(lib: &Value) -> Result<PerceiverArConfig> {
 /// This project's name for a library parameter, or `None` for names it does not know.
 pub fn library_to_project_name(lib: &str) -> Option<String> {
     let fixed = [
-        (
-            "input_adapter.txt_embedding.weight",
-            "token_embedding.weight",
-        ),
-        (
-            "input_adapter.pos_embedding.weight",
-            "position_embedding.weight",
-        ),
+        ("input_adapter.txt_embedding.weight", "token_embedding.weight"),
+        ("input_adapter.pos_embedding.weight", "position_embedding.weight"),
         ("output_adapter.bias", "output.bias"),
         ("out_norm.weight", "out_norm.weight"),
         ("out_norm.bias", "out_norm.bias"),
@@ -157,21 +135,16 @@ pub fn load_library_weights(model: &mut PerceiverAr, file: &TensorFile) -> Resul
             rotary.inv_freq = inv;
             continue;
         }
-        let ours = library_to_project_name(lib).ok_or_else(|| {
-            Error::Config(format!("{}: unexpected tensor {lib}", file.path.display()))
-        })?;
+        let ours = library_to_project_name(lib)
+            .ok_or_else(|| Error::Config(format!("{}: unexpected tensor {lib}", file.path.display())))?;
         model
             .params
             .set_by_name(&ours, value.clone())
             .map_err(|e| Error::Config(format!("{}: tensor {lib}: {e}", file.path.display())))?;
         seen.insert(ours);
     }
-    let missing: Vec<&str> = model
-        .params
-        .iter()
-        .map(|p| p.name.as_str())
-        .filter(|n| !seen.contains(*n))
-        .collect();
+    let missing: Vec<&str> =
+        model.params.iter().map(|p| p.name.as_str()).filter(|n| !seen.contains(*n)).collect();
     if !missing.is_empty() {
         return Err(Error::Config(format!(
             "{}: missing tensors for {}",

@@ -85,24 +85,16 @@ impl PerceiverAr {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut b = Builder::new(&mut params, &mut rng);
         let (std, eps) = (c.init_scale, c.layer_norm_eps);
-        let token_embedding =
-            Embedding::new(&mut b.sub("token_embedding"), c.vocab_size, c.channels, std)?;
+        let token_embedding = Embedding::new(&mut b.sub("token_embedding"), c.vocab_size, c.channels, std)?;
         let position_embedding = match c.absolute_positions {
-            AbsolutePositions::Learned => Some(Embedding::new(
-                &mut b.sub("position_embedding"),
-                c.max_seq_len,
-                c.channels,
-                std,
-            )?),
+            AbsolutePositions::Learned => {
+                Some(Embedding::new(&mut b.sub("position_embedding"), c.max_seq_len, c.channels, std)?)
+            }
             _ => None,
         };
         let sinusoidal = (c.absolute_positions == AbsolutePositions::Sinusoidal)
             .then(|| nn::position::sinusoidal(c.max_seq_len, c.channels));
-        let rotary = if c.rotary_dims > 0 {
-            Some(Rotary::new(c.rotary_dims, c.rotary_base)?)
-        } else {
-            None
-        };
+        let rotary = if c.rotary_dims > 0 { Some(Rotary::new(c.rotary_dims, c.rotary_base)?) } else { None };
         let cross = {
             let mut b = b.sub("cross");
             CrossLayer {
@@ -113,10 +105,7 @@ impl PerceiverAr {
                     c.channels,
                     c.channels,
                     c.heads,
-                    AttentionBiases {
-                        qkv: c.cross_qkv_bias,
-                        out: c.cross_out_bias,
-                    },
+                    AttentionBiases { qkv: c.cross_qkv_bias, out: c.cross_out_bias },
                     std,
                 )?,
                 mlp: Mlp::new(
@@ -140,10 +129,7 @@ impl PerceiverAr {
                     c.channels,
                     c.channels,
                     c.heads,
-                    AttentionBiases {
-                        qkv: c.self_qkv_bias,
-                        out: c.self_out_bias,
-                    },
+                    AttentionBiases { qkv: c.self_qkv_bias, out: c.self_out_bias },
                     std,
                 )?,
                 mlp: Mlp::new(
@@ -157,11 +143,8 @@ impl PerceiverAr {
                 )?,
             });
         }
-        let out_norm = if c.output_norm {
-            Some(LayerNorm::new(&mut b.sub("out_norm"), c.channels, eps)?)
-        } else {
-            None
-        };
+        let out_norm =
+            if c.output_norm { Some(LayerNorm::new(&mut b.sub("out_norm"), c.channels, eps)?) } else { None };
         let (output, output_bias) = if c.tied_output {
             let bias = if c.output_bias {
                 Some(b.sub("output").constant("bias", &[c.vocab_size], 0.0)?)
@@ -170,16 +153,7 @@ impl PerceiverAr {
             };
             (None, bias)
         } else {
-            (
-                Some(Linear::new(
-                    &mut b.sub("output"),
-                    c.channels,
-                    c.vocab_size,
-                    c.output_bias,
-                    std,
-                )?),
-                None,
-            )
+            (Some(Linear::new(&mut b.sub("output"), c.channels, c.vocab_size, c.output_bias, std)?), None)
         };
         Ok(PerceiverAr {
             config,
@@ -203,20 +177,12 @@ impl PerceiverAr {
 
     /// Where the parameters live.
     pub fn device(&self) -> tensor::Device {
-        self.params
-            .iter()
-            .next()
-            .map_or(tensor::Device::Cpu, |p| p.value.device())
+        self.params.iter().next().map_or(tensor::Device::Cpu, |p| p.value.device())
     }
 
     fn check_input(&self, input: &Input) -> Result<()> {
         let c = &self.config;
-        let Input {
-            ids,
-            batch,
-            seq_len,
-            prefix_len,
-        } = *input;
+        let Input { ids, batch, seq_len, prefix_len } = *input;
         if batch == 0 || seq_len == 0 || ids.len() != batch * seq_len {
             return Err(Error::Input(format!(
                 "{} token ids do not form a batch of {batch} x {seq_len}",
@@ -247,12 +213,7 @@ impl PerceiverAr {
     pub fn forward(&self, ctx: &Ctx, input: &Input) -> Result<Var> {
         self.check_input(input)?;
         let c = &self.config;
-        let Input {
-            ids,
-            batch,
-            seq_len: n,
-            prefix_len: p,
-        } = *input;
+        let Input { ids, batch, seq_len: n, prefix_len: p } = *input;
         let l = n - p;
 
         // Embeddings, plus absolute positions 0..n.
@@ -262,9 +223,7 @@ impl PerceiverAr {
             x = x.add(&pos.forward(ctx, &positions, &[n])?)?;
         }
         if let Some(table) = &self.sinusoidal {
-            x = x.add(&Var::constant(
-                table.narrow(0, 0, n)?.to_device(&x.value().device())?,
-            ))?;
+            x = x.add(&Var::constant(table.narrow(0, 0, n)?.to_device(&x.value().device())?))?;
         }
         let latents = x.narrow(1, p, l)?;
         let mut prefix = x.narrow(1, 0, p)?;
@@ -298,10 +257,7 @@ impl PerceiverAr {
                     let mask: Vec<f32> = (0..batch)
                         .flat_map(|_| {
                             (0..n)
-                                .map(|j| {
-                                    (j < p && rng.gen::<f32>() < c.cross_attend_dropout) as u8
-                                        as f32
-                                })
+                                .map(|j| (j < p && rng.gen::<f32>() < c.cross_attend_dropout) as u8 as f32)
                                 .collect::<Vec<_>>()
                         })
                         .collect();
@@ -344,11 +300,7 @@ impl PerceiverAr {
         };
         let attended = self.cross.attention.forward(ctx, &q_in, &kv, &opts)?;
         let mut h = latents.add(&dropout(ctx, &attended, c.residual_dropout)?)?;
-        h = h.add(&dropout(
-            ctx,
-            &self.cross.mlp.forward(ctx, &h)?,
-            c.residual_dropout,
-        )?)?;
+        h = h.add(&dropout(ctx, &self.cross.mlp.forward(ctx, &h)?, c.residual_dropout)?)?;
 
         // Causal self-attention over the latents.
         let self_mask = causal_mask(l, l)?;
@@ -363,11 +315,7 @@ impl PerceiverAr {
             let a = layer.norm.forward(ctx, &h)?;
             let attended = layer.attention.forward(ctx, &a, &a, &opts)?;
             h = h.add(&dropout(ctx, &attended, c.residual_dropout)?)?;
-            h = h.add(&dropout(
-                ctx,
-                &layer.mlp.forward(ctx, &h)?,
-                c.residual_dropout,
-            )?)?;
+            h = h.add(&dropout(ctx, &layer.mlp.forward(ctx, &h)?, c.residual_dropout)?)?;
         }
 
         if let Some(norm) = &self.out_norm {

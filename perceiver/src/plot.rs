@@ -18,10 +18,7 @@ fn series(lines: &[serde_json::Value], kind: &str, field: &str) -> Vec<(f64, f64
 /// Writes `svg_path` from the metrics file `metrics_path`.
 pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<()> {
     let text = std::fs::read_to_string(metrics_path).map_err(|e| Error::io(metrics_path, e))?;
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let train = series(&lines, "train", "loss");
     // A moving average over 10 logged points smooths batch noise.
     let smooth: Vec<(f64, f64)> = train
@@ -62,10 +59,7 @@ pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<(
         h - m
     );
     for i in 0..=5 {
-        let (sv, vv) = (
-            x_max * i as f64 / 5.0,
-            y_min + (y_max - y_min) * i as f64 / 5.0,
-        );
+        let (sv, vv) = (x_max * i as f64 / 5.0, y_min + (y_max - y_min) * i as f64 / 5.0);
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0}</text>"#,
@@ -92,17 +86,13 @@ pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<(
         h / 2.0,
         h / 2.0
     );
-    for (points, color, label, dy) in [
-        (&smooth, "steelblue", "training (moving average)", 0.0),
-        (&eval, "darkorange", "held out", 18.0),
-    ] {
+    for (points, color, label, dy) in
+        [(&smooth, "steelblue", "training (moving average)", 0.0), (&eval, "darkorange", "held out", 18.0)]
+    {
         if points.is_empty() {
             continue;
         }
-        let path: Vec<String> = points
-            .iter()
-            .map(|&(s, v)| format!("{:.1},{:.1}", x(s), y(v)))
-            .collect();
+        let path: Vec<String> = points.iter().map(|&(s, v)| format!("{:.1},{:.1}", x(s), y(v))).collect();
         let _ = writeln!(
             svg,
             r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,

@@ -33,11 +33,7 @@ pub enum TaskConfig {
     /// The copy task with `k` random bytes.
     Copy { k: usize },
     /// Bytes of a file, the last `valid_fraction` held out; crops are `min_len..=max_seq_len`.
-    Text {
-        path: PathBuf,
-        valid_fraction: f32,
-        min_len: usize,
-    },
+    Text { path: PathBuf, valid_fraction: f32, min_len: usize },
 }
 
 impl TaskConfig {
@@ -112,22 +108,14 @@ impl Task {
                 }
                 Ok(Task::Copy(task))
             }
-            TaskConfig::Text {
-                path,
-                valid_fraction,
-                min_len,
-            } => {
+            TaskConfig::Text { path, valid_fraction, min_len } => {
                 if *min_len == 0 || *min_len > model.max_seq_len {
                     return Err(Error::Config(format!(
                         "min crop length {min_len} must be in 1..={}",
                         model.max_seq_len
                     )));
                 }
-                Ok(Task::Text(TextData::load(
-                    path,
-                    *valid_fraction,
-                    model.max_seq_len,
-                )?))
+                Ok(Task::Text(TextData::load(path, *valid_fraction, model.max_seq_len)?))
             }
         }
     }
@@ -136,13 +124,9 @@ impl Task {
         let m = &config.model;
         match (self, &config.task) {
             (Task::Copy(t), _) => t.batch(config.batch_size, m.max_latents, rng),
-            (Task::Text(t), TaskConfig::Text { min_len, .. }) => t.batch(
-                config.batch_size,
-                *min_len,
-                m.max_seq_len,
-                m.max_latents,
-                rng,
-            ),
+            (Task::Text(t), TaskConfig::Text { min_len, .. }) => {
+                t.batch(config.batch_size, *min_len, m.max_seq_len, m.max_latents, rng)
+            }
             (Task::Text(_), _) => unreachable!("task built from its config"),
         }
     }
@@ -151,10 +135,7 @@ impl Task {
     pub fn eval_batches(&self, config: &TrainConfig, latents: usize) -> Result<Vec<Batch>> {
         let m = &config.model;
         if latents == 0 || latents > m.max_seq_len {
-            return Err(Error::Input(format!(
-                "latents must be in 1..={}, got {latents}",
-                m.max_seq_len
-            )));
+            return Err(Error::Input(format!("latents must be in 1..={}, got {latents}", m.max_seq_len)));
         }
         match self {
             Task::Copy(t) => {
@@ -165,12 +146,7 @@ impl Task {
                         t.min_latents()
                     )));
                 }
-                Ok(t.held_out(
-                    config.eval_batches,
-                    config.batch_size,
-                    latents,
-                    config.seed ^ HELD_OUT_SEED,
-                ))
+                Ok(t.held_out(config.eval_batches, config.batch_size, latents, config.seed ^ HELD_OUT_SEED))
             }
             Task::Text(t) => {
                 let windows = TextData::eval_windows(
@@ -187,10 +163,7 @@ impl Task {
                         batch: group.len(),
                         seq_len: group[0].seq_len,
                         prefix_len: group[0].prefix_len,
-                        targets: group
-                            .iter()
-                            .flat_map(|b| b.targets.iter().copied())
-                            .collect(),
+                        targets: group.iter().flat_map(|b| b.targets.iter().copied()).collect(),
                     })
                     .collect())
             }
@@ -216,17 +189,9 @@ fn score(logits: &Tensor, batch: &Batch) -> Result<(f64, usize, Vec<bool>)> {
         }
         let row = &values[i * vocab..(i + 1) * vocab];
         let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let lse = m as f64
-            + row
-                .iter()
-                .map(|&v| ((v - m) as f64).exp())
-                .sum::<f64>()
-                .ln();
+        let lse = m as f64 + row.iter().map(|&v| ((v - m) as f64).exp()).sum::<f64>().ln();
         loss += lse - row[t] as f64;
-        let argmax = row
-            .iter()
-            .enumerate()
-            .fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
+        let argmax = row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
         if argmax == t {
             correct += 1;
         } else {
@@ -307,14 +272,7 @@ impl Trainer {
             dropout_rng: ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(2)),
             elapsed_secs: 0.0,
         };
-        Ok(Trainer {
-            optimizer: AdamW::new(config.adamw),
-            config,
-            model,
-            task,
-            state,
-            held_out,
-        })
+        Ok(Trainer { optimizer: AdamW::new(config.adamw), config, model, task, state, held_out })
     }
 
     /// Continues the run saved at `path` (a checkpoint or a run directory).
@@ -322,9 +280,7 @@ impl Trainer {
         let ck = checkpoint::load(path)?;
         let mut trainer = Trainer::new(ck.config)?;
         load_params(&mut trainer.model, &ck.params, &ck.dir)?;
-        trainer
-            .optimizer
-            .load_state(&trainer.model.params, &ck.optimizer, ck.state.step)?;
+        trainer.optimizer.load_state(&trainer.model.params, &ck.optimizer, ck.state.step)?;
         trainer.state = ck.state;
         Ok(trainer)
     }
@@ -338,24 +294,16 @@ impl Trainer {
 
     /// One step on one batch.
     pub fn step(&mut self) -> Result<StepStats> {
-        let batch = self
-            .task
-            .train_batch(&self.config, &mut self.state.data_rng);
+        let batch = self.task.train_batch(&self.config, &mut self.state.data_rng);
         let tape = Tape::new();
         let ctx = Ctx::new(&tape, &self.model.params, true, &mut self.state.dropout_rng);
         let logits = self.model.forward(&ctx, &batch.input())?;
-        let opts = CrossEntropy {
-            ignore_index: Some(IGNORE),
-            z_loss: self.config.z_loss,
-        };
+        let opts = CrossEntropy { ignore_index: Some(IGNORE), z_loss: self.config.z_loss };
         let loss = cross_entropy(&logits, &batch.targets, opts)?;
         let (_, correct, _) = score(logits.value(), &batch)?;
         let loss_value = loss.value().to_scalar()?;
         if !loss_value.is_finite() {
-            return Err(Error::Input(format!(
-                "the loss became {loss_value} at step {}",
-                self.state.step
-            )));
+            return Err(Error::Input(format!("the loss became {loss_value} at step {}", self.state.step)));
         }
         drop(ctx);
         let mut grads = tape.backward(&loss)?;
@@ -390,12 +338,8 @@ impl Trainer {
 
     /// Writes a checkpoint under `out`.
     pub fn save(&self, out: &Path) -> Result<PathBuf> {
-        let params: Vec<(String, Tensor)> = self
-            .model
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.value.clone()))
-            .collect();
+        let params: Vec<(String, Tensor)> =
+            self.model.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
         checkpoint::save(
             out,
             &self.config,
@@ -415,22 +359,16 @@ pub fn load_params(
 ) -> Result<()> {
     let names: Vec<String> = model.params.iter().map(|p| p.name.clone()).collect();
     for name in &names {
-        let value = params.get(name).ok_or_else(|| {
-            Error::Input(format!(
-                "{}: the checkpoint has no tensor {name}",
-                dir.display()
-            ))
-        })?;
+        let value = params
+            .get(name)
+            .ok_or_else(|| Error::Input(format!("{}: the checkpoint has no tensor {name}", dir.display())))?;
         model
             .params
             .set_by_name(name, value.clone())
             .map_err(|e| Error::Input(format!("{}: {e}", dir.display())))?;
     }
     if let Some(extra) = params.keys().find(|k| !names.contains(k)) {
-        return Err(Error::Input(format!(
-            "{}: unexpected tensor {extra} for this model",
-            dir.display()
-        )));
+        return Err(Error::Input(format!("{}: unexpected tensor {extra} for this model", dir.display())));
     }
     Ok(())
 }
@@ -461,16 +399,9 @@ impl MetricsLog {
         Ok(MetricsLog { file, path })
     }
 
-    pub fn write(
-        &mut self,
-        kind: &str,
-        value: &impl Serialize,
-        extra: &[(&str, f64)],
-    ) -> Result<()> {
-        let mut v = serde_json::to_value(value).map_err(|e| Error::Json {
-            path: self.path.clone(),
-            source: e,
-        })?;
+    pub fn write(&mut self, kind: &str, value: &impl Serialize, extra: &[(&str, f64)]) -> Result<()> {
+        let mut v =
+            serde_json::to_value(value).map_err(|e| Error::Json { path: self.path.clone(), source: e })?;
         if let Some(obj) = v.as_object_mut() {
             obj.insert("kind".into(), kind.into());
             for (k, x) in extra {
@@ -481,12 +412,21 @@ impl MetricsLog {
     }
 }
 
+/// Evaluates on held-out data, logs the result and reports it.
+fn evaluate_and_log(
+    trainer: &Trainer,
+    log: &mut MetricsLog,
+    on_event: &mut impl FnMut(Event),
+) -> Result<EvalResult> {
+    let result = trainer.evaluate()?;
+    let extra = [("step", trainer.state.step as f64), ("elapsed_secs", trainer.state.elapsed_secs)];
+    log.write("eval", &result, &extra)?;
+    on_event(Event::Eval { step: trainer.state.step, result: &result });
+    Ok(result)
+}
+
 /// Runs `trainer` until its step count or time budget, reporting through `on_event`.
-pub fn run(
-    trainer: &mut Trainer,
-    out: &Path,
-    mut on_event: impl FnMut(Event),
-) -> Result<Option<EvalResult>> {
+pub fn run(trainer: &mut Trainer, out: &Path, mut on_event: impl FnMut(Event)) -> Result<Option<EvalResult>> {
     let mut log = MetricsLog::open(out)?;
     let started = Instant::now();
     let base_elapsed = trainer.state.elapsed_secs;
@@ -509,33 +449,15 @@ pub fn run(
             log.write(
                 "train",
                 &stats,
-                &[
-                    ("tokens_per_sec", tokens_per_sec),
-                    ("elapsed_secs", trainer.state.elapsed_secs),
-                ],
+                &[("tokens_per_sec", tokens_per_sec), ("elapsed_secs", trainer.state.elapsed_secs)],
             )?;
             last = Instant::now();
             tokens_since = 0;
         }
-        on_event(Event::Step {
-            stats: &stats,
-            tokens_per_sec,
-        });
+        on_event(Event::Step { stats: &stats, tokens_per_sec });
         let done = trainer.state.step >= trainer.config.steps;
         if trainer.state.step.is_multiple_of(trainer.config.eval_every) || done {
-            let result = trainer.evaluate()?;
-            log.write(
-                "eval",
-                &result,
-                &[
-                    ("step", trainer.state.step as f64),
-                    ("elapsed_secs", trainer.state.elapsed_secs),
-                ],
-            )?;
-            on_event(Event::Eval {
-                step: trainer.state.step,
-                result: &result,
-            });
+            let result = evaluate_and_log(trainer, &mut log, &mut on_event)?;
             let solved = trainer.config.stop_when_solved && result.sequence_accuracy == Some(1.0);
             last_eval = Some(result);
             if solved {
@@ -544,35 +466,14 @@ pub fn run(
                 break;
             }
         }
-        if trainer
-            .state
-            .step
-            .is_multiple_of(trainer.config.checkpoint_every)
-            || done
-        {
+        if trainer.state.step.is_multiple_of(trainer.config.checkpoint_every) || done {
             let dir = trainer.save(out)?;
             on_event(Event::Checkpoint(&dir));
         }
     }
-    if trainer
-        .config
-        .time_budget_secs
-        .is_some_and(|b| trainer.state.elapsed_secs >= b)
-    {
+    if trainer.config.time_budget_secs.is_some_and(|b| trainer.state.elapsed_secs >= b) {
         // Leave a checkpoint of where the budget ran out.
-        let result = trainer.evaluate()?;
-        log.write(
-            "eval",
-            &result,
-            &[
-                ("step", trainer.state.step as f64),
-                ("elapsed_secs", trainer.state.elapsed_secs),
-            ],
-        )?;
-        on_event(Event::Eval {
-            step: trainer.state.step,
-            result: &result,
-        });
+        let result = evaluate_and_log(trainer, &mut log, &mut on_event)?;
         last_eval = Some(result);
         let dir = trainer.save(out)?;
         on_event(Event::Checkpoint(&dir));
@@ -582,14 +483,8 @@ pub fn run(
 
 /// What the loop reports as it goes.
 pub enum Event<'a> {
-    Step {
-        stats: &'a StepStats,
-        tokens_per_sec: f64,
-    },
-    Eval {
-        step: u64,
-        result: &'a EvalResult,
-    },
+    Step { stats: &'a StepStats, tokens_per_sec: f64 },
+    Eval { step: u64, result: &'a EvalResult },
     Checkpoint(&'a Path),
     Solved,
     OutOfTime,

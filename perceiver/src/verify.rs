@@ -91,25 +91,13 @@ impl fmt::Display for VerifyReport {
             )?;
         }
         let same = self.greedy == self.reference_greedy;
-        let diff = self
-            .greedy
-            .iter()
-            .zip(&self.reference_greedy)
-            .position(|(a, b)| a != b);
-        write!(
-            f,
-            "{} greedy continuation: {} tokens",
-            mark(same),
-            self.greedy.len()
-        )?;
+        let diff = self.greedy.iter().zip(&self.reference_greedy).position(|(a, b)| a != b);
+        write!(f, "{} greedy continuation: {} tokens", mark(same), self.greedy.len())?;
         match diff {
             Some(i) if !same => write!(f, ", first difference at token {i}"),
-            None if !same => write!(
-                f,
-                ", lengths differ ({} vs {})",
-                self.greedy.len(),
-                self.reference_greedy.len()
-            ),
+            None if !same => {
+                write!(f, ", lengths differ ({} vs {})", self.greedy.len(), self.reference_greedy.len())
+            }
             _ => write!(f, ", identical"),
         }
     }
@@ -117,42 +105,29 @@ impl fmt::Display for VerifyReport {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        source: e,
-    })
+    serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })
 }
 
 fn ids(values: &[i64], what: &str) -> Result<Vec<usize>> {
     values
         .iter()
-        .map(|&v| {
-            usize::try_from(v).map_err(|_| Error::Input(format!("{what}: negative token id {v}")))
-        })
+        .map(|&v| usize::try_from(v).map_err(|_| Error::Input(format!("{what}: negative token id {v}"))))
         .collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
 /// Runs every comparison of a dump in `dir`.
 pub fn verify_dump(dir: &Path) -> Result<VerifyReport> {
     let meta = read_json(&dir.join("config.json"))?;
     let lib = meta.get("config").ok_or_else(|| {
-        Error::Config(format!(
-            "{}: no \"config\" object",
-            dir.join("config.json").display()
-        ))
+        Error::Config(format!("{}: no \"config\" object", dir.join("config.json").display()))
     })?;
     let config = config_from_library(lib)?;
     let mut model = PerceiverAr::new(config.clone(), 0)?;
-    load_library_weights(
-        &mut model,
-        &read_safetensors(&dir.join("model.safetensors"))?,
-    )?;
+    load_library_weights(&mut model, &read_safetensors(&dir.join("model.safetensors"))?)?;
     let case = read_safetensors(&dir.join("case.safetensors"))?;
     let case_meta = meta.get("case");
     let size = |k: &str| -> Result<usize> {
@@ -169,28 +144,18 @@ pub fn verify_dump(dir: &Path) -> Result<VerifyReport> {
     let (batch, seq_len) = (shape[0], shape[1]);
     let tokens = ids(input_ids, "input_ids")?;
     let prefix_len = size("prefix_len")?;
-    let input = Input {
-        ids: &tokens,
-        batch,
-        seq_len,
-        prefix_len,
-    };
+    let input = Input { ids: &tokens, batch, seq_len, prefix_len };
     let tape = Tape::new();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
     let logits = model.forward(&ctx, &input)?;
-    let logits_max_error =
-        max_abs_diff(&logits.value().to_vec()?, &case.float("logits")?.to_vec()?);
+    let logits_max_error = max_abs_diff(&logits.value().to_vec()?, &case.float("logits")?.to_vec()?);
     let labels = ids(&case.int("labels")?.0, "labels")?;
     let loss = cross_entropy(&logits, &labels, CrossEntropy::default())?;
     let loss_value = loss.value().to_scalar()?;
     let grads = tape.backward(&loss)?;
     let mut grad_errors = Vec::new();
-    let mut names: Vec<&String> = case
-        .floats
-        .keys()
-        .filter(|k| k.starts_with("grad."))
-        .collect();
+    let mut names: Vec<&String> = case.floats.keys().filter(|k| k.starts_with("grad.")).collect();
     names.sort();
     for key in names {
         let lib_name = &key["grad.".len()..];
@@ -215,15 +180,7 @@ pub fn verify_dump(dir: &Path) -> Result<VerifyReport> {
     // The greedy continuation of the first row's prompt.
     let prompt = &tokens[..size("gen_prompt")?];
     let split = |len: usize| crate::generate::default_prefix_len(len, &model);
-    let greedy = generate(
-        &model,
-        prompt,
-        size("gen_tokens")?,
-        Sampling::GREEDY,
-        0,
-        &split,
-        |_| {},
-    )?;
+    let greedy = generate(&model, prompt, size("gen_tokens")?, Sampling::GREEDY, 0, &split, |_| {})?;
     Ok(VerifyReport {
         logits_max_error,
         loss: loss_value,

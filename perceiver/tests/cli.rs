@@ -5,10 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn perceiver(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_perceiver"))
-        .args(args)
-        .output()
-        .expect("runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_perceiver")).args(args).output().expect("runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -20,10 +17,7 @@ fn perceiver(args: &[&str]) -> (bool, String, String) {
 fn every_subcommand_has_help() {
     for sub in ["train", "eval", "generate", "verify"] {
         let (ok, stdout, _) = perceiver(&[sub, "--help"]);
-        assert!(
-            ok && stdout.contains("Usage: perceiver"),
-            "{sub} --help:\n{stdout}"
-        );
+        assert!(ok && stdout.contains("Usage: perceiver"), "{sub} --help:\n{stdout}");
     }
 }
 
@@ -51,17 +45,12 @@ fn train_eval_generate_and_resume_from_the_command_line() {
     ];
     let (ok, stdout, stderr) = perceiver(&[&small[..], &["--steps", "20"]].concat());
     assert!(ok, "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("final held out") && stderr.contains("copy task (k = 4)"),
-        "{stdout}\n{stderr}"
-    );
+    assert!(stdout.contains("final held out") && stderr.contains("copy task (k = 4)"), "{stdout}\n{stderr}");
     for f in ["metrics.jsonl", "loss.svg", "latest"] {
         assert!(PathBuf::from(o).join(f).exists(), "{f} written");
     }
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    assert!(metrics
-        .lines()
-        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert!(metrics.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 
     let (ok, stdout, stderr) = perceiver(&["eval", "--checkpoint", o, "--json", "--latents", "7"]);
     assert!(ok, "{stderr}");
@@ -83,8 +72,7 @@ fn train_eval_generate_and_resume_from_the_command_line() {
     assert!(ok && stdout.starts_with("abcd"), "{stdout}\n{stderr}");
 
     // Resume to 30 steps: the run continues from step 20.
-    let (ok, stdout, stderr) =
-        perceiver(&["train", "--resume", o, "--steps", "30", "--threads", "1"]);
+    let (ok, stdout, stderr) = perceiver(&["train", "--resume", o, "--steps", "30", "--threads", "1"]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains("step 30"), "{stdout}");
 
@@ -93,35 +81,13 @@ fn train_eval_generate_and_resume_from_the_command_line() {
     assert!(!ok && stderr.contains("/nonexistent/run"), "{stderr}");
     let (ok, _, stderr) = perceiver(&["eval", "--checkpoint", o, "--latents", "2"]);
     assert!(!ok && stderr.contains("at least 5 latents"), "{stderr}");
-    let (ok, _, stderr) = perceiver(&[
-        "train",
-        "--channels",
-        "30",
-        "--heads",
-        "4",
-        "--steps",
-        "1",
-        "--out",
-        o,
-    ]);
-    assert!(
-        !ok && stderr.contains("heads (4) must divide channels (30)"),
-        "{stderr}"
-    );
+    let (ok, _, stderr) =
+        perceiver(&["train", "--channels", "30", "--heads", "4", "--steps", "1", "--out", o]);
+    assert!(!ok && stderr.contains("heads (4) must divide channels (30)"), "{stderr}");
     let empty = out.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
-    let (ok, _, stderr) = perceiver(&[
-        "train",
-        "--data",
-        empty.to_str().unwrap(),
-        "--steps",
-        "1",
-        "--out",
-        o,
-    ]);
-    assert!(
-        !ok && stderr.contains("empty.txt") && stderr.contains("empty"),
-        "{stderr}"
-    );
+    let (ok, _, stderr) =
+        perceiver(&["train", "--data", empty.to_str().unwrap(), "--steps", "1", "--out", o]);
+    assert!(!ok && stderr.contains("empty.txt") && stderr.contains("empty"), "{stderr}");
     std::fs::remove_dir_all(&out).unwrap();
 }

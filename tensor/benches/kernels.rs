@@ -66,9 +66,7 @@ fn raw_sgemm(
                 k,
                 n,
                 1.0,
-                a.as_ptr()
-                    .add(i * a_step)
-                    .offset(rows.start as isize * am.rs),
+                a.as_ptr().add(i * a_step).offset(rows.start as isize * am.rs),
                 am.rs,
                 am.cs,
                 b.as_ptr().add(i * b_step),
@@ -107,29 +105,14 @@ fn raw_sgemm(
     }
 }
 
-fn matmul_case(
-    name: &str,
-    batch: &[usize],
-    m: usize,
-    k: usize,
-    n: usize,
-    transpose_b: bool,
-) -> (f64, f64) {
+fn matmul_case(name: &str, batch: &[usize], m: usize, k: usize, n: usize, transpose_b: bool) -> (f64, f64) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let batches: usize = batch.iter().product();
     let a = Tensor::randn(&[batch, &[m, k]].concat(), 1.0, &mut rng);
     // The transposed case stores b as [n, k] and multiplies by its transpose view.
-    let b_stored = if transpose_b {
-        [batch, &[n, k]].concat()
-    } else {
-        [batch, &[k, n]].concat()
-    };
+    let b_stored = if transpose_b { [batch, &[n, k]].concat() } else { [batch, &[k, n]].concat() };
     let b_store = Tensor::randn(&b_stored, 1.0, &mut rng);
-    let b = if transpose_b {
-        b_store.t().unwrap()
-    } else {
-        b_store.clone()
-    };
+    let b = if transpose_b { b_store.t().unwrap() } else { b_store.clone() };
     let flops = 2.0 * (batches * m * k * n) as f64;
     let budget = Duration::from_millis(1500);
 
@@ -137,28 +120,11 @@ fn matmul_case(
         black_box(a.matmul(&b).unwrap());
     });
     let (ad, bd) = (a.to_vec().unwrap(), b_store.to_vec().unwrap());
-    let am = Mat {
-        rs: k as isize,
-        cs: 1,
-    };
-    let bm = if transpose_b {
-        Mat {
-            rs: 1,
-            cs: k as isize,
-        }
-    } else {
-        Mat {
-            rs: n as isize,
-            cs: 1,
-        }
-    };
+    let am = Mat { rs: k as isize, cs: 1 };
+    let bm = if transpose_b { Mat { rs: 1, cs: k as isize } } else { Mat { rs: n as isize, cs: 1 } };
     let mut c = vec![0.0f32; batches * m * n];
-    let raw = median_secs(budget, || {
-        raw_sgemm(THREADS, batches, m, k, n, &ad, am, &bd, bm, &mut c)
-    });
-    let raw1 = median_secs(budget, || {
-        raw_sgemm(1, batches, m, k, n, &ad, am, &bd, bm, &mut c)
-    });
+    let raw = median_secs(budget, || raw_sgemm(THREADS, batches, m, k, n, &ad, am, &bd, bm, &mut c));
+    let raw1 = median_secs(budget, || raw_sgemm(1, batches, m, k, n, &ad, am, &bd, bm, &mut c));
     let (g_api, g_raw, g_raw1) = (flops / api / 1e9, flops / raw / 1e9, flops / raw1 / 1e9);
     println!(
         "| {name:<32} | {g_api:>7.1} | {g_raw:>7.1} | {:>6.1} % | {g_raw1:>7.1} |",
@@ -168,10 +134,7 @@ fn matmul_case(
 }
 
 fn main() {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(THREADS)
-        .build_global()
-        .expect("rayon pool");
+    rayon::ThreadPoolBuilder::new().num_threads(THREADS).build_global().expect("rayon pool");
     println!("tensor kernels, {THREADS} threads, medians\n");
     println!("| matmul                           | tensor GFLOP/s | raw sgemm GFLOP/s | tensor/raw | raw 1-thread |");
     println!("|---|---:|---:|---:|---:|");
@@ -181,38 +144,14 @@ fn main() {
         ("square 1024", vec![], 1024, 1024, 1024, false),
         ("4096x256 @ 256x768", vec![], 4096, 256, 768, false),
         ("4096x768 @ 768x256", vec![], 4096, 768, 256, false),
-        (
-            "[8,8,256,32] @ [8,8,32,256]",
-            vec![8, 8],
-            256,
-            32,
-            256,
-            false,
-        ),
-        (
-            "1024x1024 @ (1024x1024)ᵀ view",
-            vec![],
-            1024,
-            1024,
-            1024,
-            true,
-        ),
-        (
-            "[8,8,256,256] @ [8,8,256,32]",
-            vec![8, 8],
-            256,
-            256,
-            32,
-            false,
-        ),
+        ("[8,8,256,32] @ [8,8,32,256]", vec![8, 8], 256, 32, 256, false),
+        ("1024x1024 @ (1024x1024)ᵀ view", vec![], 1024, 1024, 1024, true),
+        ("[8,8,256,256] @ [8,8,256,32]", vec![8, 8], 256, 256, 32, false),
     ] {
         let (api, raw) = matmul_case(name, &batch, m, k, n, t);
         worst = worst.min(api / raw);
     }
-    println!(
-        "\nworst tensor/raw ratio: {:.1} % (target: at least 90 %)\n",
-        100.0 * worst
-    );
+    println!("\nworst tensor/raw ratio: {:.1} % (target: at least 90 %)\n", 100.0 * worst);
 
     let n = 16 << 20;
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -225,24 +164,13 @@ fn main() {
 
     let mut dst = vec![0.0f32; n];
     let copy = median_secs(budget, || {
-        dst.par_chunks_mut(1 << 16)
-            .zip(xd.par_chunks(1 << 16))
-            .for_each(|(d, s)| d.copy_from_slice(s));
+        dst.par_chunks_mut(1 << 16).zip(xd.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
     });
     let copy_gbs = gbs(2.0 * bytes, copy);
-    let add = gbs(
-        3.0 * bytes,
-        median_secs(budget, || drop(black_box(x.add(&y).unwrap()))),
-    );
+    let add = gbs(3.0 * bytes, median_secs(budget, || drop(black_box(x.add(&y).unwrap()))));
     let exp_t = median_secs(budget, || drop(black_box(x.exp().unwrap())));
-    let sum = gbs(
-        bytes,
-        median_secs(budget, || drop(black_box(x.sum(1).unwrap()))),
-    );
-    let softmax = gbs(
-        2.0 * bytes,
-        median_secs(budget, || drop(black_box(x.softmax(1).unwrap()))),
-    );
+    let sum = gbs(bytes, median_secs(budget, || drop(black_box(x.sum(1).unwrap()))));
+    let softmax = gbs(2.0 * bytes, median_secs(budget, || drop(black_box(x.softmax(1).unwrap()))));
     let scalar_exp = median_secs(budget, || {
         for (d, s) in dst.iter_mut().zip(&xd) {
             *d = s.exp();
@@ -252,18 +180,13 @@ fn main() {
     println!("| 16M f32 [4096 x 4096], last axis | GB/s | vs copy |");
     println!("|---|---:|---:|");
     println!("| parallel copy (read + write) | {copy_gbs:.1} | 100 % |");
-    for (name, v) in [
-        ("add (2 reads + write)", add),
-        ("sum (read)", sum),
-        ("softmax (read + write)", softmax),
-    ] {
+    for (name, v) in
+        [("add (2 reads + write)", add), ("sum (read)", sum), ("softmax (read + write)", softmax)]
+    {
         println!("| {name} | {v:.1} | {:.0} % |", 100.0 * v / copy_gbs);
     }
     let exp_gbs = gbs(2.0 * bytes, exp_t);
-    println!(
-        "| exp (read + write) | {exp_gbs:.1} | {:.0} % |",
-        100.0 * exp_gbs / copy_gbs
-    );
+    println!("| exp (read + write) | {exp_gbs:.1} | {:.0} % |", 100.0 * exp_gbs / copy_gbs);
     println!(
         "\nexp: {:.2} Gelem/s vs scalar f32::exp loop {:.2} Gelem/s: {:.1}x (target: at least 4x)",
         n as f64 / exp_t / 1e9,

@@ -174,13 +174,7 @@ pub trait BackendStorage: Send + Sync + fmt::Debug + Any {
     /// `op` applied to every element.
     fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage>;
     /// `op(self[i], rhs[i])`; both layouts have the output shape (broadcast already applied).
-    fn binary(
-        &self,
-        layout: &Layout,
-        rhs: &Storage,
-        rhs_layout: &Layout,
-        op: BinaryOp,
-    ) -> Result<Storage>;
+    fn binary(&self, layout: &Layout, rhs: &Storage, rhs_layout: &Layout, op: BinaryOp) -> Result<Storage>;
     /// `self[i] != 0 ? on_true[i] : on_false[i]`; all three layouts have the output shape.
     fn where_cond(
         &self,
@@ -198,12 +192,7 @@ pub trait BackendStorage: Send + Sync + fmt::Debug + Any {
     /// Softmax along the last axis.
     fn softmax(&self, layout: &Layout) -> Result<Storage>;
     /// Given `y = softmax(x)` (self) and `dy`, returns `dx = y * (dy - Σ dy*y)` along the last axis.
-    fn softmax_backward(
-        &self,
-        layout: &Layout,
-        dy: &Storage,
-        dy_layout: &Layout,
-    ) -> Result<Storage>;
+    fn softmax_backward(&self, layout: &Layout, dy: &Storage, dy_layout: &Layout) -> Result<Storage>;
     /// Layer norm over the last axis with an elementwise affine (`weight`, `bias` of the last
     /// axis's size).
     fn layer_norm(
@@ -239,31 +228,14 @@ pub trait BackendStorage: Send + Sync + fmt::Debug + Any {
     fn index_select(&self, layout: &Layout, axis: usize, indices: &[usize]) -> Result<Storage>;
     /// The adjoint of `index_select`: zeros with `size` entries along `axis`, and
     /// `out[.., indices[i], ..] += self[.., i, ..]` (repeated indices accumulate).
-    fn index_add(
-        &self,
-        layout: &Layout,
-        axis: usize,
-        indices: &[usize],
-        size: usize,
-    ) -> Result<Storage>;
+    fn index_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
     /// `out[.., i, ..] = self[.., indices[.., i, ..], ..]` along `axis`, where `indices` has the
     /// output's shape (given as `out_shape`) in row-major order.
-    fn gather(
-        &self,
-        layout: &Layout,
-        axis: usize,
-        indices: &[usize],
-        out_shape: &[usize],
-    ) -> Result<Storage>;
+    fn gather(&self, layout: &Layout, axis: usize, indices: &[usize], out_shape: &[usize])
+        -> Result<Storage>;
     /// The adjoint of `gather`: zeros with `size` entries along `axis`, and
     /// `out[.., indices[.., i, ..], ..] += self[.., i, ..]`.
-    fn scatter_add(
-        &self,
-        layout: &Layout,
-        axis: usize,
-        indices: &[usize],
-        size: usize,
-    ) -> Result<Storage>;
+    fn scatter_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
     /// Concatenates `self` (first) and `others` along `axis`.
     fn cat(&self, layout: &Layout, others: &[(&Storage, &Layout)], axis: usize) -> Result<Storage>;
 }

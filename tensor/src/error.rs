@@ -16,10 +16,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(op: &'static str, message: impl Into<String>) -> Self {
-        Error {
-            op,
-            message: message.into(),
-        }
+        Error { op, message: message.into() }
     }
 }
 

@@ -11,18 +11,12 @@ use crate::tensor::Tensor;
 impl Tensor {
     /// Joins tensors along `axis`; all other axes must agree.
     pub fn cat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
-        let Some(first) = parts.first() else {
-            bail!("cat", "needs at least one tensor")
-        };
+        let Some(first) = parts.first() else { bail!("cat", "needs at least one tensor") };
         first.layout.check_axis("cat", axis)?;
         for p in &parts[1..] {
             first.same_device("cat", p)?;
             let agree = p.rank() == first.rank()
-                && p.shape()
-                    .iter()
-                    .zip(first.shape())
-                    .enumerate()
-                    .all(|(d, (a, b))| d == axis || a == b);
+                && p.shape().iter().zip(first.shape()).enumerate().all(|(d, (a, b))| d == axis || a == b);
             if !agree {
                 bail!(
                     "cat",
@@ -32,10 +26,7 @@ impl Tensor {
                 );
             }
         }
-        let others: Vec<_> = parts[1..]
-            .iter()
-            .map(|p| (p.storage.as_ref(), &p.layout))
-            .collect();
+        let others: Vec<_> = parts[1..].iter().map(|p| (p.storage.as_ref(), &p.layout)).collect();
         let s = first.storage.backend().cat(&first.layout, &others, axis)?;
         let mut shape = first.shape().to_vec();
         shape[axis] = parts.iter().map(|p| p.shape()[axis]).sum();
@@ -58,10 +49,7 @@ impl Tensor {
     /// The entries `indices` of `axis`, in that order (repeats allowed).
     pub fn index_select(&self, axis: usize, indices: &[usize]) -> Result<Tensor> {
         self.check_indices("index_select", axis, indices)?;
-        let s = self
-            .storage
-            .backend()
-            .index_select(&self.layout, axis, indices)?;
+        let s = self.storage.backend().index_select(&self.layout, axis, indices)?;
         let mut shape = self.shape().to_vec();
         shape[axis] = indices.len();
         Ok(Tensor::from_output(s, &shape))
@@ -72,23 +60,12 @@ impl Tensor {
     pub fn index_add(&self, axis: usize, indices: &[usize], size: usize) -> Result<Tensor> {
         self.layout.check_axis("index_add", axis)?;
         if indices.len() != self.shape()[axis] {
-            bail!(
-                "index_add",
-                "{} indices for axis {axis} of {}",
-                indices.len(),
-                fmt_shape(self.shape())
-            );
+            bail!("index_add", "{} indices for axis {axis} of {}", indices.len(), fmt_shape(self.shape()));
         }
         if let Some(bad) = indices.iter().find(|&&i| i >= size) {
-            bail!(
-                "index_add",
-                "index {bad} out of range for a target axis of size {size}"
-            );
+            bail!("index_add", "index {bad} out of range for a target axis of size {size}");
         }
-        let s = self
-            .storage
-            .backend()
-            .index_add(&self.layout, axis, indices, size)?;
+        let s = self.storage.backend().index_add(&self.layout, axis, indices, size)?;
         let mut shape = self.shape().to_vec();
         shape[axis] = size;
         Ok(Tensor::from_output(s, &shape))
@@ -98,19 +75,10 @@ impl Tensor {
     /// result has shape `ids_shape + [dim]`.
     pub fn embedding(&self, ids: &[usize], ids_shape: &[usize]) -> Result<Tensor> {
         if self.rank() != 2 {
-            bail!(
-                "embedding",
-                "table must be [vocab, dim], got {}",
-                fmt_shape(self.shape())
-            );
+            bail!("embedding", "table must be [vocab, dim], got {}", fmt_shape(self.shape()));
         }
         if ids.len() != ids_shape.iter().product::<usize>() {
-            bail!(
-                "embedding",
-                "{} ids do not fill shape {}",
-                ids.len(),
-                fmt_shape(ids_shape)
-            );
+            bail!("embedding", "{} ids do not fill shape {}", ids.len(), fmt_shape(ids_shape));
         }
         let rows = self.index_select(0, ids)?;
         rows.reshape(&[ids_shape, &[self.shape()[1]]].concat())
@@ -128,10 +96,7 @@ impl Tensor {
     pub fn gather(&self, axis: usize, indices: &[usize], index_shape: &[usize]) -> Result<Tensor> {
         self.check_index_shape("gather", axis, indices, index_shape)?;
         self.check_indices("gather", axis, indices)?;
-        let s = self
-            .storage
-            .backend()
-            .gather(&self.layout, axis, indices, index_shape)?;
+        let s = self.storage.backend().gather(&self.layout, axis, indices, index_shape)?;
         Ok(Tensor::from_output(s, index_shape))
     }
 
@@ -148,15 +113,9 @@ impl Tensor {
             );
         }
         if let Some(bad) = indices.iter().find(|&&i| i >= size) {
-            bail!(
-                "scatter_add",
-                "index {bad} out of range for a target axis of size {size}"
-            );
+            bail!("scatter_add", "index {bad} out of range for a target axis of size {size}");
         }
-        let s = self
-            .storage
-            .backend()
-            .scatter_add(&self.layout, axis, indices, size)?;
+        let s = self.storage.backend().scatter_add(&self.layout, axis, indices, size)?;
         let mut shape = self.shape().to_vec();
         shape[axis] = size;
         Ok(Tensor::from_output(s, &shape))
@@ -171,11 +130,7 @@ impl Tensor {
     ) -> Result<()> {
         self.layout.check_axis(op, axis)?;
         let agree = shape.len() == self.rank()
-            && shape
-                .iter()
-                .zip(self.shape())
-                .enumerate()
-                .all(|(d, (a, b))| d == axis || a == b);
+            && shape.iter().zip(self.shape()).enumerate().all(|(d, (a, b))| d == axis || a == b);
         if !agree || indices.len() != shape.iter().product::<usize>() {
             bail!(
                 op,
@@ -193,11 +148,7 @@ impl Tensor {
     pub fn argmax(&self, axis: usize) -> Result<Vec<usize>> {
         self.layout.check_axis("argmax", axis)?;
         if self.shape()[axis] == 0 {
-            bail!(
-                "argmax",
-                "axis {axis} of {} is empty",
-                fmt_shape(self.shape())
-            );
+            bail!("argmax", "axis {axis} of {} is empty", fmt_shape(self.shape()));
         }
         self.storage.backend().argmax(&self.layout, axis)
     }
@@ -205,33 +156,21 @@ impl Tensor {
     /// The `k` largest entries along the last axis, largest first (ties keep the lower index):
     /// their values, shape `[..., k]`, and their indices in the same order.
     pub fn topk(&self, k: usize) -> Result<(Tensor, Vec<usize>)> {
-        let Some(&n) = self.shape().last() else {
-            bail!("topk", "needs at least one axis")
-        };
+        let Some(&n) = self.shape().last() else { bail!("topk", "needs at least one axis") };
         if k > n {
-            bail!(
-                "topk",
-                "k = {k} exceeds the last axis of {}",
-                fmt_shape(self.shape())
-            );
+            bail!("topk", "k = {k} exceeds the last axis of {}", fmt_shape(self.shape()));
         }
         let data = self.to_vec()?;
         let mut values = Vec::with_capacity(data.len() / n.max(1) * k);
         let mut indices = Vec::with_capacity(values.capacity());
         let mut order: Vec<usize> = Vec::with_capacity(n);
-        let rows = if n == 0 {
-            [].chunks_exact(1)
-        } else {
-            data.chunks_exact(n)
-        };
+        let rows = if n == 0 { [].chunks_exact(1) } else { data.chunks_exact(n) };
         for row in rows {
             order.clear();
             order.extend(0..n);
             // Descending by value; NaN sorts first like a maximum; stable keeps lower indices first.
             order.sort_by(|&a, &b| {
-                row[b]
-                    .partial_cmp(&row[a])
-                    .unwrap_or_else(|| row[b].is_nan().cmp(&row[a].is_nan()).reverse())
+                row[b].partial_cmp(&row[a]).unwrap_or_else(|| row[b].is_nan().cmp(&row[a].is_nan()).reverse())
             });
             for &i in &order[..k] {
                 values.push(row[i]);
@@ -240,9 +179,6 @@ impl Tensor {
         }
         let mut shape = self.shape().to_vec();
         *shape.last_mut().unwrap() = k;
-        Ok((
-            Tensor::from_vec(values, &shape)?.to_device(&self.device())?,
-            indices,
-        ))
+        Ok((Tensor::from_vec(values, &shape)?.to_device(&self.device())?, indices))
     }
 }

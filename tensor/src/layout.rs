@@ -40,26 +40,13 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i + a.len() >= rank {
-            a[i + a.len() - rank]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= rank {
-            b[i + b.len() - rank]
-        } else {
-            1
-        };
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            _ => bail!(
-                op,
-                "shapes {} and {} do not broadcast",
-                fmt_shape(a),
-                fmt_shape(b)
-            ),
+            _ => bail!(op, "shapes {} and {} do not broadcast", fmt_shape(a), fmt_shape(b)),
         };
     }
     Ok(out)
@@ -68,21 +55,13 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
 impl Layout {
     /// Row-major layout of `shape` starting at offset 0.
     pub fn contiguous(shape: &[usize]) -> Self {
-        Layout {
-            shape: shape.to_vec(),
-            strides: contiguous_strides(shape),
-            offset: 0,
-        }
+        Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0 }
     }
 
     /// A layout from explicit parts. The caller guarantees it stays inside its storage.
     pub fn from_parts(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
         debug_assert_eq!(shape.len(), strides.len());
-        Layout {
-            shape,
-            strides,
-            offset,
-        }
+        Layout { shape, strides, offset }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -120,33 +99,17 @@ impl Layout {
         if self.numel() == 0 {
             return 0;
         }
-        self.offset
-            + self
-                .shape
-                .iter()
-                .zip(&self.strides)
-                .map(|(&d, &s)| (d - 1) * s)
-                .sum::<usize>()
-            + 1
+        self.offset + self.shape.iter().zip(&self.strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>() + 1
     }
 
     /// Storage position of a multi-index. The caller has checked the index is in bounds.
     pub fn position(&self, index: &[usize]) -> usize {
-        self.offset
-            + index
-                .iter()
-                .zip(&self.strides)
-                .map(|(i, s)| i * s)
-                .sum::<usize>()
+        self.offset + index.iter().zip(&self.strides).map(|(i, s)| i * s).sum::<usize>()
     }
 
     pub(crate) fn check_axis(&self, op: &'static str, axis: usize) -> Result<()> {
         if axis >= self.rank() {
-            bail!(
-                op,
-                "axis {axis} out of range for shape {}",
-                fmt_shape(&self.shape)
-            );
+            bail!(op, "axis {axis} out of range for shape {}", fmt_shape(&self.shape));
         }
         Ok(())
     }
@@ -165,15 +128,9 @@ impl Layout {
     pub fn permute(&self, dims: &[usize]) -> Result<Layout> {
         let mut seen = vec![false; self.rank()];
         let valid = dims.len() == self.rank()
-            && dims
-                .iter()
-                .all(|&d| d < self.rank() && !std::mem::replace(&mut seen[d], true));
+            && dims.iter().all(|&d| d < self.rank() && !std::mem::replace(&mut seen[d], true));
         if !valid {
-            bail!(
-                "permute",
-                "{dims:?} is not a permutation of the axes of {}",
-                fmt_shape(&self.shape)
-            );
+            bail!("permute", "{dims:?} is not a permutation of the axes of {}", fmt_shape(&self.shape));
         }
         Ok(Layout {
             shape: dims.iter().map(|&d| self.shape[d]).collect(),
@@ -185,10 +142,7 @@ impl Layout {
     /// Keeps `len` entries of `axis` starting at `start` (a view).
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Layout> {
         self.check_axis("narrow", axis)?;
-        if start
-            .checked_add(len)
-            .is_none_or(|end| end > self.shape[axis])
-        {
+        if start.checked_add(len).is_none_or(|end| end > self.shape[axis]) {
             bail!(
                 "narrow",
                 "range {start}..{} out of bounds for axis {axis} of size {} in {}",
@@ -210,11 +164,7 @@ impl Layout {
         let err = || {
             crate::Error::new(
                 "broadcast_to",
-                format!(
-                    "cannot broadcast {} to {}",
-                    fmt_shape(&self.shape),
-                    fmt_shape(shape)
-                ),
+                format!("cannot broadcast {} to {}", fmt_shape(&self.shape), fmt_shape(shape)),
             )
         };
         if shape.len() < self.rank() {
@@ -232,11 +182,7 @@ impl Layout {
                 return Err(err());
             };
         }
-        Ok(Layout {
-            shape: shape.to_vec(),
-            strides,
-            offset: self.offset,
-        })
+        Ok(Layout { shape: shape.to_vec(), strides, offset: self.offset })
     }
 
     /// The same elements under a new shape, if that is possible without moving data: true for
@@ -255,13 +201,8 @@ impl Layout {
         }
         // Walk both shapes, matching groups of old axes to groups of new axes with equal
         // products; each old group must be row-major within itself.
-        let old: Vec<(usize, usize)> = self
-            .shape
-            .iter()
-            .zip(&self.strides)
-            .filter(|(d, _)| **d != 1)
-            .map(|(&d, &s)| (d, s))
-            .collect();
+        let old: Vec<(usize, usize)> =
+            self.shape.iter().zip(&self.strides).filter(|(d, _)| **d != 1).map(|(&d, &s)| (d, s)).collect();
         let mut strides = vec![0; shape.len()];
         let (mut oi, mut ni) = (0, 0);
         while ni < shape.len() {
@@ -300,21 +241,13 @@ impl Layout {
         if oi != old.len() {
             return None;
         }
-        Some(Layout {
-            shape: shape.to_vec(),
-            strides,
-            offset: self.offset,
-        })
+        Some(Layout { shape: shape.to_vec(), strides, offset: self.offset })
     }
 
     /// Inserts a size-1 axis at `axis` (a view).
     pub fn unsqueeze(&self, axis: usize) -> Result<Layout> {
         if axis > self.rank() {
-            bail!(
-                "unsqueeze",
-                "axis {axis} out of range for shape {}",
-                fmt_shape(&self.shape)
-            );
+            bail!("unsqueeze", "axis {axis} out of range for shape {}", fmt_shape(&self.shape));
         }
         let mut out = self.clone();
         out.shape.insert(axis, 1);

@@ -125,9 +125,8 @@ impl Tensor {
     /// `value` where `mask != 0`, else `self`; `mask` broadcasts to `self`'s shape.
     pub fn masked_fill(&self, mask: &Tensor, value: f32) -> Result<Tensor> {
         let fill = Tensor::scalar(value).to_device(&self.device())?;
-        let mask = mask
-            .broadcast_to(self.shape())
-            .map_err(|e| crate::Error::new("masked_fill", e.message))?;
+        let mask =
+            mask.broadcast_to(self.shape()).map_err(|e| crate::Error::new("masked_fill", e.message))?;
         mask.where_cond(&fill, self)
     }
 
@@ -192,15 +191,8 @@ impl Tensor {
             return Ok(self.clone());
         }
         let lead = self.rank().checked_sub(shape.len()).unwrap_or(usize::MAX);
-        if lead == usize::MAX
-            || broadcast_shape("sum_to_shape", shape, self.shape())? != self.shape()
-        {
-            bail!(
-                "sum_to_shape",
-                "{} is not a broadcast of {}",
-                fmt_shape(self.shape()),
-                fmt_shape(shape)
-            );
+        if lead == usize::MAX || broadcast_shape("sum_to_shape", shape, self.shape())? != self.shape() {
+            bail!("sum_to_shape", "{} is not a broadcast of {}", fmt_shape(self.shape()), fmt_shape(shape));
         }
         let mut out = self.clone();
         for _ in 0..lead {
@@ -230,10 +222,7 @@ impl Tensor {
         self.same_device("softmax_backward", dy)?;
         same_shape("softmax_backward", self, dy)?;
         let (y, g) = (self.move_axis_last(axis)?, dy.move_axis_last(axis)?);
-        let s = y
-            .storage
-            .backend()
-            .softmax_backward(&y.layout, &g.storage, &g.layout)?;
+        let s = y.storage.backend().softmax_backward(&y.layout, &g.storage, &g.layout)?;
         Tensor::from_output(s, y.shape()).move_last_axis_back(axis)
     }
 
@@ -243,12 +232,7 @@ impl Tensor {
     }
 
     /// Layer norm, also returning the per-row mean and `1/σ` that its backward needs.
-    pub fn layer_norm_with_stats(
-        &self,
-        weight: &Tensor,
-        bias: &Tensor,
-        eps: f32,
-    ) -> Result<LayerNormParts> {
+    pub fn layer_norm_with_stats(&self, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<LayerNormParts> {
         self.check_norm_params("layer_norm", weight, Some(bias))?;
         let out = self.storage.backend().layer_norm(
             &self.layout,
@@ -308,12 +292,7 @@ impl Tensor {
         ))
     }
 
-    fn check_norm_params(
-        &self,
-        op: &'static str,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-    ) -> Result<usize> {
+    fn check_norm_params(&self, op: &'static str, weight: &Tensor, bias: Option<&Tensor>) -> Result<usize> {
         if self.rank() == 0 {
             bail!(op, "input must have at least one axis");
         }
@@ -339,50 +318,23 @@ impl Tensor {
         self.same_device("matmul", rhs)?;
         let (a, b) = (self.shape(), rhs.shape());
         if a.len() < 2 || b.len() < 2 {
-            bail!(
-                "matmul",
-                "{} x {}: both operands need at least 2 axes",
-                fmt_shape(a),
-                fmt_shape(b)
-            );
+            bail!("matmul", "{} x {}: both operands need at least 2 axes", fmt_shape(a), fmt_shape(b));
         }
         let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
         let (k2, n) = (b[b.len() - 2], b[b.len() - 1]);
         if k != k2 {
-            bail!(
-                "matmul",
-                "{} x {}: inner dims {k} != {k2}",
-                fmt_shape(a),
-                fmt_shape(b)
-            );
+            bail!("matmul", "{} x {}: inner dims {k} != {k2}", fmt_shape(a), fmt_shape(b));
         }
-        let batch =
-            broadcast_shape("matmul", &a[..a.len() - 2], &b[..b.len() - 2]).map_err(|_| {
-                crate::Error::new(
-                    "matmul",
-                    format!(
-                        "{} x {}: batch axes do not broadcast",
-                        fmt_shape(a),
-                        fmt_shape(b)
-                    ),
-                )
-            })?;
-        let la = self
-            .layout
-            .broadcast_to(&[batch.clone(), vec![m, k]].concat())?;
-        let lb = rhs
-            .layout
-            .broadcast_to(&[batch.clone(), vec![k, n]].concat())?;
-        let spec = MatmulSpec {
-            batch: batch.clone(),
-            m,
-            k,
-            n,
-        };
-        let s = self
-            .storage
-            .backend()
-            .matmul(&la, &rhs.storage, &lb, &spec)?;
+        let batch = broadcast_shape("matmul", &a[..a.len() - 2], &b[..b.len() - 2]).map_err(|_| {
+            crate::Error::new(
+                "matmul",
+                format!("{} x {}: batch axes do not broadcast", fmt_shape(a), fmt_shape(b)),
+            )
+        })?;
+        let la = self.layout.broadcast_to(&[batch.clone(), vec![m, k]].concat())?;
+        let lb = rhs.layout.broadcast_to(&[batch.clone(), vec![k, n]].concat())?;
+        let spec = MatmulSpec { batch: batch.clone(), m, k, n };
+        let s = self.storage.backend().matmul(&la, &rhs.storage, &lb, &spec)?;
         Ok(Tensor::from_output(s, &[batch, vec![m, n]].concat()))
     }
 
@@ -420,12 +372,7 @@ impl Tensor {
 
 pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        bail!(
-            op,
-            "shapes {} and {} differ",
-            fmt_shape(a.shape()),
-            fmt_shape(b.shape())
-        );
+        bail!(op, "shapes {} and {} differ", fmt_shape(a.shape()), fmt_shape(b.shape()));
     }
     Ok(())
 }

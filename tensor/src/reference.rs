@@ -35,12 +35,8 @@ pub fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
 /// Reads `t` at `index` of a broadcast `shape` (numpy rules).
 fn get_broadcast(t: &Tensor, index: &[usize]) -> f64 {
     let lead = index.len() - t.rank();
-    let own: Vec<usize> = t
-        .shape()
-        .iter()
-        .enumerate()
-        .map(|(d, &n)| if n == 1 { 0 } else { index[lead + d] })
-        .collect();
+    let own: Vec<usize> =
+        t.shape().iter().enumerate().map(|(d, &n)| if n == 1 { 0 } else { index[lead + d] }).collect();
     t.get(&own).expect("in bounds") as f64
 }
 
@@ -104,9 +100,7 @@ pub fn binary_value(op: BinaryOp, a: f64, b: f64) -> f64 {
 
 pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let shape = broadcast_shape("reference::binary", a.shape(), b.shape())?;
-    Ok(collect(&shape, |i| {
-        binary_value(op, get_broadcast(a, i), get_broadcast(b, i))
-    }))
+    Ok(collect(&shape, |i| binary_value(op, get_broadcast(a, i), get_broadcast(b, i))))
 }
 
 /// Values of `x` along `axis` at the other coordinates of `index` (whose `axis` entry is ignored).
@@ -156,8 +150,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Tensor {
         let mean = v.iter().sum::<f64>() / n;
         let var = v.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / n;
         let c = i[axis];
-        (v[c] - mean) / (var + eps as f64).sqrt() * w.get(&[c]).unwrap() as f64
-            + b.get(&[c]).unwrap() as f64
+        (v[c] - mean) / (var + eps as f64).sqrt() * w.get(&[c]).unwrap() as f64 + b.get(&[c]).unwrap() as f64
     })
 }
 
@@ -165,24 +158,17 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Tensor {
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
     let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
-    let batch = broadcast_shape(
-        "reference::matmul",
-        &a.shape()[..ra - 2],
-        &b.shape()[..rb - 2],
-    )?;
+    let batch = broadcast_shape("reference::matmul", &a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
     let shape = [batch.clone(), vec![m, n]].concat();
     Ok(collect(&shape, |i| {
         let nb = batch.len();
         let pick = |t: &Tensor, r: usize, c: usize| {
             let tb = t.rank() - 2;
-            let mut idx: Vec<usize> = (0..tb)
-                .map(|d| if t.shape()[d] == 1 { 0 } else { i[nb - tb + d] })
-                .collect();
+            let mut idx: Vec<usize> =
+                (0..tb).map(|d| if t.shape()[d] == 1 { 0 } else { i[nb - tb + d] }).collect();
             idx.extend([r, c]);
             t.get(&idx).unwrap() as f64
         };
-        (0..k)
-            .map(|p| pick(a, i[nb], p) * pick(b, p, i[nb + 1]))
-            .sum()
+        (0..k).map(|p| pick(a, i[nb], p) * pick(b, p, i[nb + 1])).sum()
     }))
 }

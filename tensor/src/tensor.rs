@@ -34,19 +34,13 @@ impl Tensor {
                 fmt_shape(layout.shape())
             );
         }
-        Ok(Tensor {
-            storage: Arc::new(storage),
-            layout,
-        })
+        Ok(Tensor { storage: Arc::new(storage), layout })
     }
 
     /// Contiguous output storage of `shape` (what every op returns).
     pub(crate) fn from_output(storage: Storage, shape: &[usize]) -> Tensor {
         debug_assert_eq!(storage.backend().len(), shape.iter().product::<usize>());
-        Tensor {
-            storage: Arc::new(storage),
-            layout: Layout::contiguous(shape),
-        }
+        Tensor { storage: Arc::new(storage), layout: Layout::contiguous(shape) }
     }
 
     /// A tensor on the CPU holding `data` in row-major order.
@@ -60,10 +54,7 @@ impl Tensor {
                 fmt_shape(shape)
             );
         }
-        Ok(Tensor::from_output(
-            Storage::Cpu(CpuStorage::new(data)),
-            shape,
-        ))
+        Ok(Tensor::from_output(Storage::Cpu(CpuStorage::new(data)), shape))
     }
 
     /// A copy of `data` on the CPU.
@@ -91,10 +82,7 @@ impl Tensor {
 
     /// `0, 1, ..., n-1`.
     pub fn arange(n: usize) -> Tensor {
-        Tensor::from_output(
-            Storage::Cpu(CpuStorage::new((0..n).map(|i| i as f32).collect())),
-            &[n],
-        )
+        Tensor::from_output(Storage::Cpu(CpuStorage::new((0..n).map(|i| i as f32).collect())), &[n])
     }
 
     /// Samples from a normal distribution with mean 0 and standard deviation `std`.
@@ -171,11 +159,7 @@ impl Tensor {
     /// The element at a multi-index.
     pub fn get(&self, index: &[usize]) -> Result<f32> {
         if index.len() != self.rank() || index.iter().zip(self.shape()).any(|(i, d)| i >= d) {
-            bail!(
-                "get",
-                "index {index:?} out of bounds for shape {}",
-                fmt_shape(self.shape())
-            );
+            bail!("get", "index {index:?} out of bounds for shape {}", fmt_shape(self.shape()));
         }
         match self.storage.as_cpu() {
             Some(cpu) => Ok(cpu.as_slice()[self.layout.position(index)]),
@@ -200,10 +184,7 @@ impl Tensor {
     pub(crate) fn same_device(&self, op: &'static str, other: &Tensor) -> Result<()> {
         let (a, b) = (self.device(), other.device());
         if a != b {
-            return Err(Error::new(
-                op,
-                format!("operands on different devices: {a} and {b}"),
-            ));
+            return Err(Error::new(op, format!("operands on different devices: {a} and {b}")));
         }
         Ok(())
     }

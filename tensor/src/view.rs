@@ -10,10 +10,7 @@ use crate::tensor::Tensor;
 
 impl Tensor {
     fn with_layout(&self, layout: Layout) -> Tensor {
-        Tensor {
-            storage: self.storage.clone(),
-            layout,
-        }
+        Tensor { storage: self.storage.clone(), layout }
     }
 
     /// Swaps axes `a` and `b`.
@@ -24,11 +21,7 @@ impl Tensor {
     /// Swaps the last two axes (the matrix transpose of a batch of matrices).
     pub fn t(&self) -> Result<Tensor> {
         if self.rank() < 2 {
-            bail!(
-                "t",
-                "needs at least 2 axes, got shape {}",
-                fmt_shape(self.shape())
-            );
+            bail!("t", "needs at least 2 axes, got shape {}", fmt_shape(self.shape()));
         }
         self.transpose(self.rank() - 2, self.rank() - 1)
     }
@@ -71,10 +64,7 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
-        let storage = self
-            .storage
-            .backend()
-            .unary(&self.layout, UnaryOp::Identity)?;
+        let storage = self.storage.backend().unary(&self.layout, UnaryOp::Identity)?;
         Ok(Tensor::from_output(storage, self.shape()))
     }
 
@@ -95,34 +85,16 @@ fn infer_shape(from: &[usize], to: &[usize]) -> Result<Vec<usize>> {
     let holes = to.iter().filter(|&&d| d == usize::MAX).count();
     let known: usize = to.iter().filter(|&&d| d != usize::MAX).product();
     let shape_str = || {
-        let parts: Vec<String> = to
-            .iter()
-            .map(|&d| {
-                if d == usize::MAX {
-                    "?".into()
-                } else {
-                    d.to_string()
-                }
-            })
-            .collect();
+        let parts: Vec<String> =
+            to.iter().map(|&d| if d == usize::MAX { "?".into() } else { d.to_string() }).collect();
         format!("[{}]", parts.join(","))
     };
     match holes {
         0 if known == numel => Ok(to.to_vec()),
-        1 if known > 0 && numel.is_multiple_of(known) => Ok(to
-            .iter()
-            .map(|&d| if d == usize::MAX { numel / known } else { d })
-            .collect()),
-        0 | 1 => bail!(
-            "reshape",
-            "cannot reshape {} ({numel} elements) to {}",
-            fmt_shape(from),
-            shape_str()
-        ),
-        _ => bail!(
-            "reshape",
-            "at most one axis can be inferred, got {}",
-            shape_str()
-        ),
+        1 if known > 0 && numel.is_multiple_of(known) => {
+            Ok(to.iter().map(|&d| if d == usize::MAX { numel / known } else { d }).collect())
+        }
+        0 | 1 => bail!("reshape", "cannot reshape {} ({numel} elements) to {}", fmt_shape(from), shape_str()),
+        _ => bail!("reshape", "at most one axis can be inferred, got {}", shape_str()),
     }
 }

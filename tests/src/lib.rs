@@ -11,7 +11,7 @@ use autograd::Var;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tensor::{Device, Result, Tensor};
+use tensor::{Device, Result, Tensor, UnaryOp};
 
 /// How a base tensor becomes the input an op sees.
 #[derive(Clone, Debug)]
@@ -21,11 +21,7 @@ pub enum Recipe {
     /// `base.transpose(a, b)`; the base has axes `a` and `b` swapped.
     Transposed(usize, usize),
     /// `base.narrow(axis, before, len)`; the base is longer along `axis` by `before + after`.
-    Sliced {
-        axis: usize,
-        before: usize,
-        after: usize,
-    },
+    Sliced { axis: usize, before: usize, after: usize },
     /// `base.broadcast_to(shape)`; the base has size 1 along `axis`.
     Broadcast { axis: usize },
     /// `base.broadcast_to(shape)`; the base lacks the leading axis.
@@ -75,14 +71,7 @@ pub fn uniform(shape: &[usize], low: f32, high: f32, seed: u64) -> Tensor {
 
 /// Values in `[low, high)` kept at least `gap` away from every point in `avoid` (for ops with
 /// kinks or singularities, where finite differences are meaningless).
-pub fn uniform_avoiding(
-    shape: &[usize],
-    low: f32,
-    high: f32,
-    avoid: &[f32],
-    gap: f32,
-    seed: u64,
-) -> Tensor {
+pub fn uniform_avoiding(shape: &[usize], low: f32, high: f32, avoid: &[f32], gap: f32, seed: u64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let data = (0..n)
@@ -97,13 +86,7 @@ pub fn uniform_avoiding(
 }
 
 /// A recipe that can produce a view of `shape`, and the base shape it needs.
-fn recipe_for(
-    shape: &[usize],
-    pick: usize,
-    a: usize,
-    b: usize,
-    pad: (usize, usize),
-) -> (Recipe, Vec<usize>) {
+fn recipe_for(shape: &[usize], pick: usize, a: usize, b: usize, pad: (usize, usize)) -> (Recipe, Vec<usize>) {
     let rank = shape.len();
     let mut base = shape.to_vec();
     let recipe = match pick % 5 {
@@ -115,11 +98,7 @@ fn recipe_for(
         2 if rank >= 1 => {
             let axis = a % rank;
             base[axis] += pad.0 + pad.1;
-            Recipe::Sliced {
-                axis,
-                before: pad.0,
-                after: pad.1,
-            }
+            Recipe::Sliced { axis, before: pad.0, after: pad.1 }
         }
         3 if rank >= 1 => {
             let axis = a % rank;
@@ -142,37 +121,18 @@ pub fn viewed(shape: Vec<usize>, low: f32, high: f32) -> impl Strategy<Value = V
 
 /// Like [`viewed`] but never broadcast (for inputs whose gradient check needs every logical
 /// element to be independent, or for ops whose inputs must not alias).
-pub fn viewed_no_broadcast(
-    shape: Vec<usize>,
-    low: f32,
-    high: f32,
-) -> impl Strategy<Value = Viewed> {
+pub fn viewed_no_broadcast(shape: Vec<usize>, low: f32, high: f32) -> impl Strategy<Value = Viewed> {
     viewed_from(3, shape, low, high)
 }
 
 /// Picks among the first `kinds` recipes (contiguous, transposed, sliced, broadcast, leading).
-fn viewed_from(
-    kinds: usize,
-    shape: Vec<usize>,
-    low: f32,
-    high: f32,
-) -> impl Strategy<Value = Viewed> {
-    (
-        0..kinds,
-        0usize..8,
-        0usize..8,
-        0usize..3,
-        0usize..3,
-        any::<u64>(),
-    )
-        .prop_map(move |(pick, a, b, p0, p1, seed)| {
+fn viewed_from(kinds: usize, shape: Vec<usize>, low: f32, high: f32) -> impl Strategy<Value = Viewed> {
+    (0..kinds, 0usize..8, 0usize..8, 0usize..3, 0usize..3, any::<u64>()).prop_map(
+        move |(pick, a, b, p0, p1, seed)| {
             let (recipe, base_shape) = recipe_for(&shape, pick, a, b, (p0, p1));
-            Viewed {
-                base: uniform(&base_shape, low, high, seed),
-                recipe,
-                shape: shape.clone(),
-            }
-        })
+            Viewed { base: uniform(&base_shape, low, high, seed), recipe, shape: shape.clone() }
+        },
+    )
 }
 
 /// Shapes of rank `ranks` with each dimension in `dims`.
@@ -189,11 +149,7 @@ pub fn assert_close(got: &Tensor, want: &Tensor, atol: f32, rtol: f32) {
     let (g, w) = (got.to_vec().unwrap(), want.to_vec().unwrap());
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let ok = (a - b).abs() <= atol + rtol * b.abs() || (a.is_nan() && b.is_nan()) || a == b;
-        assert!(
-            ok,
-            "element {i} of {:?}: got {a}, want {b} (atol {atol}, rtol {rtol})",
-            got.shape()
-        );
+        assert!(ok, "element {i} of {:?}: got {a}, want {b} (atol {atol}, rtol {rtol})", got.shape());
     }
 }
 
@@ -219,3 +175,26 @@ pub fn opencl_device() -> Device {
         })
         .clone()
 }
+
+/// Every unary op, with arbitrary constants for the scalar forms.
+pub const ALL_UNARY: [UnaryOp; 19] = [
+    UnaryOp::Identity,
+    UnaryOp::Neg,
+    UnaryOp::Exp,
+    UnaryOp::Log,
+    UnaryOp::Sqrt,
+    UnaryOp::Square,
+    UnaryOp::Recip,
+    UnaryOp::Tanh,
+    UnaryOp::Sigmoid,
+    UnaryOp::Relu,
+    UnaryOp::SquaredRelu,
+    UnaryOp::Gelu,
+    UnaryOp::GeluDerivative,
+    UnaryOp::Step,
+    UnaryOp::AddScalar(0.75),
+    UnaryOp::MulScalar(-1.5),
+    UnaryOp::DivScalar(3.0),
+    UnaryOp::MaxScalar(0.25),
+    UnaryOp::ScalarSub(2.0),
+];

@@ -12,22 +12,14 @@ use perceiver::{Input, PerceiverAr, PerceiverArConfig};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tensor::{BinaryOp, Device, ReduceOp, Result, Tensor, UnaryOp};
-use tests::{devices, shape, uniform, viewed, viewed_no_broadcast, Viewed};
+use tensor::{BinaryOp, Device, ReduceOp, Result, Tensor};
+use tests::{devices, shape, uniform, viewed, viewed_no_broadcast, Viewed, ALL_UNARY};
 
 /// Runs `f` on the CPU and on `device` (inputs moved there, views applied there) and compares.
-fn agree(
-    device: &Device,
-    what: &str,
-    inputs: &[&Viewed],
-    tol: f32,
-    f: impl Fn(&[Tensor]) -> Result<Tensor>,
-) {
+fn agree(device: &Device, what: &str, inputs: &[&Viewed], tol: f32, f: impl Fn(&[Tensor]) -> Result<Tensor>) {
     let on = |d: &Device| -> Vec<f32> {
-        let xs: Vec<Tensor> = inputs
-            .iter()
-            .map(|v| v.apply(&v.base.to_device(d).unwrap()).unwrap())
-            .collect();
+        let xs: Vec<Tensor> =
+            inputs.iter().map(|v| v.apply(&v.base.to_device(d).unwrap()).unwrap()).collect();
         let y = f(&xs).unwrap_or_else(|e| panic!("{what} on {d}: {e}"));
         assert_eq!(y.device(), *d, "{what}: result on the wrong device");
         y.to_vec().unwrap()
@@ -40,35 +32,13 @@ fn agree(
     }
 }
 
-const UNARY: [UnaryOp; 19] = [
-    UnaryOp::Identity,
-    UnaryOp::Neg,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Square,
-    UnaryOp::Recip,
-    UnaryOp::Tanh,
-    UnaryOp::Sigmoid,
-    UnaryOp::Relu,
-    UnaryOp::SquaredRelu,
-    UnaryOp::Gelu,
-    UnaryOp::GeluDerivative,
-    UnaryOp::Step,
-    UnaryOp::AddScalar(0.5),
-    UnaryOp::MulScalar(-2.0),
-    UnaryOp::DivScalar(3.0),
-    UnaryOp::MaxScalar(0.1),
-    UnaryOp::ScalarSub(1.0),
-];
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
     #[test]
     fn elementwise_ops(x in shape(1..=4, 1..=5).prop_flat_map(|s| viewed(s, 0.1, 3.0)), y in any::<u64>()) {
         for d in devices() {
-            for op in UNARY {
+            for op in ALL_UNARY {
                 agree(&d, &format!("{op:?}"), &[&x], 2e-6, |t| t[0].unary(op));
             }
             // Binary with a broadcast right operand.
@@ -159,26 +129,10 @@ fn model_gradients_agree_across_devices() {
             let tape = Tape::new();
             let mut rng = ChaCha8Rng::seed_from_u64(0);
             let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-            let logits = model
-                .forward(
-                    &ctx,
-                    &Input {
-                        ids: &ids,
-                        batch: 2,
-                        seq_len: 10,
-                        prefix_len: 6,
-                    },
-                )
-                .unwrap();
-            let loss = cross_entropy(
-                &logits,
-                &targets,
-                CrossEntropy {
-                    ignore_index: None,
-                    z_loss: 1e-3,
-                },
-            )
-            .unwrap();
+            let logits =
+                model.forward(&ctx, &Input { ids: &ids, batch: 2, seq_len: 10, prefix_len: 6 }).unwrap();
+            let loss =
+                cross_entropy(&logits, &targets, CrossEntropy { ignore_index: None, z_loss: 1e-3 }).unwrap();
             let value = loss.value().to_scalar().unwrap();
             drop(ctx);
             let grads = tape.backward(&loss).unwrap();
@@ -192,16 +146,10 @@ fn model_gradients_agree_across_devices() {
         let (cpu_loss, cpu) = run(&Device::Cpu);
         for d in devices() {
             let (loss, grads) = run(&d);
-            assert!(
-                (loss - cpu_loss).abs() < 1e-5,
-                "loss on {d}: {loss} vs {cpu_loss}"
-            );
+            assert!((loss - cpu_loss).abs() < 1e-5, "loss on {d}: {loss} vs {cpu_loss}");
             for ((name, g), (_, want)) in grads.iter().zip(&cpu) {
                 let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-                let err = g
-                    .iter()
-                    .zip(want)
-                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                let err = g.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
                 assert!(
                     err <= 1e-4 * scale,
                     "paper={paper}: gradient of {name} on {d}: max error {err} vs scale {scale}"
@@ -218,8 +166,7 @@ fn training_follows_the_cpu_loss_curve() {
     use perceiver::data::copy::{CopyTask, VOCAB};
     use perceiver::train::{TaskConfig, TrainConfig, Trainer};
     let task = CopyTask { k: 4 };
-    let mut model =
-        PerceiverArConfig::perceiver_io(VOCAB, task.seq_len(), task.min_latents(), 32, 2, 1);
+    let mut model = PerceiverArConfig::perceiver_io(VOCAB, task.seq_len(), task.min_latents(), 32, 2, 1);
     model.cross_attend_dropout = 0.0;
     let config = TrainConfig {
         task: TaskConfig::Copy { k: 4 },
@@ -227,13 +174,7 @@ fn training_follows_the_cpu_loss_curve() {
         batch_size: 8,
         steps: 30,
         time_budget_secs: None,
-        schedule: Schedule {
-            peak: 3e-3,
-            warmup: 5,
-            total: 30,
-            decay: Decay::Cosine,
-            min_ratio: 0.1,
-        },
+        schedule: Schedule { peak: 3e-3, warmup: 5, total: 30, decay: Decay::Cosine, min_ratio: 0.1 },
         adamw: AdamWConfig::default(),
         clip: Some(1.0),
         z_loss: 1e-4,
@@ -255,10 +196,7 @@ fn training_follows_the_cpu_loss_curve() {
         for (step, (a, b)) in got.iter().zip(&cpu).enumerate() {
             // Stated tolerance: 1e-2 relative per step. The devices sum in different orders, and
             // training amplifies rounding differences step by step (1.7e-3 seen at step 24 on PoCL).
-            assert!(
-                (a - b).abs() <= 1e-2 * b.abs(),
-                "step {step} on {d}: loss {a} vs cpu {b}"
-            );
+            assert!((a - b).abs() <= 1e-2 * b.abs(), "step {step} on {d}: loss {a} vs cpu {b}");
         }
     }
 }
@@ -270,18 +208,9 @@ fn mixing_devices_is_an_error() {
         let a = Tensor::ones(&[2, 3]);
         let b = Tensor::ones(&[2, 3]).to_device(&d).unwrap();
         let e = a.add(&b).unwrap_err().to_string();
-        assert!(
-            e.contains("different devices") && e.contains("cpu") && e.contains(&d.name()),
-            "{e}"
-        );
+        assert!(e.contains("different devices") && e.contains("cpu") && e.contains(&d.name()), "{e}");
         let e = b.matmul(&a.t().unwrap()).unwrap_err().to_string();
-        assert!(
-            e.starts_with("matmul: operands on different devices"),
-            "{e}"
-        );
-        assert_eq!(
-            b.to_device(&Device::Cpu).unwrap().to_vec().unwrap(),
-            vec![1.0; 6]
-        );
+        assert!(e.starts_with("matmul: operands on different devices"), "{e}");
+        assert_eq!(b.to_device(&Device::Cpu).unwrap().to_vec().unwrap(), vec![1.0; 6]);
     }
 }

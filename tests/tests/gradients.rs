@@ -11,11 +11,7 @@ use tensor::{Result, Tensor};
 use tests::{shape, uniform, uniform_avoiding, viewed, viewed_no_broadcast, Recipe, Viewed};
 
 fn cases() -> ProptestConfig {
-    ProptestConfig {
-        cases: 64,
-        max_global_rejects: 4096,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 64, max_global_rejects: 4096, ..ProptestConfig::default() }
 }
 
 /// Gradient-checks `f` applied to the views of `inputs` (the bases are what gets perturbed).
@@ -24,11 +20,7 @@ fn check(inputs: &[&Viewed], config: &GradCheck, f: impl Fn(&[Var]) -> Result<Va
     let views: Vec<Viewed> = inputs.iter().map(|v| (*v).clone()).collect();
     check_gradients(
         |vars| {
-            let xs = vars
-                .iter()
-                .zip(&views)
-                .map(|(v, r)| r.apply_var(v))
-                .collect::<Result<Vec<_>>>()?;
+            let xs = vars.iter().zip(&views).map(|(v, r)| r.apply_var(v)).collect::<Result<Vec<_>>>()?;
             f(&xs)
         },
         &bases,
@@ -64,12 +56,7 @@ fn default() -> GradCheck {
 
 /// Smallest |a - b| over the broadcast pair (to skip near-ties of max/min).
 fn min_gap(a: &Tensor, b: &Tensor) -> f32 {
-    a.sub(b)
-        .unwrap()
-        .to_vec()
-        .unwrap()
-        .iter()
-        .fold(f32::INFINITY, |m, d| m.min(d.abs()))
+    a.sub(b).unwrap().to_vec().unwrap().iter().fold(f32::INFINITY, |m, d| m.min(d.abs()))
 }
 
 fn small() -> impl Strategy<Value = Vec<usize>> {
@@ -257,7 +244,6 @@ fn a_wrong_rule_is_caught() {
     // The checker must fail when the analytic gradient is wrong: `detach` hides x from the
     // tape, so the analytic gradient of x*detach(x) is x, not 2x.
     let x = uniform(&[3, 2], 0.5, 1.5, 1);
-    let err =
-        check_gradients(|v| v[0].mul(&v[0].detach()), &[x], &GradCheck::default()).unwrap_err();
+    let err = check_gradients(|v| v[0].mul(&v[0].detach()), &[x], &GradCheck::default()).unwrap_err();
     assert!(err.to_string().contains("analytic"), "{err}");
 }

@@ -13,36 +13,11 @@
 
 use proptest::prelude::*;
 use tensor::{reference, BinaryOp, ReduceOp, Tensor, UnaryOp};
-use tests::{assert_close, shape, uniform, viewed, viewed_no_broadcast};
+use tests::{assert_close, shape, uniform, viewed, viewed_no_broadcast, ALL_UNARY};
 
 fn cases() -> ProptestConfig {
-    ProptestConfig {
-        cases: 48,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 48, ..ProptestConfig::default() }
 }
-
-const UNARY: [UnaryOp; 19] = [
-    UnaryOp::Identity,
-    UnaryOp::Neg,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Square,
-    UnaryOp::Recip,
-    UnaryOp::Tanh,
-    UnaryOp::Sigmoid,
-    UnaryOp::Relu,
-    UnaryOp::SquaredRelu,
-    UnaryOp::Gelu,
-    UnaryOp::GeluDerivative,
-    UnaryOp::Step,
-    UnaryOp::AddScalar(0.75),
-    UnaryOp::MulScalar(-1.5),
-    UnaryOp::DivScalar(3.0),
-    UnaryOp::MaxScalar(0.25),
-    UnaryOp::ScalarSub(2.0),
-];
 
 const BINARY: [BinaryOp; 9] = [
     BinaryOp::Add,
@@ -75,7 +50,7 @@ proptest! {
     fn unary_ops_match_reference(x in shape(1..=4, 1..=6).prop_flat_map(|s| viewed(s, 0.05, 4.0)), neg in any::<bool>()) {
         // Positive inputs keep log and sqrt defined; `neg` flips them for the others.
         let x = if neg { x.tensor().neg().unwrap() } else { x.tensor() };
-        for op in UNARY {
+        for op in ALL_UNARY {
             if neg && matches!(op, UnaryOp::Log | UnaryOp::Sqrt) { continue; }
             let (atol, rtol) = unary_tolerance(op);
             assert_close(&x.unary(op).unwrap(), &reference::unary(&x, op), atol, rtol);
@@ -267,10 +242,7 @@ fn embedding_looks_up_rows_and_scatters_back() {
         assert_eq!(back.narrow(0, v, 1).unwrap().to_vec().unwrap(), vec![n; 4]);
     }
     let err = table.embedding(&[10], &[1]).unwrap_err().to_string();
-    assert!(
-        err.contains("index 10 out of range") && err.contains("[10,4]"),
-        "{err}"
-    );
+    assert!(err.contains("index 10 out of range") && err.contains("[10,4]"), "{err}");
 }
 
 /// Sizes above the parallel threshold, with strided inputs, so the rayon paths are checked.
@@ -282,52 +254,22 @@ fn large_inputs_take_parallel_paths_and_agree() {
         assert_close(&x.unary(op).unwrap(), &reference::unary(&x, op), atol, rtol);
     }
     let bias = uniform(&[300], -1.0, 1.0, 2);
-    assert_close(
-        &x.add(&bias).unwrap(),
-        &reference::binary(&x, &bias, BinaryOp::Add).unwrap(),
-        0.0,
-        0.0,
-    );
+    assert_close(&x.add(&bias).unwrap(), &reference::binary(&x, &bias, BinaryOp::Add).unwrap(), 0.0, 0.0);
     for axis in 0..2 {
         for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::LogSumExp] {
-            assert_close(
-                &x.reduce(axis, op, true).unwrap(),
-                &reference::reduce(&x, axis, op),
-                1e-4,
-                1e-6,
-            );
+            assert_close(&x.reduce(axis, op, true).unwrap(), &reference::reduce(&x, axis, op), 1e-4, 1e-6);
         }
-        assert_close(
-            &x.softmax(axis).unwrap(),
-            &reference::softmax(&x, axis),
-            1e-6,
-            1e-5,
-        );
+        assert_close(&x.softmax(axis).unwrap(), &reference::softmax(&x, axis), 1e-6, 1e-5);
     }
     let (w, b) = (uniform(&[300], 0.5, 1.5, 3), uniform(&[300], -0.5, 0.5, 4));
-    assert_close(
-        &x.layer_norm(&w, &b, 1e-5).unwrap(),
-        &reference::layer_norm(&x, &w, &b, 1e-5),
-        2e-5,
-        0.0,
-    );
+    assert_close(&x.layer_norm(&w, &b, 1e-5).unwrap(), &reference::layer_norm(&x, &w, &b, 1e-5), 2e-5, 0.0);
     // One big matrix (split by rows), a few batches, a transposed operand, a broadcast weight.
     let a = uniform(&[3, 130, 70], -1.0, 1.0, 5);
     let bt = uniform(&[3, 90, 70], -1.0, 1.0, 6).t().unwrap();
-    assert_close(
-        &a.matmul(&bt).unwrap(),
-        &reference::matmul(&a, &bt).unwrap(),
-        1e-3,
-        0.0,
-    );
+    assert_close(&a.matmul(&bt).unwrap(), &reference::matmul(&a, &bt).unwrap(), 1e-3, 0.0);
     let big = uniform(&[600, 64], -1.0, 1.0, 7);
     let wt = uniform(&[64, 80], -1.0, 1.0, 8);
-    assert_close(
-        &big.matmul(&wt).unwrap(),
-        &reference::matmul(&big, &wt).unwrap(),
-        1e-3,
-        0.0,
-    );
+    assert_close(&big.matmul(&wt).unwrap(), &reference::matmul(&big, &wt).unwrap(), 1e-3, 0.0);
 }
 
 #[test]
@@ -336,15 +278,9 @@ fn results_do_not_depend_on_layout() {
     let x = uniform(&[64, 48], -3.0, 3.0, 11);
     let xt = x.t().unwrap().contiguous().unwrap().t().unwrap();
     assert!(!xt.is_contiguous());
-    for op in UNARY {
+    for op in ALL_UNARY {
         let bits = |t: &Tensor| {
-            t.unary(op)
-                .unwrap()
-                .to_vec()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>()
+            t.unary(op).unwrap().to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         };
         assert!(bits(&x) == bits(&xt), "{op:?} differs between layouts");
     }
@@ -354,14 +290,8 @@ fn results_do_not_depend_on_layout() {
 fn kernel_errors_name_op_and_shapes() {
     let a = Tensor::zeros(&[8, 256, 64]);
     let b = Tensor::zeros(&[8, 32, 256]);
-    assert_eq!(
-        a.matmul(&b).unwrap_err().to_string(),
-        "matmul: [8,256,64] x [8,32,256]: inner dims 64 != 32"
-    );
-    let e = Tensor::zeros(&[2, 3])
-        .add(&Tensor::zeros(&[4]))
-        .unwrap_err()
-        .to_string();
+    assert_eq!(a.matmul(&b).unwrap_err().to_string(), "matmul: [8,256,64] x [8,32,256]: inner dims 64 != 32");
+    let e = Tensor::zeros(&[2, 3]).add(&Tensor::zeros(&[4])).unwrap_err().to_string();
     assert_eq!(e, "add: shapes [2,3] and [4] do not broadcast");
     let e = Tensor::zeros(&[2, 3]).sum(2).unwrap_err().to_string();
     assert_eq!(e, "sum: axis 2 out of range for shape [2,3]");
@@ -370,18 +300,10 @@ fn kernel_errors_name_op_and_shapes() {
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("layer_norm: weight has shape [4]"), "{e}");
-    let e = Tensor::cat(&[&Tensor::zeros(&[2, 3]), &Tensor::zeros(&[2, 4])], 0)
-        .unwrap_err()
-        .to_string();
+    let e = Tensor::cat(&[&Tensor::zeros(&[2, 3]), &Tensor::zeros(&[2, 4])], 0).unwrap_err().to_string();
     assert!(e.starts_with("cat:"), "{e}");
-    let e = Tensor::zeros(&[2, 3])
-        .index_select(1, &[5])
-        .unwrap_err()
-        .to_string();
-    assert_eq!(
-        e,
-        "index_select: index 5 out of range for axis 1 of size 3 in [2,3]"
-    );
+    let e = Tensor::zeros(&[2, 3]).index_select(1, &[5]).unwrap_err().to_string();
+    assert_eq!(e, "index_select: index 5 out of range for axis 1 of size 3 in [2,3]");
     let e = Tensor::zeros(&[2, 3]).topk(4).unwrap_err().to_string();
     assert!(e.starts_with("topk:"), "{e}");
 }

@@ -38,27 +38,17 @@ struct Param {
 impl Param {
     fn new(value: Tensor) -> Self {
         let zeros = Tensor::zeros(value.shape());
-        Param {
-            id: ParamId::new(),
-            value,
-            m: zeros.clone(),
-            v: zeros,
-        }
+        Param { id: ParamId::new(), value, m: zeros.clone(), v: zeros }
     }
 
     /// Adam: m ← β1 m + (1-β1) g, v ← β2 v + (1-β2) g², x ← x - lr m̂ / (√v̂ + ε).
     fn adam(&mut self, g: &Tensor, lr: f32, step: i32) -> Result<()> {
         let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
         self.m = self.m.mul_scalar(b1)?.add(&g.mul_scalar(1.0 - b1)?)?;
-        self.v = self
-            .v
-            .mul_scalar(b2)?
-            .add(&g.square()?.mul_scalar(1.0 - b2)?)?;
+        self.v = self.v.mul_scalar(b2)?.add(&g.square()?.mul_scalar(1.0 - b2)?)?;
         let m_hat = self.m.div_scalar(1.0 - b1.powi(step))?;
         let v_hat = self.v.div_scalar(1.0 - b2.powi(step))?;
-        self.value = self
-            .value
-            .sub(&m_hat.div(&v_hat.sqrt()?.add_scalar(eps)?)?.mul_scalar(lr)?)?;
+        self.value = self.value.sub(&m_hat.div(&v_hat.sqrt()?.add_scalar(eps)?)?.mul_scalar(lr)?)?;
         Ok(())
     }
 }
@@ -109,21 +99,10 @@ fn an_mlp_learns_three_spirals() {
     }
     let logits = forward(&Tape::inference(), &params).unwrap();
     let predicted = logits.value().argmax(1).unwrap();
-    let accuracy = predicted
-        .iter()
-        .zip(&labels)
-        .filter(|(p, y)| p == y)
-        .count() as f32
-        / labels.len() as f32;
+    let accuracy = predicted.iter().zip(&labels).filter(|(p, y)| p == y).count() as f32 / labels.len() as f32;
     let first = first_loss.unwrap();
     eprintln!("spirals: loss {first:.3} -> {loss_value:.4}, training accuracy {accuracy:.3}");
     assert!(first > 0.9, "starts near ln 3 = 1.10, got {first}");
-    assert!(
-        loss_value < 0.05,
-        "cross-entropy after 600 steps should be below 0.05, got {loss_value}"
-    );
-    assert!(
-        accuracy > 0.98,
-        "training accuracy should exceed 98 %, got {accuracy}"
-    );
+    assert!(loss_value < 0.05, "cross-entropy after 600 steps should be below 0.05, got {loss_value}");
+    assert!(accuracy > 0.98, "training accuracy should exceed 98 %, got {accuracy}");
 }

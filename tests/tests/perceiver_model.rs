@@ -25,11 +25,7 @@ fn agrees_with_the_perceiver_io_reference_dump() {
     println!("{report}");
     assert!(report.passed(), "{report}");
     assert!(report.logits_max_error < 1e-5 && report.loss_error() < 1e-5);
-    assert_eq!(
-        report.grads.len(),
-        36,
-        "every parameter's gradient is compared"
-    );
+    assert_eq!(report.grads.len(), 36, "every parameter's gradient is compared");
 }
 
 /// More dumps made with tools/make_reference_dump.py from other library configs: no absolute
@@ -38,15 +34,12 @@ fn agrees_with_the_perceiver_io_reference_dump() {
 #[test]
 fn agrees_with_perceiver_io_across_configs() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let mut dumps: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut dumps: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
     dumps.sort();
     assert!(dumps.len() >= 3, "expected the dumps in {}", root.display());
     for dir in dumps {
-        let report = perceiver::verify::verify_dump(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let report =
+            perceiver::verify::verify_dump(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert!(report.passed(), "{}:\n{report}", dir.display());
     }
 }
@@ -56,18 +49,8 @@ fn logits(model: &PerceiverAr, ids: &[usize], batch: usize, prefix_len: usize) -
     let tape = Tape::inference();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-    let input = Input {
-        ids,
-        batch,
-        seq_len: ids.len() / batch,
-        prefix_len,
-    };
-    model
-        .forward(&ctx, &input)
-        .unwrap()
-        .value()
-        .to_vec()
-        .unwrap()
+    let input = Input { ids, batch, seq_len: ids.len() / batch, prefix_len };
+    model.forward(&ctx, &input).unwrap().value().to_vec().unwrap()
 }
 
 /// A small config of either family with randomised options.
@@ -81,18 +64,12 @@ fn small_config(paper: bool, options: u32) -> PerceiverArConfig {
     c.rotary_dims = [0, 2, 4, 8][(options & 3) as usize];
     c.rotary_self_layers = [None, Some(0), Some(1)][((options >> 2) % 3) as usize];
     c.rotary_cross = options & 16 == 0;
-    c.absolute_positions = [
-        AbsolutePositions::None,
-        AbsolutePositions::Learned,
-        AbsolutePositions::Sinusoidal,
-    ][((options >> 5) % 3) as usize];
+    c.absolute_positions =
+        [AbsolutePositions::None, AbsolutePositions::Learned, AbsolutePositions::Sinusoidal]
+            [((options >> 5) % 3) as usize];
     c.output_norm = options & 128 != 0;
     c.tied_output = options & 256 != 0;
-    c.latent_key_norm = if options & 512 != 0 {
-        LatentKeyNorm::Kv
-    } else {
-        LatentKeyNorm::Query
-    };
+    c.latent_key_norm = if options & 512 != 0 { LatentKeyNorm::Kv } else { LatentKeyNorm::Query };
     c
 }
 
@@ -184,11 +161,7 @@ fn whole_model_gradients_match_finite_differences() {
         let model = PerceiverAr::new(config, 5).unwrap();
         let ids = [1, 4, 2, 6, 0, 3, 5, 5, 1, 2, 3, 4];
         let targets = [2, 6, 0, 2, 3, 4];
-        let params: Vec<_> = model
-            .params
-            .iter()
-            .map(|p| (p.id, p.value.clone()))
-            .collect();
+        let params: Vec<_> = model.params.iter().map(|p| (p.id, p.value.clone())).collect();
         let values: Vec<Tensor> = params.iter().map(|(_, v)| v.clone()).collect();
         let report = check_gradients(
             |vars| {
@@ -198,32 +171,14 @@ fn whole_model_gradients_match_finite_differences() {
                 for ((id, _), v) in params.iter().zip(vars) {
                     ctx.bind(*id, v.clone());
                 }
-                let input = Input {
-                    ids: &ids,
-                    batch: 2,
-                    seq_len: 6,
-                    prefix_len: 3,
-                };
-                let logits = model
-                    .forward(&ctx, &input)
-                    .map_err(|e| tensor::Error::new("forward", e.to_string()))?;
-                cross_entropy(
-                    &logits,
-                    &targets,
-                    CrossEntropy {
-                        ignore_index: None,
-                        z_loss: 1e-3,
-                    },
-                )
-                .map_err(|e| tensor::Error::new("loss", e.to_string()))
+                let input = Input { ids: &ids, batch: 2, seq_len: 6, prefix_len: 3 };
+                let logits =
+                    model.forward(&ctx, &input).map_err(|e| tensor::Error::new("forward", e.to_string()))?;
+                cross_entropy(&logits, &targets, CrossEntropy { ignore_index: None, z_loss: 1e-3 })
+                    .map_err(|e| tensor::Error::new("loss", e.to_string()))
             },
             &values,
-            &GradCheck {
-                eps: 1e-2,
-                atol: 2e-3,
-                rtol: 2e-2,
-                seed: 1,
-            },
+            &GradCheck { eps: 1e-2, atol: 2e-3, rtol: 2e-2, seed: 1 },
         )
         .unwrap_or_else(|e| panic!("paper={paper}: {e}"));
         assert!(
@@ -243,10 +198,7 @@ fn bad_configs_and_inputs_are_named() {
     c.heads = 2;
     c.max_latents = 13;
     let e = PerceiverAr::new(c.clone(), 0).err().unwrap().to_string();
-    assert!(
-        e.contains("max_latents (13)") && e.contains("max_seq_len (12)"),
-        "{e}"
-    );
+    assert!(e.contains("max_latents (13)") && e.contains("max_seq_len (12)"), "{e}");
     c.max_latents = 6;
     c.cross_attend_dropout_kind = CrossAttendDropout::Bernoulli;
     let model = PerceiverAr::new(c, 0).unwrap();
@@ -254,43 +206,19 @@ fn bad_configs_and_inputs_are_named() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
     let e = model
-        .forward(
-            &ctx,
-            &Input {
-                ids: &[1; 13],
-                batch: 1,
-                seq_len: 13,
-                prefix_len: 2,
-            },
-        )
+        .forward(&ctx, &Input { ids: &[1; 13], batch: 1, seq_len: 13, prefix_len: 2 })
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("exceeds max_seq_len 12"), "{e}");
     let e = model
-        .forward(
-            &ctx,
-            &Input {
-                ids: &[1; 4],
-                batch: 1,
-                seq_len: 4,
-                prefix_len: 4,
-            },
-        )
+        .forward(&ctx, &Input { ids: &[1; 4], batch: 1, seq_len: 4, prefix_len: 4 })
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("leaves no latents"), "{e}");
     let e = model
-        .forward(
-            &ctx,
-            &Input {
-                ids: &[11; 4],
-                batch: 1,
-                seq_len: 4,
-                prefix_len: 1,
-            },
-        )
+        .forward(&ctx, &Input { ids: &[11; 4], batch: 1, seq_len: 4, prefix_len: 1 })
         .err()
         .unwrap()
         .to_string();
@@ -307,30 +235,14 @@ fn a_truncated_or_mismatched_dump_is_a_clear_error() {
     // Truncate the weights.
     let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let e = perceiver::verify::verify_dump(&dir)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("model.safetensors") && e.contains("not a valid safetensors file"),
-        "{e}"
-    );
+    let e = perceiver::verify::verify_dump(&dir).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
     // A tensor of the wrong shape.
-    let mut weights =
-        nn::checkpoint::read_safetensors(&fixture().join("model.safetensors")).unwrap();
-    weights
-        .floats
-        .insert("output_adapter.bias".into(), Tensor::zeros(&[3]));
+    let mut weights = nn::checkpoint::read_safetensors(&fixture().join("model.safetensors")).unwrap();
+    weights.floats.insert("output_adapter.bias".into(), Tensor::zeros(&[3]));
     let named: Vec<(String, Tensor)> = weights.floats.into_iter().collect();
-    nn::checkpoint::write_safetensors(&dir.join("model.safetensors"), &named, Default::default())
-        .unwrap();
-    let e = perceiver::verify::verify_dump(&dir)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("output_adapter.bias") && e.contains("[3]"),
-        "{e}"
-    );
+    nn::checkpoint::write_safetensors(&dir.join("model.safetensors"), &named, Default::default()).unwrap();
+    let e = perceiver::verify::verify_dump(&dir).err().unwrap().to_string();
+    assert!(e.contains("output_adapter.bias") && e.contains("[3]"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,12 +13,7 @@ fn a_value_used_twice_gets_both_gradients() {
     let x = tape.leaf(&x0);
     let y = x.mul(&x).unwrap().add(&x).unwrap().sum_all().unwrap();
     let g = tape.backward(&y).unwrap();
-    assert_close(
-        g.wrt(&x).unwrap(),
-        &x0.mul_scalar(2.0).unwrap().add_scalar(1.0).unwrap(),
-        1e-6,
-        0.0,
-    );
+    assert_close(g.wrt(&x).unwrap(), &x0.mul_scalar(2.0).unwrap().add_scalar(1.0).unwrap(), 1e-6, 0.0);
 }
 
 #[test]
@@ -29,13 +24,7 @@ fn broadcasting_is_undone_by_summing() {
     let x = tape.leaf(&uniform(&[4, 3], -1.0, 1.0, 2));
     let bias = tape.param(bias_id, &Tensor::zeros(&[3]));
     let r = uniform(&[4, 3], -1.0, 1.0, 3);
-    let loss = x
-        .add(&bias)
-        .unwrap()
-        .mul(&Var::constant(r.clone()))
-        .unwrap()
-        .sum_all()
-        .unwrap();
+    let loss = x.add(&bias).unwrap().mul(&Var::constant(r.clone())).unwrap().sum_all().unwrap();
     let g = tape.backward(&loss).unwrap();
     assert_close(g.get(bias_id).unwrap(), &r.sum(0).unwrap(), 1e-6, 0.0);
 }
@@ -60,10 +49,7 @@ fn inference_mode_records_nothing() {
     let y = w.matmul(&w).unwrap().exp().unwrap();
     assert!(!y.is_tracked());
     assert_eq!(tape.len(), 0);
-    let err = tape
-        .backward(&y.sum_all().unwrap())
-        .unwrap_err()
-        .to_string();
+    let err = tape.backward(&y.sum_all().unwrap()).unwrap_err().to_string();
     assert!(err.contains("does not depend"), "{err}");
 }
 
@@ -113,10 +99,7 @@ fn values_from_two_tapes_do_not_mix() {
 fn second_derivative_ops_are_refused_not_silently_wrong() {
     let tape = Tape::new();
     let x = tape.leaf(&Tensor::ones(&[2]));
-    let err = x
-        .unary(tensor::UnaryOp::GeluDerivative)
-        .unwrap_err()
-        .to_string();
+    let err = x.unary(tensor::UnaryOp::GeluDerivative).unwrap_err().to_string();
     assert!(err.contains("no backward rule"), "{err}");
 }
 
@@ -127,13 +110,7 @@ fn a_parameter_lifted_twice_gets_the_sum() {
     let id = ParamId::new();
     let a = tape.param(id, &Tensor::ones(&[2]));
     let b = tape.param(id, &Tensor::ones(&[2]));
-    let loss = a
-        .mul_scalar(2.0)
-        .unwrap()
-        .add(&b.mul_scalar(3.0).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap();
+    let loss = a.mul_scalar(2.0).unwrap().add(&b.mul_scalar(3.0).unwrap()).unwrap().sum_all().unwrap();
     let g = tape.backward(&loss).unwrap();
     assert_eq!(g.get(id).unwrap().to_vec().unwrap(), vec![5.0, 5.0]);
 }

@@ -26,8 +26,7 @@ fn scratch(name: &str) -> PathBuf {
 /// A small copy-task run: k = 6 bytes mirrored, a 64-channel model.
 fn small_copy_config(steps: u64, seed: u64) -> TrainConfig {
     let task = CopyTask { k: 6 };
-    let mut model =
-        PerceiverArConfig::perceiver_io(VOCAB, task.seq_len(), task.min_latents(), 64, 4, 1);
+    let mut model = PerceiverArConfig::perceiver_io(VOCAB, task.seq_len(), task.min_latents(), 64, 4, 1);
     model.cross_attend_dropout = 0.0;
     TrainConfig {
         task: TaskConfig::Copy { k: 6 },
@@ -35,13 +34,7 @@ fn small_copy_config(steps: u64, seed: u64) -> TrainConfig {
         batch_size: 32,
         steps,
         time_budget_secs: None,
-        schedule: Schedule {
-            peak: 3e-3,
-            warmup: 30,
-            total: steps,
-            decay: Decay::Cosine,
-            min_ratio: 0.1,
-        },
+        schedule: Schedule { peak: 3e-3, warmup: 30, total: steps, decay: Decay::Cosine, min_ratio: 0.1 },
         adamw: AdamWConfig::default(),
         clip: Some(1.0),
         z_loss: 1e-4,
@@ -57,20 +50,11 @@ fn small_copy_config(steps: u64, seed: u64) -> TrainConfig {
 fn a_small_model_learns_the_copy_task_to_100_percent() {
     let out = scratch("copy");
     let mut trainer = Trainer::new(small_copy_config(800, 7)).unwrap();
-    let result = train::run(&mut trainer, &out, |_| {})
-        .unwrap()
-        .expect("evaluated");
-    println!(
-        "copy task: step {}, held out {result:?}",
-        trainer.state.step
-    );
+    let result = train::run(&mut trainer, &out, |_| {}).unwrap().expect("evaluated");
+    println!("copy task: step {}, held out {result:?}", trainer.state.step);
     assert_eq!(result.accuracy, 1.0, "held-out token accuracy {result:?}");
     assert_eq!(result.sequence_accuracy, Some(1.0));
-    assert!(
-        trainer.state.step < 800,
-        "solved before the step limit (stopped at {})",
-        trainer.state.step
-    );
+    assert!(trainer.state.step < 800, "solved before the step limit (stopped at {})", trainer.state.step);
     // The held-out stream is separate from training: another trainer sees the same held-out set.
     let again = Trainer::new(small_copy_config(800, 7)).unwrap();
     assert_eq!(
@@ -84,18 +68,8 @@ fn logits(model: &perceiver::PerceiverAr, ids: &[usize]) -> Vec<f32> {
     let tape = Tape::inference();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-    let input = perceiver::Input {
-        ids,
-        batch: 1,
-        seq_len: ids.len(),
-        prefix_len: 6,
-    };
-    model
-        .forward(&ctx, &input)
-        .unwrap()
-        .value()
-        .to_vec()
-        .unwrap()
+    let input = perceiver::Input { ids, batch: 1, seq_len: ids.len(), prefix_len: 6 };
+    model.forward(&ctx, &input).unwrap().value().to_vec().unwrap()
 }
 
 #[test]
@@ -115,12 +89,7 @@ fn a_checkpoint_round_trip_gives_the_same_logits() {
 }
 
 fn params_of(trainer: &Trainer) -> Vec<(String, Vec<f32>)> {
-    trainer
-        .model
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), p.value.to_vec().unwrap()))
-        .collect()
+    trainer.model.params.iter().map(|p| (p.name.clone(), p.value.to_vec().unwrap())).collect()
 }
 
 #[test]
@@ -145,10 +114,7 @@ fn resuming_matches_an_uninterrupted_run_exactly() {
     for _ in 0..14 {
         resumed.step().unwrap();
     }
-    assert!(
-        params_of(&resumed) == params_of(&straight),
-        "parameters differ after resuming"
-    );
+    assert!(params_of(&resumed) == params_of(&straight), "parameters differ after resuming");
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -192,18 +158,11 @@ fn malformed_inputs_are_named() {
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
     let e = err_of(train::load_model(&out));
-    assert!(
-        e.contains("model.safetensors") && e.contains("not a valid safetensors file"),
-        "{e}"
-    );
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
 
     // A tensor of the wrong shape.
-    let mut tensors: Vec<(String, Tensor)> = trainer
-        .model
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), p.value.clone()))
-        .collect();
+    let mut tensors: Vec<(String, Tensor)> =
+        trainer.model.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
     tensors[0].1 = Tensor::zeros(&[2, 2]);
     let name = tensors[0].0.clone();
     nn::checkpoint::write_safetensors(&weights, &tensors, Default::default()).unwrap();
@@ -222,21 +181,13 @@ fn malformed_inputs_are_named() {
     let empty = out.join("empty.txt");
     std::fs::write(&empty, b"").unwrap();
     let mut text = small_copy_config(5, 1);
-    text.task = TaskConfig::Text {
-        path: empty.clone(),
-        valid_fraction: 0.1,
-        min_len: 4,
-    };
+    text.task = TaskConfig::Text { path: empty.clone(), valid_fraction: 0.1, min_len: 4 };
     text.model.vocab_size = 256;
     let e = err_of(Trainer::new(text.clone()));
     assert!(e.contains("empty.txt") && e.contains("empty"), "{e}");
     let short = out.join("short.txt");
     std::fs::write(&short, b"to be or not").unwrap();
-    text.task = TaskConfig::Text {
-        path: short,
-        valid_fraction: 0.1,
-        min_len: 4,
-    };
+    text.task = TaskConfig::Text { path: short, valid_fraction: 0.1, min_len: 4 };
     let e = err_of(Trainer::new(text));
     assert!(e.contains("short.txt") && e.contains("too few"), "{e}");
 
@@ -255,10 +206,7 @@ fn saving_a_step_twice_keeps_the_first_copy_until_latest_moves() {
     let second = trainer.save(&out).unwrap();
     assert_ne!(first, second);
     assert_eq!(checkpoint::resolve(&out).unwrap(), second);
-    assert!(
-        first.exists(),
-        "the copy latest named was not deleted before latest moved"
-    );
+    assert!(first.exists(), "the copy latest named was not deleted before latest moved");
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -273,12 +221,7 @@ fn held_out_windows_score_every_byte_after_the_first_prefix_once() {
     for w in &windows {
         // Recover the window's start from its ids, then mark the bytes its latents score.
         let start = (0..=data.len() - 41)
-            .find(|&s| {
-                data[s..s + 40]
-                    .iter()
-                    .map(|&b| b as usize)
-                    .eq(w.ids.iter().copied())
-            })
+            .find(|&s| data[s..s + 40].iter().map(|&b| b as usize).eq(w.ids.iter().copied()))
             .unwrap();
         for (j, &t) in w.targets.iter().enumerate() {
             if t != IGNORE {
@@ -288,10 +231,7 @@ fn held_out_windows_score_every_byte_after_the_first_prefix_once() {
             }
         }
     }
-    assert!(
-        seen[..25].iter().all(|&c| c == 0) && seen[25..].iter().all(|&c| c == 1),
-        "{seen:?}"
-    );
+    assert!(seen[..25].iter().all(|&c| c == 0) && seen[25..].iter().all(|&c| c == 1), "{seen:?}");
     // No held-out part at all is refused up front.
     let file = std::env::temp_dir().join(format!("perceiver-vf-{}.txt", std::process::id()));
     std::fs::write(&file, vec![b'a'; 1000]).unwrap();

@@ -7,10 +7,7 @@ use tensor::Tensor;
 use tests::{shape, uniform};
 
 fn cases() -> ProptestConfig {
-    ProptestConfig {
-        cases: 64,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 64, ..ProptestConfig::default() }
 }
 
 /// Base element at a multi-index, by plain row-major arithmetic on the host copy.
@@ -136,10 +133,7 @@ fn view_errors_name_the_op_and_shape() {
     let e = t.narrow(1, 2, 2).unwrap_err().to_string();
     assert!(e.starts_with("narrow:") && e.contains("[2,3]"), "{e}");
     let e = t.broadcast_to(&[4, 2]).unwrap_err().to_string();
-    assert!(
-        e.contains("broadcast_to") && e.contains("[2,3]") && e.contains("[4,2]"),
-        "{e}"
-    );
+    assert!(e.contains("broadcast_to") && e.contains("[2,3]") && e.contains("[4,2]"), "{e}");
     let e = t.reshape(&[4, 2]).unwrap_err().to_string();
     assert!(e.starts_with("reshape:") && e.contains("[2,3]"), "{e}");
     let e = t.permute(&[0, 0]).unwrap_err().to_string();
@@ -148,8 +142,5 @@ fn view_errors_name_the_op_and_shape() {
     assert!(e.contains("axis 2 out of range"), "{e}");
     let e = t.squeeze(1).unwrap_err().to_string();
     assert!(e.starts_with("squeeze:"), "{e}");
-    assert!(Tensor::from_vec(vec![1.0; 5], &[2, 3])
-        .unwrap_err()
-        .to_string()
-        .contains("5 values"));
+    assert!(Tensor::from_vec(vec![1.0; 5], &[2, 3]).unwrap_err().to_string().contains("5 values"));
 }

@@ -14,11 +14,7 @@ use perceiver::train::{self, Event, TaskConfig, TrainConfig, Trainer};
 use perceiver::{PerceiverArConfig, Result};
 
 #[derive(Parser)]
-#[command(
-    name = "perceiver",
-    version,
-    about = "Train, evaluate, sample and verify Perceiver AR models"
-)]
+#[command(name = "perceiver", version, about = "Train, evaluate, sample and verify Perceiver AR models")]
 struct Cli {
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(long, global = true)]
@@ -158,32 +154,24 @@ fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
         (copy::VOCAB, task.seq_len(), task.min_latents(), 128, 4, 2)
     };
     let (context, latents) = (a.context.unwrap_or(context), a.latents.unwrap_or(latents));
-    let (channels, heads, layers) = (
-        a.channels.unwrap_or(channels),
-        a.heads.unwrap_or(heads),
-        a.layers.unwrap_or(layers),
-    );
+    let (channels, heads, layers) =
+        (a.channels.unwrap_or(channels), a.heads.unwrap_or(heads), a.layers.unwrap_or(layers));
     let mut model = match a.variant {
         Variant::PerceiverIo => {
             PerceiverArConfig::perceiver_io(vocab, context, latents, channels, heads, layers)
         }
-        Variant::Paper => {
-            PerceiverArConfig::paper(vocab, context, latents, channels, heads, layers)
-        }
+        Variant::Paper => PerceiverArConfig::paper(vocab, context, latents, channels, heads, layers),
     };
     model.cross_attend_dropout = a.cross_dropout.unwrap_or(if text { 0.1 } else { 0.0 });
-    if model.cross_attend_dropout_kind == CrossAttendDropout::Bernoulli && a.cross_dropout.is_none()
-    {
+    if model.cross_attend_dropout_kind == CrossAttendDropout::Bernoulli && a.cross_dropout.is_none() {
         model.cross_attend_dropout = 0.0;
     }
     let steps = a.steps.unwrap_or(3000);
     let lr = a.lr.unwrap_or(if text { 2e-3 } else { 1e-3 });
     let task = match &a.data {
-        Some(path) => TaskConfig::Text {
-            path: path.clone(),
-            valid_fraction: 0.1,
-            min_len: (context / 4).max(1),
-        },
+        Some(path) => {
+            TaskConfig::Text { path: path.clone(), valid_fraction: 0.1, min_len: (context / 4).max(1) }
+        }
         None => TaskConfig::Copy { k: a.copy_bytes },
     };
     let config = TrainConfig {
@@ -199,10 +187,7 @@ fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
             decay: Decay::Cosine,
             min_ratio: 0.1,
         },
-        adamw: AdamWConfig {
-            weight_decay: 0.01,
-            ..Default::default()
-        },
+        adamw: AdamWConfig { weight_decay: 0.01, ..Default::default() },
         clip: Some(1.0),
         z_loss: 1e-4,
         eval_every: a.eval_every.unwrap_or(if text { 250 } else { 100 }),
@@ -211,19 +196,13 @@ fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
         stop_when_solved: !text,
         seed: a.seed,
     };
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(if text { "runs/text" } else { "runs/copy" }));
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(if text { "runs/text" } else { "runs/copy" }));
     Ok((config, out))
 }
 
 fn describe(result: &train::EvalResult) -> String {
     match (result.bits_per_byte, result.sequence_accuracy) {
-        (Some(bpb), _) => format!(
-            "loss {:.4}, {bpb:.3} bits/byte over {} bytes",
-            result.loss, result.tokens
-        ),
+        (Some(bpb), _) => format!("loss {:.4}, {bpb:.3} bits/byte over {} bytes", result.loss, result.tokens),
         (None, Some(seq)) => format!(
             "loss {:.4}, accuracy {:.2} % of {} tokens, {:.1} % of sequences exact",
             result.loss,
@@ -231,11 +210,7 @@ fn describe(result: &train::EvalResult) -> String {
             result.tokens,
             100.0 * seq
         ),
-        (None, None) => format!(
-            "loss {:.4}, accuracy {:.2} %",
-            result.loss,
-            100.0 * result.accuracy
-        ),
+        (None, None) => format!("loss {:.4}, accuracy {:.2} %", result.loss, 100.0 * result.accuracy),
     }
 }
 
@@ -284,10 +259,7 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
         c.model.self_attention_layers,
         c.batch_size
     );
-    eprintln!(
-        "writing metrics, checkpoints and loss.svg to {}",
-        out.display()
-    );
+    eprintln!("writing metrics, checkpoints and loss.svg to {}", out.display());
     let bar = ProgressBar::new(c.steps);
     bar.set_style(
         ProgressStyle::with_template(
@@ -308,10 +280,7 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
     };
     let mut smoothed: Option<f32> = None;
     let result = train::run(&mut trainer, &out, |event| match event {
-        Event::Step {
-            stats,
-            tokens_per_sec,
-        } => {
+        Event::Step { stats, tokens_per_sec } => {
             let s = smoothed.map_or(stats.loss, |v| 0.95 * v + 0.05 * stats.loss);
             smoothed = Some(s);
             bar.set_position(stats.step);
@@ -320,19 +289,10 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
             } else {
                 format!("acc {:.1} %", 100.0 * stats.accuracy)
             };
-            bar.set_message(format!(
-                "loss {s:.4} {metric} {:.1}k tok/s",
-                tokens_per_sec / 1e3
-            ));
+            bar.set_message(format!("loss {s:.4} {metric} {:.1}k tok/s", tokens_per_sec / 1e3));
         }
-        Event::Eval { step, result } => {
-            say(format!("step {step:>6} held out: {}", describe(result)))
-        }
-        Event::Checkpoint(dir) => say(format!(
-            "step {:>6} checkpoint {}",
-            trainer_step(dir),
-            dir.display()
-        )),
+        Event::Eval { step, result } => say(format!("step {step:>6} held out: {}", describe(result))),
+        Event::Checkpoint(dir) => say(format!("step {:>6} checkpoint {}", trainer_step(dir), dir.display())),
         Event::Solved => say("held-out sequences all copied exactly: done".into()),
         Event::OutOfTime => say("time budget reached".into()),
     })?;
@@ -353,12 +313,7 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
 
 fn trainer_step(dir: &Path) -> String {
     dir.file_name()
-        .map(|n| {
-            n.to_string_lossy()
-                .trim_start_matches("step-")
-                .trim_start_matches('0')
-                .to_string()
-        })
+        .map(|n| n.to_string_lossy().trim_start_matches("step-").trim_start_matches('0').to_string())
         .unwrap_or_default()
 }
 
@@ -372,9 +327,7 @@ fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
     let latents = a.latents.unwrap_or(config.model.max_latents);
     if task.is_text() {
         // The whole held-out tail unless told otherwise.
-        config.eval_batches = a
-            .max_batches
-            .unwrap_or(usize::MAX / config.batch_size.max(1));
+        config.eval_batches = a.max_batches.unwrap_or(usize::MAX / config.batch_size.max(1));
     } else if let Some(n) = a.max_batches {
         config.eval_batches = n;
     }
@@ -398,11 +351,7 @@ fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
     if copy_task {
         prompt.insert(0, copy::BOS);
     }
-    let sampling = Sampling {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-    };
+    let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
     let mut stdout = std::io::stdout();
     if stdout.write_all(a.prompt.as_bytes()).is_err() {
         std::process::exit(0);
@@ -414,11 +363,7 @@ fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
         }
         if t < 256 {
             // A closed pipe (`| head`) ends the program quietly, like other command-line tools.
-            if stdout
-                .write_all(&[t as u8])
-                .and_then(|_| stdout.flush())
-                .is_err()
-            {
+            if stdout.write_all(&[t as u8]).and_then(|_| stdout.flush()).is_err() {
                 std::process::exit(0);
             }
         } else if t == copy::EOS {
@@ -432,10 +377,7 @@ fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-        {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
             eprintln!("error: --threads {n}: {e}");
             return ExitCode::FAILURE;
         }

@@ -54,27 +54,15 @@ impl CopyTask {
             ids.extend(&seq[..n]);
             for pos in prefix_len..n {
                 // Position pos predicts seq[pos + 1]; the mirrored half starts at k + 1.
-                targets.push(if pos + 1 > self.k {
-                    seq[pos + 1]
-                } else {
-                    IGNORE
-                });
+                targets.push(if pos + 1 > self.k { seq[pos + 1] } else { IGNORE });
             }
         }
-        Batch {
-            ids,
-            batch,
-            seq_len: n,
-            prefix_len,
-            targets,
-        }
+        Batch { ids, batch, seq_len: n, prefix_len, targets }
     }
 
     /// Fixed held-out batches from their own seed (never the training stream).
     pub fn held_out(&self, batches: usize, batch: usize, latents: usize, seed: u64) -> Vec<Batch> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..batches)
-            .map(|_| self.batch(batch, latents, &mut rng))
-            .collect()
+        (0..batches).map(|_| self.batch(batch, latents, &mut rng)).collect()
     }
 }

@@ -24,10 +24,7 @@ impl TextData {
     /// Reads `path` and holds out its tail; errors name the file when it is too short to use.
     pub fn load(path: &Path, valid_fraction: f32, min_len: usize) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let data_err = |message: String| Error::Data {
-            path: path.to_path_buf(),
-            message,
-        };
+        let data_err = |message: String| Error::Data { path: path.to_path_buf(), message };
         if bytes.is_empty() {
             return Err(data_err("the file is empty".into()));
         }
@@ -44,10 +41,7 @@ impl TextData {
                 bytes.len()
             )));
         }
-        Ok(TextData {
-            train: train.to_vec(),
-            valid: valid.to_vec(),
-        })
+        Ok(TextData { train: train.to_vec(), valid: valid.to_vec() })
     }
 
     /// A training batch: one random length in `[min_len, max_len]` for the whole batch, random
@@ -70,24 +64,13 @@ impl TextData {
             ids.extend(crop[..len].iter().map(|&b| b as usize));
             targets.extend(crop[len - latents + 1..].iter().map(|&b| b as usize));
         }
-        Batch {
-            ids,
-            batch,
-            seq_len: len,
-            prefix_len: len - latents,
-            targets,
-        }
+        Batch { ids, batch, seq_len: len, prefix_len: len - latents, targets }
     }
 
     /// Windows over `data` of length `seq_len` with `latents` latents, stepping by `latents`, so
     /// each byte after the first prefix is predicted once; at most `max_windows` windows. A last
     /// window, aligned to the end of `data`, scores the bytes the stride did not reach.
-    pub fn eval_windows(
-        data: &[u8],
-        seq_len: usize,
-        latents: usize,
-        max_windows: usize,
-    ) -> Vec<Batch> {
+    pub fn eval_windows(data: &[u8], seq_len: usize, latents: usize, max_windows: usize) -> Vec<Batch> {
         let window = |start: usize, scored_until: Option<usize>| {
             let crop = &data[start..start + seq_len + 1];
             // Latent j predicts data[first + j].

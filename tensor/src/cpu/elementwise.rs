@@ -47,9 +47,7 @@ pub(crate) fn unary_slice(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
         }),
         Gelu => math::map(src, dst, math::gelu),
         GeluDerivative => math::map(src, dst, math::gelu_derivative),
-        Step => math::map(src, dst, |x| {
-            x.cmp_gt(f32x8::ZERO).blend(f32x8::ONE, f32x8::ZERO)
-        }),
+        Step => math::map(src, dst, |x| x.cmp_gt(f32x8::ZERO).blend(f32x8::ONE, f32x8::ZERO)),
         AddScalar(c) => math::map(src, dst, |x| x + f32x8::splat(c)),
         MulScalar(c) => math::map(src, dst, |x| x * f32x8::splat(c)),
         DivScalar(c) => math::map(src, dst, |x| x / f32x8::splat(c)),
@@ -132,14 +130,7 @@ pub(crate) fn binary(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, op: BinaryO
 }
 
 /// `cond != 0 ? t : f` over three strided inputs of one shape.
-pub(crate) fn where_cond(
-    c: &[f32],
-    lc: &Layout,
-    t: &[f32],
-    lt: &Layout,
-    f: &[f32],
-    lf: &Layout,
-) -> Vec<f32> {
+pub(crate) fn where_cond(c: &[f32], lc: &Layout, t: &[f32], lt: &Layout, f: &[f32], lf: &Layout) -> Vec<f32> {
     let walk = Walk::new([lc, lt, lf]);
     let mut out = super::pool::uninit(walk.numel());
     for_each_chunk(&mut out, 3, |start, chunk| {
@@ -147,11 +138,7 @@ pub(crate) fn where_cond(
             let dst = &mut chunk[run.start - start..][..run.len];
             let ([oc, ot, of], [sc, st, sf]) = (run.offsets, run.strides);
             for (i, d) in dst.iter_mut().enumerate() {
-                *d = if c[oc + i * sc] != 0.0 {
-                    t[ot + i * st]
-                } else {
-                    f[of + i * sf]
-                };
+                *d = if c[oc + i * sc] != 0.0 { t[ot + i * st] } else { f[of + i * sf] };
             }
         });
     });

@@ -33,17 +33,10 @@ pub(crate) fn add_strided(src: &[f32], sl: &Layout, dst: &mut [f32], dl: &Layout
 
 /// Layout of a contiguous `shape` narrowed to `[start, start+len)` along `axis`.
 fn slot(shape: &[usize], axis: usize, start: usize, len: usize) -> Layout {
-    Layout::contiguous(shape)
-        .narrow(axis, start, len)
-        .expect("slot in bounds")
+    Layout::contiguous(shape).narrow(axis, start, len).expect("slot in bounds")
 }
 
-pub(crate) fn index_select(
-    src: &[f32],
-    layout: &Layout,
-    axis: usize,
-    indices: &[usize],
-) -> Vec<f32> {
+pub(crate) fn index_select(src: &[f32], layout: &Layout, axis: usize, indices: &[usize]) -> Vec<f32> {
     let mut shape = layout.shape().to_vec();
     shape[axis] = indices.len();
     let mut out = super::pool::uninit(shape.iter().product());

@@ -238,9 +238,7 @@ mod tests {
     /// Worst error of `f` against the f64 reference `g` over a grid, as (absolute, relative).
     fn worst(f: impl Fn(f32x8) -> f32x8, g: impl Fn(f64) -> f64, lo: f32, hi: f32) -> (f64, f64) {
         let n = 200_000;
-        let xs: Vec<f32> = (0..n)
-            .map(|i| lo + (hi - lo) * i as f32 / n as f32)
-            .collect();
+        let xs: Vec<f32> = (0..n).map(|i| lo + (hi - lo) * i as f32 / n as f32).collect();
         let mut ys = vec![0.0; n];
         map(&xs, &mut ys, f);
         let (mut abs, mut rel) = (0.0f64, 0.0f64);
@@ -261,16 +259,7 @@ mod tests {
 
     #[test]
     fn exp_handles_the_edges() {
-        let xs = [
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            89.0,
-            -110.0,
-            88.7,
-            -100.0,
-            0.0,
-        ];
+        let xs = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 89.0, -110.0, 88.7, -100.0, 0.0];
         let mut ys = [0.0; 8];
         map(&xs, &mut ys, exp);
         assert!(ys[0].is_nan());
@@ -323,12 +312,7 @@ mod tests {
         assert_eq!(max(&xs), 50.0);
         assert!(max(&[1.0, f32::NAN, 2.0]).is_nan());
         let lse = max(&xs) + sum_exp_shifted(&xs, max(&xs), None).ln();
-        let want = xs
-            .iter()
-            .map(|&x| (x as f64 - 50.0).exp())
-            .sum::<f64>()
-            .ln()
-            + 50.0;
+        let want = xs.iter().map(|&x| (x as f64 - 50.0).exp()).sum::<f64>().ln() + 50.0;
         assert!((lse as f64 - want).abs() < 1e-5);
     }
 }

@@ -20,13 +20,7 @@ const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 /// Row blocks are at least this tall, so each `sgemm` still packs full panels.
 const MIN_ROWS_PER_TASK: usize = 32;
 
-pub(crate) fn matmul(
-    a: &[f32],
-    la: &Layout,
-    b: &[f32],
-    lb: &Layout,
-    spec: &MatmulSpec,
-) -> Vec<f32> {
+pub(crate) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, spec: &MatmulSpec) -> Vec<f32> {
     let MatmulSpec { batch, m, k, n } = spec;
     let (m, k, n) = (*m, *k, *n);
     let batches: usize = batch.iter().product();
@@ -53,10 +47,7 @@ pub(crate) fn matmul(
     let row_blocks = if batches * m * n * k < PARALLEL_MIN_FLOPS || batches >= threads {
         1
     } else {
-        threads
-            .div_ceil(batches)
-            .min(m.div_ceil(MIN_ROWS_PER_TASK))
-            .max(1)
+        threads.div_ceil(batches).min(m.div_ceil(MIN_ROWS_PER_TASK)).max(1)
     };
     let rows_per_block = m.div_ceil(row_blocks);
     let out_ptr = SendPtr(out.as_mut_ptr());

@@ -17,8 +17,7 @@ pub mod walk;
 use std::any::Any;
 
 use crate::backend::{
-    BackendStorage, BinaryOp, Device, LayerNormGrads, LayerNormOutput, MatmulSpec, ReduceOp,
-    Storage, UnaryOp,
+    BackendStorage, BinaryOp, Device, LayerNormGrads, LayerNormOutput, MatmulSpec, ReduceOp, Storage, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -74,20 +73,8 @@ impl BackendStorage for CpuStorage {
     fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage> {
         wrap(elementwise::unary(&self.data, layout, op))
     }
-    fn binary(
-        &self,
-        layout: &Layout,
-        rhs: &Storage,
-        rhs_layout: &Layout,
-        op: BinaryOp,
-    ) -> Result<Storage> {
-        wrap(elementwise::binary(
-            &self.data,
-            layout,
-            cpu("binary", rhs)?,
-            rhs_layout,
-            op,
-        ))
+    fn binary(&self, layout: &Layout, rhs: &Storage, rhs_layout: &Layout, op: BinaryOp) -> Result<Storage> {
+        wrap(elementwise::binary(&self.data, layout, cpu("binary", rhs)?, rhs_layout, op))
     }
     fn where_cond(
         &self,
@@ -115,18 +102,8 @@ impl BackendStorage for CpuStorage {
     fn softmax(&self, layout: &Layout) -> Result<Storage> {
         wrap(softmax::softmax(&self.data, layout))
     }
-    fn softmax_backward(
-        &self,
-        layout: &Layout,
-        dy: &Storage,
-        dy_layout: &Layout,
-    ) -> Result<Storage> {
-        wrap(softmax::softmax_backward(
-            &self.data,
-            layout,
-            cpu("softmax_backward", dy)?,
-            dy_layout,
-        ))
+    fn softmax_backward(&self, layout: &Layout, dy: &Storage, dy_layout: &Layout) -> Result<Storage> {
+        wrap(softmax::softmax_backward(&self.data, layout, cpu("softmax_backward", dy)?, dy_layout))
     }
     fn layer_norm(
         &self,
@@ -140,11 +117,7 @@ impl BackendStorage for CpuStorage {
         let w = elementwise::contiguous(cpu("layer_norm", weight)?, weight_layout);
         let b = elementwise::contiguous(cpu("layer_norm", bias)?, bias_layout);
         let f = layer_norm::forward(&self.data, layout, &w, &b, eps);
-        Ok(LayerNormOutput {
-            y: wrap(f.y)?,
-            mean: wrap(f.mean)?,
-            rstd: wrap(f.rstd)?,
-        })
+        Ok(LayerNormOutput { y: wrap(f.y)?, mean: wrap(f.mean)?, rstd: wrap(f.rstd)? })
     }
     fn layer_norm_backward(
         &self,
@@ -167,11 +140,7 @@ impl BackendStorage for CpuStorage {
             cpu(op, dy)?,
             dy_layout,
         );
-        Ok(LayerNormGrads {
-            dx: wrap(g.dx)?,
-            dweight: wrap(g.dw)?,
-            dbias: wrap(g.db)?,
-        })
+        Ok(LayerNormGrads { dx: wrap(g.dx)?, dweight: wrap(g.dw)?, dbias: wrap(g.db)? })
     }
     fn matmul(
         &self,
@@ -180,24 +149,12 @@ impl BackendStorage for CpuStorage {
         rhs_layout: &Layout,
         spec: &MatmulSpec,
     ) -> Result<Storage> {
-        wrap(matmul::matmul(
-            &self.data,
-            layout,
-            cpu("matmul", rhs)?,
-            rhs_layout,
-            spec,
-        ))
+        wrap(matmul::matmul(&self.data, layout, cpu("matmul", rhs)?, rhs_layout, spec))
     }
     fn index_select(&self, layout: &Layout, axis: usize, indices: &[usize]) -> Result<Storage> {
         wrap(index::index_select(&self.data, layout, axis, indices))
     }
-    fn index_add(
-        &self,
-        layout: &Layout,
-        axis: usize,
-        indices: &[usize],
-        size: usize,
-    ) -> Result<Storage> {
+    fn index_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
         wrap(index::index_add(&self.data, layout, axis, indices, size))
     }
     fn gather(
@@ -209,13 +166,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<Storage> {
         wrap(index::gather(&self.data, layout, axis, indices, out_shape))
     }
-    fn scatter_add(
-        &self,
-        layout: &Layout,
-        axis: usize,
-        indices: &[usize],
-        size: usize,
-    ) -> Result<Storage> {
+    fn scatter_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
         wrap(index::scatter_add(&self.data, layout, axis, indices, size))
     }
     fn cat(&self, layout: &Layout, others: &[(&Storage, &Layout)], axis: usize) -> Result<Storage> {

@@ -12,11 +12,7 @@ pub(crate) const PARALLEL_MIN: usize = 1 << 15;
 /// Calls `f(start, chunk)` on consecutive chunks of `out`, where `chunk` is
 /// `out[start..start + chunk.len()]`: one call for small outputs, a few per thread otherwise.
 /// `work_per_element` scales the threshold for kernels that do more than one read per output.
-pub(crate) fn for_each_chunk(
-    out: &mut [f32],
-    work_per_element: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync,
-) {
+pub(crate) fn for_each_chunk(out: &mut [f32], work_per_element: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let n = out.len();
     let threads = rayon::current_num_threads();
     if threads <= 1 || n.saturating_mul(work_per_element.max(1)) < PARALLEL_MIN {
@@ -24,9 +20,7 @@ pub(crate) fn for_each_chunk(
         return;
     }
     let chunk = n.div_ceil(threads * 4).max(64).next_multiple_of(64);
-    out.par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(i, c)| f(i * chunk, c));
+    out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i * chunk, c));
 }
 
 /// Like [`for_each_chunk`] but over rows of length `row`: chunks hold whole rows and `f`
@@ -40,9 +34,7 @@ pub(crate) fn for_each_rows(out: &mut [f32], row: usize, f: impl Fn(usize, &mut 
     }
     let rows = n / row;
     let rows_per_chunk = rows.div_ceil(threads * 4).max(1);
-    out.par_chunks_mut(rows_per_chunk * row)
-        .enumerate()
-        .for_each(|(i, c)| f(i * rows_per_chunk, c));
+    out.par_chunks_mut(rows_per_chunk * row).enumerate().for_each(|(i, c)| f(i * rows_per_chunk, c));
 }
 
 /// A raw pointer that may cross threads. Used only where each task writes a disjoint region,

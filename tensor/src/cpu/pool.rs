@@ -27,10 +27,7 @@ static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 
 fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> R {
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    f(guard.get_or_insert_with(|| Pool {
-        free: HashMap::new(),
-        bytes: 0,
-    }))
+    f(guard.get_or_insert_with(|| Pool { free: HashMap::new(), bytes: 0 }))
 }
 
 fn take(len: usize) -> Option<Vec<f32>> {

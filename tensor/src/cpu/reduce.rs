@@ -22,9 +22,7 @@ pub(crate) fn reduce(src: &[f32], layout: &Layout, axis: usize, op: ReduceOp) ->
     let len = layout.shape()[axis];
     let stride = layout.strides()[axis];
     // A layout over the output shape that points at the first element of each reduced row.
-    let first = layout
-        .narrow(axis, 0, len.min(1))
-        .expect("axis checked by caller");
+    let first = layout.narrow(axis, 0, len.min(1)).expect("axis checked by caller");
     let mut out_shape = layout.shape().to_vec();
     out_shape[axis] = 1;
     let first = Layout::from_parts(out_shape.clone(), first.strides().to_vec(), first.offset());

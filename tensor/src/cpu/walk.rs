@@ -63,12 +63,7 @@ impl<const N: usize> Walk<N> {
             s.reverse();
         }
         let offsets = std::array::from_fn(|j| layouts[j].offset());
-        Walk {
-            shape,
-            strides,
-            offsets,
-            numel,
-        }
+        Walk { shape, strides, offsets, numel }
     }
 
     pub fn numel(&self) -> usize {
@@ -82,12 +77,7 @@ impl<const N: usize> Walk<N> {
         }
         let rank = self.shape.len();
         if rank == 0 {
-            f(Run {
-                start: 0,
-                len: 1,
-                offsets: self.offsets,
-                strides: [0; N],
-            });
+            f(Run { start: 0, len: 1, offsets: self.offsets, strides: [0; N] });
             return;
         }
         let inner = self.shape[rank - 1];
@@ -100,22 +90,14 @@ impl<const N: usize> Walk<N> {
             rest /= self.shape[d];
         }
         let mut base: [usize; N] = std::array::from_fn(|j| {
-            self.offsets[j]
-                + (0..rank - 1)
-                    .map(|d| index[d] * self.strides[j][d])
-                    .sum::<usize>()
+            self.offsets[j] + (0..rank - 1).map(|d| index[d] * self.strides[j][d]).sum::<usize>()
         });
         let mut pos = begin;
         let mut within = begin % inner;
         while pos < end {
             let len = (inner - within).min(end - pos);
             let offsets = std::array::from_fn(|j| base[j] + within * inner_strides[j]);
-            f(Run {
-                start: pos,
-                len,
-                offsets,
-                strides: inner_strides,
-            });
+            f(Run { start: pos, len, offsets, strides: inner_strides });
             pos += len;
             within = 0;
             // Advance the outer multi-index by one, carrying.
