@@ -1,10 +1,11 @@
 //! A cache of freed CPU buffers, so big outputs do not cost page faults and zeroing.
 //!
 //! A fresh allocation of tens of megabytes comes from the OS as untouched pages: the first write
-//! to each 4 KiB page traps into the kernel, and that costs as much as the arithmetic of a
-//! bandwidth-bound op like `add`. Training allocates the same shapes every step, so buffers of
-//! [`POOLED_MIN`] elements or more are kept when their tensor is dropped and handed to the next
-//! request of exactly the same length (like the caching allocators of GPU frameworks).
+//! to each 4 KiB page traps into the kernel, which zeroes it, and that costs as much as the
+//! arithmetic of a bandwidth-bound op like `add`. So buffers of [`POOLED_MIN`] elements or more
+//! are kept when their tensor is dropped and handed out again (like the caching allocators of
+//! GPU frameworks). Requests are rounded up to a size class, eight per power of two (at most
+//! 12.5 % slack), so training with a different sequence length every step still reuses memory.
 //!
 //! `uninit` buffers hold old values: only kernels that overwrite every element use them.
 //! Kernels that accumulate use `zeroed`. The cache keeps at most [`POOL_MAX_BYTES`];
@@ -30,20 +31,44 @@ fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> R {
     f(guard.get_or_insert_with(|| Pool { free: HashMap::new(), bytes: 0 }))
 }
 
+/// `len` rounded up to its size class: a multiple of an eighth of its power of two.
+fn class(len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    let below = 1usize << (usize::BITS - 1 - len.leading_zeros());
+    let granule = (below / 8).max(1);
+    len.div_ceil(granule) * granule
+}
+
+/// A cached buffer of `len`'s class, resized to `len` (new elements are zero).
 fn take(len: usize) -> Option<Vec<f32>> {
     if len < POOLED_MIN {
         return None;
     }
-    with_pool(|p| {
-        let v = p.free.get_mut(&len)?.pop()?;
-        p.bytes -= len * 4;
+    let cap = class(len);
+    let mut v = with_pool(|p| {
+        let v = p.free.get_mut(&cap)?.pop()?;
+        p.bytes -= cap * 4;
         Some(v)
-    })
+    })?;
+    v.resize(len, 0.0);
+    Some(v)
+}
+
+/// A fresh buffer with room for `len`'s class (its pages are only touched when written).
+fn fresh(len: usize) -> Vec<f32> {
+    if len < POOLED_MIN {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::with_capacity(class(len));
+    v.resize(len, 0.0);
+    v
 }
 
 /// A buffer of `len` elements with unspecified (old) contents; the caller overwrites all of it.
 pub(crate) fn uninit(len: usize) -> Vec<f32> {
-    take(len).unwrap_or_else(|| vec![0.0; len])
+    take(len).unwrap_or_else(|| fresh(len))
 }
 
 /// A buffer of `len` zeros.
@@ -53,20 +78,20 @@ pub(crate) fn zeroed(len: usize) -> Vec<f32> {
             v.fill(0.0);
             v
         }
-        None => vec![0.0; len],
+        None => fresh(len),
     }
 }
 
-/// Gives a buffer back for reuse (or frees it when small or when the cache is full).
+/// Gives a buffer back for reuse (or frees it when small, of no class, or the cache is full).
 pub(crate) fn recycle(v: Vec<f32>) {
-    let len = v.len();
-    if len < POOLED_MIN || v.capacity() != len {
+    let cap = v.capacity();
+    if cap < POOLED_MIN || class(cap) != cap {
         return;
     }
     with_pool(|p| {
-        if p.bytes + len * 4 <= POOL_MAX_BYTES {
-            p.bytes += len * 4;
-            p.free.entry(len).or_default().push(v);
+        if p.bytes + cap * 4 <= POOL_MAX_BYTES {
+            p.bytes += cap * 4;
+            p.free.entry(cap).or_default().push(v);
         }
     });
 }
@@ -82,4 +107,33 @@ pub fn release_cached_memory() {
         p.free.clear();
         p.bytes = 0;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_bound_the_slack() {
+        for len in [1, 7, 8, 9, 1000, 65536, 65537, 100_000, 1 << 24, (1 << 24) + 1] {
+            let c = class(len);
+            assert!(c >= len && c - len <= len / 7 + 1, "{len} -> {c}");
+            assert_eq!(class(c), c, "a class is its own class");
+        }
+    }
+
+    #[test]
+    fn buffers_of_one_class_are_reused_at_any_length_in_it() {
+        let a = uninit(100_000);
+        let ptr = a.as_ptr();
+        assert_eq!(a.len(), 100_000);
+        recycle(a);
+        let b = zeroed(99_000); // same class as 100_000
+        assert_eq!(b.len(), 99_000);
+        assert!(b.iter().all(|&x| x == 0.0));
+        // Another thread may have taken it in a parallel test run; reuse is the usual case.
+        if b.as_ptr() == ptr {
+            assert!(cached_bytes() < POOL_MAX_BYTES);
+        }
+    }
 }
