@@ -198,3 +198,11 @@ pub const ALL_UNARY: [UnaryOp; 19] = [
     UnaryOp::MaxScalar(0.25),
     UnaryOp::ScalarSub(2.0),
 ];
+
+/// A proptest config with `default` cases, or `PROPTEST_CASES` when set (an explicit count in a
+/// test's config would otherwise override the variable): `PROPTEST_CASES=1000 cargo test`
+/// stresses every property.
+pub fn proptest_config(default: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    ProptestConfig { cases, max_global_rejects: 4096, ..ProptestConfig::default() }
+}

@@ -11,7 +11,7 @@ use tensor::{Result, Tensor};
 use tests::{shape, uniform, uniform_avoiding, viewed, viewed_no_broadcast, Recipe, Viewed};
 
 fn cases() -> ProptestConfig {
-    ProptestConfig { cases: 64, max_global_rejects: 4096, ..ProptestConfig::default() }
+    tests::proptest_config(64)
 }
 
 /// Gradient-checks `f` applied to the views of `inputs` (the bases are what gets perturbed).

@@ -16,7 +16,7 @@ use tensor::{reference, BinaryOp, ReduceOp, Tensor, UnaryOp};
 use tests::{assert_close, shape, uniform, viewed, viewed_no_broadcast, ALL_UNARY};
 
 fn cases() -> ProptestConfig {
-    ProptestConfig { cases: 48, ..ProptestConfig::default() }
+    tests::proptest_config(48)
 }
 
 const BINARY: [BinaryOp; 9] = [

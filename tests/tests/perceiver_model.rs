@@ -74,7 +74,7 @@ fn small_config(paper: bool, options: u32) -> PerceiverArConfig {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(tests::proptest_config(48))]
 
     /// Changing the token at position t never changes a logit at a position before t.
     #[test]

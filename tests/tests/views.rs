@@ -7,7 +7,7 @@ use tensor::Tensor;
 use tests::{shape, uniform};
 
 fn cases() -> ProptestConfig {
-    ProptestConfig { cases: 64, ..ProptestConfig::default() }
+    tests::proptest_config(64)
 }
 
 /// Base element at a multi-index, by plain row-major arithmetic on the host copy.
