@@ -223,6 +223,9 @@ impl PerceiverAr {
             x = x.add(&pos.forward(ctx, &positions, &[n])?)?;
         }
         if let Some(table) = &self.sinusoidal {
+            // Fixed sinusoids have unit amplitude; as in Vaswani et al. (2017) the token
+            // embeddings are scaled by √C so the two are comparable and tokens stay visible.
+            x = x.mul_scalar((c.channels as f32).sqrt())?;
             x = x.add(&Var::constant(table.narrow(0, 0, n)?.to_device(&x.value().device())?))?;
         }
         let latents = x.narrow(1, p, l)?;

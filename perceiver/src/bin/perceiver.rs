@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use nn::optim::{AdamWConfig, Decay, Schedule};
-use perceiver::config::CrossAttendDropout;
+use perceiver::config::{AbsolutePositions, CrossAttendDropout};
 use perceiver::data::copy;
 use perceiver::generate::{generate, Sampling};
 use perceiver::train::{self, Event, TaskConfig, TrainConfig, Trainer};
@@ -51,6 +51,13 @@ enum Variant {
     Paper,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Positions {
+    None,
+    Learned,
+    Sinusoidal,
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// A text file to model byte by byte (default: the copy task).
@@ -61,6 +68,9 @@ struct TrainArgs {
     copy_bytes: usize,
     #[arg(long, value_enum, default_value_t = Variant::PerceiverIo)]
     variant: Variant,
+    /// Absolute position information added to the embeddings (default: the variant's).
+    #[arg(long, value_enum)]
+    positions: Option<Positions>,
     /// Model width.
     #[arg(long)]
     channels: Option<usize>,
@@ -162,6 +172,13 @@ fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
         }
         Variant::Paper => PerceiverArConfig::paper(vocab, context, latents, channels, heads, layers),
     };
+    if let Some(p) = a.positions {
+        model.absolute_positions = match p {
+            Positions::None => AbsolutePositions::None,
+            Positions::Learned => AbsolutePositions::Learned,
+            Positions::Sinusoidal => AbsolutePositions::Sinusoidal,
+        };
+    }
     model.cross_attend_dropout = a.cross_dropout.unwrap_or(if text { 0.1 } else { 0.0 });
     if model.cross_attend_dropout_kind == CrossAttendDropout::Bernoulli && a.cross_dropout.is_none() {
         model.cross_attend_dropout = 0.0;
