@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use autograd::ParamId;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use tensor::Tensor;
 
 use crate::error::{Error, Result};
@@ -144,5 +144,3 @@ impl<'a> Builder<'a> {
         self.add(name, Tensor::full(value, shape), false)
     }
 }
-
-use rand::SeedableRng;

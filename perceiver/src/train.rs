@@ -468,7 +468,7 @@ pub fn run(trainer: &mut Trainer, out: &Path, mut on_event: impl FnMut(Event)) -
         }
         if trainer.state.step.is_multiple_of(trainer.config.checkpoint_every) || done {
             let dir = trainer.save(out)?;
-            on_event(Event::Checkpoint(&dir));
+            on_event(Event::Checkpoint { step: trainer.state.step, dir: &dir });
         }
     }
     if trainer.config.time_budget_secs.is_some_and(|b| trainer.state.elapsed_secs >= b) {
@@ -476,7 +476,7 @@ pub fn run(trainer: &mut Trainer, out: &Path, mut on_event: impl FnMut(Event)) -
         let result = evaluate_and_log(trainer, &mut log, &mut on_event)?;
         last_eval = Some(result);
         let dir = trainer.save(out)?;
-        on_event(Event::Checkpoint(&dir));
+        on_event(Event::Checkpoint { step: trainer.state.step, dir: &dir });
     }
     Ok(last_eval)
 }
@@ -485,7 +485,7 @@ pub fn run(trainer: &mut Trainer, out: &Path, mut on_event: impl FnMut(Event)) -
 pub enum Event<'a> {
     Step { stats: &'a StepStats, tokens_per_sec: f64 },
     Eval { step: u64, result: &'a EvalResult },
-    Checkpoint(&'a Path),
+    Checkpoint { step: u64, dir: &'a Path },
     Solved,
     OutOfTime,
 }

@@ -164,7 +164,7 @@ impl Tensor {
         match self.storage.as_cpu() {
             Some(cpu) => Ok(cpu.as_slice()[self.layout.position(index)]),
             None => {
-                let one = self.layout.narrow_all(index)?;
+                let one = Layout::from_parts(vec![], vec![], self.layout.position(index));
                 Ok(self.storage.backend().to_host(&one)?[0])
             }
         }
@@ -187,13 +187,6 @@ impl Tensor {
             return Err(Error::new(op, format!("operands on different devices: {a} and {b}")));
         }
         Ok(())
-    }
-}
-
-impl Layout {
-    /// The single element at `index`, as a layout of shape `[]`.
-    fn narrow_all(&self, index: &[usize]) -> Result<Layout> {
-        Ok(Layout::from_parts(vec![], vec![], self.position(index)))
     }
 }
 

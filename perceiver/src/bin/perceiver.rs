@@ -1,7 +1,7 @@
 //! The `perceiver` command: train, evaluate, sample and verify Perceiver AR models.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -309,7 +309,7 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
             bar.set_message(format!("loss {s:.4} {metric} {:.1}k tok/s", tokens_per_sec / 1e3));
         }
         Event::Eval { step, result } => say(format!("step {step:>6} held out: {}", describe(result))),
-        Event::Checkpoint(dir) => say(format!("step {:>6} checkpoint {}", trainer_step(dir), dir.display())),
+        Event::Checkpoint { step, dir } => say(format!("step {step:>6} checkpoint {}", dir.display())),
         Event::Solved => say("held-out sequences all copied exactly: done".into()),
         Event::OutOfTime => say("time budget reached".into()),
     })?;
@@ -326,12 +326,6 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
     }
     println!("loss curve: {}", svg.display());
     Ok(true)
-}
-
-fn trainer_step(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().trim_start_matches("step-").trim_start_matches('0').to_string())
-        .unwrap_or_default()
 }
 
 fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {

@@ -185,18 +185,35 @@ pub(crate) fn sum(xs: &[f32]) -> f32 {
 /// Maximum of a slice (NaN if any element is NaN; `-inf` for an empty slice).
 #[inline]
 pub(crate) fn max(xs: &[f32]) -> f32 {
-    let mut acc = f32x8::splat(f32::NEG_INFINITY);
+    extremum(xs, f32::NEG_INFINITY, |a, b| a.max(b), f32::max)
+}
+
+/// Minimum of a slice (NaN if any element is NaN; `+inf` for an empty slice).
+#[inline]
+pub(crate) fn min(xs: &[f32]) -> f32 {
+    extremum(xs, f32::INFINITY, |a, b| a.min(b), f32::min)
+}
+
+/// Folds a slice with `lanes` eight at a time and `scalar` for the rest; any NaN wins.
+#[inline(always)]
+fn extremum(
+    xs: &[f32],
+    init: f32,
+    lanes: impl Fn(f32x8, f32x8) -> f32x8,
+    scalar: fn(f32, f32) -> f32,
+) -> f32 {
+    let mut acc = f32x8::splat(init);
     let mut nan = false;
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
         let v = f32x8::from(<[f32; LANES]>::try_from(c).unwrap());
         nan |= v.is_nan().any();
-        acc = acc.max(v);
+        acc = lanes(acc, v);
     }
-    let mut m = acc.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max);
+    let mut m = acc.to_array().into_iter().fold(init, scalar);
     for &x in chunks.remainder() {
         nan |= x.is_nan();
-        m = m.max(x);
+        m = scalar(m, x);
     }
     if nan {
         f32::NAN

@@ -109,7 +109,7 @@ pub(crate) fn reduce_row(row: &[f32], op: ReduceOp) -> f32 {
     match op {
         ReduceOp::Sum => math::sum(row),
         ReduceOp::Max => math::max(row),
-        ReduceOp::Min => -math::max(&row.iter().map(|x| -x).collect::<Vec<_>>()),
+        ReduceOp::Min => math::min(row),
         ReduceOp::LogSumExp => {
             let m = math::max(row);
             if m == f32::NEG_INFINITY || !m.is_finite() {
