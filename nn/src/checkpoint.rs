@@ -35,15 +35,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// An f32 tensor as a safetensors view (little-endian bytes).
-struct F32View {
+/// A tensor's little-endian bytes as a safetensors view.
+struct RawView {
+    dtype: Dtype,
     shape: Vec<usize>,
     bytes: Vec<u8>,
 }
 
-impl View for F32View {
+impl View for RawView {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
@@ -56,21 +57,44 @@ impl View for F32View {
     }
 }
 
+fn f32_view(t: &Tensor) -> Result<RawView> {
+    let bytes = t.to_vec()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(RawView { dtype: Dtype::F32, shape: t.shape().to_vec(), bytes })
+}
+
+fn serialize_atomic(
+    path: &Path,
+    views: Vec<(String, RawView)>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let meta = if metadata.is_empty() { None } else { Some(metadata) };
+    let bytes = safetensors::serialize(views, &meta)
+        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+    write_atomic(path, &bytes)
+}
+
 /// Writes named f32 tensors (and string metadata) to `path`, atomically.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, Tensor)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let mut views = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let bytes = t.to_vec()?.iter().flat_map(|v| v.to_le_bytes()).collect();
-        views.push((name.clone(), F32View { shape: t.shape().to_vec(), bytes }));
+    let views = tensors.iter().map(|(name, t)| Ok((name.clone(), f32_view(t)?))).collect::<Result<_>>()?;
+    serialize_atomic(path, views, metadata)
+}
+
+/// Writes a whole [`TensorFile`] (f32 tensors, integer tensors as I64, metadata) to `path`,
+/// atomically: what [`read_safetensors`] read comes back the same.
+pub fn write_tensor_file(path: &Path, file: &TensorFile) -> Result<()> {
+    let mut views = Vec::with_capacity(file.floats.len() + file.ints.len());
+    for (name, t) in &file.floats {
+        views.push((name.clone(), f32_view(t)?));
     }
-    let meta = if metadata.is_empty() { None } else { Some(metadata) };
-    let bytes = safetensors::serialize(views, &meta)
-        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
-    write_atomic(path, &bytes)
+    for (name, (values, shape)) in &file.ints {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        views.push((name.clone(), RawView { dtype: Dtype::I64, shape: shape.clone(), bytes }));
+    }
+    serialize_atomic(path, views, file.metadata.clone())
 }
 
 /// The contents of a safetensors file: f32 tensors, integer tensors (token ids) and metadata.

@@ -11,7 +11,9 @@
 //!
 //! A checkpoint is written into a hidden temporary directory, flushed, and renamed into place;
 //! only then is `latest` replaced (itself by an atomic rename). A crash at any point leaves
-//! `latest` naming a complete checkpoint.
+//! `latest` naming a complete checkpoint; should `latest` still be damaged (emptied by hand, a
+//! full disk), loading falls back to the newest complete checkpoint and says so. Writing
+//! needs the run's lock ([`RunDir`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::run_dir::RunDir;
 use crate::train::TrainConfig;
 
 /// Everything besides tensors needed to continue a run exactly.
@@ -39,6 +42,8 @@ pub struct Checkpoint {
     pub state: RunState,
     pub params: HashMap<String, tensor::Tensor>,
     pub optimizer: HashMap<String, tensor::Tensor>,
+    /// Set when `latest` was unusable and an older complete checkpoint was loaded instead.
+    pub note: Option<String>,
 }
 
 fn json_write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -61,17 +66,27 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     }
 }
 
-/// Writes a checkpoint of `step` under `out`, points `out/latest` at it, and keeps the newest
-/// `keep` checkpoints. Saving a step that already has a checkpoint writes a new copy
-/// (`step-N.1`, …) so the one `latest` names is never touched before `latest` moves.
+/// Writes a checkpoint of `step` into the run `run`, points `latest` at it, and keeps the
+/// newest `keep` checkpoints. Saving a step that already has a checkpoint writes a new copy
+/// (`step-N.1`, …) so the one `latest` names is never touched before `latest` moves. Parameters
+/// or moments that are not finite are refused: a checkpoint is always one worth resuming.
 pub fn save(
-    out: &Path,
+    run: &RunDir,
     config: &TrainConfig,
     state: &RunState,
     params: &[(String, tensor::Tensor)],
     optimizer: &[(String, tensor::Tensor)],
     keep: usize,
 ) -> Result<PathBuf> {
+    for (name, t) in params.iter().chain(optimizer) {
+        if let Some(bad) = t.to_vec()?.into_iter().find(|v| !v.is_finite()) {
+            return Err(Error::Input(format!(
+                "not writing a checkpoint of step {}: {name} holds {bad}",
+                state.step
+            )));
+        }
+    }
+    let out = run.path();
     let root = out.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let base = format!("step-{:08}", state.step);
@@ -79,7 +94,8 @@ pub fn save(
         .map(|k| if k == 0 { base.clone() } else { format!("{base}.{k}") })
         .find(|n| !root.join(n).exists())
         .expect("a free name");
-    let tmp = root.join(format!(".{name}.tmp"));
+    // The process id keeps temporaries apart even if two writers ever met here.
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     write_safetensors(&tmp.join("model.safetensors"), params, HashMap::new())?;
@@ -92,11 +108,7 @@ pub fn save(
     std::fs::File::open(&root).and_then(|d| d.sync_all()).map_err(|e| Error::io(&root, e))?;
     write_atomic(&out.join("latest"), format!("checkpoints/{name}").as_bytes())?;
     // Drop all but the newest `keep` complete checkpoints, by step number.
-    let mut all: Vec<((u64, u64), PathBuf)> = std::fs::read_dir(&root)
-        .map_err(|e| Error::io(&root, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| Some((parse_name(&p.file_name()?.to_string_lossy())?, p)))
-        .collect();
+    let mut all = complete_checkpoints(&root)?;
     all.sort();
     for (_, old) in all.iter().rev().skip(keep.max(1)) {
         if *old != dir {
@@ -106,31 +118,72 @@ pub fn save(
     Ok(dir)
 }
 
-/// The checkpoint directory named by `path`: a checkpoint itself, or a run directory whose
-/// `latest` file names one.
-pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.join("model.safetensors").exists() {
-        return Ok(path.to_path_buf());
-    }
-    let latest = path.join("latest");
-    if latest.exists() {
-        let rel = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
-        return Ok(path.join(rel.trim()));
-    }
-    Err(Error::Input(format!(
-        "{}: neither a checkpoint (no model.safetensors) nor a run directory (no latest)",
-        path.display()
-    )))
+/// The files every complete checkpoint has.
+const FILES: [&str; 4] = ["model.safetensors", "optimizer.safetensors", "config.json", "state.json"];
+
+fn is_complete(dir: &Path) -> bool {
+    FILES.iter().all(|f| dir.join(f).is_file())
 }
 
-/// Loads the checkpoint at (or named by) `path`.
+/// The complete checkpoints under `root` (`step-N` directories), with their `(step, copy)`.
+fn complete_checkpoints(root: &Path) -> Result<Vec<((u64, u64), PathBuf)>> {
+    Ok(std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| Some((parse_name(&p.file_name()?.to_string_lossy())?, p)))
+        .filter(|(_, p)| is_complete(p))
+        .collect())
+}
+
+/// The checkpoint directory named by `path`: a checkpoint itself, or a run directory whose
+/// `latest` file names one. When `latest` is missing, empty, unreadable or names no complete
+/// checkpoint, the newest complete checkpoint of the run is used instead, and the second value
+/// says so (and why).
+pub fn resolve(path: &Path) -> Result<(PathBuf, Option<String>)> {
+    if path.join("model.safetensors").exists() {
+        return Ok((path.to_path_buf(), None));
+    }
+    let (latest, root) = (path.join("latest"), path.join("checkpoints"));
+    if !latest.exists() && !root.is_dir() {
+        return Err(Error::Input(format!(
+            "{}: neither a checkpoint (no model.safetensors) nor a run directory (no latest, no checkpoints/)",
+            path.display()
+        )));
+    }
+    let problem = match std::fs::read_to_string(&latest) {
+        Err(e) => format!("{}: {e}", latest.display()),
+        Ok(text) if text.trim().is_empty() => format!("{} is empty", latest.display()),
+        Ok(text) => {
+            let dir = path.join(text.trim());
+            if is_complete(&dir) {
+                return Ok((dir, None));
+            }
+            format!("{} names {}, which is not a complete checkpoint", latest.display(), text.trim())
+        }
+    };
+    let newest = if root.is_dir() { complete_checkpoints(&root)?.into_iter().max() } else { None };
+    match newest {
+        Some((_, dir)) => {
+            let note = format!("{problem}; using the newest complete checkpoint, {}", dir.display());
+            Ok((dir, Some(note)))
+        }
+        None => Err(Error::Input(format!("{problem}, and {} holds no complete checkpoint", root.display()))),
+    }
+}
+
+/// Loads the checkpoint at (or named by) `path`; its config is validated, and errors name the
+/// file they come from.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let dir = resolve(path)?;
+    let (dir, note) = resolve(path)?;
+    let config_path = dir.join("config.json");
+    let config: TrainConfig = json_read(&config_path)?;
+    config.validate().map_err(|e| Error::Input(format!("{}: {e}", config_path.display())))?;
     Ok(Checkpoint {
-        config: json_read(&dir.join("config.json"))?,
+        config,
         state: json_read(&dir.join("state.json"))?,
         params: read_safetensors(&dir.join("model.safetensors"))?.floats,
         optimizer: read_safetensors(&dir.join("optimizer.safetensors"))?.floats,
         dir,
+        note,
     })
 }

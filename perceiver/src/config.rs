@@ -111,7 +111,8 @@ impl PerceiverArConfig {
             self_qkv_bias: false,
             self_out_bias: false,
             latent_key_norm: LatentKeyNorm::Query,
-            rotary_dims: channels / heads / 2,
+            // `heads = 0` is caught by `validate`; it must not divide by zero before that.
+            rotary_dims: channels.checked_div(heads).unwrap_or(0) / 2,
             rotary_base: 10000.0,
             rotary_cross: true,
             rotary_self_layers: Some(1),
@@ -145,7 +146,7 @@ impl PerceiverArConfig {
             self_qkv_bias: true,
             self_out_bias: true,
             latent_key_norm: LatentKeyNorm::Kv,
-            rotary_dims: (channels / heads / 2) & !1,
+            rotary_dims: (channels.checked_div(heads).unwrap_or(0) / 2) & !1,
             rotary_self_layers: None,
             absolute_positions: AbsolutePositions::Sinusoidal,
             output_norm: true,
@@ -168,10 +169,17 @@ impl PerceiverArConfig {
     /// Checks every constraint, naming the option that breaks one.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.vocab_size == 0 || self.channels == 0 || self.max_seq_len == 0 {
-            return bad("vocab_size, channels and max_seq_len must be positive".into());
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("channels", self.channels),
+            ("max_seq_len", self.max_seq_len),
+            ("heads", self.heads),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
         }
-        if self.heads == 0 || !self.channels.is_multiple_of(self.heads) {
+        if !self.channels.is_multiple_of(self.heads) {
             return bad(format!("heads ({}) must divide channels ({})", self.heads, self.channels));
         }
         if self.max_latents == 0 || self.max_latents > self.max_seq_len {
@@ -190,6 +198,16 @@ impl PerceiverArConfig {
         if self.cross_widening == 0 || self.self_widening == 0 {
             return bad("widening factors must be positive".into());
         }
+        for (name, v) in [
+            ("init_scale", self.init_scale),
+            ("layer_norm_eps", self.layer_norm_eps),
+            ("rotary_base", self.rotary_base),
+        ] {
+            let ok = if name == "init_scale" { v >= 0.0 } else { v > 0.0 };
+            if !(ok && v.is_finite()) {
+                return bad(format!("{name} must be a finite number above 0, got {v}"));
+            }
+        }
         for (name, p) in [
             ("cross_attend_dropout", self.cross_attend_dropout),
             ("attention_dropout", self.attention_dropout),
@@ -200,5 +218,30 @@ impl PerceiverArConfig {
             }
         }
         Ok(())
+    }
+
+    /// The number of parameters [`crate::PerceiverAr::new`] creates, computed without
+    /// allocating anything (in `u128`, so that no config can overflow it): memory checks use it
+    /// before a model is built.
+    pub fn parameter_count(&self) -> u128 {
+        let (v, n, c) = (self.vocab_size as u128, self.max_seq_len as u128, self.channels as u128);
+        let linear = |i: u128, o: u128, bias: bool| i * o + if bias { o } else { 0 };
+        let norm = 2 * c;
+        let attention = |qkv_bias: bool, out_bias: bool| 3 * linear(c, c, qkv_bias) + linear(c, c, out_bias);
+        let mlp = |w: usize| {
+            let hidden = w as u128 * c;
+            norm + linear(c, hidden, self.mlp_bias) + linear(hidden, c, self.mlp_bias)
+        };
+        let embeddings =
+            v * c + if self.absolute_positions == AbsolutePositions::Learned { n * c } else { 0 };
+        let cross = 2 * norm + attention(self.cross_qkv_bias, self.cross_out_bias) + mlp(self.cross_widening);
+        let one_self = norm + attention(self.self_qkv_bias, self.self_out_bias) + mlp(self.self_widening);
+        let output = match (self.tied_output, self.output_bias) {
+            (true, true) => v,
+            (true, false) => 0,
+            (false, bias) => linear(c, v, bias),
+        };
+        let out_norm = if self.output_norm { norm } else { 0 };
+        embeddings + cross + self.self_attention_layers as u128 * one_self + out_norm + output
     }
 }

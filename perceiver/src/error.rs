@@ -12,6 +12,8 @@ pub enum Error {
     Config(String),
     #[error("{0}")]
     Input(String),
+    #[error("not enough memory: {0}")]
+    Memory(String),
     #[error("{path}: {message}")]
     Data { path: PathBuf, message: String },
     #[error("{path}: {source}")]

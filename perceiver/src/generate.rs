@@ -26,6 +26,26 @@ pub struct Sampling {
 
 impl Sampling {
     pub const GREEDY: Sampling = Sampling { temperature: 0.0, top_k: None, top_p: None };
+
+    /// Checks the settings, naming the one out of range: a NaN temperature would otherwise
+    /// pick the least likely token, a negative one or `top_k = 0` would quietly be greedy.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::Input(format!(
+                "temperature must be a finite number of at least 0 (0 is greedy), got {}",
+                self.temperature
+            )));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::Input("top_k must be at least 1".into()));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::Input(format!("top_p must be in (0, 1], got {p}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The split of the reference implementation: `min(len, max_latents)` latents, the rest prefix.
@@ -105,6 +125,7 @@ pub fn generate(
     prefix_len: &dyn Fn(usize) -> usize,
     mut on_token: impl FnMut(usize),
 ) -> Result<Vec<usize>> {
+    sampling.validate()?;
     let mut tokens = prompt.to_vec();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..count {

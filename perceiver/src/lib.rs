@@ -10,8 +10,11 @@ pub mod devices;
 pub mod error;
 pub mod generate;
 pub mod import;
+pub mod memory;
 pub mod model;
 pub mod plot;
+pub mod presets;
+pub mod run_dir;
 pub mod train;
 pub mod verify;
 

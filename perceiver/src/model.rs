@@ -81,6 +81,16 @@ impl PerceiverAr {
     pub fn new(config: PerceiverArConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let c = &config;
+        crate::memory::ensure_fits(c.parameter_count() * 4, || {
+            format!(
+                "a model of {} parameters (vocab_size {}, channels {}, max_seq_len {}, {} self-attention layers)",
+                c.parameter_count(),
+                c.vocab_size,
+                c.channels,
+                c.max_seq_len,
+                c.self_attention_layers
+            )
+        })?;
         let mut params = ParamStore::new();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut b = Builder::new(&mut params, &mut rng);

@@ -15,8 +15,9 @@ fn series(lines: &[serde_json::Value], kind: &str, field: &str) -> Vec<(f64, f64
         .collect()
 }
 
-/// Writes `svg_path` from the metrics file `metrics_path`.
-pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<()> {
+/// Writes `svg_path` from the metrics file `metrics_path`; `false` (and nothing written) when
+/// there is nothing to draw yet.
+pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<bool> {
     let text = std::fs::read_to_string(metrics_path).map_err(|e| Error::io(metrics_path, e))?;
     let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let train = series(&lines, "train", "loss");
@@ -32,7 +33,7 @@ pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<(
     let eval = series(&lines, "eval", "loss");
     let all: Vec<&(f64, f64)> = smooth.iter().chain(&eval).collect();
     if all.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let (w, h, m) = (720.0, 420.0, 60.0);
     let x_max = all.iter().map(|p| p.0).fold(1.0, f64::max);
@@ -111,5 +112,5 @@ pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<(
     }
     svg.push_str("</svg>\n");
     nn::checkpoint::write_atomic(svg_path, svg.as_bytes())?;
-    Ok(())
+    Ok(true)
 }

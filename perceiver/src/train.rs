@@ -25,6 +25,7 @@ use crate::data::text::TextData;
 use crate::data::{Batch, IGNORE};
 use crate::error::{Error, Result};
 use crate::model::PerceiverAr;
+use crate::run_dir::RunDir;
 
 /// What the model learns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +68,74 @@ pub struct TrainConfig {
     /// Stop once held-out copy accuracy reaches 100 %.
     pub stop_when_solved: bool,
     pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Checks every field, naming the one that is out of range: a config written by hand, or
+    /// read back from a damaged checkpoint, fails here rather than deep inside a step.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        let bad = |m: String| Err(Error::Config(m));
+        for (name, value) in [
+            ("batch_size", self.batch_size as u64),
+            ("eval_every", self.eval_every),
+            ("eval_batches", self.eval_batches as u64),
+            ("checkpoint_every", self.checkpoint_every),
+        ] {
+            if value == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        let positive = [
+            ("schedule.peak (the learning rate)", self.schedule.peak),
+            ("adamw.eps", self.adamw.eps),
+            ("clip", self.clip.unwrap_or(1.0)),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name} must be a finite number above 0, got {v}"));
+            }
+        }
+        let unit = [
+            ("adamw.beta1", self.adamw.beta1),
+            ("adamw.beta2", self.adamw.beta2),
+            ("schedule.min_ratio", self.schedule.min_ratio),
+        ];
+        for (name, v) in unit {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(format!("{name} must be in [0, 1], got {v}"));
+            }
+        }
+        for (name, v) in [("adamw.weight_decay", self.adamw.weight_decay), ("z_loss", self.z_loss)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} must be a finite number of at least 0, got {v}"));
+            }
+        }
+        if let Some(t) = self.time_budget_secs {
+            if !(t.is_finite() && t > 0.0) {
+                return bad(format!("time_budget_secs must be a finite number above 0, got {t}"));
+            }
+        }
+        if let TaskConfig::Text { valid_fraction, .. } = self.task {
+            if !(valid_fraction > 0.0 && valid_fraction < 1.0) {
+                return bad(format!("the held-out fraction must be in (0, 1), got {valid_fraction}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A lower bound on the bytes one training step holds at its peak: each parameter with its
+    /// gradient and two AdamW moments, the attention probabilities every layer saves for the
+    /// backward pass (`[batch, heads, latents, keys]`), and the logits. Only tensors that
+    /// must exist are counted, so a config over this bound cannot run at all.
+    pub fn step_memory_lower_bound(&self) -> u128 {
+        let m = &self.model;
+        let (b, h) = (self.batch_size as u128, m.heads as u128);
+        let (n, l) = (m.max_seq_len as u128, m.max_latents as u128);
+        let scores = b * h * l * (n + m.self_attention_layers as u128 * l);
+        let logits = b * l * m.vocab_size as u128;
+        4 * (4 * m.parameter_count() + scores + logits)
+    }
 }
 
 /// Held-out results.
@@ -254,15 +323,18 @@ pub struct Trainer {
 impl Trainer {
     /// A fresh run.
     pub fn new(config: TrainConfig) -> Result<Self> {
-        for (name, value) in [
-            ("batch_size", config.batch_size as u64),
-            ("eval_every", config.eval_every),
-            ("checkpoint_every", config.checkpoint_every),
-        ] {
-            if value == 0 {
-                return Err(Error::Config(format!("{name} must be at least 1")));
-            }
-        }
+        config.validate()?;
+        let (m, task) = (&config.model, &config.task);
+        crate::memory::ensure_fits(config.step_memory_lower_bound(), || {
+            let what = match task {
+                TaskConfig::Copy { k } => format!("the copy task with k = {k}: "),
+                TaskConfig::Text { .. } => String::new(),
+            };
+            format!(
+                "one training step ({what}batch {}, context {}, latents {}, channels {}, heads {}, layers {})",
+                config.batch_size, m.max_seq_len, m.max_latents, m.channels, m.heads, m.self_attention_layers
+            )
+        })?;
         let model = PerceiverAr::new(config.model.clone(), config.seed)?;
         let task = Task::load(&config.task, &config.model)?;
         let held_out = task.eval_batches(&config, config.model.max_latents)?;
@@ -336,12 +408,12 @@ impl Trainer {
         evaluate(&self.model, &self.task, &self.held_out)
     }
 
-    /// Writes a checkpoint under `out`.
-    pub fn save(&self, out: &Path) -> Result<PathBuf> {
+    /// Writes a checkpoint into the run `run`.
+    pub fn save(&self, run: &RunDir) -> Result<PathBuf> {
         let params: Vec<(String, Tensor)> =
             self.model.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
         checkpoint::save(
-            out,
+            run,
             &self.config,
             &self.state,
             &params,
@@ -399,13 +471,18 @@ impl MetricsLog {
         Ok(MetricsLog { file, path })
     }
 
-    pub fn write(&mut self, kind: &str, value: &impl Serialize, extra: &[(&str, f64)]) -> Result<()> {
+    pub fn write(
+        &mut self,
+        kind: &str,
+        value: &impl Serialize,
+        extra: &[(&str, serde_json::Value)],
+    ) -> Result<()> {
         let mut v =
             serde_json::to_value(value).map_err(|e| Error::Json { path: self.path.clone(), source: e })?;
         if let Some(obj) = v.as_object_mut() {
             obj.insert("kind".into(), kind.into());
             for (k, x) in extra {
-                obj.insert((*k).into(), (*x).into());
+                obj.insert((*k).into(), x.clone());
             }
         }
         writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
@@ -419,15 +496,20 @@ fn evaluate_and_log(
     on_event: &mut impl FnMut(Event),
 ) -> Result<EvalResult> {
     let result = trainer.evaluate()?;
-    let extra = [("step", trainer.state.step as f64), ("elapsed_secs", trainer.state.elapsed_secs)];
+    let extra = [("step", trainer.state.step.into()), ("elapsed_secs", trainer.state.elapsed_secs.into())];
     log.write("eval", &result, &extra)?;
     on_event(Event::Eval { step: trainer.state.step, result: &result });
     Ok(result)
 }
 
-/// Runs `trainer` until its step count or time budget, reporting through `on_event`.
-pub fn run(trainer: &mut Trainer, out: &Path, mut on_event: impl FnMut(Event)) -> Result<Option<EvalResult>> {
-    let mut log = MetricsLog::open(out)?;
+/// Runs `trainer` until its step count or time budget, writing into `run` and reporting
+/// through `on_event`.
+pub fn run(
+    trainer: &mut Trainer,
+    run: &RunDir,
+    mut on_event: impl FnMut(Event),
+) -> Result<Option<EvalResult>> {
+    let mut log = MetricsLog::open(run.path())?;
     let started = Instant::now();
     let base_elapsed = trainer.state.elapsed_secs;
     let mut last = Instant::now();
@@ -449,7 +531,10 @@ pub fn run(trainer: &mut Trainer, out: &Path, mut on_event: impl FnMut(Event)) -
             log.write(
                 "train",
                 &stats,
-                &[("tokens_per_sec", tokens_per_sec), ("elapsed_secs", trainer.state.elapsed_secs)],
+                &[
+                    ("tokens_per_sec", tokens_per_sec.into()),
+                    ("elapsed_secs", trainer.state.elapsed_secs.into()),
+                ],
             )?;
             last = Instant::now();
             tokens_since = 0;
@@ -461,13 +546,13 @@ pub fn run(trainer: &mut Trainer, out: &Path, mut on_event: impl FnMut(Event)) -
             let solved = trainer.config.stop_when_solved && result.sequence_accuracy == Some(1.0);
             last_eval = Some(result);
             if solved {
-                trainer.save(out)?;
+                trainer.save(run)?;
                 on_event(Event::Solved);
                 break;
             }
         }
         if trainer.state.step.is_multiple_of(trainer.config.checkpoint_every) || done {
-            let dir = trainer.save(out)?;
+            let dir = trainer.save(run)?;
             on_event(Event::Checkpoint { step: trainer.state.step, dir: &dir });
         }
     }
@@ -475,7 +560,7 @@ pub fn run(trainer: &mut Trainer, out: &Path, mut on_event: impl FnMut(Event)) -
         // Leave a checkpoint of where the budget ran out.
         let result = evaluate_and_log(trainer, &mut log, &mut on_event)?;
         last_eval = Some(result);
-        let dir = trainer.save(out)?;
+        let dir = trainer.save(run)?;
         on_event(Event::Checkpoint { step: trainer.state.step, dir: &dir });
     }
     Ok(last_eval)

@@ -9,6 +9,7 @@ use nn::optim::{AdamWConfig, Decay, Schedule};
 use nn::Ctx;
 use perceiver::checkpoint;
 use perceiver::data::copy::{CopyTask, VOCAB};
+use perceiver::run_dir::RunDir;
 use perceiver::train::{self, TaskConfig, TrainConfig, Trainer};
 use perceiver::PerceiverArConfig;
 use rand::SeedableRng;
@@ -50,7 +51,8 @@ fn small_copy_config(steps: u64, seed: u64) -> TrainConfig {
 fn a_small_model_learns_the_copy_task_to_100_percent() {
     let out = scratch("copy");
     let mut trainer = Trainer::new(small_copy_config(800, 7)).unwrap();
-    let result = train::run(&mut trainer, &out, |_| {}).unwrap().expect("evaluated");
+    let result =
+        train::run(&mut trainer, &RunDir::create(&out, false).unwrap(), |_| {}).unwrap().expect("evaluated");
     println!("copy task: step {}, held out {result:?}", trainer.state.step);
     assert_eq!(result.accuracy, 1.0, "held-out token accuracy {result:?}");
     assert_eq!(result.sequence_accuracy, Some(1.0));
@@ -73,7 +75,8 @@ fn the_paper_variant_learns_the_copy_task_too() {
     config.model = PerceiverArConfig::paper(vocab, n, l, 64, 4, 1);
     config.model.cross_attend_dropout = 0.0;
     let mut trainer = Trainer::new(config).unwrap();
-    let result = train::run(&mut trainer, &out, |_| {}).unwrap().expect("evaluated");
+    let result =
+        train::run(&mut trainer, &RunDir::create(&out, false).unwrap(), |_| {}).unwrap().expect("evaluated");
     println!("paper variant: step {}, held out {result:?}", trainer.state.step);
     assert_eq!(result.sequence_accuracy, Some(1.0), "held out {result:?} at step {}", trainer.state.step);
     std::fs::remove_dir_all(&out).unwrap();
@@ -94,10 +97,10 @@ fn a_checkpoint_round_trip_gives_the_same_logits() {
     for _ in 0..5 {
         trainer.step().unwrap();
     }
-    let dir = trainer.save(&out).unwrap();
+    let dir = trainer.save(&RunDir::create(&out, false).unwrap()).unwrap();
     let (loaded, config) = train::load_model(&out).unwrap();
     assert_eq!(config, trainer.config);
-    assert_eq!(checkpoint::resolve(&out).unwrap(), dir);
+    assert_eq!(checkpoint::resolve(&out).unwrap(), (dir, None));
     let ids = [256, 1, 2, 3, 4, 5, 6, 6, 5, 4, 3, 2, 1];
     assert_eq!(logits(&loaded, &ids), logits(&trainer.model, &ids));
     std::fs::remove_dir_all(&out).unwrap();
@@ -122,7 +125,7 @@ fn resuming_matches_an_uninterrupted_run_exactly() {
     for _ in 0..10 {
         first.step().unwrap();
     }
-    first.save(&out).unwrap();
+    first.save(&RunDir::create(&out, false).unwrap()).unwrap();
     drop(first);
     let mut resumed = Trainer::resume(&out).unwrap();
     assert_eq!(resumed.state.step, 10);
@@ -138,17 +141,20 @@ fn an_interrupted_checkpoint_write_keeps_the_previous_one() {
     let out = scratch("crash");
     let mut trainer = Trainer::new(small_copy_config(5, 1)).unwrap();
     trainer.step().unwrap();
-    let good = trainer.save(&out).unwrap();
+    let run = RunDir::create(&out, false).unwrap();
+    let good = trainer.save(&run).unwrap();
     // A crash while writing the next checkpoint leaves a partial temporary directory behind.
-    let partial = out.join("checkpoints/.step-00000002.tmp");
+    drop(run);
+    let partial = out.join("checkpoints/.step-00000002.tmp-99999");
     std::fs::create_dir_all(&partial).unwrap();
     std::fs::write(partial.join("model.safetensors"), b"\x10\x00\x00").unwrap();
-    assert_eq!(checkpoint::resolve(&out).unwrap(), good);
+    assert_eq!(checkpoint::resolve(&out).unwrap(), (good, None));
     let loaded = checkpoint::load(&out).unwrap();
     assert_eq!(loaded.state.step, 1);
-    // The next save succeeds over the leftovers.
+    // The run resumes (which clears the leftovers) and its next save succeeds.
+    let run = RunDir::resume(&out).unwrap();
     trainer.step().unwrap();
-    let next = trainer.save(&out).unwrap();
+    let next = trainer.save(&run).unwrap();
     assert_eq!(checkpoint::load(&out).unwrap().state.step, 2);
     assert!(next.exists() && !partial.exists());
     std::fs::remove_dir_all(&out).unwrap();
@@ -166,7 +172,7 @@ fn malformed_inputs_are_named() {
     let out = scratch("malformed");
     let mut trainer = Trainer::new(small_copy_config(5, 1)).unwrap();
     trainer.step().unwrap();
-    let dir = trainer.save(&out).unwrap();
+    let dir = trainer.save(&RunDir::create(&out, false).unwrap()).unwrap();
 
     // A truncated weights file.
     let weights = dir.join("model.safetensors");
@@ -217,10 +223,11 @@ fn saving_a_step_twice_keeps_the_first_copy_until_latest_moves() {
     let out = scratch("resave");
     let mut trainer = Trainer::new(small_copy_config(5, 1)).unwrap();
     trainer.step().unwrap();
-    let first = trainer.save(&out).unwrap();
-    let second = trainer.save(&out).unwrap();
+    let run = RunDir::create(&out, false).unwrap();
+    let first = trainer.save(&run).unwrap();
+    let second = trainer.save(&run).unwrap();
     assert_ne!(first, second);
-    assert_eq!(checkpoint::resolve(&out).unwrap(), second);
+    assert_eq!(checkpoint::resolve(&out).unwrap(), (second, None));
     assert!(first.exists(), "the copy latest named was not deleted before latest moved");
     std::fs::remove_dir_all(&out).unwrap();
 }

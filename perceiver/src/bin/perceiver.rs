@@ -1,23 +1,24 @@
 //! The `perceiver` command: train, evaluate, sample and verify Perceiver AR models.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use nn::optim::{AdamWConfig, Decay, Schedule};
-use perceiver::config::{AbsolutePositions, CrossAttendDropout};
+use perceiver::config::AbsolutePositions;
 use perceiver::data::copy;
 use perceiver::generate::{generate, Sampling};
+use perceiver::presets;
+use perceiver::run_dir::RunDir;
 use perceiver::train::{self, Event, TaskConfig, TrainConfig, Trainer};
-use perceiver::{PerceiverArConfig, Result};
+use perceiver::Result;
 
 #[derive(Parser)]
 #[command(name = "perceiver", version, about = "Train, evaluate, sample and verify Perceiver AR models")]
 struct Cli {
     /// Worker threads for the CPU kernels (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = parse::count)]
     threads: Option<usize>,
     /// Where to compute: cpu, opencl (the first OpenCL device) or opencl:N.
     #[arg(long, global = true, default_value = "cpu")]
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model: the copy task by default, or byte-level text with --data FILE.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on held-out data.
     Eval(EvalArgs),
     /// Sample a continuation of a prompt from a checkpoint.
@@ -58,53 +59,128 @@ enum Positions {
     Sinusoidal,
 }
 
+/// Numeric options are checked as they are parsed, so a bad value is an error naming the
+/// option before anything runs.
+mod parse {
+    fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+        s.parse().map_err(|_| format!("`{s}` is not a number of the expected kind"))
+    }
+
+    /// An integer of at least 1.
+    pub fn count(s: &str) -> Result<usize, String> {
+        match number::<usize>(s)? {
+            0 => Err("must be at least 1".into()),
+            v => Ok(v),
+        }
+    }
+
+    /// A step count of at least 1.
+    pub fn steps(s: &str) -> Result<u64, String> {
+        match number::<u64>(s)? {
+            0 => Err("must be at least 1".into()),
+            v => Ok(v),
+        }
+    }
+
+    /// The copy task's k: at least 1, and small enough that its sequence length is a number.
+    pub fn copy_bytes(s: &str) -> Result<usize, String> {
+        match count(s)? {
+            k if k > 1 << 40 => Err("is beyond any memory".into()),
+            k => Ok(k),
+        }
+    }
+
+    /// A finite number above 0 (learning rate, minutes).
+    pub fn positive(s: &str) -> Result<f64, String> {
+        match number::<f64>(s)? {
+            v if v.is_finite() && v > 0.0 => Ok(v),
+            v => Err(format!("must be a finite number above 0, got {v}")),
+        }
+    }
+
+    pub fn positive_f32(s: &str) -> Result<f32, String> {
+        let v = positive(s)? as f32;
+        if v > 0.0 && v.is_finite() {
+            Ok(v)
+        } else {
+            Err(format!("{s} does not fit a positive f32"))
+        }
+    }
+
+    /// A finite number of at least 0 (temperature; 0 is greedy).
+    pub fn non_negative(s: &str) -> Result<f32, String> {
+        match number::<f32>(s)? {
+            v if v.is_finite() && v >= 0.0 => Ok(v),
+            v => Err(format!("must be a finite number of at least 0, got {v}")),
+        }
+    }
+
+    /// A dropout rate in [0, 1).
+    pub fn rate(s: &str) -> Result<f32, String> {
+        match number::<f32>(s)? {
+            v if (0.0..1.0).contains(&v) => Ok(v),
+            v => Err(format!("must be in [0, 1), got {v}")),
+        }
+    }
+
+    /// A probability mass in (0, 1].
+    pub fn mass(s: &str) -> Result<f32, String> {
+        match number::<f32>(s)? {
+            v if v > 0.0 && v <= 1.0 => Ok(v),
+            v => Err(format!("must be in (0, 1], got {v}")),
+        }
+    }
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// A text file to model byte by byte (default: the copy task).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Copy task: number of random bytes to mirror.
-    #[arg(long, default_value_t = 16)]
-    copy_bytes: usize,
-    #[arg(long, value_enum, default_value_t = Variant::PerceiverIo)]
-    variant: Variant,
+    /// Copy task: number of random bytes to mirror [default: 16].
+    #[arg(long, value_parser = parse::copy_bytes)]
+    copy_bytes: Option<usize>,
+    /// Which published model [default: perceiver-io].
+    #[arg(long, value_enum)]
+    variant: Option<Variant>,
     /// Absolute position information added to the embeddings (default: the variant's).
     #[arg(long, value_enum)]
     positions: Option<Positions>,
     /// Model width.
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count)]
     channels: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count)]
     heads: Option<usize>,
     /// Self-attention layers after the cross-attention.
     #[arg(long)]
     layers: Option<usize>,
     /// Latents (queries of the cross-attention) in training.
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count)]
     latents: Option<usize>,
     /// Longest input (prefix + latents).
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count)]
     context: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count)]
     batch: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = parse::steps)]
     steps: Option<u64>,
     /// Stop after this many minutes of training.
-    #[arg(long)]
+    #[arg(long, value_parser = parse::positive)]
     minutes: Option<f64>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, value_parser = parse::positive_f32)]
     lr: Option<f32>,
     #[arg(long)]
     warmup: Option<u64>,
     /// Fraction of prefix positions dropped from the cross-attention in training.
-    #[arg(long)]
+    #[arg(long, value_parser = parse::rate)]
     cross_dropout: Option<f32>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the weights and of the data and dropout streams [default: 0].
     #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_parser = parse::steps)]
     eval_every: Option<u64>,
-    #[arg(long)]
+    #[arg(long, value_parser = parse::steps)]
     checkpoint_every: Option<u64>,
     /// Output directory (metrics, checkpoints, loss curve).
     #[arg(long)]
@@ -112,6 +188,9 @@ struct TrainArgs {
     /// Continue the run saved in this directory (or checkpoint) exactly where it stopped.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Delete the run already in the output directory and start a new one there.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -120,13 +199,13 @@ struct EvalArgs {
     #[arg(long)]
     checkpoint: PathBuf,
     /// Evaluate with this many latents (default: the training latents).
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count)]
     latents: Option<usize>,
     /// The text file, if it moved since training.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Evaluate at most this many batches (default: all held-out text, the training's copy batches).
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count)]
     max_batches: Option<usize>,
     /// Print the result as JSON.
     #[arg(long)]
@@ -142,79 +221,108 @@ struct GenerateArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 200)]
     tokens: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    /// Logits are divided by this before sampling; 0 is greedy.
+    #[arg(long, default_value_t = 0.8, value_parser = parse::non_negative)]
     temperature: f32,
-    #[arg(long)]
+    /// Sample among the k most likely tokens only.
+    #[arg(long, value_parser = parse::count)]
     top_k: Option<usize>,
-    #[arg(long)]
+    /// Sample among the most likely tokens whose probabilities add up to p (nucleus sampling).
+    #[arg(long, value_parser = parse::mass)]
     top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
 
 /// The run configuration from the command line: the task's preset, then any overrides.
-fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
-    let text = a.data.is_some();
-    // Presets: a copy-task model that solves k = 16 in minutes; a text model for ~15 minutes.
-    let (vocab, context, latents, channels, heads, layers) = if text {
-        (perceiver::data::text::VOCAB, 256, 64, 192, 6, 3)
-    } else {
-        let task = copy::CopyTask { k: a.copy_bytes };
-        (copy::VOCAB, task.seq_len(), task.min_latents(), 128, 4, 2)
+fn train_config(a: &TrainArgs) -> (TrainConfig, PathBuf) {
+    let copy_bytes = a.copy_bytes.unwrap_or(16);
+    let mut preset = match &a.data {
+        Some(_) => presets::text(),
+        None => presets::copy_task(copy_bytes),
     };
-    let (context, latents) = (a.context.unwrap_or(context), a.latents.unwrap_or(latents));
-    let (channels, heads, layers) =
-        (a.channels.unwrap_or(channels), a.heads.unwrap_or(heads), a.layers.unwrap_or(layers));
-    let mut model = match a.variant {
-        Variant::PerceiverIo => {
-            PerceiverArConfig::perceiver_io(vocab, context, latents, channels, heads, layers)
-        }
-        Variant::Paper => PerceiverArConfig::paper(vocab, context, latents, channels, heads, layers),
+    let p = &mut preset;
+    p.context = a.context.unwrap_or(p.context);
+    p.latents = a.latents.unwrap_or(p.latents);
+    p.channels = a.channels.unwrap_or(p.channels);
+    p.heads = a.heads.unwrap_or(p.heads);
+    p.self_attention_layers = a.layers.unwrap_or(p.self_attention_layers);
+    p.batch_size = a.batch.unwrap_or(p.batch_size);
+    p.steps = a.steps.unwrap_or(p.steps);
+    p.minutes = a.minutes.or(p.minutes);
+    p.peak_lr = a.lr.unwrap_or(p.peak_lr);
+    p.warmup = a.warmup.unwrap_or(p.warmup);
+    p.eval_every = a.eval_every.unwrap_or(p.eval_every);
+    p.checkpoint_every = a.checkpoint_every.unwrap_or(p.checkpoint_every);
+    let variant = match a.variant.unwrap_or(Variant::PerceiverIo) {
+        Variant::PerceiverIo => presets::Variant::PerceiverIo,
+        Variant::Paper => presets::Variant::Paper,
     };
+    let mut config = preset.train_config(variant, a.data.clone(), copy_bytes, a.seed.unwrap_or(0));
     if let Some(p) = a.positions {
-        model.absolute_positions = match p {
+        config.model.absolute_positions = match p {
             Positions::None => AbsolutePositions::None,
             Positions::Learned => AbsolutePositions::Learned,
             Positions::Sinusoidal => AbsolutePositions::Sinusoidal,
         };
     }
-    model.cross_attend_dropout = a.cross_dropout.unwrap_or(if text { 0.1 } else { 0.0 });
-    if model.cross_attend_dropout_kind == CrossAttendDropout::Bernoulli && a.cross_dropout.is_none() {
-        model.cross_attend_dropout = 0.0;
+    if let Some(rate) = a.cross_dropout {
+        config.model.cross_attend_dropout = rate;
     }
-    let steps = a.steps.unwrap_or(3000);
-    let lr = a.lr.unwrap_or(if text { 2e-3 } else { 1e-3 });
-    let task = match &a.data {
-        Some(path) => {
-            TaskConfig::Text { path: path.clone(), valid_fraction: 0.1, min_len: (context / 4).max(1) }
-        }
-        None => TaskConfig::Copy { k: a.copy_bytes },
-    };
-    let config = TrainConfig {
-        task,
-        model,
-        batch_size: a.batch.unwrap_or(if text { 16 } else { 32 }),
-        steps,
-        time_budget_secs: a.minutes.or(text.then_some(14.0)).map(|m| m * 60.0),
-        schedule: Schedule {
-            peak: lr,
-            warmup: a.warmup.unwrap_or(100),
-            total: steps,
-            decay: Decay::Cosine,
-            min_ratio: 0.1,
-        },
-        adamw: AdamWConfig { weight_decay: 0.01, ..Default::default() },
-        clip: Some(1.0),
-        z_loss: 1e-4,
-        eval_every: a.eval_every.unwrap_or(if text { 250 } else { 100 }),
-        eval_batches: if text { 8 } else { 4 },
-        checkpoint_every: a.checkpoint_every.unwrap_or(500),
-        stop_when_solved: !text,
-        seed: a.seed,
-    };
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(if text { "runs/text" } else { "runs/copy" }));
-    Ok((config, out))
+    (config, a.out.clone().unwrap_or_else(|| PathBuf::from(preset.out)))
+}
+
+/// A resumed run keeps its model, data and random streams; these options change only how
+/// long and how it goes on, so they apply. Every other option would silently fork the run,
+/// so giving one is an error naming it.
+fn apply_resume_options(a: &TrainArgs, trainer: &mut Trainer, say: impl Fn(String)) -> Result<()> {
+    let fixed = [
+        ("--data", a.data.is_some()),
+        ("--copy-bytes", a.copy_bytes.is_some()),
+        ("--variant", a.variant.is_some()),
+        ("--positions", a.positions.is_some()),
+        ("--channels", a.channels.is_some()),
+        ("--heads", a.heads.is_some()),
+        ("--layers", a.layers.is_some()),
+        ("--latents", a.latents.is_some()),
+        ("--context", a.context.is_some()),
+        ("--batch", a.batch.is_some()),
+        ("--warmup", a.warmup.is_some()),
+        ("--cross-dropout", a.cross_dropout.is_some()),
+        ("--seed", a.seed.is_some()),
+    ];
+    let given: Vec<&str> = fixed.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect();
+    if !given.is_empty() {
+        return Err(perceiver::Error::Input(format!(
+            "{}: cannot change when resuming, since the run's model, data and random streams depend on it; \
+             --steps, --minutes, --lr, --eval-every and --checkpoint-every can",
+            given.join(", ")
+        )));
+    }
+    let c = &mut trainer.config;
+    if let Some(steps) = a.steps {
+        // The schedule stretches to the new length.
+        say(format!("resuming with --steps {steps} (was {})", c.steps));
+        c.steps = steps;
+        c.schedule.total = steps;
+    }
+    if let Some(minutes) = a.minutes {
+        say(format!("resuming with {minutes} more minutes"));
+        c.time_budget_secs = Some(trainer.state.elapsed_secs + minutes * 60.0);
+    }
+    if let Some(lr) = a.lr {
+        say(format!("resuming with --lr {lr} (was {})", c.schedule.peak));
+        c.schedule.peak = lr;
+    }
+    if let Some(n) = a.eval_every {
+        say(format!("resuming with --eval-every {n} (was {})", c.eval_every));
+        c.eval_every = n;
+    }
+    if let Some(n) = a.checkpoint_every {
+        say(format!("resuming with --checkpoint-every {n} (was {})", c.checkpoint_every));
+        c.checkpoint_every = n;
+    }
+    Ok(())
 }
 
 fn describe(result: &train::EvalResult) -> String {
@@ -232,35 +340,39 @@ fn describe(result: &train::EvalResult) -> String {
 }
 
 fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
-    let (mut trainer, out) = match &a.resume {
-        Some(dir) => {
-            let trainer = Trainer::resume(dir)?;
-            let out = a.out.clone().unwrap_or_else(|| {
-                // A run directory resumes in place; a checkpoint inside one resumes in its run.
-                if dir.join("latest").exists() {
-                    dir.clone()
-                } else {
-                    dir.ancestors().nth(2).unwrap_or(dir).to_path_buf()
-                }
-            });
-            (trainer, out)
+    let (mut trainer, run) = match &a.resume {
+        Some(path) => {
+            // A run directory resumes in place; a checkpoint inside one resumes in its run.
+            let home = if path.join("model.safetensors").exists() {
+                path.ancestors().nth(2).unwrap_or(path).to_path_buf()
+            } else {
+                path.clone()
+            };
+            let same = |p: &Path| p.canonicalize().ok() == home.canonicalize().ok();
+            let elsewhere = a.out.as_ref().filter(|out| !same(out));
+            // The lock comes first: no other writer may move `latest` or prune while we read.
+            let run = match elsewhere {
+                // A new directory for the continued run, under the fresh-run rules.
+                Some(out) => RunDir::create(out, a.overwrite)?,
+                None => RunDir::resume(&home)?,
+            };
+            let (checkpoint, note) = perceiver::checkpoint::resolve(path)?;
+            if let Some(note) = note {
+                eprintln!("warning: {note}");
+            }
+            let mut trainer = Trainer::resume(&checkpoint)?;
+            apply_resume_options(a, &mut trainer, |line| eprintln!("{line}"))?;
+            run.forget_metrics_after(trainer.state.step)?;
+            (trainer, run)
         }
         None => {
-            let (config, out) = train_config(a)?;
-            (Trainer::new(config)?, out)
+            let (config, out) = train_config(a);
+            let trainer = Trainer::new(config)?;
+            (trainer, RunDir::create(&out, a.overwrite)?)
         }
     };
+    let out = run.path().to_path_buf();
     trainer.to_device(device)?;
-    if a.resume.is_some() {
-        // Resuming can extend a run: more steps (the schedule stretches to them) or more time.
-        if let Some(steps) = a.steps {
-            trainer.config.steps = steps;
-            trainer.config.schedule.total = steps;
-        }
-        if let Some(minutes) = a.minutes {
-            trainer.config.time_budget_secs = Some(trainer.state.elapsed_secs + minutes * 60.0);
-        }
-    }
     let c = &trainer.config;
     eprintln!(
         "{}: {} parameters, context {}, {} latents, {} channels, {} heads, {} self-attention layers, batch {}",
@@ -296,7 +408,7 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
         }
     };
     let mut smoothed: Option<f32> = None;
-    let result = train::run(&mut trainer, &out, |event| match event {
+    let result = train::run(&mut trainer, &run, |event| match event {
         Event::Step { stats, tokens_per_sec } => {
             let s = smoothed.map_or(stats.loss, |v| 0.95 * v + 0.05 * stats.loss);
             smoothed = Some(s);
@@ -315,7 +427,7 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
     })?;
     bar.finish_and_clear();
     let svg = out.join("loss.svg");
-    perceiver::plot::loss_curve(&out.join("metrics.jsonl"), &svg, "Perceiver AR training")?;
+    let drawn = perceiver::plot::loss_curve(&out.join("metrics.jsonl"), &svg, "Perceiver AR training")?;
     if let Some(r) = &result {
         println!(
             "final held out: {} (step {}, {:.0} s)",
@@ -324,12 +436,25 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
             trainer.state.elapsed_secs
         );
     }
-    println!("loss curve: {}", svg.display());
+    if drawn {
+        println!("loss curve: {}", svg.display());
+    } else {
+        println!("no steps were run (the run is at step {} of {})", trainer.state.step, trainer.config.steps);
+    }
     Ok(true)
 }
 
+/// Loads the model of a checkpoint or run, warning when its `latest` was unusable.
+fn load_model(path: &Path) -> Result<(perceiver::PerceiverAr, TrainConfig)> {
+    let (dir, note) = perceiver::checkpoint::resolve(path)?;
+    if let Some(note) = note {
+        eprintln!("warning: {note}");
+    }
+    train::load_model(&dir)
+}
+
 fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
-    let (mut model, mut config) = train::load_model(&a.checkpoint)?;
+    let (mut model, mut config) = load_model(&a.checkpoint)?;
     model.to_device(device)?;
     if let (Some(path), TaskConfig::Text { path: p, .. }) = (&a.data, &mut config.task) {
         *p = path.clone();
@@ -353,7 +478,7 @@ fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
 }
 
 fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
-    let (mut model, config) = train::load_model(&a.checkpoint)?;
+    let (mut model, config) = load_model(&a.checkpoint)?;
     model.to_device(device)?;
     let copy_task = matches!(config.task, TaskConfig::Copy { .. });
     // Split windows into prefix and latents as training did (the text file is not needed).

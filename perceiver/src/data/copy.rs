@@ -22,12 +22,13 @@ pub struct CopyTask {
 impl CopyTask {
     /// Model input length: the sequence without its last token.
     pub fn seq_len(&self) -> usize {
-        2 * self.k + 1
+        // Saturating: a k read from a damaged config must give an error later, not overflow.
+        self.k.saturating_mul(2).saturating_add(1)
     }
 
     /// Latents needed to cover the mirrored half and the end marker.
     pub fn min_latents(&self) -> usize {
-        self.k + 1
+        self.k.saturating_add(1)
     }
 
     /// One full sequence `[BOS, bytes, reversed bytes, EOS]`.

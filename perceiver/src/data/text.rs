@@ -23,8 +23,20 @@ pub struct TextData {
 impl TextData {
     /// Reads `path` and holds out its tail; errors name the file when it is too short to use.
     pub fn load(path: &Path, valid_fraction: f32, min_len: usize) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let data_err = |message: String| Error::Data { path: path.to_path_buf(), message };
+        // A device or a pipe (`/dev/zero`, `/dev/stdin`) could be read forever: only regular
+        // files, and only ones that fit in memory twice (the file, then its two parts).
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(data_err(
+                "not a regular file (a directory, device or pipe cannot be a data set)".into(),
+            ));
+        }
+        crate::memory::ensure_fits(2 * meta.len() as u128, || {
+            format!("the data file of {} bytes", meta.len())
+        })
+        .map_err(|e| data_err(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         if bytes.is_empty() {
             return Err(data_err("the file is empty".into()));
         }
