@@ -1,10 +1,14 @@
-//! Every derivative rule, in one place.
+//! Every derivative rule, in one match.
+//!
+//! The elementwise ops are the exception that proves the rule: each one's derivative is
+//! written next to its forward definition in `tensor::op_table` (one entry per op: kernel,
+//! definition, OpenCL, derivative), and the `Unary` and `Binary` arms below call it.
 //!
 //! Notation: the node computed `y = f(x, ...)`; `g = ∂L/∂y` arrives from later nodes; each rule
 //! returns `∂L/∂x = g · ∂y/∂x` for every input that needs it. Where an input was broadcast
 //! in the forward pass, its gradient is summed back to its own shape (`sum_to_shape`).
 
-use tensor::{BinaryOp, ReduceOp, Result, Tensor, UnaryOp};
+use tensor::{ReduceOp, Result, Tensor};
 
 use crate::op::{NodeId, Op};
 
@@ -14,59 +18,16 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
     match op {
         Op::Leaf { .. } => unreachable!("leaves are collected by the sweep"),
 
+        // Elementwise ops: each rule is written next to its op in `tensor::op_table`.
         Op::Unary { x, op, input, output } => {
-            use UnaryOp::*;
-            let gx = match op {
-                // d(x)/dx = 1
-                Identity | AddScalar(_) => g,
-                // d(-x)/dx = d(c - x)/dx = -1
-                Neg | ScalarSub(_) => g.neg()?,
-                // d(e^x)/dx = e^x = y
-                Exp => g.mul(&output)?,
-                // d(ln x)/dx = 1/x
-                Log => g.div(&input)?,
-                // d(√x)/dx = 1/(2√x) = 0.5/y
-                Sqrt => g.mul_scalar(0.5)?.div(&output)?,
-                // d(x²)/dx = 2x
-                Square => g.mul(&input)?.mul_scalar(2.0)?,
-                // d(1/x)/dx = -1/x² = -y²
-                Recip => g.mul(&output.square()?)?.neg()?,
-                // d(tanh x)/dx = 1 - y²
-                Tanh => g.mul(&output.square()?.scalar_sub(1.0)?)?,
-                // d(σ(x))/dx = y(1 - y)
-                Sigmoid => g.mul(&output.mul(&output.scalar_sub(1.0)?)?)?,
-                // d(max(x,0))/dx = [x > 0]
-                Relu => g.mul(&input.step()?)?,
-                // d(relu(x)²)/dx = 2 relu(x)
-                SquaredRelu => g.mul(&input.relu()?)?.mul_scalar(2.0)?,
-                // d(x Φ(x))/dx = Φ(x) + x φ(x)
-                Gelu => g.mul(&input.gelu_derivative()?)?,
-                // d(cx)/dx = c, d(x/c)/dx = 1/c
-                MulScalar(c) => g.mul_scalar(c)?,
-                DivScalar(c) => g.div_scalar(c)?,
-                // d(max(x,c))/dx = [x > c]
-                MaxScalar(c) => g.mul(&input.sub_scalar(c)?.step()?)?,
-                GeluDerivative | Step => unreachable!("not recorded"),
-            };
+            let gx = op.backward(&g, &input, &output).expect("only differentiable ops are recorded")?;
             out.push((x, gx));
         }
 
         Op::Binary { lhs, rhs, op, a, b } => {
-            let (ga, gb) = match op {
-                // ∂(a+b) = (1, 1), ∂(a-b) = (1, -1)
-                BinaryOp::Add => (lhs.map(|_| Ok(g.clone())), rhs.map(|_| Ok(g.clone()))),
-                BinaryOp::Sub => (lhs.map(|_| Ok(g.clone())), rhs.map(|_| g.neg())),
-                // ∂(ab) = (b, a)
-                BinaryOp::Mul => (lhs.map(|_| g.mul(&b)), rhs.map(|_| g.mul(&a))),
-                // ∂(a/b) = (1/b, -a/b²)
-                BinaryOp::Div => (lhs.map(|_| g.div(&b)), rhs.map(|_| g.mul(&a)?.div(&b.square()?)?.neg())),
-                // ∂max(a,b) = ([a>b], [b>a]); a tie sends half to each.
-                BinaryOp::Max => (lhs.map(|_| g.mul(&winner(&a, &b)?)), rhs.map(|_| g.mul(&winner(&b, &a)?))),
-                BinaryOp::Min => (lhs.map(|_| g.mul(&winner(&b, &a)?)), rhs.map(|_| g.mul(&winner(&a, &b)?))),
-                BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq => {
-                    unreachable!("comparisons are not recorded")
-                }
-            };
+            let (ga, gb) = op
+                .backward(&g, &a, &b, (lhs.is_some(), rhs.is_some()))
+                .expect("only differentiable ops are recorded");
             if let (Some(n), Some(ga)) = (lhs, ga) {
                 out.push((n, ga?.sum_to_shape(a.shape())?));
             }
@@ -175,9 +136,4 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
         Op::Gather { x, axis, indices, size } => out.push((x, g.scatter_add(axis, &indices, size)?)),
     }
     Ok(out)
-}
-
-/// `1` where `a > b`, `½` where `a == b`, `0` elsewhere (broadcast to their common shape).
-fn winner(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    a.gt(b)?.add(&a.eq(b)?.mul_scalar(0.5)?)
 }

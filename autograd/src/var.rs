@@ -29,24 +29,27 @@ impl std::fmt::Debug for Var {
     }
 }
 
-macro_rules! unary_methods {
-    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
-        $(#[$doc])*
-        pub fn $name(&self) -> Result<Var> { self.unary(UnaryOp::$op) }
-    )*};
+/// The `Var` method of every unary op of `tensor`'s table (`exp`, `gelu`, `add_scalar`, ...).
+macro_rules! var_unary_methods {
+    ($($(#[$doc:meta])* $name:ident $method:ident($($c:ident = $sample:expr)?) { $($fields:tt)* })*) => {
+        impl Var {$(
+            $(#[$doc])*
+            pub fn $method(&self $(, $c: f32)?) -> Result<Var> { self.unary(UnaryOp::$name $(($c))?) }
+        )*}
+    };
 }
-macro_rules! scalar_methods {
-    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
-        $(#[$doc])*
-        pub fn $name(&self, c: f32) -> Result<Var> { self.unary(UnaryOp::$op(c)) }
-    )*};
+tensor::unary_op_table!(var_unary_methods);
+
+/// The `Var` method of every binary op of `tensor`'s table (`add`, `maximum`, `gt`, ...).
+macro_rules! var_binary_methods {
+    ($($(#[$doc:meta])* $name:ident $method:ident { $($fields:tt)* })*) => {
+        impl Var {$(
+            $(#[$doc])*
+            pub fn $method(&self, rhs: &Var) -> Result<Var> { self.binary(rhs, BinaryOp::$name) }
+        )*}
+    };
 }
-macro_rules! binary_methods {
-    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
-        $(#[$doc])*
-        pub fn $name(&self, rhs: &Var) -> Result<Var> { self.binary(rhs, BinaryOp::$op) }
-    )*};
-}
+tensor::binary_op_table!(var_binary_methods);
 
 impl Var {
     /// A value that needs no gradient.
@@ -118,40 +121,13 @@ impl Var {
 
     // ---- elementwise ----
 
-    /// Any differentiable [`UnaryOp`].
+    /// Any [`UnaryOp`]; ops whose output is piecewise constant (`step`) give constants.
     pub fn unary(&self, op: UnaryOp) -> Result<Var> {
-        if matches!(op, UnaryOp::GeluDerivative) && self.is_tracked() {
-            bail!("gelu_derivative", "has no backward rule (second derivatives are not supported)");
-        }
         let output = self.value.unary(op)?;
-        if matches!(op, UnaryOp::Step) {
-            return Ok(Var::constant(output)); // piecewise constant: zero gradient
+        if !op.is_differentiable() {
+            return Ok(Var::constant(output)); // zero gradient
         }
         self.record1(output.clone(), |x| Op::Unary { x, op, input: self.value.clone(), output })
-    }
-
-    unary_methods! {
-        neg => Neg;
-        exp => Exp;
-        log => Log;
-        sqrt => Sqrt;
-        square => Square;
-        recip => Recip;
-        tanh => Tanh;
-        sigmoid => Sigmoid;
-        relu => Relu;
-        squared_relu => SquaredRelu;
-        /// Exact (erf) GELU.
-        gelu => Gelu;
-    }
-
-    scalar_methods! {
-        add_scalar => AddScalar;
-        mul_scalar => MulScalar;
-        div_scalar => DivScalar;
-        max_scalar => MaxScalar;
-        /// `c - x`.
-        scalar_sub => ScalarSub;
     }
 
     pub fn sub_scalar(&self, c: f32) -> Result<Var> {
@@ -161,7 +137,7 @@ impl Var {
     /// Any [`BinaryOp`] with broadcasting. Comparisons return constants (zero gradient).
     pub fn binary(&self, rhs: &Var, op: BinaryOp) -> Result<Var> {
         let value = self.value.binary(&rhs.value, op)?;
-        if matches!(op, BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq) {
+        if !op.is_differentiable() {
             return Ok(Var::constant(value));
         }
         Var::record(&[self, rhs], value, |n| Op::Binary {
@@ -171,18 +147,6 @@ impl Var {
             a: self.value.clone(),
             b: rhs.value.clone(),
         })
-    }
-
-    binary_methods! {
-        add => Add;
-        sub => Sub;
-        mul => Mul;
-        div => Div;
-        maximum => Max;
-        minimum => Min;
-        gt => Gt;
-        ge => Ge;
-        eq => Eq;
     }
 
     /// `cond != 0 ? on_true : on_false` with broadcasting; `cond` is a constant.

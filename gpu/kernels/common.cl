@@ -1,6 +1,7 @@
 // Shared by every kernel: the layout of a strided operand, passed by value.
 // Element i (row-major in `shape`) of a tensor lives at offset + sum_d index_d * strides[d].
-#define MAX_RANK 8
+// MAX_RANK, ROW_GROUP, TILE and the REDUCE_* codes are defined by the compiler options
+// (gpu/src/program.rs), from the Rust constants.
 typedef struct {
     int rank;
     int offset;
@@ -22,7 +23,6 @@ inline int position(const Layout l, int i) {
 // Row kernels use one work-group of ROW_GROUP work-items per row: work-item l handles columns
 // l, l + ROW_GROUP, ... (neighbouring work-items read neighbouring addresses), then the group
 // combines its partial results through local memory.
-#define ROW_GROUP 64
 
 inline float group_sum(float v, __local float* scratch) {
     int l = get_local_id(0);

@@ -6,8 +6,6 @@
 // of a is at a_batch + i*rsa + p*csa, so a transposed operand is just swapped strides.
 // `la`/`lb` are layouts over the batch axes only (giving each batch matrix's base offset).
 
-#define TILE 16
-
 __kernel void matmul(Layout la, int rsa, int csa, __global const float* a,
                      Layout lb, int rsb, int csb, __global const float* b,
                      __global float* out, int m, int k, int n) {

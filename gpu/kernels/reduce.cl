@@ -8,21 +8,21 @@ __kernel void reduce(int op, Layout first, int len, int stride, __global const f
     int o = get_group_id(0), l = get_local_id(0);
     int base = position(first, o);
     float r;
-    if (op == 0) {                          // sum
+    if (op == REDUCE_SUM) {
         float acc = 0.0f;
         for (int i = l; i < len; i += ROW_GROUP) acc += src[base + i * stride];
         r = group_sum(acc, scratch);
-    } else if (op == 1 || op == 2) {        // max, min
-        float acc = op == 1 ? -INFINITY : INFINITY;
+    } else if (op == REDUCE_MAX || op == REDUCE_MIN) {
+        float acc = op == REDUCE_MAX ? -INFINITY : INFINITY;
         int nan = 0;
         for (int i = l; i < len; i += ROW_GROUP) {
             float v = src[base + i * stride];
             nan |= isnan(v);
-            acc = op == 1 ? fmax(acc, v) : fmin(acc, v);
+            acc = op == REDUCE_MAX ? fmax(acc, v) : fmin(acc, v);
         }
-        r = op == 1 ? group_max(acc, scratch) : group_min(acc, scratch);
+        r = op == REDUCE_MAX ? group_max(acc, scratch) : group_min(acc, scratch);
         if (group_max(nan ? 1.0f : 0.0f, scratch) > 0.0f) r = NAN;
-    } else {                                // log-sum-exp, shifted by the max
+    } else {                                // REDUCE_LOG_SUM_EXP, shifted by the max
         float m = -INFINITY;
         for (int i = l; i < len; i += ROW_GROUP) m = fmax(m, src[base + i * stride]);
         m = group_max(m, scratch);

@@ -7,17 +7,6 @@ use tensor::{BackendDevice, Device, Result, Storage};
 
 use crate::storage::OpenClStorage;
 
-/// Every kernel source, in the order they must be compiled (the common header first).
-const SOURCES: [&str; 7] = [
-    include_str!("../kernels/common.cl"),
-    include_str!("../kernels/elementwise.cl"),
-    include_str!("../kernels/reduce.cl"),
-    include_str!("../kernels/softmax.cl"),
-    include_str!("../kernels/layer_norm.cl"),
-    include_str!("../kernels/matmul.cl"),
-    include_str!("../kernels/index.cl"),
-];
-
 pub(crate) fn cl_err(e: impl std::fmt::Display) -> tensor::Error {
     tensor::Error::new("opencl", e.to_string())
 }
@@ -84,8 +73,12 @@ impl OpenClDevice {
         let (info, platform, device) = all.swap_remove(ordinal);
         let context = Context::builder().platform(platform).devices(device).build().map_err(cl_err)?;
         let queue = Queue::new(&context, device, None).map_err(cl_err)?;
-        let program =
-            Program::builder().src(SOURCES.concat()).devices(device).build(&context).map_err(|e| {
+        let program = Program::builder()
+            .src(crate::program::source())
+            .cmplr_opt(crate::program::compiler_options())
+            .devices(device)
+            .build(&context)
+            .map_err(|e| {
                 tensor::Error::new("opencl", format!("building the kernels for {}: {e}", info.name))
             })?;
         Ok(Arc::new_cyclic(|me| OpenClDevice { info, queue, program, me: me.clone() }))

@@ -2,8 +2,7 @@
 
 use tensor::{bail, Layout, Result};
 
-/// Largest rank a kernel accepts.
-pub const MAX_RANK: usize = 8;
+pub use crate::program::MAX_RANK;
 
 /// Mirrors `typedef struct { int rank; int offset; int shape[8]; int strides[8]; } Layout;`.
 #[repr(C)]

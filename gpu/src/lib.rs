@@ -8,10 +8,13 @@
 //!
 //! Kernels receive each operand's layout (shape, strides, offset) by value, so transposed,
 //! sliced and broadcast views work without copies, as on the CPU. The matrix product is tiled in
-//! local memory; reductions, softmax and layer norm give one work-item per row.
+//! local memory; reductions, softmax and layer norm give each row a work-group of
+//! [`program::ROW_GROUP`] work-items. The elementwise ops and the constants shared with the
+//! kernels come from one place each ([`program`]).
 
 mod device;
 mod layout_arg;
+pub mod program;
 mod storage;
 
 pub use device::{list_devices, DeviceInfo, OpenClDevice};

@@ -12,8 +12,7 @@ use tensor::{BackendStorage, BinaryOp, Device, Layout, MatmulSpec, ReduceOp, Res
 use crate::device::{cl_err, OpenClDevice};
 use crate::layout_arg::{fiber_starts, i32_of, rows, LayoutArg};
 
-/// Work-items per row in the row kernels (`ROW_GROUP` in kernels/common.cl).
-const ROW_GROUP: usize = 64;
+use crate::program::{ROW_GROUP, TILE};
 
 /// `len` f32 in an OpenCL buffer (allocated with at least one element: OpenCL has no empty
 /// buffers).
@@ -107,55 +106,6 @@ fn resized(layout: &Layout, axis: usize, len: usize) -> usize {
     layout.shape().iter().enumerate().map(|(d, &s)| if d == axis { len } else { s }).product()
 }
 
-fn unary_code(op: UnaryOp) -> (i32, f32) {
-    use UnaryOp::*;
-    match op {
-        Identity => (0, 0.0),
-        Neg => (1, 0.0),
-        Exp => (2, 0.0),
-        Log => (3, 0.0),
-        Sqrt => (4, 0.0),
-        Square => (5, 0.0),
-        Recip => (6, 0.0),
-        Tanh => (7, 0.0),
-        Sigmoid => (8, 0.0),
-        Relu => (9, 0.0),
-        SquaredRelu => (10, 0.0),
-        Gelu => (11, 0.0),
-        GeluDerivative => (12, 0.0),
-        Step => (13, 0.0),
-        AddScalar(c) => (14, c),
-        MulScalar(c) => (15, c),
-        DivScalar(c) => (16, c),
-        MaxScalar(c) => (17, c),
-        ScalarSub(c) => (18, c),
-    }
-}
-
-fn binary_code(op: BinaryOp) -> i32 {
-    use BinaryOp::*;
-    match op {
-        Add => 0,
-        Sub => 1,
-        Mul => 2,
-        Div => 3,
-        Max => 4,
-        Min => 5,
-        Gt => 6,
-        Ge => 7,
-        Eq => 8,
-    }
-}
-
-fn reduce_code(op: ReduceOp) -> i32 {
-    match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Max => 1,
-        ReduceOp::Min => 2,
-        ReduceOp::LogSumExp => 3,
-    }
-}
-
 impl BackendStorage for OpenClStorage {
     fn device(&self) -> Device {
         self.device.device()
@@ -192,13 +142,7 @@ impl BackendStorage for OpenClStorage {
         let out = Self::alloc(&self.device, n)?;
         let (la, lb) = (LayoutArg::of(layout)?, LayoutArg::of(rhs_layout)?);
         self.run("binary", n, |k| {
-            k.arg(binary_code(op))
-                .arg(la)
-                .arg(&self.buffer)
-                .arg(lb)
-                .arg(&b.buffer)
-                .arg(&out.buffer)
-                .arg(n as i32);
+            k.arg(op.code()).arg(la).arg(&self.buffer).arg(lb).arg(&b.buffer).arg(&out.buffer).arg(n as i32);
         })?;
         wrap(out)
     }
@@ -234,13 +178,7 @@ impl BackendStorage for OpenClStorage {
         let (len, stride) = (i32_of(layout.shape()[axis])?, i32_of(layout.strides()[axis])?);
         let out = Self::alloc(&self.device, n)?;
         self.run_rows("reduce", n, |k| {
-            k.arg(reduce_code(op))
-                .arg(first)
-                .arg(len)
-                .arg(stride)
-                .arg(&self.buffer)
-                .arg(&out.buffer)
-                .arg(n as i32);
+            k.arg(op as i32).arg(first).arg(len).arg(stride).arg(&self.buffer).arg(&out.buffer).arg(n as i32);
         })?;
         wrap(out)
     }
@@ -382,9 +320,8 @@ impl BackendStorage for OpenClStorage {
         let (rsa, csa, rsb, csb) =
             (i32_of(sa[r - 2])?, i32_of(sa[r - 1])?, i32_of(sb[r - 2])?, i32_of(sb[r - 1])?);
         let (mi, ki, ni) = (i32_of(*m)?, i32_of(*k)?, i32_of(*n)?);
-        let tile = 16;
-        let global = [n.div_ceil(tile) * tile, m.div_ceil(tile) * tile, batches];
-        self.device.launch("matmul", global, Some([tile, tile, 1]), |kb| {
+        let global = [n.div_ceil(TILE) * TILE, m.div_ceil(TILE) * TILE, batches];
+        self.device.launch("matmul", global, Some([TILE, TILE, 1]), |kb| {
             kb.arg(la).arg(rsa).arg(csa).arg(&self.buffer).arg(lb).arg(rsb).arg(csb).arg(&b.buffer);
             kb.arg(&out.buffer).arg(mi).arg(ki).arg(ni);
         })?;
@@ -516,7 +453,7 @@ impl OpenClStorage {
     fn unary_raw(&self, layout: &Layout, op: UnaryOp) -> Result<OpenClStorage> {
         let n = layout.numel();
         let out = Self::alloc(&self.device, n)?;
-        let (code, c) = unary_code(op);
+        let (code, c) = (op.code(), op.scalar());
         let lx = LayoutArg::of(layout)?;
         self.run("unary", n, |k| {
             k.arg(code).arg(c).arg(lx).arg(&self.buffer).arg(&out.buffer).arg(n as i32);

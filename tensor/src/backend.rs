@@ -19,52 +19,10 @@ use crate::cpu::CpuStorage;
 use crate::error::Result;
 use crate::layout::Layout;
 
-/// Elementwise ops of one input. The `*Scalar` forms combine each element with a constant.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum UnaryOp {
-    /// A copy: makes a strided view contiguous.
-    Identity,
-    Neg,
-    Exp,
-    /// Natural logarithm.
-    Log,
-    Sqrt,
-    Square,
-    Recip,
-    Tanh,
-    Sigmoid,
-    Relu,
-    /// `relu(x)^2`, the "squared ReLU" of the Perceiver AR paper's MLP.
-    SquaredRelu,
-    /// Exact GELU: `x * Φ(x) = 0.5 * x * (1 + erf(x / √2))`.
-    Gelu,
-    /// The derivative of exact GELU: `Φ(x) + x * φ(x)`.
-    GeluDerivative,
-    /// `1` where `x > 0`, else `0` (the derivative of ReLU).
-    Step,
-    AddScalar(f32),
-    MulScalar(f32),
-    DivScalar(f32),
-    MaxScalar(f32),
-    /// `c - x`.
-    ScalarSub(f32),
-}
+pub use crate::op_table::{BinaryOp, UnaryOp};
 
-/// Elementwise ops of two inputs of the same (broadcast) shape. Comparisons give `1.0` or `0.0`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Max,
-    Min,
-    Gt,
-    Ge,
-    Eq,
-}
-
-/// Reductions along one axis.
+/// Reductions along one axis. (Their kernels differ in more than one expression, so each
+/// backend writes them out; the OpenCL code is the variant's position, `op as i32`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
     Sum,
@@ -72,6 +30,21 @@ pub enum ReduceOp {
     Min,
     /// `log Σ exp(x)`, computed as `m + log Σ exp(x - m)` with `m` the maximum.
     LogSumExp,
+}
+
+impl ReduceOp {
+    /// Every reduction.
+    pub const ALL: [ReduceOp; 4] = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min, ReduceOp::LogSumExp];
+
+    /// The method name (`"sum"`, `"log_sum_exp"`), also used in error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+            ReduceOp::LogSumExp => "log_sum_exp",
+        }
+    }
 }
 
 /// A batched matrix product `out[b] = a[b] @ b[b]`, with batch axes already broadcast.

@@ -7,7 +7,9 @@
 //! Reading order for the course:
 //! 1. [`layout`]: how an index becomes a position; views as layout arithmetic.
 //! 2. [`tensor`] and [`view`]: the `Tensor` type and its views.
-//! 3. [`ops`] and [`indexing`]: what you can compute, with shape checks and clear errors.
+//! 3. [`ops`] and [`indexing`]: what you can compute, with shape checks and clear errors;
+//!    [`op_table`]: every elementwise op defined once (kernel, f64 definition, OpenCL,
+//!    derivative, test domain).
 //! 4. [`backend`]: the device trait that ops dispatch to; the CPU is its first implementation.
 //! 5. [`cpu`]: the kernels: a strided walker, `wide` SIMD math, `rayon` splitting, `sgemm`.
 //! 6. [`reference`](mod@reference): naive kernels written from the definitions, which the tests hold the fast
@@ -18,6 +20,7 @@ pub mod cpu;
 pub mod error;
 pub mod indexing;
 pub mod layout;
+pub mod op_table;
 pub mod ops;
 pub mod reference;
 pub mod tensor;
@@ -26,5 +29,6 @@ pub mod view;
 pub use backend::{BackendDevice, BackendStorage, BinaryOp, Device, MatmulSpec, ReduceOp, Storage, UnaryOp};
 pub use error::{Error, Result};
 pub use layout::Layout;
+pub use op_table::Domain;
 pub use ops::LayerNormParts;
 pub use tensor::Tensor;

@@ -8,25 +8,6 @@ use crate::error::{fmt_shape, Result};
 use crate::layout::broadcast_shape;
 use crate::tensor::Tensor;
 
-macro_rules! unary_methods {
-    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
-        $(#[$doc])*
-        pub fn $name(&self) -> Result<Tensor> { self.unary(UnaryOp::$op) }
-    )*};
-}
-macro_rules! scalar_methods {
-    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
-        $(#[$doc])*
-        pub fn $name(&self, c: f32) -> Result<Tensor> { self.unary(UnaryOp::$op(c)) }
-    )*};
-}
-macro_rules! binary_methods {
-    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {$(
-        $(#[$doc])*
-        pub fn $name(&self, rhs: &Tensor) -> Result<Tensor> { self.binary(rhs, BinaryOp::$op) }
-    )*};
-}
-
 /// Output of [`Tensor::layer_norm_with_stats`].
 pub struct LayerNormParts {
     pub y: Tensor,
@@ -43,35 +24,8 @@ impl Tensor {
         Ok(Tensor::from_output(s, self.shape()))
     }
 
-    unary_methods! {
-        neg => Neg;
-        exp => Exp;
-        /// Natural logarithm.
-        log => Log;
-        sqrt => Sqrt;
-        square => Square;
-        recip => Recip;
-        tanh => Tanh;
-        sigmoid => Sigmoid;
-        relu => Relu;
-        /// `relu(x)²`.
-        squared_relu => SquaredRelu;
-        /// Exact (erf) GELU.
-        gelu => Gelu;
-        /// `d/dx gelu(x)`.
-        gelu_derivative => GeluDerivative;
-        /// `1` where `x > 0`, else `0`.
-        step => Step;
-    }
-
-    scalar_methods! {
-        add_scalar => AddScalar;
-        mul_scalar => MulScalar;
-        div_scalar => DivScalar;
-        max_scalar => MaxScalar;
-        /// `c - x`.
-        scalar_sub => ScalarSub;
-    }
+    // The method of each unary and binary op (`exp`, `gelu`, `add_scalar`, `add`, `maximum`,
+    // ...) is generated from its entry in `crate::op_table`.
 
     /// `x - c` (exactly `x + (-c)`).
     pub fn sub_scalar(&self, c: f32) -> Result<Tensor> {
@@ -80,30 +34,13 @@ impl Tensor {
 
     /// Any [`BinaryOp`], broadcasting both operands to a common shape (numpy rules).
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
-        let name = binary_name(op);
+        let name = op.name();
         self.same_device(name, rhs)?;
         let shape = broadcast_shape(name, self.shape(), rhs.shape())?;
         let la = self.layout.broadcast_to(&shape)?;
         let lb = rhs.layout.broadcast_to(&shape)?;
         let s = self.storage.backend().binary(&la, &rhs.storage, &lb, op)?;
         Ok(Tensor::from_output(s, &shape))
-    }
-
-    binary_methods! {
-        add => Add;
-        sub => Sub;
-        mul => Mul;
-        div => Div;
-        /// Elementwise maximum.
-        maximum => Max;
-        /// Elementwise minimum.
-        minimum => Min;
-        /// `1` where `self > rhs`, else `0`.
-        gt => Gt;
-        /// `1` where `self >= rhs`, else `0`.
-        ge => Ge;
-        /// `1` where `self == rhs`, else `0`.
-        eq => Eq;
     }
 
     /// `self != 0 ? on_true : on_false`, all three broadcast to one shape.
@@ -132,7 +69,7 @@ impl Tensor {
 
     /// Reduces `axis` with `op`, keeping it as size 1 when `keepdim`.
     pub fn reduce(&self, axis: usize, op: ReduceOp, keepdim: bool) -> Result<Tensor> {
-        self.layout.check_axis(reduce_name(op), axis)?;
+        self.layout.check_axis(op.name(), axis)?;
         let s = self.storage.backend().reduce(&self.layout, axis, op)?;
         let mut shape = self.shape().to_vec();
         shape[axis] = 1;
@@ -375,27 +312,4 @@ pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()>
         bail!(op, "shapes {} and {} differ", fmt_shape(a.shape()), fmt_shape(b.shape()));
     }
     Ok(())
-}
-
-fn binary_name(op: BinaryOp) -> &'static str {
-    match op {
-        BinaryOp::Add => "add",
-        BinaryOp::Sub => "sub",
-        BinaryOp::Mul => "mul",
-        BinaryOp::Div => "div",
-        BinaryOp::Max => "maximum",
-        BinaryOp::Min => "minimum",
-        BinaryOp::Gt => "gt",
-        BinaryOp::Ge => "ge",
-        BinaryOp::Eq => "eq",
-    }
-}
-
-fn reduce_name(op: ReduceOp) -> &'static str {
-    match op {
-        ReduceOp::Sum => "sum",
-        ReduceOp::Max => "max",
-        ReduceOp::Min => "min",
-        ReduceOp::LogSumExp => "log_sum_exp",
-    }
 }

@@ -51,51 +51,18 @@ pub fn erf(x: f64) -> f64 {
     libm::erf(x)
 }
 
-/// One unary op on one value, in f64.
+/// One unary op on one value, in f64: the op's `exact` definition in [`crate::op_table`].
 pub fn unary_value(op: UnaryOp, x: f64) -> f64 {
-    use UnaryOp::*;
-    let phi = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
-    match op {
-        Identity => x,
-        Neg => -x,
-        Exp => x.exp(),
-        Log => x.ln(),
-        Sqrt => x.sqrt(),
-        Square => x * x,
-        Recip => 1.0 / x,
-        Tanh => x.tanh(),
-        Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Relu => x.max(0.0),
-        SquaredRelu => x.max(0.0).powi(2),
-        Gelu => x * phi(x),
-        GeluDerivative => phi(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt(),
-        Step => (x > 0.0) as u8 as f64,
-        AddScalar(c) => x + c as f64,
-        MulScalar(c) => x * c as f64,
-        DivScalar(c) => x / c as f64,
-        MaxScalar(c) => x.max(c as f64),
-        ScalarSub(c) => c as f64 - x,
-    }
+    op.exact(x)
 }
 
 pub fn unary(x: &Tensor, op: UnaryOp) -> Tensor {
     collect(x.shape(), |i| unary_value(op, x.get(i).unwrap() as f64))
 }
 
-/// One binary op on two values, in f64.
+/// One binary op on two values, in f64: the op's `exact` definition.
 pub fn binary_value(op: BinaryOp, a: f64, b: f64) -> f64 {
-    use BinaryOp::*;
-    match op {
-        Add => a + b,
-        Sub => a - b,
-        Mul => a * b,
-        Div => a / b,
-        Max => a.max(b),
-        Min => a.min(b),
-        Gt => (a > b) as u8 as f64,
-        Ge => (a >= b) as u8 as f64,
-        Eq => (a == b) as u8 as f64,
-    }
+    op.exact(a, b)
 }
 
 pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {

@@ -11,7 +11,7 @@ use autograd::Var;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tensor::{Device, Result, Tensor, UnaryOp};
+use tensor::{Device, Result, Tensor};
 
 /// How a base tensor becomes the input an op sees.
 #[derive(Clone, Debug)]
@@ -175,29 +175,6 @@ pub fn opencl_device() -> Device {
         })
         .clone()
 }
-
-/// Every unary op, with arbitrary constants for the scalar forms.
-pub const ALL_UNARY: [UnaryOp; 19] = [
-    UnaryOp::Identity,
-    UnaryOp::Neg,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Square,
-    UnaryOp::Recip,
-    UnaryOp::Tanh,
-    UnaryOp::Sigmoid,
-    UnaryOp::Relu,
-    UnaryOp::SquaredRelu,
-    UnaryOp::Gelu,
-    UnaryOp::GeluDerivative,
-    UnaryOp::Step,
-    UnaryOp::AddScalar(0.75),
-    UnaryOp::MulScalar(-1.5),
-    UnaryOp::DivScalar(3.0),
-    UnaryOp::MaxScalar(0.25),
-    UnaryOp::ScalarSub(2.0),
-];
 
 /// A proptest config with `default` cases, or `PROPTEST_CASES` when set (an explicit count in a
 /// test's config would otherwise override the variable): `PROPTEST_CASES=1000 cargo test`

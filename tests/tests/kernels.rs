@@ -13,34 +13,15 @@
 
 use proptest::prelude::*;
 use tensor::{reference, BinaryOp, ReduceOp, Tensor, UnaryOp};
-use tests::{assert_close, shape, uniform, viewed, viewed_no_broadcast, ALL_UNARY};
+use tests::{assert_close, shape, uniform, viewed, viewed_no_broadcast};
 
 fn cases() -> ProptestConfig {
     tests::proptest_config(48)
 }
 
-const BINARY: [BinaryOp; 9] = [
-    BinaryOp::Add,
-    BinaryOp::Sub,
-    BinaryOp::Mul,
-    BinaryOp::Div,
-    BinaryOp::Max,
-    BinaryOp::Min,
-    BinaryOp::Gt,
-    BinaryOp::Ge,
-    BinaryOp::Eq,
-];
-
+/// `(atol, rtol)` of a unary op's kernel against its f64 definition (from `tensor::op_table`).
 fn unary_tolerance(op: UnaryOp) -> (f32, f32) {
-    match op {
-        UnaryOp::Exp
-        | UnaryOp::Log
-        | UnaryOp::Tanh
-        | UnaryOp::Sigmoid
-        | UnaryOp::Gelu
-        | UnaryOp::GeluDerivative => (1e-6, 1e-6),
-        _ => (0.0, 0.0),
-    }
+    (op.tolerance(), op.tolerance())
 }
 
 proptest! {
@@ -48,10 +29,10 @@ proptest! {
 
     #[test]
     fn unary_ops_match_reference(x in shape(1..=4, 1..=6).prop_flat_map(|s| viewed(s, 0.05, 4.0)), neg in any::<bool>()) {
-        // Positive inputs keep log and sqrt defined; `neg` flips them for the others.
+        // Positive inputs keep log, sqrt and 1/x defined; `neg` flips them for the others.
         let x = if neg { x.tensor().neg().unwrap() } else { x.tensor() };
-        for op in ALL_UNARY {
-            if neg && matches!(op, UnaryOp::Log | UnaryOp::Sqrt) { continue; }
+        for &op in UnaryOp::ALL {
+            if neg && op.domain().low > 0.0 { continue; }
             let (atol, rtol) = unary_tolerance(op);
             assert_close(&x.unary(op).unwrap(), &reference::unary(&x, op), atol, rtol);
         }
@@ -71,7 +52,7 @@ proptest! {
         let mut rs: Vec<usize> = lhs.shape().iter().enumerate().map(|(i, &d)| if i % 2 == 1 { 1 } else { d }).collect();
         rs.drain(..drop.min(rs.len()));
         let rhs = uniform(&rs, 0.5, 2.0, b);
-        for op in BINARY {
+        for &op in BinaryOp::ALL {
             assert_close(&lhs.binary(&rhs, op).unwrap(), &reference::binary(&lhs, &rhs, op).unwrap(), 0.0, 0.0);
             assert_close(&rhs.binary(&lhs, op).unwrap(), &reference::binary(&rhs, &lhs, op).unwrap(), 0.0, 0.0);
         }
@@ -278,7 +259,7 @@ fn results_do_not_depend_on_layout() {
     let x = uniform(&[64, 48], -3.0, 3.0, 11);
     let xt = x.t().unwrap().contiguous().unwrap().t().unwrap();
     assert!(!xt.is_contiguous());
-    for op in ALL_UNARY {
+    for &op in UnaryOp::ALL {
         let bits = |t: &Tensor| {
             t.unary(op).unwrap().to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         };

@@ -5,13 +5,11 @@
 //! run (a transposed or broadcast view) is first gathered into a small buffer, so the math is
 //! the same vectorised code whatever the layout, and so are the results, bit for bit.
 
-use wide::{f32x8, CmpEq, CmpGe, CmpGt};
-
-use super::math;
 use super::parallel::for_each_chunk;
 use super::walk::Walk;
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::layout::Layout;
+use crate::op_table::{binary_slice, unary_slice};
 
 const BLOCK: usize = 256;
 
@@ -24,52 +22,6 @@ fn gather(src: &[f32], offset: usize, stride: usize, buf: &mut [f32]) {
         for (t, b) in buf.iter_mut().enumerate() {
             *b = src[offset + t * stride];
         }
-    }
-}
-
-/// Applies `op` to a contiguous slice.
-pub(crate) fn unary_slice(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
-    use UnaryOp::*;
-    match op {
-        Identity => dst.copy_from_slice(src),
-        Neg => math::map(src, dst, |x| -x),
-        Exp => math::map(src, dst, math::exp),
-        Log => math::map(src, dst, math::ln),
-        Sqrt => math::map(src, dst, |x| x.sqrt()),
-        Square => math::map(src, dst, |x| x * x),
-        Recip => math::map(src, dst, |x| f32x8::ONE / x),
-        Tanh => math::map(src, dst, math::tanh),
-        Sigmoid => math::map(src, dst, math::sigmoid),
-        Relu => math::map(src, dst, |x| x.max(f32x8::ZERO)),
-        SquaredRelu => math::map(src, dst, |x| {
-            let r = x.max(f32x8::ZERO);
-            r * r
-        }),
-        Gelu => math::map(src, dst, math::gelu),
-        GeluDerivative => math::map(src, dst, math::gelu_derivative),
-        Step => math::map(src, dst, |x| x.cmp_gt(f32x8::ZERO).blend(f32x8::ONE, f32x8::ZERO)),
-        AddScalar(c) => math::map(src, dst, |x| x + f32x8::splat(c)),
-        MulScalar(c) => math::map(src, dst, |x| x * f32x8::splat(c)),
-        DivScalar(c) => math::map(src, dst, |x| x / f32x8::splat(c)),
-        MaxScalar(c) => math::map(src, dst, |x| x.max(f32x8::splat(c))),
-        ScalarSub(c) => math::map(src, dst, |x| f32x8::splat(c) - x),
-    }
-}
-
-/// Applies `op` pairwise to two contiguous slices.
-pub(crate) fn binary_slice(op: BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) {
-    use BinaryOp::*;
-    let (one, zero) = (f32x8::ONE, f32x8::ZERO);
-    match op {
-        Add => math::map2(a, b, dst, |x, y| x + y),
-        Sub => math::map2(a, b, dst, |x, y| x - y),
-        Mul => math::map2(a, b, dst, |x, y| x * y),
-        Div => math::map2(a, b, dst, |x, y| x / y),
-        Max => math::map2(a, b, dst, |x, y| x.max(y)),
-        Min => math::map2(a, b, dst, |x, y| x.min(y)),
-        Gt => math::map2(a, b, dst, |x, y| x.cmp_gt(y).blend(one, zero)),
-        Ge => math::map2(a, b, dst, |x, y| x.cmp_ge(y).blend(one, zero)),
-        Eq => math::map2(a, b, dst, |x, y| x.cmp_eq(y).blend(one, zero)),
     }
 }
 

@@ -10,12 +10,13 @@
 //! Log-sum-exp uses the max shift, `m + log Σ exp(x - m)`, so it never overflows; on a
 //! non-unit-stride axis the data is first copied so the axis is last.
 
-use super::elementwise::{binary_slice, unary};
+use super::elementwise::unary;
 use super::math;
 use super::parallel::for_each_chunk;
 use super::walk::Walk;
 use crate::backend::{BinaryOp, ReduceOp, UnaryOp};
 use crate::layout::Layout;
+use crate::op_table::binary_slice;
 
 /// Reduces `axis` of the strided input; output is contiguous with `axis` of size 1.
 pub(crate) fn reduce(src: &[f32], layout: &Layout, axis: usize, op: ReduceOp) -> Vec<f32> {

@@ -1,0 +1,56 @@
+//! The OpenCL program: the kernel files, the elementwise ops generated from `tensor`'s op
+//! table, and the constants that Rust and OpenCL C share, handed to the compiler as defines.
+//!
+//! Nothing is kept in step by hand: `apply_unary` and `apply_binary` (one `case` per op, with
+//! the codes of `UnaryOp::code` and `BinaryOp::code`) are written from the tables in
+//! `tensor::op_table`, and `MAX_RANK`, `ROW_GROUP`, `TILE` and the reduction codes exist only
+//! here, as Rust constants, reaching the kernels as `-D NAME=value`.
+
+use tensor::{BinaryOp, ReduceOp, UnaryOp};
+
+/// Largest rank a kernel accepts (the `Layout` struct's array length).
+pub const MAX_RANK: usize = 8;
+/// Work-items per row in the row kernels (reductions, softmax, layer norm): one work-group
+/// per row, each work-item striding over the columns.
+pub const ROW_GROUP: usize = 64;
+/// The matrix product's tile: each work-group computes a `TILE x TILE` block of the output.
+pub const TILE: usize = 16;
+
+/// The kernel files, in compile order (the common header first).
+const FILES: [&str; 7] = [
+    include_str!("../kernels/common.cl"),
+    include_str!("../kernels/elementwise.cl"),
+    include_str!("../kernels/reduce.cl"),
+    include_str!("../kernels/softmax.cl"),
+    include_str!("../kernels/layer_norm.cl"),
+    include_str!("../kernels/matmul.cl"),
+    include_str!("../kernels/index.cl"),
+];
+
+/// The whole program source: the common header, the generated elementwise functions, then
+/// the kernels.
+pub fn source() -> String {
+    let (common, kernels) = FILES.split_first().expect("kernel files");
+    let mut s = String::from(*common);
+    s.push_str("\n// Generated from tensor::op_table.\n");
+    s.push_str(&UnaryOp::opencl_source());
+    s.push_str(&BinaryOp::opencl_source());
+    for k in kernels {
+        s.push('\n');
+        s.push_str(k);
+    }
+    s
+}
+
+/// The compiler options: every shared constant as a define.
+pub fn compiler_options() -> String {
+    let mut defines = vec![
+        format!("-D MAX_RANK={MAX_RANK}"),
+        format!("-D ROW_GROUP={ROW_GROUP}"),
+        format!("-D TILE={TILE}"),
+    ];
+    for op in ReduceOp::ALL {
+        defines.push(format!("-D REDUCE_{}={}", op.name().to_uppercase(), op as i32));
+    }
+    defines.join(" ")
+}
