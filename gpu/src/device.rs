@@ -3,7 +3,7 @@
 use std::sync::{Arc, Weak};
 
 use ocl::{Context, Device as ClDevice, Platform, Program, Queue};
-use tensor::{BackendDevice, Device, Result, Storage};
+use tensor::{BackendDevice, BackendStorage, Device, Result, Storage};
 
 use crate::storage::OpenClStorage;
 
@@ -129,9 +129,9 @@ impl BackendDevice for OpenClDevice {
         format!("opencl:{}", self.info.ordinal)
     }
     fn upload(&self, data: &[f32]) -> Result<Storage> {
-        OpenClStorage::from_host(&self.handle(), data).map(|s| Storage::Ext(Box::new(s)))
+        OpenClStorage::from_host(&self.handle(), data).map(BackendStorage::into_storage)
     }
     fn zeros(&self, len: usize) -> Result<Storage> {
-        OpenClStorage::filled(&self.handle(), len, 0.0).map(|s| Storage::Ext(Box::new(s)))
+        OpenClStorage::filled(&self.handle(), len, 0.0).map(BackendStorage::into_storage)
     }
 }

@@ -1,13 +1,16 @@
 //! OpenCL storage and the device trait's ops on it: each op checks nothing the `Tensor` layer
-//! has checked, describes its operands' layouts to the kernel, and launches it.
+//! has checked, describes its operands' layouts to the kernel, and launches it. Operands
+//! arrive as `tensor::Operand<OpenClStorage>`: already this device's storage, with layouts
+//! that lie inside their buffers.
 
-use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
 use ocl::Buffer;
-use tensor::backend::{LayerNormGrads, LayerNormOutput};
-use tensor::{BackendStorage, BinaryOp, Device, Layout, MatmulSpec, ReduceOp, Result, Storage, UnaryOp};
+use tensor::backend::{LayerNormGrads, LayerNormOutput, LayerNormSaved};
+use tensor::{
+    BackendStorage, BinaryOp, Device, Layout, MatmulSpec, Operand, ReduceOp, Result, Storage, UnaryOp,
+};
 
 use crate::device::{cl_err, OpenClDevice};
 use crate::layout_arg::{fiber_starts, i32_of, rows, LayoutArg};
@@ -26,10 +29,6 @@ impl fmt::Debug for OpenClStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "OpenClStorage({} f32 on opencl:{})", self.len, self.device.info.ordinal)
     }
-}
-
-fn wrap(s: OpenClStorage) -> Result<Storage> {
-    Ok(Storage::Ext(Box::new(s)))
 }
 
 impl OpenClStorage {
@@ -54,17 +53,6 @@ impl OpenClStorage {
             k.arg(&s.buffer).arg(value).arg(n);
         })?;
         Ok(s)
-    }
-
-    /// The OpenCL buffer of another operand of the same op.
-    fn other<'a>(&self, s: &'a Storage) -> Result<&'a OpenClStorage> {
-        let o = s.downcast::<OpenClStorage>().ok_or_else(|| {
-            tensor::Error::new("opencl", format!("operand is on {}, not opencl", s.device()))
-        })?;
-        if !Arc::ptr_eq(&o.device, &self.device) {
-            return Err(tensor::Error::new("opencl", "operands on different OpenCL devices"));
-        }
-        Ok(o)
     }
 
     fn int_buffer(&self, values: &[usize]) -> Result<Buffer<i32>> {
@@ -113,18 +101,19 @@ impl BackendStorage for OpenClStorage {
     fn len(&self) -> usize {
         self.len
     }
-    fn as_any(&self) -> &dyn Any {
-        self
+    fn into_storage(self) -> Storage {
+        Storage::Ext(Box::new(self))
     }
 
-    fn to_host(&self, layout: &Layout) -> Result<Vec<f32>> {
+    fn to_host(x: Operand<Self>) -> Result<Vec<f32>> {
+        let (s, layout) = (x.storage(), x.layout());
         let n = layout.numel();
-        let contiguous = if layout.is_contiguous() && layout.offset() == 0 && n == self.len {
+        let contiguous = if layout.is_contiguous() && layout.offset() == 0 && n == s.len {
             None
         } else {
-            Some(self.unary_raw(layout, UnaryOp::Identity)?)
+            Some(s.unary_raw(layout, UnaryOp::Identity)?)
         };
-        let src = contiguous.as_ref().unwrap_or(self);
+        let src = contiguous.as_ref().unwrap_or(s);
         let mut out = vec![0.0; n];
         if n > 0 {
             src.buffer.read(&mut out).len(n).enq().map_err(cl_err)?;
@@ -132,36 +121,36 @@ impl BackendStorage for OpenClStorage {
         Ok(out)
     }
 
-    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage> {
-        wrap(self.unary_raw(layout, op)?)
+    fn unary(x: Operand<Self>, op: UnaryOp) -> Result<Self> {
+        x.storage().unary_raw(x.layout(), op)
     }
 
-    fn binary(&self, layout: &Layout, rhs: &Storage, rhs_layout: &Layout, op: BinaryOp) -> Result<Storage> {
-        let b = self.other(rhs)?;
-        let n = layout.numel();
-        let out = Self::alloc(&self.device, n)?;
-        let (la, lb) = (LayoutArg::of(layout)?, LayoutArg::of(rhs_layout)?);
-        self.run("binary", n, |k| {
-            k.arg(op.code()).arg(la).arg(&self.buffer).arg(lb).arg(&b.buffer).arg(&out.buffer).arg(n as i32);
+    fn binary(a: Operand<Self>, b: Operand<Self>, op: BinaryOp) -> Result<Self> {
+        let s = a.storage();
+        let n = a.layout().numel();
+        let out = Self::alloc(&s.device, n)?;
+        let (la, lb) = (LayoutArg::of(a.layout())?, LayoutArg::of(b.layout())?);
+        s.run("binary", n, |k| {
+            k.arg(op.code())
+                .arg(la)
+                .arg(&s.buffer)
+                .arg(lb)
+                .arg(&b.storage().buffer)
+                .arg(&out.buffer)
+                .arg(n as i32);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
-    fn where_cond(
-        &self,
-        layout: &Layout,
-        t: &Storage,
-        lt: &Layout,
-        f: &Storage,
-        lf: &Layout,
-    ) -> Result<Storage> {
-        let (t, f) = (self.other(t)?, self.other(f)?);
-        let n = layout.numel();
-        let out = Self::alloc(&self.device, n)?;
-        let (lc, lt, lf) = (LayoutArg::of(layout)?, LayoutArg::of(lt)?, LayoutArg::of(lf)?);
-        self.run("where_cond", n, |k| {
+    fn where_cond(cond: Operand<Self>, on_true: Operand<Self>, on_false: Operand<Self>) -> Result<Self> {
+        let (s, t, f) = (cond.storage(), on_true.storage(), on_false.storage());
+        let n = cond.layout().numel();
+        let out = Self::alloc(&s.device, n)?;
+        let lc = LayoutArg::of(cond.layout())?;
+        let (lt, lf) = (LayoutArg::of(on_true.layout())?, LayoutArg::of(on_false.layout())?);
+        s.run("where_cond", n, |k| {
             k.arg(lc)
-                .arg(&self.buffer)
+                .arg(&s.buffer)
                 .arg(lt)
                 .arg(&t.buffer)
                 .arg(lf)
@@ -169,31 +158,30 @@ impl BackendStorage for OpenClStorage {
                 .arg(&out.buffer)
                 .arg(n as i32);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
-    fn reduce(&self, layout: &Layout, axis: usize, op: ReduceOp) -> Result<Storage> {
+    fn reduce(x: Operand<Self>, axis: usize, op: ReduceOp) -> Result<Self> {
+        let (s, layout) = (x.storage(), x.layout());
         let first = fiber_starts(layout, axis, 1)?;
         let n = resized(layout, axis, 1);
         let (len, stride) = (i32_of(layout.shape()[axis])?, i32_of(layout.strides()[axis])?);
-        let out = Self::alloc(&self.device, n)?;
-        self.run_rows("reduce", n, |k| {
-            k.arg(op as i32).arg(first).arg(len).arg(stride).arg(&self.buffer).arg(&out.buffer).arg(n as i32);
+        let out = Self::alloc(&s.device, n)?;
+        s.run_rows("reduce", n, |k| {
+            k.arg(op as i32).arg(first).arg(len).arg(stride).arg(&s.buffer).arg(&out.buffer).arg(n as i32);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
-    fn argmax(&self, layout: &Layout, axis: usize) -> Result<Vec<usize>> {
+    fn argmax(x: Operand<Self>, axis: usize) -> Result<Vec<usize>> {
+        let (s, layout) = (x.storage(), x.layout());
         let first = fiber_starts(layout, axis, 1)?;
         let n = resized(layout, axis, 1);
         let (len, stride) = (i32_of(layout.shape()[axis])?, i32_of(layout.strides()[axis])?);
-        let out = Buffer::<i32>::builder()
-            .queue(self.device.queue.clone())
-            .len(n.max(1))
-            .build()
-            .map_err(cl_err)?;
-        self.run("argmax", n, |k| {
-            k.arg(first).arg(len).arg(stride).arg(&self.buffer).arg(&out).arg(n as i32);
+        let out =
+            Buffer::<i32>::builder().queue(s.device.queue.clone()).len(n.max(1)).build().map_err(cl_err)?;
+        s.run("argmax", n, |k| {
+            k.arg(first).arg(len).arg(stride).arg(&s.buffer).arg(&out).arg(n as i32);
         })?;
         let mut host = vec![0i32; n];
         if n > 0 {
@@ -202,24 +190,25 @@ impl BackendStorage for OpenClStorage {
         Ok(host.into_iter().map(|i| i as usize).collect())
     }
 
-    fn softmax(&self, layout: &Layout) -> Result<Storage> {
+    fn softmax(x: Operand<Self>) -> Result<Self> {
+        let (s, layout) = (x.storage(), x.layout());
         let (rows_arg, cols, stride, n_rows) = rows(layout)?;
-        let out = Self::alloc(&self.device, layout.numel())?;
-        self.run_rows("softmax", n_rows, |k| {
-            k.arg(rows_arg).arg(cols).arg(stride).arg(&self.buffer).arg(&out.buffer).arg(n_rows as i32);
+        let out = Self::alloc(&s.device, layout.numel())?;
+        s.run_rows("softmax", n_rows, |k| {
+            k.arg(rows_arg).arg(cols).arg(stride).arg(&s.buffer).arg(&out.buffer).arg(n_rows as i32);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
-    fn softmax_backward(&self, layout: &Layout, dy: &Storage, dy_layout: &Layout) -> Result<Storage> {
-        let g = self.other(dy)?;
+    fn softmax_backward(y: Operand<Self>, dy: Operand<Self>) -> Result<Self> {
+        let (s, layout, g) = (y.storage(), y.layout(), dy.storage());
         let (yr, cols, ys, n_rows) = rows(layout)?;
-        let (gr, _, gs, _) = rows(dy_layout)?;
-        let out = Self::alloc(&self.device, layout.numel())?;
-        self.run_rows("softmax_backward", n_rows, |k| {
+        let (gr, _, gs, _) = rows(dy.layout())?;
+        let out = Self::alloc(&s.device, layout.numel())?;
+        s.run_rows("softmax_backward", n_rows, |k| {
             k.arg(yr)
                 .arg(ys)
-                .arg(&self.buffer)
+                .arg(&s.buffer)
                 .arg(gr)
                 .arg(gs)
                 .arg(&g.buffer)
@@ -227,29 +216,26 @@ impl BackendStorage for OpenClStorage {
                 .arg(cols)
                 .arg(n_rows as i32);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
     fn layer_norm(
-        &self,
-        layout: &Layout,
-        weight: &Storage,
-        lw: &Layout,
-        bias: &Storage,
-        lb: &Layout,
+        x: Operand<Self>,
+        weight: Operand<Self>,
+        bias: Operand<Self>,
         eps: f32,
-    ) -> Result<LayerNormOutput> {
-        let (w, b) = (self.other(weight)?, self.other(bias)?);
+    ) -> Result<LayerNormOutput<Self>> {
+        let (s, layout, w, b) = (x.storage(), x.layout(), weight.storage(), bias.storage());
         let (xr, cols, stride, n_rows) = rows(layout)?;
-        let (lw, lb) = (LayoutArg::of(lw)?, LayoutArg::of(lb)?);
-        let y = Self::alloc(&self.device, layout.numel())?;
-        let mean = Self::alloc(&self.device, n_rows)?;
-        let rstd = Self::alloc(&self.device, n_rows)?;
-        self.run_rows("layer_norm", n_rows, |k| {
+        let (lw, lb) = (LayoutArg::of(weight.layout())?, LayoutArg::of(bias.layout())?);
+        let y = Self::alloc(&s.device, layout.numel())?;
+        let mean = Self::alloc(&s.device, n_rows)?;
+        let rstd = Self::alloc(&s.device, n_rows)?;
+        s.run_rows("layer_norm", n_rows, |k| {
             k.arg(xr)
                 .arg(cols)
                 .arg(stride)
-                .arg(&self.buffer)
+                .arg(&s.buffer)
                 .arg(lw)
                 .arg(&w.buffer)
                 .arg(lb)
@@ -257,40 +243,33 @@ impl BackendStorage for OpenClStorage {
                 .arg(eps);
             k.arg(&y.buffer).arg(&mean.buffer).arg(&rstd.buffer).arg(n_rows as i32);
         })?;
-        Ok(LayerNormOutput { y: wrap(y)?, mean: wrap(mean)?, rstd: wrap(rstd)? })
+        Ok(LayerNormOutput { y, mean, rstd })
     }
 
-    fn layer_norm_backward(
-        &self,
-        layout: &Layout,
-        weight: &Storage,
-        lw: &Layout,
-        mean: &Storage,
-        rstd: &Storage,
-        dy: &Storage,
-        dy_layout: &Layout,
-    ) -> Result<LayerNormGrads> {
-        let (w, mean, rstd, g) = (self.other(weight)?, self.other(mean)?, self.other(rstd)?, self.other(dy)?);
+    fn layer_norm_backward(saved: LayerNormSaved<Self>, dy: Operand<Self>) -> Result<LayerNormGrads<Self>> {
+        // The row statistics are contiguous (the tensor layer makes them so).
+        let (s, layout, w) = (saved.input.storage(), saved.input.layout(), saved.weight.storage());
+        let (mean, rstd, g) = (saved.mean.storage(), saved.rstd.storage(), dy.storage());
         let (xr, cols, stride, n_rows) = rows(layout)?;
-        let (gr, _, gstride, _) = rows(dy_layout)?;
-        let lw = LayoutArg::of(lw)?;
-        let dx = Self::alloc(&self.device, layout.numel())?;
+        let (gr, _, gstride, _) = rows(dy.layout())?;
+        let lw = LayoutArg::of(saved.weight.layout())?;
+        let dx = Self::alloc(&s.device, layout.numel())?;
         let c = cols as usize;
-        let dw = Self::alloc(&self.device, c)?;
-        let db = Self::alloc(&self.device, c)?;
-        self.run_rows("layer_norm_backward_dx", n_rows, |k| {
+        let dw = Self::alloc(&s.device, c)?;
+        let db = Self::alloc(&s.device, c)?;
+        s.run_rows("layer_norm_backward_dx", n_rows, |k| {
             k.arg(xr)
                 .arg(cols)
                 .arg(stride)
-                .arg(&self.buffer)
+                .arg(&s.buffer)
                 .arg(lw)
                 .arg(&w.buffer)
                 .arg(&mean.buffer)
                 .arg(&rstd.buffer);
             k.arg(gr).arg(gstride).arg(&g.buffer).arg(&dx.buffer).arg(n_rows as i32);
         })?;
-        self.run("layer_norm_backward_dw", c, |k| {
-            k.arg(xr).arg(stride).arg(&self.buffer).arg(&mean.buffer).arg(&rstd.buffer);
+        s.run("layer_norm_backward_dw", c, |k| {
+            k.arg(xr).arg(stride).arg(&s.buffer).arg(&mean.buffer).arg(&rstd.buffer);
             k.arg(gr)
                 .arg(gstride)
                 .arg(&g.buffer)
@@ -299,56 +278,53 @@ impl BackendStorage for OpenClStorage {
                 .arg(cols)
                 .arg(n_rows as i32);
         })?;
-        Ok(LayerNormGrads { dx: wrap(dx)?, dweight: wrap(dw)?, dbias: wrap(db)? })
+        Ok(LayerNormGrads { dx, dweight: dw, dbias: db })
     }
 
-    fn matmul(
-        &self,
-        layout: &Layout,
-        rhs: &Storage,
-        rhs_layout: &Layout,
-        spec: &MatmulSpec,
-    ) -> Result<Storage> {
-        let b = self.other(rhs)?;
-        let MatmulSpec { batch, m, k, n } = spec;
+    fn matmul(a: Operand<Self>, rhs: Operand<Self>) -> Result<Self> {
+        let (s, layout, b, rhs_layout) = (a.storage(), a.layout(), rhs.storage(), rhs.layout());
+        let MatmulSpec { batch, m, k, n } = MatmulSpec::of(layout, rhs_layout)?;
+        let (m, k, n) = (&m, &k, &n);
         let batches: usize = batch.iter().product();
-        let out = Self::alloc(&self.device, batches * m * n)?;
+        let out = Self::alloc(&s.device, batches * m * n)?;
         let r = layout.rank();
         let (sa, sb) = (layout.strides(), rhs_layout.strides());
-        let la = LayoutArg::new(batch, &sa[..r - 2], layout.offset())?;
-        let lb = LayoutArg::new(batch, &sb[..r - 2], rhs_layout.offset())?;
+        let la = LayoutArg::new(&batch, &sa[..r - 2], layout.offset())?;
+        let lb = LayoutArg::new(&batch, &sb[..r - 2], rhs_layout.offset())?;
         let (rsa, csa, rsb, csb) =
             (i32_of(sa[r - 2])?, i32_of(sa[r - 1])?, i32_of(sb[r - 2])?, i32_of(sb[r - 1])?);
         let (mi, ki, ni) = (i32_of(*m)?, i32_of(*k)?, i32_of(*n)?);
         let global = [n.div_ceil(TILE) * TILE, m.div_ceil(TILE) * TILE, batches];
-        self.device.launch("matmul", global, Some([TILE, TILE, 1]), |kb| {
-            kb.arg(la).arg(rsa).arg(csa).arg(&self.buffer).arg(lb).arg(rsb).arg(csb).arg(&b.buffer);
+        s.device.launch("matmul", global, Some([TILE, TILE, 1]), |kb| {
+            kb.arg(la).arg(rsa).arg(csa).arg(&s.buffer).arg(lb).arg(rsb).arg(csb).arg(&b.buffer);
             kb.arg(&out.buffer).arg(mi).arg(ki).arg(ni);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
-    fn index_select(&self, layout: &Layout, axis: usize, indices: &[usize]) -> Result<Storage> {
+    fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self> {
+        let (s, layout) = (x.storage(), x.layout());
         let picked = fiber_starts(layout, axis, indices.len())?;
         let inner: usize = layout.shape()[axis + 1..].iter().product();
         let n = resized(layout, axis, indices.len());
-        let idx = self.int_buffer(indices)?;
-        let out = Self::alloc(&self.device, n)?;
+        let idx = s.int_buffer(indices)?;
+        let out = Self::alloc(&s.device, n)?;
         let (stride, len, inner) = (i32_of(layout.strides()[axis])?, i32_of(indices.len())?, i32_of(inner)?);
-        self.run("index_select", n, |k| {
+        s.run("index_select", n, |k| {
             k.arg(picked)
                 .arg(stride)
                 .arg(len)
                 .arg(inner)
                 .arg(&idx)
-                .arg(&self.buffer)
+                .arg(&s.buffer)
                 .arg(&out.buffer)
                 .arg(n as i32);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
-    fn index_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
+    fn index_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self> {
+        let (s, layout) = (x.storage(), x.layout());
         // For each target entry t, the source entries j with indices[j] == t (CSR).
         let mut starts = vec![0usize; size + 1];
         for &t in indices {
@@ -366,86 +342,80 @@ impl BackendStorage for OpenClStorage {
         let first = fiber_starts(layout, axis, size)?;
         let inner: usize = layout.shape()[axis + 1..].iter().product();
         let n = resized(layout, axis, size);
-        let (starts, sources) = (self.int_buffer(&starts)?, self.int_buffer(&sources)?);
-        let out = Self::alloc(&self.device, n)?;
+        let (starts, sources) = (s.int_buffer(&starts)?, s.int_buffer(&sources)?);
+        let out = Self::alloc(&s.device, n)?;
         let (stride, size_i, inner) = (i32_of(layout.strides()[axis])?, i32_of(size)?, i32_of(inner)?);
-        self.run("index_add", n, |k| {
+        s.run("index_add", n, |k| {
             k.arg(first)
                 .arg(stride)
                 .arg(size_i)
                 .arg(inner)
                 .arg(&starts)
                 .arg(&sources)
-                .arg(&self.buffer)
+                .arg(&s.buffer)
                 .arg(&out.buffer)
                 .arg(n as i32);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
-    fn gather(
-        &self,
-        layout: &Layout,
-        axis: usize,
-        indices: &[usize],
-        out_shape: &[usize],
-    ) -> Result<Storage> {
+    fn gather(x: Operand<Self>, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Self> {
+        let (s, layout) = (x.storage(), x.layout());
         let mut strides = layout.strides().to_vec();
         strides[axis] = 0;
         let picked = LayoutArg::new(out_shape, &strides, layout.offset())?;
         let n = indices.len();
-        let idx = self.int_buffer(indices)?;
-        let out = Self::alloc(&self.device, n)?;
+        let idx = s.int_buffer(indices)?;
+        let out = Self::alloc(&s.device, n)?;
         let stride = i32_of(layout.strides()[axis])?;
-        self.run("gather", n, |k| {
-            k.arg(picked).arg(stride).arg(&idx).arg(&self.buffer).arg(&out.buffer).arg(n as i32);
+        s.run("gather", n, |k| {
+            k.arg(picked).arg(stride).arg(&idx).arg(&s.buffer).arg(&out.buffer).arg(n as i32);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
-    fn scatter_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
+    fn scatter_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self> {
+        let (s, layout) = (x.storage(), x.layout());
         let first = fiber_starts(layout, axis, size)?;
         let inner: usize = layout.shape()[axis + 1..].iter().product();
         let outer: usize = layout.shape()[..axis].iter().product();
         let n = outer * size * inner;
-        let idx = self.int_buffer(indices)?;
-        let out = Self::alloc(&self.device, n)?;
+        let idx = s.int_buffer(indices)?;
+        let out = Self::alloc(&s.device, n)?;
         let (stride, src_len, size_i, inner_i) =
             (i32_of(layout.strides()[axis])?, i32_of(layout.shape()[axis])?, i32_of(size)?, i32_of(inner)?);
-        self.run("scatter_add", n, |k| {
+        s.run("scatter_add", n, |k| {
             k.arg(first)
                 .arg(stride)
                 .arg(src_len)
                 .arg(size_i)
                 .arg(inner_i)
                 .arg(&idx)
-                .arg(&self.buffer)
+                .arg(&s.buffer)
                 .arg(&out.buffer)
                 .arg(n as i32);
         })?;
-        wrap(out)
+        Ok(out)
     }
 
-    fn cat(&self, layout: &Layout, others: &[(&Storage, &Layout)], axis: usize) -> Result<Storage> {
-        let mut parts = vec![(self, layout)];
-        for (s, l) in others {
-            parts.push((self.other(s)?, l));
-        }
-        let mut shape = layout.shape().to_vec();
-        shape[axis] = parts.iter().map(|(_, l)| l.shape()[axis]).sum();
-        let out = Self::alloc(&self.device, shape.iter().product())?;
+    fn cat(parts: &[Operand<Self>], axis: usize) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| tensor::Error::new("cat", "no operands"))?;
+        let mut shape = first.layout().shape().to_vec();
+        shape[axis] = parts.iter().map(|p| p.layout().shape()[axis]).sum();
+        let out = Self::alloc(&first.storage().device, shape.iter().product())?;
         let mut start = 0;
-        for (s, l) in parts {
+        for p in parts {
+            let (s, l) = (p.storage(), p.layout());
             let len = l.shape()[axis];
             let dst = LayoutArg::of(&Layout::contiguous(&shape).narrow(axis, start, len)?)?;
             let src = LayoutArg::of(l)?;
             let n = l.numel();
-            self.run("copy_strided", n, |k| {
+            s.run("copy_strided", n, |k| {
                 k.arg(src).arg(&s.buffer).arg(dst).arg(&out.buffer).arg(n as i32);
             })?;
             start += len;
         }
-        wrap(out)
+        Ok(out)
     }
 }
 

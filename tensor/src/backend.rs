@@ -1,23 +1,35 @@
 //! The device trait: what a place that holds tensors (the CPU, an OpenCL device) must be able
 //! to do.
 //!
-//! The [`Tensor`](crate::Tensor) API checks shapes, axes and devices, works out output shapes and
-//! broadcast layouts, and then calls one coarse op of [`BackendStorage`] on the storage of the
-//! first operand. A backend sees only flat storage plus [`Layout`]s that are already valid, and
-//! always returns fresh contiguous storage. Ops are coarse (a whole matmul, a fused layer norm,
-//! a softmax), so one dynamic call per op costs nothing next to the work it starts.
+//! The [`Tensor`](crate::Tensor) API checks shapes, axes and devices, works out output shapes
+//! and broadcast layouts, and then calls one coarse op of the device. Ops are coarse (a whole
+//! matmul, a fused layer norm, a softmax), so one dynamic call per op costs nothing next to
+//! the work it starts.
 //!
-//! The CPU implements this trait statically ([`crate::cpu::CpuStorage`]); other crates (the
-//! `gpu` crate) implement it too and wrap their storage in [`Storage::Ext`], so the layers above
-//! `tensor` never change when a device is added.
+//! A device implements [`BackendStorage`] for its own storage type: every op receives its
+//! operands as [`Operand`]s of that type and returns fresh contiguous storage. An `Operand` is
+//! a storage and a layout that lies inside it, and only this crate can make one (from a
+//! `Tensor`, checking the layout's extent against the storage once), so no safe code can hand
+//! a kernel a layout that reads outside its storage. Kernels that use `unsafe` (the CPU's
+//! `sgemm`) rely on exactly that.
+//!
+//! Tensors hold storage as [`Storage`]: the CPU's statically, any other device's boxed behind
+//! [`DynStorage`], the object-safe form of the trait that every `BackendStorage` gets for free.
+//! Its blanket implementation is the one place where operands are turned back into the
+//! device's own type, so a device's kernels never check operand types themselves.
+//!
+//! The CPU ([`crate::cpu::CpuStorage`]) and the `gpu` crate's OpenCL storage implement it; the
+//! layers above `tensor` never change when a device is added.
 
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::bail;
 use crate::cpu::CpuStorage;
-use crate::error::Result;
+use crate::error::{fmt_shape, Error, Result};
 use crate::layout::Layout;
+use crate::tensor::Tensor;
 
 pub use crate::op_table::{BinaryOp, UnaryOp};
 
@@ -47,11 +59,10 @@ impl ReduceOp {
     }
 }
 
-/// A batched matrix product `out[b] = a[b] @ b[b]`, with batch axes already broadcast.
-///
-/// `a` has layout `[batch..., m, k]` and `b` has `[batch..., k, n]`, both possibly strided (a
-/// transposed operand is just a layout with swapped strides); `out` is contiguous
-/// `[batch..., m, n]`.
+/// The shape of a batched matrix product `out[b] = a[b] @ b[b]`, read off its operands'
+/// layouts: `a` is `[batch..., m, k]`, `b` is `[batch..., k, n]` (batch axes already
+/// broadcast, either operand possibly strided: a transposed operand is a layout with swapped
+/// strides); `out` is contiguous `[batch..., m, n]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MatmulSpec {
     pub batch: Vec<usize>,
@@ -60,20 +71,98 @@ pub struct MatmulSpec {
     pub n: usize,
 }
 
-/// Outputs of the fused layer norm forward over the last axis: `y`, plus the per-row `mean` and
-/// reciprocal standard deviation `rstd` that the backward needs (shape: the input's without its
-/// last axis).
-pub struct LayerNormOutput {
-    pub y: Storage,
-    pub mean: Storage,
-    pub rstd: Storage,
+impl MatmulSpec {
+    /// The product of two operand layouts, or an error if they do not form one. Kernels take
+    /// the sizes from here, never from elsewhere, so they match what the operands hold.
+    pub fn of(a: &Layout, b: &Layout) -> Result<MatmulSpec> {
+        let (sa, sb) = (a.shape(), b.shape());
+        let r = sa.len();
+        if r < 2 || sb.len() != r || sa[..r - 2] != sb[..r - 2] || sa[r - 1] != sb[r - 2] {
+            bail!("matmul", "operand layouts {} and {} do not form a product", fmt_shape(sa), fmt_shape(sb));
+        }
+        Ok(MatmulSpec { batch: sa[..r - 2].to_vec(), m: sa[r - 2], k: sa[r - 1], n: sb[r - 1] })
+    }
+}
+
+/// One operand of an op as a device sees it: a storage of type `S` and a layout that lies
+/// inside it. Only this crate makes operands, each checked once (see [`Operand::of`]).
+pub struct Operand<'a, S: ?Sized = Storage> {
+    storage: &'a S,
+    layout: &'a Layout,
+}
+
+impl<S: ?Sized> Clone for Operand<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S: ?Sized> Copy for Operand<'_, S> {}
+
+impl<'a, S: ?Sized> Operand<'a, S> {
+    pub fn storage(&self) -> &'a S {
+        self.storage
+    }
+    /// The layout: every position it reaches is below the storage's length.
+    pub fn layout(&self) -> &'a Layout {
+        self.layout
+    }
+}
+
+impl<'a> Operand<'a> {
+    /// `tensor` read through `layout` (its own, or a broadcast of it), after checking that
+    /// every position the layout reaches lies inside the tensor's storage.
+    pub(crate) fn of(tensor: &'a Tensor, layout: &'a Layout) -> Result<Operand<'a>> {
+        let storage: &Storage = &tensor.storage;
+        let len = storage.backend().len();
+        match layout.checked_extent() {
+            Some(extent) if extent <= len => Ok(Operand { storage, layout }),
+            _ => Err(Error::new(
+                "operand",
+                format!(
+                    "layout {} (offset {}) reaches past a storage of {len} elements",
+                    fmt_shape(layout.shape()),
+                    layout.offset()
+                ),
+            )),
+        }
+    }
+
+    /// The same operand as the device's own storage type: the one place operand types are
+    /// checked (the `Tensor` layer has already checked that all operands share a device).
+    fn typed<S: BackendStorage>(self) -> Result<Operand<'a, S>> {
+        match self.storage.backend().as_any().downcast_ref::<S>() {
+            Some(storage) => Ok(Operand { storage, layout: self.layout }),
+            None => Err(Error::new(
+                "operand",
+                format!("an operand on {} reached another device's kernel", self.storage.device()),
+            )),
+        }
+    }
+}
+
+/// The fused layer norm forward's outputs: `y`, plus the per-row `mean` and reciprocal
+/// standard deviation `rstd` that the backward needs (shape: the input's without its last
+/// axis).
+pub struct LayerNormOutput<S = Storage> {
+    pub y: S,
+    pub mean: S,
+    pub rstd: S,
+}
+
+/// What the fused layer norm backward reads: the forward's input and weight, and the saved
+/// per-row statistics (contiguous).
+pub struct LayerNormSaved<'a, S: ?Sized = Storage> {
+    pub input: Operand<'a, S>,
+    pub weight: Operand<'a, S>,
+    pub mean: Operand<'a, S>,
+    pub rstd: Operand<'a, S>,
 }
 
 /// Gradients of the fused layer norm: the input's, the weight's and the bias's.
-pub struct LayerNormGrads {
-    pub dx: Storage,
-    pub dweight: Storage,
-    pub dbias: Storage,
+pub struct LayerNormGrads<S = Storage> {
+    pub dx: S,
+    pub dweight: S,
+    pub dbias: S,
 }
 
 /// A device that can hold tensors.
@@ -127,102 +216,181 @@ impl fmt::Display for Device {
     }
 }
 
-/// Flat f32 storage on some device, and the ops on it.
+/// Flat f32 storage on one device, and the ops on it: what a device implements.
 ///
-/// Every op reads its inputs through their layouts and returns new contiguous storage of the
-/// output shape. Operands other than `self` are passed as [`Storage`]; a backend takes its own
-/// kind out of them with [`Storage::downcast`]. The `Tensor` layer has already checked that all
-/// operands live on the same device and that shapes and axes are valid.
-pub trait BackendStorage: Send + Sync + fmt::Debug + Any {
+/// Every op reads its operands through their layouts and returns new contiguous storage of
+/// the output shape. The `Tensor` layer has already checked that all operands live on this
+/// device and that shapes, axes and indices are valid, and every [`Operand`]'s layout lies
+/// inside its storage.
+pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     fn device(&self) -> Device;
     /// Number of f32 elements allocated.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    fn as_any(&self) -> &dyn Any;
+    /// Wraps a result as a tensor's storage.
+    fn into_storage(self) -> Storage;
 
-    /// The elements of `layout` in row-major order, copied to the host.
-    fn to_host(&self, layout: &Layout) -> Result<Vec<f32>>;
+    /// The elements in row-major order, copied to the host.
+    fn to_host(x: Operand<Self>) -> Result<Vec<f32>>;
     /// `op` applied to every element.
-    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage>;
-    /// `op(self[i], rhs[i])`; both layouts have the output shape (broadcast already applied).
-    fn binary(&self, layout: &Layout, rhs: &Storage, rhs_layout: &Layout, op: BinaryOp) -> Result<Storage>;
-    /// `self[i] != 0 ? on_true[i] : on_false[i]`; all three layouts have the output shape.
-    fn where_cond(
-        &self,
-        layout: &Layout,
-        on_true: &Storage,
-        on_true_layout: &Layout,
-        on_false: &Storage,
-        on_false_layout: &Layout,
-    ) -> Result<Storage>;
+    fn unary(x: Operand<Self>, op: UnaryOp) -> Result<Self>;
+    /// `op(a[i], b[i])`; both layouts have the output shape (broadcast already applied).
+    fn binary(a: Operand<Self>, b: Operand<Self>, op: BinaryOp) -> Result<Self>;
+    /// `cond[i] != 0 ? on_true[i] : on_false[i]`; all three layouts have the output shape.
+    fn where_cond(cond: Operand<Self>, on_true: Operand<Self>, on_false: Operand<Self>) -> Result<Self>;
     /// Reduces `axis`; the output has the input's shape with `axis` of size 1.
-    fn reduce(&self, layout: &Layout, axis: usize, op: ReduceOp) -> Result<Storage>;
-    /// Index of the largest element along `axis` (the first one on ties), in row-major order of
-    /// the output shape (the input's without `axis`).
-    fn argmax(&self, layout: &Layout, axis: usize) -> Result<Vec<usize>>;
+    fn reduce(x: Operand<Self>, axis: usize, op: ReduceOp) -> Result<Self>;
+    /// Index of the largest element along `axis` (the first one on ties), in row-major order
+    /// of the output shape (the input's without `axis`).
+    fn argmax(x: Operand<Self>, axis: usize) -> Result<Vec<usize>>;
     /// Softmax along the last axis.
-    fn softmax(&self, layout: &Layout) -> Result<Storage>;
-    /// Given `y = softmax(x)` (self) and `dy`, returns `dx = y * (dy - Σ dy*y)` along the last axis.
-    fn softmax_backward(&self, layout: &Layout, dy: &Storage, dy_layout: &Layout) -> Result<Storage>;
+    fn softmax(x: Operand<Self>) -> Result<Self>;
+    /// Given `y = softmax(x)` and `dy`, returns `dx = y * (dy - Σ dy*y)` along the last axis.
+    fn softmax_backward(y: Operand<Self>, dy: Operand<Self>) -> Result<Self>;
     /// Layer norm over the last axis with an elementwise affine (`weight`, `bias` of the last
     /// axis's size).
     fn layer_norm(
-        &self,
-        layout: &Layout,
-        weight: &Storage,
-        weight_layout: &Layout,
-        bias: &Storage,
-        bias_layout: &Layout,
+        x: Operand<Self>,
+        weight: Operand<Self>,
+        bias: Operand<Self>,
         eps: f32,
-    ) -> Result<LayerNormOutput>;
-    /// The fused backward of [`BackendStorage::layer_norm`]; `mean` and `rstd` are contiguous.
-    #[allow(clippy::too_many_arguments)]
-    fn layer_norm_backward(
-        &self,
-        layout: &Layout,
-        weight: &Storage,
-        weight_layout: &Layout,
-        mean: &Storage,
-        rstd: &Storage,
-        dy: &Storage,
-        dy_layout: &Layout,
-    ) -> Result<LayerNormGrads>;
-    /// Batched matrix product, see [`MatmulSpec`].
-    fn matmul(
-        &self,
-        layout: &Layout,
-        rhs: &Storage,
-        rhs_layout: &Layout,
-        spec: &MatmulSpec,
-    ) -> Result<Storage>;
+    ) -> Result<LayerNormOutput<Self>>;
+    /// The fused backward of [`BackendStorage::layer_norm`].
+    fn layer_norm_backward(saved: LayerNormSaved<Self>, dy: Operand<Self>) -> Result<LayerNormGrads<Self>>;
+    /// Batched matrix product; the sizes are [`MatmulSpec::of`] the two layouts.
+    fn matmul(a: Operand<Self>, b: Operand<Self>) -> Result<Self>;
     /// Picks entries `indices` along `axis`: the output has `indices.len()` entries there.
-    fn index_select(&self, layout: &Layout, axis: usize, indices: &[usize]) -> Result<Storage>;
+    fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self>;
     /// The adjoint of `index_select`: zeros with `size` entries along `axis`, and
-    /// `out[.., indices[i], ..] += self[.., i, ..]` (repeated indices accumulate).
-    fn index_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
-    /// `out[.., i, ..] = self[.., indices[.., i, ..], ..]` along `axis`, where `indices` has the
+    /// `out[.., indices[i], ..] += x[.., i, ..]` (repeated indices accumulate).
+    fn index_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self>;
+    /// `out[.., i, ..] = x[.., indices[.., i, ..], ..]` along `axis`, where `indices` has the
     /// output's shape (given as `out_shape`) in row-major order.
-    fn gather(&self, layout: &Layout, axis: usize, indices: &[usize], out_shape: &[usize])
-        -> Result<Storage>;
+    fn gather(x: Operand<Self>, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Self>;
     /// The adjoint of `gather`: zeros with `size` entries along `axis`, and
-    /// `out[.., indices[.., i, ..], ..] += self[.., i, ..]`.
-    fn scatter_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
-    /// Concatenates `self` (first) and `others` along `axis`.
-    fn cat(&self, layout: &Layout, others: &[(&Storage, &Layout)], axis: usize) -> Result<Storage>;
+    /// `out[.., indices[.., i, ..], ..] += x[.., i, ..]`.
+    fn scatter_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self>;
+    /// Concatenates `parts` along `axis`.
+    fn cat(parts: &[Operand<Self>], axis: usize) -> Result<Self>;
 }
 
-/// Flat storage: the CPU's, statically, or another backend's behind the trait.
+/// [`BackendStorage`] in object-safe form, as [`Storage::Ext`] holds it. Every
+/// `BackendStorage` implements it through the blanket implementation below (devices never
+/// implement it by hand); `self` only selects the device, and the operands carry the data.
+pub trait DynStorage: Send + Sync + fmt::Debug + Any {
+    fn device(&self) -> Device;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn as_any(&self) -> &dyn Any;
+    fn to_host(&self, x: Operand) -> Result<Vec<f32>>;
+    fn unary(&self, x: Operand, op: UnaryOp) -> Result<Storage>;
+    fn binary(&self, a: Operand, b: Operand, op: BinaryOp) -> Result<Storage>;
+    fn where_cond(&self, cond: Operand, on_true: Operand, on_false: Operand) -> Result<Storage>;
+    fn reduce(&self, x: Operand, axis: usize, op: ReduceOp) -> Result<Storage>;
+    fn argmax(&self, x: Operand, axis: usize) -> Result<Vec<usize>>;
+    fn softmax(&self, x: Operand) -> Result<Storage>;
+    fn softmax_backward(&self, y: Operand, dy: Operand) -> Result<Storage>;
+    fn layer_norm(&self, x: Operand, weight: Operand, bias: Operand, eps: f32) -> Result<LayerNormOutput>;
+    fn layer_norm_backward(&self, saved: LayerNormSaved, dy: Operand) -> Result<LayerNormGrads>;
+    fn matmul(&self, a: Operand, b: Operand) -> Result<Storage>;
+    fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage>;
+    fn index_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
+    fn gather(&self, x: Operand, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Storage>;
+    fn scatter_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
+    fn cat(&self, parts: &[Operand], axis: usize) -> Result<Storage>;
+}
+
+impl<S: BackendStorage> DynStorage for S {
+    fn device(&self) -> Device {
+        BackendStorage::device(self)
+    }
+    fn len(&self) -> usize {
+        BackendStorage::len(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn to_host(&self, x: Operand) -> Result<Vec<f32>> {
+        S::to_host(x.typed()?)
+    }
+    fn unary(&self, x: Operand, op: UnaryOp) -> Result<Storage> {
+        Ok(S::unary(x.typed()?, op)?.into_storage())
+    }
+    fn binary(&self, a: Operand, b: Operand, op: BinaryOp) -> Result<Storage> {
+        Ok(S::binary(a.typed()?, b.typed()?, op)?.into_storage())
+    }
+    fn where_cond(&self, cond: Operand, on_true: Operand, on_false: Operand) -> Result<Storage> {
+        Ok(S::where_cond(cond.typed()?, on_true.typed()?, on_false.typed()?)?.into_storage())
+    }
+    fn reduce(&self, x: Operand, axis: usize, op: ReduceOp) -> Result<Storage> {
+        Ok(S::reduce(x.typed()?, axis, op)?.into_storage())
+    }
+    fn argmax(&self, x: Operand, axis: usize) -> Result<Vec<usize>> {
+        S::argmax(x.typed()?, axis)
+    }
+    fn softmax(&self, x: Operand) -> Result<Storage> {
+        Ok(S::softmax(x.typed()?)?.into_storage())
+    }
+    fn softmax_backward(&self, y: Operand, dy: Operand) -> Result<Storage> {
+        Ok(S::softmax_backward(y.typed()?, dy.typed()?)?.into_storage())
+    }
+    fn layer_norm(&self, x: Operand, weight: Operand, bias: Operand, eps: f32) -> Result<LayerNormOutput> {
+        let out = S::layer_norm(x.typed()?, weight.typed()?, bias.typed()?, eps)?;
+        Ok(LayerNormOutput {
+            y: out.y.into_storage(),
+            mean: out.mean.into_storage(),
+            rstd: out.rstd.into_storage(),
+        })
+    }
+    fn layer_norm_backward(&self, saved: LayerNormSaved, dy: Operand) -> Result<LayerNormGrads> {
+        let saved = LayerNormSaved {
+            input: saved.input.typed()?,
+            weight: saved.weight.typed()?,
+            mean: saved.mean.typed()?,
+            rstd: saved.rstd.typed()?,
+        };
+        let g = S::layer_norm_backward(saved, dy.typed()?)?;
+        Ok(LayerNormGrads {
+            dx: g.dx.into_storage(),
+            dweight: g.dweight.into_storage(),
+            dbias: g.dbias.into_storage(),
+        })
+    }
+    fn matmul(&self, a: Operand, b: Operand) -> Result<Storage> {
+        Ok(S::matmul(a.typed()?, b.typed()?)?.into_storage())
+    }
+    fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage> {
+        Ok(S::index_select(x.typed()?, axis, indices)?.into_storage())
+    }
+    fn index_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
+        Ok(S::index_add(x.typed()?, axis, indices, size)?.into_storage())
+    }
+    fn gather(&self, x: Operand, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Storage> {
+        Ok(S::gather(x.typed()?, axis, indices, out_shape)?.into_storage())
+    }
+    fn scatter_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
+        Ok(S::scatter_add(x.typed()?, axis, indices, size)?.into_storage())
+    }
+    fn cat(&self, parts: &[Operand], axis: usize) -> Result<Storage> {
+        let typed = parts.iter().map(|p| p.typed()).collect::<Result<Vec<Operand<S>>>>()?;
+        Ok(S::cat(&typed, axis)?.into_storage())
+    }
+}
+
+/// Flat storage: the CPU's, statically, or another device's behind [`DynStorage`].
 #[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
-    Ext(Box<dyn BackendStorage>),
+    Ext(Box<dyn DynStorage>),
 }
 
 impl Storage {
-    /// The storage as the device trait, whichever backend holds it.
-    pub fn backend(&self) -> &dyn BackendStorage {
+    /// The storage as the device trait, whichever device holds it.
+    pub fn backend(&self) -> &dyn DynStorage {
         match self {
             Storage::Cpu(s) => s,
             Storage::Ext(s) => s.as_ref(),
@@ -239,10 +407,5 @@ impl Storage {
             Storage::Cpu(s) => Some(s),
             Storage::Ext(_) => None,
         }
-    }
-
-    /// A backend's own storage type, for the operands of its ops.
-    pub fn downcast<T: BackendStorage>(&self) -> Option<&T> {
-        self.backend().as_any().downcast_ref::<T>()
     }
 }

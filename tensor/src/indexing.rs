@@ -26,8 +26,8 @@ impl Tensor {
                 );
             }
         }
-        let others: Vec<_> = parts[1..].iter().map(|p| (p.storage.as_ref(), &p.layout)).collect();
-        let s = first.storage.backend().cat(&first.layout, &others, axis)?;
+        let operands = parts.iter().map(|p| p.operand()).collect::<Result<Vec<_>>>()?;
+        let s = first.kernels().cat(&operands, axis)?;
         let mut shape = first.shape().to_vec();
         shape[axis] = parts.iter().map(|p| p.shape()[axis]).sum();
         Ok(Tensor::from_output(s, &shape))
@@ -49,7 +49,7 @@ impl Tensor {
     /// The entries `indices` of `axis`, in that order (repeats allowed).
     pub fn index_select(&self, axis: usize, indices: &[usize]) -> Result<Tensor> {
         self.check_indices("index_select", axis, indices)?;
-        let s = self.storage.backend().index_select(&self.layout, axis, indices)?;
+        let s = self.kernels().index_select(self.operand()?, axis, indices)?;
         let mut shape = self.shape().to_vec();
         shape[axis] = indices.len();
         Ok(Tensor::from_output(s, &shape))
@@ -65,7 +65,7 @@ impl Tensor {
         if let Some(bad) = indices.iter().find(|&&i| i >= size) {
             bail!("index_add", "index {bad} out of range for a target axis of size {size}");
         }
-        let s = self.storage.backend().index_add(&self.layout, axis, indices, size)?;
+        let s = self.kernels().index_add(self.operand()?, axis, indices, size)?;
         let mut shape = self.shape().to_vec();
         shape[axis] = size;
         Ok(Tensor::from_output(s, &shape))
@@ -96,7 +96,7 @@ impl Tensor {
     pub fn gather(&self, axis: usize, indices: &[usize], index_shape: &[usize]) -> Result<Tensor> {
         self.check_index_shape("gather", axis, indices, index_shape)?;
         self.check_indices("gather", axis, indices)?;
-        let s = self.storage.backend().gather(&self.layout, axis, indices, index_shape)?;
+        let s = self.kernels().gather(self.operand()?, axis, indices, index_shape)?;
         Ok(Tensor::from_output(s, index_shape))
     }
 
@@ -115,7 +115,7 @@ impl Tensor {
         if let Some(bad) = indices.iter().find(|&&i| i >= size) {
             bail!("scatter_add", "index {bad} out of range for a target axis of size {size}");
         }
-        let s = self.storage.backend().scatter_add(&self.layout, axis, indices, size)?;
+        let s = self.kernels().scatter_add(self.operand()?, axis, indices, size)?;
         let mut shape = self.shape().to_vec();
         shape[axis] = size;
         Ok(Tensor::from_output(s, &shape))
@@ -150,7 +150,7 @@ impl Tensor {
         if self.shape()[axis] == 0 {
             bail!("argmax", "axis {axis} of {} is empty", fmt_shape(self.shape()));
         }
-        self.storage.backend().argmax(&self.layout, axis)
+        self.kernels().argmax(self.operand()?, axis)
     }
 
     /// The `k` largest entries along the last axis, largest first (ties keep the lower index):

@@ -58,9 +58,9 @@ impl Layout {
         Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0 }
     }
 
-    /// A layout from explicit parts. The caller guarantees it stays inside its storage.
+    /// A layout from explicit parts. Nothing here promises it fits any storage: a kernel only
+    /// ever sees a layout through an [`Operand`](crate::backend::Operand), which checks that.
     pub fn from_parts(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
-        debug_assert_eq!(shape.len(), strides.len());
         Layout { shape, strides, offset }
     }
 
@@ -94,12 +94,27 @@ impl Layout {
         true
     }
 
-    /// The last storage position this layout can touch plus one (0 when it has no elements).
+    /// The last storage position this layout can touch plus one (the offset when it has no
+    /// elements).
     pub fn storage_extent(&self) -> usize {
-        if self.numel() == 0 {
-            return 0;
+        self.checked_extent().unwrap_or(usize::MAX)
+    }
+
+    /// [`Layout::storage_extent`], or `None` when the layout is malformed (as many strides as
+    /// axes is required) or its positions overflow: what a kernel's bounds rest on.
+    pub fn checked_extent(&self) -> Option<usize> {
+        if self.shape.len() != self.strides.len() {
+            return None;
         }
-        self.offset + self.shape.iter().zip(&self.strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>() + 1
+        if self.shape.contains(&0) {
+            // No element is read, but kernels still slice `storage[offset..]`.
+            return Some(self.offset);
+        }
+        let mut last = self.offset;
+        for (&d, &s) in self.shape.iter().zip(&self.strides) {
+            last = last.checked_add((d - 1).checked_mul(s)?)?;
+        }
+        last.checked_add(1)
     }
 
     /// Storage position of a multi-index. The caller has checked the index is in bounds.

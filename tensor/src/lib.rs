@@ -26,7 +26,10 @@ pub mod reference;
 pub mod tensor;
 pub mod view;
 
-pub use backend::{BackendDevice, BackendStorage, BinaryOp, Device, MatmulSpec, ReduceOp, Storage, UnaryOp};
+pub use backend::{
+    BackendDevice, BackendStorage, BinaryOp, Device, DynStorage, MatmulSpec, Operand, ReduceOp, Storage,
+    UnaryOp,
+};
 pub use error::{Error, Result};
 pub use layout::Layout;
 pub use op_table::Domain;

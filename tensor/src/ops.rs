@@ -2,7 +2,7 @@
 //! and matmul. Each method checks shapes, axes and devices, works out the output shape, and
 //! hands the backend layouts it can trust (see [`crate::backend`]).
 
-use crate::backend::{BinaryOp, MatmulSpec, ReduceOp, UnaryOp};
+use crate::backend::{BinaryOp, LayerNormSaved, ReduceOp, UnaryOp};
 use crate::bail;
 use crate::error::{fmt_shape, Result};
 use crate::layout::broadcast_shape;
@@ -20,7 +20,7 @@ pub struct LayerNormParts {
 impl Tensor {
     /// Any [`UnaryOp`] applied elementwise.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        let s = self.storage.backend().unary(&self.layout, op)?;
+        let s = self.kernels().unary(self.operand()?, op)?;
         Ok(Tensor::from_output(s, self.shape()))
     }
 
@@ -39,7 +39,7 @@ impl Tensor {
         let shape = broadcast_shape(name, self.shape(), rhs.shape())?;
         let la = self.layout.broadcast_to(&shape)?;
         let lb = rhs.layout.broadcast_to(&shape)?;
-        let s = self.storage.backend().binary(&la, &rhs.storage, &lb, op)?;
+        let s = self.kernels().binary(self.operand_as(&la)?, rhs.operand_as(&lb)?, op)?;
         Ok(Tensor::from_output(s, &shape))
     }
 
@@ -49,12 +49,15 @@ impl Tensor {
         self.same_device("where_cond", on_false)?;
         let shape = broadcast_shape("where_cond", self.shape(), on_true.shape())?;
         let shape = broadcast_shape("where_cond", &shape, on_false.shape())?;
-        let s = self.storage.backend().where_cond(
-            &self.layout.broadcast_to(&shape)?,
-            &on_true.storage,
-            &on_true.layout.broadcast_to(&shape)?,
-            &on_false.storage,
-            &on_false.layout.broadcast_to(&shape)?,
+        let (lc, lt, lf) = (
+            self.layout.broadcast_to(&shape)?,
+            on_true.layout.broadcast_to(&shape)?,
+            on_false.layout.broadcast_to(&shape)?,
+        );
+        let s = self.kernels().where_cond(
+            self.operand_as(&lc)?,
+            on_true.operand_as(&lt)?,
+            on_false.operand_as(&lf)?,
         )?;
         Ok(Tensor::from_output(s, &shape))
     }
@@ -70,7 +73,7 @@ impl Tensor {
     /// Reduces `axis` with `op`, keeping it as size 1 when `keepdim`.
     pub fn reduce(&self, axis: usize, op: ReduceOp, keepdim: bool) -> Result<Tensor> {
         self.layout.check_axis(op.name(), axis)?;
-        let s = self.storage.backend().reduce(&self.layout, axis, op)?;
+        let s = self.kernels().reduce(self.operand()?, axis, op)?;
         let mut shape = self.shape().to_vec();
         shape[axis] = 1;
         let out = Tensor::from_output(s, &shape);
@@ -147,7 +150,7 @@ impl Tensor {
     pub fn softmax(&self, axis: usize) -> Result<Tensor> {
         self.layout.check_axis("softmax", axis)?;
         self.along_last(axis, |x| {
-            let s = x.storage.backend().softmax(&x.layout)?;
+            let s = x.kernels().softmax(x.operand()?)?;
             Ok(Tensor::from_output(s, x.shape()))
         })
     }
@@ -159,7 +162,7 @@ impl Tensor {
         self.same_device("softmax_backward", dy)?;
         same_shape("softmax_backward", self, dy)?;
         let (y, g) = (self.move_axis_last(axis)?, dy.move_axis_last(axis)?);
-        let s = y.storage.backend().softmax_backward(&y.layout, &g.storage, &g.layout)?;
+        let s = y.kernels().softmax_backward(y.operand()?, g.operand()?)?;
         Tensor::from_output(s, y.shape()).move_last_axis_back(axis)
     }
 
@@ -171,14 +174,7 @@ impl Tensor {
     /// Layer norm, also returning the per-row mean and `1/σ` that its backward needs.
     pub fn layer_norm_with_stats(&self, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<LayerNormParts> {
         self.check_norm_params("layer_norm", weight, Some(bias))?;
-        let out = self.storage.backend().layer_norm(
-            &self.layout,
-            &weight.storage,
-            &weight.layout,
-            &bias.storage,
-            &bias.layout,
-            eps,
-        )?;
+        let out = self.kernels().layer_norm(self.operand()?, weight.operand()?, bias.operand()?, eps)?;
         let rows_shape = &self.shape()[..self.rank() - 1];
         Ok(LayerNormParts {
             y: Tensor::from_output(out.y, self.shape()),
@@ -213,15 +209,13 @@ impl Tensor {
             );
         }
         let (mean, rstd) = (mean.contiguous()?, rstd.contiguous()?);
-        let g = self.storage.backend().layer_norm_backward(
-            &self.layout,
-            &weight.storage,
-            &weight.layout,
-            &mean.storage,
-            &rstd.storage,
-            &dy.storage,
-            &dy.layout,
-        )?;
+        let saved = LayerNormSaved {
+            input: self.operand()?,
+            weight: weight.operand()?,
+            mean: mean.operand()?,
+            rstd: rstd.operand()?,
+        };
+        let g = self.kernels().layer_norm_backward(saved, dy.operand()?)?;
         Ok((
             Tensor::from_output(g.dx, self.shape()),
             Tensor::from_output(g.dweight, &[c]),
@@ -270,8 +264,7 @@ impl Tensor {
         })?;
         let la = self.layout.broadcast_to(&[batch.clone(), vec![m, k]].concat())?;
         let lb = rhs.layout.broadcast_to(&[batch.clone(), vec![k, n]].concat())?;
-        let spec = MatmulSpec { batch: batch.clone(), m, k, n };
-        let s = self.storage.backend().matmul(&la, &rhs.storage, &lb, &spec)?;
+        let s = self.kernels().matmul(self.operand_as(&la)?, rhs.operand_as(&lb)?)?;
         Ok(Tensor::from_output(s, &[batch, vec![m, n]].concat()))
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::backend::{Device, Storage};
+use crate::backend::{Device, DynStorage, Operand, Storage};
 use crate::bail;
 use crate::cpu::CpuStorage;
 use crate::error::{fmt_shape, Error, Result};
@@ -35,6 +35,21 @@ impl Tensor {
             );
         }
         Ok(Tensor { storage: Arc::new(storage), layout })
+    }
+
+    /// This tensor as an operand of a device op (its layout checked against its storage).
+    pub(crate) fn operand(&self) -> Result<Operand<'_>> {
+        Operand::of(self, &self.layout)
+    }
+
+    /// This tensor read through `layout` (a broadcast of its own) as an operand.
+    pub(crate) fn operand_as<'a>(&'a self, layout: &'a Layout) -> Result<Operand<'a>> {
+        Operand::of(self, layout)
+    }
+
+    /// The device ops of this tensor's storage.
+    pub(crate) fn kernels(&self) -> &dyn DynStorage {
+        self.storage.backend()
     }
 
     /// Contiguous output storage of `shape` (what every op returns).
@@ -140,7 +155,7 @@ impl Tensor {
 
     /// The elements in row-major order, copied to the host.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        self.storage.backend().to_host(&self.layout)
+        self.kernels().to_host(self.operand()?)
     }
 
     /// The value of a tensor with exactly one element.
@@ -165,7 +180,7 @@ impl Tensor {
             Some(cpu) => Ok(cpu.as_slice()[self.layout.position(index)]),
             None => {
                 let one = Layout::from_parts(vec![], vec![], self.layout.position(index));
-                Ok(self.storage.backend().to_host(&one)?[0])
+                Ok(self.kernels().to_host(self.operand_as(&one)?)?[0])
             }
         }
     }

@@ -64,7 +64,7 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
-        let storage = self.storage.backend().unary(&self.layout, UnaryOp::Identity)?;
+        let storage = self.kernels().unary(self.operand()?, UnaryOp::Identity)?;
         Ok(Tensor::from_output(storage, self.shape()))
     }
 

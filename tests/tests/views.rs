@@ -144,3 +144,47 @@ fn view_errors_name_the_op_and_shape() {
     assert!(e.starts_with("squeeze:"), "{e}");
     assert!(Tensor::from_vec(vec![1.0; 5], &[2, 3]).unwrap_err().to_string().contains("5 values"));
 }
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// A hand-made layout reaches a kernel only if every position it names lies inside the
+    /// storage: `Tensor::from_storage` accepts exactly those (checked here by walking every
+    /// index), and what it accepts reads back the named elements.
+    #[test]
+    fn hand_made_layouts_never_reach_past_their_storage(
+        shape in shape(0..=3, 0..=4),
+        strides in prop::collection::vec(0usize..12, 0..=3),
+        offset in 0usize..20,
+        len in 0usize..40,
+        huge in any::<bool>(),
+    ) {
+        use tensor::{cpu::CpuStorage, Layout, Storage};
+        let mut strides: Vec<usize> = strides.into_iter().take(shape.len()).collect();
+        if huge && !strides.is_empty() {
+            strides[0] = usize::MAX / 2; // positions that overflow
+        }
+        let data: Vec<f32> = (0..len).map(|i| i as f32).collect();
+        let layout = Layout::from_parts(shape.clone(), strides.clone(), offset);
+        // An empty layout reads nothing, but its offset must still lie within the storage.
+        let fits = strides.len() == shape.len() && (!shape.contains(&0) || offset <= len) && {
+            let mut ok = true;
+            for_each_index(&shape, |i| {
+                let pos = i.iter().zip(&strides).try_fold(offset, |p, (&i, &s)| p.checked_add(i.checked_mul(s)?));
+                ok &= pos.is_some_and(|p| p < len);
+            });
+            ok
+        };
+        let made = Tensor::from_storage(Storage::Cpu(CpuStorage::new(data)), layout);
+        prop_assert_eq!(made.is_ok(), fits, "shape {:?} strides {:?} offset {} len {}", shape, strides, offset, len);
+        if let Ok(t) = made {
+            let got = t.to_vec().unwrap();
+            let mut k = 0;
+            for_each_index(&shape, |i| {
+                let pos = offset + i.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>();
+                assert_eq!(got[k], pos as f32);
+                k += 1;
+            });
+        }
+    }
+}

@@ -64,14 +64,13 @@ pub(crate) struct Backward {
     pub db: Vec<f32>,
 }
 
+/// `(x, layout)` is the forward's input; `mean` and `rstd` its saved row statistics.
 pub(crate) fn backward(
-    src: &[f32],
-    layout: &Layout,
+    (src, layout): (&[f32], &Layout),
     w: &[f32],
     mean: &[f32],
     rstd: &[f32],
-    dy: &[f32],
-    ldy: &Layout,
+    (dy, ldy): (&[f32], &Layout),
 ) -> Backward {
     let x = contiguous(src, layout);
     let dy = contiguous(dy, ldy);

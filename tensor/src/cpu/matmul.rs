@@ -20,7 +20,10 @@ const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 /// Row blocks are at least this tall, so each `sgemm` still packs full panels.
 const MIN_ROWS_PER_TASK: usize = 32;
 
-pub(crate) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, spec: &MatmulSpec) -> Vec<f32> {
+/// `spec` must be [`MatmulSpec::of`] the two layouts, and each layout must lie inside its
+/// slice: both hold for the operands of [`crate::backend::BackendStorage::matmul`].
+pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spec: &MatmulSpec) -> Vec<f32> {
+    debug_assert_eq!(MatmulSpec::of(la, lb).as_ref().ok(), Some(spec));
     let MatmulSpec { batch, m, k, n } = spec;
     let (m, k, n) = (*m, *k, *n);
     let batches: usize = batch.iter().product();
@@ -59,9 +62,11 @@ pub(crate) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, spec: &Matm
             return;
         }
         let (oa, ob) = (batch_offset(i, la), batch_offset(i, lb));
-        // SAFETY: the Tensor layer guarantees both layouts lie inside their storage, so every
-        // element sgemm reads (rows r0..r0+rows of matrix i of `a`, all of matrix i of `b`) is
-        // in bounds. Task (i, blk) writes only rows r0..r0+rows of output matrix i, which no
+        // SAFETY: both operands are `Operand`s, whose layouts lie inside their storage (checked
+        // when the tensor layer made them), and `spec` is `MatmulSpec::of` those layouts, so
+        // matrix i of `a` is m x k and of `b` k x n at the strides sgemm is given: every
+        // element it reads (rows r0..r0+rows of matrix i of `a`, all of matrix i of `b`) is in
+        // bounds. Task (i, blk) writes only rows r0..r0+rows of output matrix i, which no
         // other task writes, and `out` lives until every task has finished (the parallel loop
         // below joins before we return it). beta = 0, so sgemm never reads `out`.
         unsafe {

@@ -14,12 +14,11 @@ pub mod reduce;
 pub mod softmax;
 pub mod walk;
 
-use std::any::Any;
-
 use crate::backend::{
-    BackendStorage, BinaryOp, Device, LayerNormGrads, LayerNormOutput, MatmulSpec, ReduceOp, Storage, UnaryOp,
+    BackendStorage, BinaryOp, Device, LayerNormGrads, LayerNormOutput, LayerNormSaved, MatmulSpec, Operand,
+    ReduceOp, Storage, UnaryOp,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layout::Layout;
 
 /// Tensor data in main memory. Large buffers go back to the [`pool`] when dropped.
@@ -43,15 +42,14 @@ impl CpuStorage {
     }
 }
 
-fn wrap(data: Vec<f32>) -> Result<Storage> {
-    Ok(Storage::Cpu(CpuStorage::new(data)))
+/// The slice and layout of a CPU operand.
+fn parts<'a>(x: &Operand<'a, CpuStorage>) -> (&'a [f32], &'a Layout) {
+    (x.storage().as_slice(), x.layout())
 }
 
-/// The CPU slice of an operand (the Tensor layer has already checked devices).
-fn cpu<'a>(op: &'static str, s: &'a Storage) -> Result<&'a [f32]> {
-    s.as_cpu()
-        .map(CpuStorage::as_slice)
-        .ok_or_else(|| Error::new(op, format!("operand is on {}, not cpu", s.device())))
+/// A kernel's output.
+fn out(data: Vec<f32>) -> Result<CpuStorage> {
+    Ok(CpuStorage::new(data))
 }
 
 impl BackendStorage for CpuStorage {
@@ -61,119 +59,85 @@ impl BackendStorage for CpuStorage {
     fn len(&self) -> usize {
         self.data.len()
     }
-    fn as_any(&self) -> &dyn Any {
-        self
+    fn into_storage(self) -> Storage {
+        Storage::Cpu(self)
     }
-    fn to_host(&self, layout: &Layout) -> Result<Vec<f32>> {
+    fn to_host(x: Operand<Self>) -> Result<Vec<f32>> {
+        let (data, layout) = parts(&x);
         if layout.is_contiguous() {
-            return Ok(self.data[layout.offset()..layout.offset() + layout.numel()].to_vec());
+            return Ok(data[layout.offset()..layout.offset() + layout.numel()].to_vec());
         }
-        Ok(elementwise::unary(&self.data, layout, UnaryOp::Identity))
+        Ok(elementwise::unary(data, layout, UnaryOp::Identity))
     }
-    fn unary(&self, layout: &Layout, op: UnaryOp) -> Result<Storage> {
-        wrap(elementwise::unary(&self.data, layout, op))
+    fn unary(x: Operand<Self>, op: UnaryOp) -> Result<Self> {
+        let (data, layout) = parts(&x);
+        out(elementwise::unary(data, layout, op))
     }
-    fn binary(&self, layout: &Layout, rhs: &Storage, rhs_layout: &Layout, op: BinaryOp) -> Result<Storage> {
-        wrap(elementwise::binary(&self.data, layout, cpu("binary", rhs)?, rhs_layout, op))
+    fn binary(a: Operand<Self>, b: Operand<Self>, op: BinaryOp) -> Result<Self> {
+        let ((a, la), (b, lb)) = (parts(&a), parts(&b));
+        out(elementwise::binary(a, la, b, lb, op))
     }
-    fn where_cond(
-        &self,
-        layout: &Layout,
-        t: &Storage,
-        lt: &Layout,
-        f: &Storage,
-        lf: &Layout,
-    ) -> Result<Storage> {
-        wrap(elementwise::where_cond(
-            &self.data,
-            layout,
-            cpu("where_cond", t)?,
-            lt,
-            cpu("where_cond", f)?,
-            lf,
-        ))
+    fn where_cond(cond: Operand<Self>, on_true: Operand<Self>, on_false: Operand<Self>) -> Result<Self> {
+        let ((c, lc), (t, lt), (f, lf)) = (parts(&cond), parts(&on_true), parts(&on_false));
+        out(elementwise::where_cond(c, lc, t, lt, f, lf))
     }
-    fn reduce(&self, layout: &Layout, axis: usize, op: ReduceOp) -> Result<Storage> {
-        wrap(reduce::reduce(&self.data, layout, axis, op))
+    fn reduce(x: Operand<Self>, axis: usize, op: ReduceOp) -> Result<Self> {
+        let (data, layout) = parts(&x);
+        out(reduce::reduce(data, layout, axis, op))
     }
-    fn argmax(&self, layout: &Layout, axis: usize) -> Result<Vec<usize>> {
-        Ok(reduce::argmax(&self.data, layout, axis))
+    fn argmax(x: Operand<Self>, axis: usize) -> Result<Vec<usize>> {
+        let (data, layout) = parts(&x);
+        Ok(reduce::argmax(data, layout, axis))
     }
-    fn softmax(&self, layout: &Layout) -> Result<Storage> {
-        wrap(softmax::softmax(&self.data, layout))
+    fn softmax(x: Operand<Self>) -> Result<Self> {
+        let (data, layout) = parts(&x);
+        out(softmax::softmax(data, layout))
     }
-    fn softmax_backward(&self, layout: &Layout, dy: &Storage, dy_layout: &Layout) -> Result<Storage> {
-        wrap(softmax::softmax_backward(&self.data, layout, cpu("softmax_backward", dy)?, dy_layout))
+    fn softmax_backward(y: Operand<Self>, dy: Operand<Self>) -> Result<Self> {
+        let ((y, ly), (dy, ldy)) = (parts(&y), parts(&dy));
+        out(softmax::softmax_backward(y, ly, dy, ldy))
     }
     fn layer_norm(
-        &self,
-        layout: &Layout,
-        weight: &Storage,
-        weight_layout: &Layout,
-        bias: &Storage,
-        bias_layout: &Layout,
+        x: Operand<Self>,
+        weight: Operand<Self>,
+        bias: Operand<Self>,
         eps: f32,
-    ) -> Result<LayerNormOutput> {
-        let w = elementwise::contiguous(cpu("layer_norm", weight)?, weight_layout);
-        let b = elementwise::contiguous(cpu("layer_norm", bias)?, bias_layout);
-        let f = layer_norm::forward(&self.data, layout, &w, &b, eps);
-        Ok(LayerNormOutput { y: wrap(f.y)?, mean: wrap(f.mean)?, rstd: wrap(f.rstd)? })
+    ) -> Result<LayerNormOutput<Self>> {
+        let (data, layout) = parts(&x);
+        let w = elementwise::contiguous(weight.storage().as_slice(), weight.layout());
+        let b = elementwise::contiguous(bias.storage().as_slice(), bias.layout());
+        let f = layer_norm::forward(data, layout, &w, &b, eps);
+        Ok(LayerNormOutput { y: out(f.y)?, mean: out(f.mean)?, rstd: out(f.rstd)? })
     }
-    fn layer_norm_backward(
-        &self,
-        layout: &Layout,
-        weight: &Storage,
-        weight_layout: &Layout,
-        mean: &Storage,
-        rstd: &Storage,
-        dy: &Storage,
-        dy_layout: &Layout,
-    ) -> Result<LayerNormGrads> {
-        let op = "layer_norm_backward";
-        let w = elementwise::contiguous(cpu(op, weight)?, weight_layout);
-        let g = layer_norm::backward(
-            &self.data,
-            layout,
-            &w,
-            cpu(op, mean)?,
-            cpu(op, rstd)?,
-            cpu(op, dy)?,
-            dy_layout,
-        );
-        Ok(LayerNormGrads { dx: wrap(g.dx)?, dweight: wrap(g.dw)?, dbias: wrap(g.db)? })
+    fn layer_norm_backward(saved: LayerNormSaved<Self>, dy: Operand<Self>) -> Result<LayerNormGrads<Self>> {
+        let w = elementwise::contiguous(saved.weight.storage().as_slice(), saved.weight.layout());
+        let mean = elementwise::contiguous(saved.mean.storage().as_slice(), saved.mean.layout());
+        let rstd = elementwise::contiguous(saved.rstd.storage().as_slice(), saved.rstd.layout());
+        let g = layer_norm::backward(parts(&saved.input), &w, &mean, &rstd, parts(&dy));
+        Ok(LayerNormGrads { dx: out(g.dx)?, dweight: out(g.dw)?, dbias: out(g.db)? })
     }
-    fn matmul(
-        &self,
-        layout: &Layout,
-        rhs: &Storage,
-        rhs_layout: &Layout,
-        spec: &MatmulSpec,
-    ) -> Result<Storage> {
-        wrap(matmul::matmul(&self.data, layout, cpu("matmul", rhs)?, rhs_layout, spec))
+    fn matmul(a: Operand<Self>, b: Operand<Self>) -> Result<Self> {
+        let spec = MatmulSpec::of(a.layout(), b.layout())?;
+        out(matmul::matmul(parts(&a), parts(&b), &spec))
     }
-    fn index_select(&self, layout: &Layout, axis: usize, indices: &[usize]) -> Result<Storage> {
-        wrap(index::index_select(&self.data, layout, axis, indices))
+    fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self> {
+        let (data, layout) = parts(&x);
+        out(index::index_select(data, layout, axis, indices))
     }
-    fn index_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
-        wrap(index::index_add(&self.data, layout, axis, indices, size))
+    fn index_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self> {
+        let (data, layout) = parts(&x);
+        out(index::index_add(data, layout, axis, indices, size))
     }
-    fn gather(
-        &self,
-        layout: &Layout,
-        axis: usize,
-        indices: &[usize],
-        out_shape: &[usize],
-    ) -> Result<Storage> {
-        wrap(index::gather(&self.data, layout, axis, indices, out_shape))
+    fn gather(x: Operand<Self>, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Self> {
+        let (data, layout) = parts(&x);
+        out(index::gather(data, layout, axis, indices, out_shape))
     }
-    fn scatter_add(&self, layout: &Layout, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
-        wrap(index::scatter_add(&self.data, layout, axis, indices, size))
+    fn scatter_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self> {
+        let (data, layout) = parts(&x);
+        out(index::scatter_add(data, layout, axis, indices, size))
     }
-    fn cat(&self, layout: &Layout, others: &[(&Storage, &Layout)], axis: usize) -> Result<Storage> {
-        let mut parts = vec![(self.data.as_slice(), layout)];
-        for (s, l) in others {
-            parts.push((cpu("cat", s)?, l));
-        }
-        wrap(index::cat(&parts, axis))
+    fn cat(parts_: &[Operand<Self>], axis: usize) -> Result<Self> {
+        let slices: Vec<(&[f32], &Layout)> = parts_.iter().map(parts).collect();
+        out(index::cat(&slices, axis))
     }
 }
