@@ -51,6 +51,20 @@ macro_rules! var_binary_methods {
 }
 tensor::binary_op_table!(var_binary_methods);
 
+/// The `Var` methods of every reduction (`sum`, `sum_keepdim`, `max`, ...).
+macro_rules! var_reduce_methods {
+    ($($(#[$doc:meta])* $name:ident $method:ident $keepdim:ident { $($fields:tt)* })*) => {
+        impl Var {$(
+            $(#[$doc])*
+            pub fn $method(&self, axis: usize) -> Result<Var> { self.reduce(axis, ReduceOp::$name, false) }
+            $(#[$doc])*
+            /// The axis stays, with size 1.
+            pub fn $keepdim(&self, axis: usize) -> Result<Var> { self.reduce(axis, ReduceOp::$name, true) }
+        )*}
+    };
+}
+tensor::reduce_op_table!(var_reduce_methods);
+
 impl Var {
     /// A value that needs no gradient.
     pub fn constant(value: Tensor) -> Var {
@@ -176,12 +190,6 @@ impl Var {
         self.record1(value, |x| Op::Reduce { x, op, axis, keepdim, input: self.value.clone(), output })
     }
 
-    pub fn sum(&self, axis: usize) -> Result<Var> {
-        self.reduce(axis, ReduceOp::Sum, false)
-    }
-    pub fn sum_keepdim(&self, axis: usize) -> Result<Var> {
-        self.reduce(axis, ReduceOp::Sum, true)
-    }
     pub fn mean(&self, axis: usize) -> Result<Var> {
         let n = self.value.dim(axis)? as f32;
         self.sum(axis)?.div_scalar(n)
@@ -189,24 +197,6 @@ impl Var {
     pub fn mean_keepdim(&self, axis: usize) -> Result<Var> {
         let n = self.value.dim(axis)? as f32;
         self.sum_keepdim(axis)?.div_scalar(n)
-    }
-    pub fn max(&self, axis: usize) -> Result<Var> {
-        self.reduce(axis, ReduceOp::Max, false)
-    }
-    pub fn max_keepdim(&self, axis: usize) -> Result<Var> {
-        self.reduce(axis, ReduceOp::Max, true)
-    }
-    pub fn min(&self, axis: usize) -> Result<Var> {
-        self.reduce(axis, ReduceOp::Min, false)
-    }
-    pub fn min_keepdim(&self, axis: usize) -> Result<Var> {
-        self.reduce(axis, ReduceOp::Min, true)
-    }
-    pub fn log_sum_exp(&self, axis: usize) -> Result<Var> {
-        self.reduce(axis, ReduceOp::LogSumExp, false)
-    }
-    pub fn log_sum_exp_keepdim(&self, axis: usize) -> Result<Var> {
-        self.reduce(axis, ReduceOp::LogSumExp, true)
     }
     /// Sum of all elements, shape `[]`.
     pub fn sum_all(&self) -> Result<Var> {

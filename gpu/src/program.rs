@@ -49,7 +49,7 @@ pub fn compiler_options() -> String {
         format!("-D ROW_GROUP={ROW_GROUP}"),
         format!("-D TILE={TILE}"),
     ];
-    for op in ReduceOp::ALL {
+    for &op in ReduceOp::ALL {
         defines.push(format!("-D REDUCE_{}={}", op.name().to_uppercase(), op as i32));
     }
     defines.join(" ")

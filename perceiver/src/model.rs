@@ -60,6 +60,54 @@ pub struct SelfLayer {
     pub mlp: Mlp,
 }
 
+/// An attention block's two halves: attention with the given biases, and the MLP after it
+/// (widened `widening` times).
+fn attention_and_mlp(
+    b: &mut Builder,
+    c: &PerceiverArConfig,
+    biases: AttentionBiases,
+    widening: usize,
+) -> Result<(Attention, Mlp)> {
+    let (std, eps) = (c.init_scale, c.layer_norm_eps);
+    let attention = Attention::new(&mut b.sub("attention"), c.channels, c.channels, c.heads, biases, std)?;
+    let mlp = Mlp::new(&mut b.sub("mlp"), c.channels, widening, c.activation, c.mlp_bias, std, eps)?;
+    Ok((attention, mlp))
+}
+
+impl CrossLayer {
+    fn new(b: &mut Builder, c: &PerceiverArConfig) -> Result<Self> {
+        let biases = AttentionBiases { qkv: c.cross_qkv_bias, out: c.cross_out_bias };
+        let (q_norm, kv_norm) = (
+            LayerNorm::new(&mut b.sub("q_norm"), c.channels, c.layer_norm_eps)?,
+            LayerNorm::new(&mut b.sub("kv_norm"), c.channels, c.layer_norm_eps)?,
+        );
+        let (attention, mlp) = attention_and_mlp(b, c, biases, c.cross_widening)?;
+        Ok(CrossLayer { q_norm, kv_norm, attention, mlp })
+    }
+}
+
+impl SelfLayer {
+    fn new(b: &mut Builder, c: &PerceiverArConfig) -> Result<Self> {
+        let biases = AttentionBiases { qkv: c.self_qkv_bias, out: c.self_out_bias };
+        let norm = LayerNorm::new(&mut b.sub("norm"), c.channels, c.layer_norm_eps)?;
+        let (attention, mlp) = attention_and_mlp(b, c, biases, c.self_widening)?;
+        Ok(SelfLayer { norm, attention, mlp })
+    }
+}
+
+/// The prefix keys that cross-attend dropout leaves in one training step (section 3 of the
+/// paper): either fewer prefix positions (`KeepCount`, the kept ones gathered), or all of them
+/// with a mask of dropped keys (`Bernoulli`).
+struct KeptKeys {
+    /// The prefix as the cross layer's keys see it: `[B, P', C]`.
+    prefix: Var,
+    /// Absolute positions of the keys (kept prefix, then latents), one row per batch element,
+    /// or one row shared by all when nothing was dropped: for rotary.
+    positions: Vec<Vec<usize>>,
+    /// `[B, 1, 1, N]`, 1 at dropped keys (Bernoulli form only).
+    dropped: Option<Tensor>,
+}
+
 pub struct PerceiverAr {
     pub config: PerceiverArConfig,
     pub params: ParamStore,
@@ -105,54 +153,10 @@ impl PerceiverAr {
         let sinusoidal = (c.absolute_positions == AbsolutePositions::Sinusoidal)
             .then(|| nn::position::sinusoidal(c.max_seq_len, c.channels));
         let rotary = if c.rotary_dims > 0 { Some(Rotary::new(c.rotary_dims, c.rotary_base)?) } else { None };
-        let cross = {
-            let mut b = b.sub("cross");
-            CrossLayer {
-                q_norm: LayerNorm::new(&mut b.sub("q_norm"), c.channels, eps)?,
-                kv_norm: LayerNorm::new(&mut b.sub("kv_norm"), c.channels, eps)?,
-                attention: Attention::new(
-                    &mut b.sub("attention"),
-                    c.channels,
-                    c.channels,
-                    c.heads,
-                    AttentionBiases { qkv: c.cross_qkv_bias, out: c.cross_out_bias },
-                    std,
-                )?,
-                mlp: Mlp::new(
-                    &mut b.sub("mlp"),
-                    c.channels,
-                    c.cross_widening,
-                    c.activation,
-                    c.mlp_bias,
-                    std,
-                    eps,
-                )?,
-            }
-        };
-        let mut self_layers = Vec::new();
-        for i in 0..c.self_attention_layers {
-            let mut b = b.sub(format!("self_attention.{i}"));
-            self_layers.push(SelfLayer {
-                norm: LayerNorm::new(&mut b.sub("norm"), c.channels, eps)?,
-                attention: Attention::new(
-                    &mut b.sub("attention"),
-                    c.channels,
-                    c.channels,
-                    c.heads,
-                    AttentionBiases { qkv: c.self_qkv_bias, out: c.self_out_bias },
-                    std,
-                )?,
-                mlp: Mlp::new(
-                    &mut b.sub("mlp"),
-                    c.channels,
-                    c.self_widening,
-                    c.activation,
-                    c.mlp_bias,
-                    std,
-                    eps,
-                )?,
-            });
-        }
+        let cross = CrossLayer::new(&mut b.sub("cross"), c)?;
+        let self_layers = (0..c.self_attention_layers)
+            .map(|i| SelfLayer::new(&mut b.sub(format!("self_attention.{i}")), c))
+            .collect::<Result<Vec<_>>>()?;
         let out_norm =
             if c.output_norm { Some(LayerNorm::new(&mut b.sub("out_norm"), c.channels, eps)?) } else { None };
         let (output, output_bias) = if c.tied_output {
@@ -220,14 +224,24 @@ impl PerceiverAr {
     }
 
     /// Logits `[batch, latents, vocab]`: position `i` predicts token `prefix_len + i + 1`.
+    ///
+    /// The four stages of the paper's figure 1, each below as its own method:
+    /// [`embed`](Self::embed) `[B, N] → [B, N, C]`, [`cross_attend`](Self::cross_attend)
+    /// `→ [B, L, C]` (the latents read the whole input), [`self_attend`](Self::self_attend)
+    /// `→ [B, L, C]` (the deep stack, over the latents only), [`head`](Self::head)
+    /// `→ [B, L, V]`.
     pub fn forward(&self, ctx: &Ctx, input: &Input) -> Result<Var> {
         self.check_input(input)?;
-        let c = &self.config;
-        let Input { ids, batch, seq_len: n, prefix_len: p } = *input;
-        let l = n - p;
+        let x = self.embed(ctx, input)?;
+        let (latents, tables) = self.cross_attend(ctx, &x, input.prefix_len)?;
+        let latents = self.self_attend(ctx, latents, tables.as_ref())?;
+        self.head(ctx, latents)
+    }
 
-        // Embeddings, plus absolute positions 0..n.
-        let mut x = self.token_embedding.forward(ctx, ids, &[batch, n])?;
+    /// Token embeddings plus absolute positions `0..N`: `[B, N] → [B, N, C]`.
+    fn embed(&self, ctx: &Ctx, input: &Input) -> Result<Var> {
+        let (batch, n) = (input.batch, input.seq_len);
+        let mut x = self.token_embedding.forward(ctx, input.ids, &[batch, n])?;
         if let Some(pos) = &self.position_embedding {
             let positions: Vec<usize> = (0..n).collect();
             x = x.add(&pos.forward(ctx, &positions, &[n])?)?;
@@ -235,102 +249,127 @@ impl PerceiverAr {
         if let Some(table) = &self.sinusoidal {
             // Fixed sinusoids have unit amplitude; as in Vaswani et al. (2017) the token
             // embeddings are scaled by √C so the two are comparable and tokens stay visible.
-            x = x.mul_scalar((c.channels as f32).sqrt())?;
+            x = x.mul_scalar((self.config.channels as f32).sqrt())?;
             x = x.add(&Var::constant(table.narrow(0, 0, n)?.to_device(&x.value().device())?))?;
         }
-        let latents = x.narrow(1, p, l)?;
-        let mut prefix = x.narrow(1, 0, p)?;
+        Ok(x)
+    }
 
-        // Cross-attend dropout: which prefix keys survive, and their positions (for rotary).
-        let training_dropout = ctx.train && p > 0 && c.cross_attend_dropout > 0.0;
-        let mut key_positions: Vec<Vec<usize>> = vec![(0..n).collect(); 1];
-        let mut key_mask: Option<Tensor> = None;
-        if training_dropout {
-            match c.cross_attend_dropout_kind {
-                CrossAttendDropout::KeepCount => {
-                    let keep = p - (p as f32 * c.cross_attend_dropout) as usize;
-                    let mut rng = ctx.rng.borrow_mut();
-                    let mut rows = Vec::with_capacity(batch);
-                    let mut flat = Vec::with_capacity(batch * keep);
-                    for bi in 0..batch {
-                        let mut kept = sample(&mut **rng, p, keep).into_vec();
-                        kept.sort_unstable();
-                        flat.extend(kept.iter().map(|&j| bi * p + j));
-                        rows.push(kept.into_iter().chain(p..n).collect());
-                    }
-                    let ch = c.channels;
-                    prefix = prefix
-                        .reshape(&[batch * p, ch])?
-                        .index_select(0, &flat)?
-                        .reshape(&[batch, keep, ch])?;
-                    key_positions = rows;
-                }
-                CrossAttendDropout::Bernoulli => {
-                    let mut rng = ctx.rng.borrow_mut();
-                    let mask: Vec<f32> = (0..batch)
-                        .flat_map(|_| {
-                            (0..n)
-                                .map(|j| (j < p && rng.gen::<f32>() < c.cross_attend_dropout) as u8 as f32)
-                                .collect::<Vec<_>>()
-                        })
-                        .collect();
-                    key_mask = Some(Tensor::from_vec(mask, &[batch, 1, 1, n])?);
-                }
-            }
-        }
-        let keys = prefix.shape()[1] + l;
+    /// Layer 0: the last `L = N − P` positions (the latents, `[B, L, C]`) attend causally to
+    /// the prefix and to themselves (`[B, P + L, C]`), then an MLP. Returns the latents and
+    /// the rotary tables of the key positions, which the self-attention layers reuse.
+    fn cross_attend(&self, ctx: &Ctx, x: &Var, p: usize) -> Result<(Var, Option<RotaryTables>)> {
+        let c = &self.config;
+        let (batch, n) = (x.shape()[0], x.shape()[1]);
+        let l = n - p;
+        let latents = x.narrow(1, p, l)?; // [B, L, C]
+        let kept = self.cross_attend_dropout(ctx, x.narrow(1, 0, p)?, n)?;
+        let keys = kept.prefix.shape()[1] + l;
 
         // Rotary tables: one row of positions per batch element when dropout kept different
         // prefix positions; latents always sit at the end.
         let tables = match &self.rotary {
             Some(r) => {
-                let rows = key_positions.len();
-                let flat: Vec<f32> = key_positions.iter().flatten().map(|&q| q as f32).collect();
+                let rows = kept.positions.len();
+                let flat: Vec<f32> = kept.positions.iter().flatten().map(|&q| q as f32).collect();
                 Some(r.tables(&flat, rows, keys)?)
             }
             None => None,
         };
-
-        // Layer 0: causal cross-attention of the latents to prefix + latents.
-        let mask = causal_mask(l, keys)?;
-        let mask = match key_mask {
-            Some(km) => mask.maximum(&km)?,
+        let mask = causal_mask(l, keys)?; // [L, keys], 1 = not visible
+        let mask = match kept.dropped {
+            Some(dropped) => mask.maximum(&dropped)?, // [B, 1, L, N]
             None => mask,
         };
-        let q_in = self.cross.q_norm.forward(ctx, &latents)?;
-        let kv_prefix = self.cross.kv_norm.forward(ctx, &prefix)?;
+        let layer = &self.cross;
+        let queries = layer.q_norm.forward(ctx, &latents)?;
+        let kv_prefix = layer.kv_norm.forward(ctx, &kept.prefix)?;
         let kv_latents = match c.latent_key_norm {
-            LatentKeyNorm::Query => q_in.clone(),
-            LatentKeyNorm::Kv => self.cross.kv_norm.forward(ctx, &latents)?,
+            LatentKeyNorm::Query => queries.clone(),
+            LatentKeyNorm::Kv => layer.kv_norm.forward(ctx, &latents)?,
         };
-        let kv = Var::cat(&[&kv_prefix, &kv_latents], 1)?;
-        let cross_rotary = tables.as_ref().filter(|_| c.rotary_cross);
+        let kv = Var::cat(&[&kv_prefix, &kv_latents], 1)?; // [B, keys, C]
+        let rotary = tables.as_ref().filter(|_| c.rotary_cross);
         let opts = AttendOptions {
             mask: Some(&mask),
-            rotary_q: cross_rotary,
-            rotary_k: cross_rotary,
+            rotary_q: rotary,
+            rotary_k: rotary,
             dropout: c.attention_dropout,
         };
-        let attended = self.cross.attention.forward(ctx, &q_in, &kv, &opts)?;
-        let mut h = latents.add(&dropout(ctx, &attended, c.residual_dropout)?)?;
-        h = h.add(&dropout(ctx, &self.cross.mlp.forward(ctx, &h)?, c.residual_dropout)?)?;
+        let attended = layer.attention.forward(ctx, &queries, &kv, &opts)?;
+        let h = latents.add(&dropout(ctx, &attended, c.residual_dropout)?)?;
+        let h = h.add(&dropout(ctx, &layer.mlp.forward(ctx, &h)?, c.residual_dropout)?)?;
+        debug_assert_eq!(h.shape(), [batch, l, c.channels]);
+        Ok((h, tables))
+    }
 
-        // Causal self-attention over the latents.
-        let self_mask = causal_mask(l, l)?;
+    /// Which prefix keys the cross layer sees in this step. Outside training, or with no
+    /// prefix, all of them; in training, the config's form of cross-attend dropout, drawn
+    /// from the context's random stream.
+    fn cross_attend_dropout(&self, ctx: &Ctx, prefix: Var, n: usize) -> Result<KeptKeys> {
+        let c = &self.config;
+        let (batch, p) = (prefix.shape()[0], prefix.shape()[1]);
+        let all = KeptKeys { prefix: prefix.clone(), positions: vec![(0..n).collect()], dropped: None };
+        if !(ctx.train && p > 0 && c.cross_attend_dropout > 0.0) {
+            return Ok(all);
+        }
+        let mut rng = ctx.rng.borrow_mut();
+        match c.cross_attend_dropout_kind {
+            CrossAttendDropout::KeepCount => {
+                // Keep P − ⌊P·rate⌋ prefix positions per row, in order.
+                let keep = p - (p as f32 * c.cross_attend_dropout) as usize;
+                let mut positions = Vec::with_capacity(batch);
+                let mut flat = Vec::with_capacity(batch * keep);
+                for row in 0..batch {
+                    let mut kept = sample(&mut **rng, p, keep).into_vec();
+                    kept.sort_unstable();
+                    flat.extend(kept.iter().map(|&j| row * p + j));
+                    positions.push(kept.into_iter().chain(p..n).collect());
+                }
+                let ch = c.channels;
+                let prefix =
+                    prefix.reshape(&[batch * p, ch])?.index_select(0, &flat)?.reshape(&[batch, keep, ch])?;
+                Ok(KeptKeys { prefix, positions, dropped: None })
+            }
+            CrossAttendDropout::Bernoulli => {
+                // Each prefix key dropped with probability `rate`, before the softmax.
+                let dropped: Vec<f32> = (0..batch)
+                    .flat_map(|_| {
+                        (0..n)
+                            .map(|j| (j < p && rng.gen::<f32>() < c.cross_attend_dropout) as u8 as f32)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                Ok(KeptKeys { dropped: Some(Tensor::from_vec(dropped, &[batch, 1, 1, n])?), ..all })
+            }
+        }
+    }
+
+    /// The stack of causal self-attention layers over the latents: `[B, L, C] → [B, L, C]`.
+    /// Rotary uses the latents' positions, the last `L` columns of the key tables.
+    fn self_attend(&self, ctx: &Ctx, mut h: Var, tables: Option<&RotaryTables>) -> Result<Var> {
+        let c = &self.config;
+        let l = h.shape()[1];
+        let mask = causal_mask(l, l)?;
         for (i, layer) in self.self_layers.iter().enumerate() {
-            let rot: Option<&RotaryTables> = tables.as_ref().filter(|_| c.rotary_in_self_layer(i));
+            let rotary = tables.filter(|_| c.rotary_in_self_layer(i));
             let opts = AttendOptions {
-                mask: Some(&self_mask),
-                rotary_q: rot,
-                rotary_k: rot,
+                mask: Some(&mask),
+                rotary_q: rotary,
+                rotary_k: rotary,
                 dropout: c.attention_dropout,
             };
-            let a = layer.norm.forward(ctx, &h)?;
-            let attended = layer.attention.forward(ctx, &a, &a, &opts)?;
+            let normed = layer.norm.forward(ctx, &h)?;
+            let attended = layer.attention.forward(ctx, &normed, &normed, &opts)?;
             h = h.add(&dropout(ctx, &attended, c.residual_dropout)?)?;
             h = h.add(&dropout(ctx, &layer.mlp.forward(ctx, &h)?, c.residual_dropout)?)?;
         }
+        Ok(h)
+    }
 
+    /// The output head: optional final norm, then logits through the untied projection or
+    /// the transposed token embedding (plus bias): `[B, L, C] → [B, L, V]`.
+    fn head(&self, ctx: &Ctx, mut h: Var) -> Result<Var> {
         if let Some(norm) = &self.out_norm {
             h = norm.forward(ctx, &h)?;
         }

@@ -31,33 +31,7 @@ use crate::error::{fmt_shape, Error, Result};
 use crate::layout::Layout;
 use crate::tensor::Tensor;
 
-pub use crate::op_table::{BinaryOp, UnaryOp};
-
-/// Reductions along one axis. (Their kernels differ in more than one expression, so each
-/// backend writes them out; the OpenCL code is the variant's position, `op as i32`.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReduceOp {
-    Sum,
-    Max,
-    Min,
-    /// `log Σ exp(x)`, computed as `m + log Σ exp(x - m)` with `m` the maximum.
-    LogSumExp,
-}
-
-impl ReduceOp {
-    /// Every reduction.
-    pub const ALL: [ReduceOp; 4] = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min, ReduceOp::LogSumExp];
-
-    /// The method name (`"sum"`, `"log_sum_exp"`), also used in error messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            ReduceOp::Sum => "sum",
-            ReduceOp::Max => "max",
-            ReduceOp::Min => "min",
-            ReduceOp::LogSumExp => "log_sum_exp",
-        }
-    }
-}
+pub use crate::op_table::{BinaryOp, ReduceOp, UnaryOp};
 
 /// The shape of a batched matrix product `out[b] = a[b] @ b[b]`, read off its operands'
 /// layouts: `a` is `[batch..., m, k]`, `b` is `[batch..., k, n]` (batch axes already

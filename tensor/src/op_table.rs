@@ -1,7 +1,9 @@
 //! The elementwise ops, each defined once.
 //!
 //! One entry of [`unary_op_table!`](crate::unary_op_table) or
-//! [`binary_op_table!`](crate::binary_op_table) says everything about an op:
+//! [`binary_op_table!`](crate::binary_op_table) says everything about an op
+//! ([`reduce_op_table!`](crate::reduce_op_table) does the same for reductions, whose kernels
+//! each device writes out):
 //!
 //! | field | what it is | who uses it |
 //! |---|---|---|
@@ -288,6 +290,30 @@ macro_rules! binary_op_table {
     };
 }
 
+/// Every reduction along one axis: `Name method keepdim_method`, and its definition on the
+/// values of one fiber. (Their kernels differ in more than one expression, so each device
+/// writes them out; the OpenCL code is the variant's position, as a `REDUCE_*` define.)
+#[macro_export]
+macro_rules! reduce_op_table {
+    ($callback:ident) => {
+        $callback! {
+            /// Sum along `axis`.
+            Sum sum sum_keepdim { exact: |v| v.iter().sum() }
+            /// The largest entry along `axis` (NaN if any is NaN).
+            Max max max_keepdim { exact: |v| v.iter().cloned().fold(f64::NEG_INFINITY, f64::max) }
+            /// The smallest entry along `axis`.
+            Min min min_keepdim { exact: |v| v.iter().cloned().fold(f64::INFINITY, f64::min) }
+            /// `log Σ exp(x)` along `axis`, computed as `m + log Σ exp(x - m)` with `m` the maximum.
+            LogSumExp log_sum_exp log_sum_exp_keepdim {
+                exact: |v| {
+                    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    m + v.iter().map(|y| (y - m).exp()).sum::<f64>().ln()
+                }
+            }
+        }
+    };
+}
+
 /// `1/√(2π)`.
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
@@ -304,6 +330,21 @@ fn normal_density(x: f64) -> f64 {
 /// `1` where `a > b`, `½` where `a == b`, `0` elsewhere.
 fn winner(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.gt(b)?.add(&a.eq(b)?.mul_scalar(0.5)?)
+}
+
+/// OpenCL C source of `signature` as a `switch` over op codes: one `case` per
+/// `(code, expression, name)`.
+fn opencl_switch(signature: &str, cases: &[(i32, &str, &str)]) -> String {
+    let mut s = format!("inline float {signature} {{\n    switch (op) {{\n");
+    for (code, expr, name) in cases {
+        s.push_str(&format!("        case {code}: return {expr};  // {name}\n"));
+    }
+    s.push_str("    }\n    return NAN;\n}\n");
+    s
+}
+
+fn exact_reduce<F: Fn(&[f64]) -> f64>(f: F) -> F {
+    f
 }
 
 /// The type of an op's constant (`f32`), for the variants that carry one.
@@ -428,13 +469,8 @@ macro_rules! define_unary_ops {
             /// OpenCL C source of `float apply_unary(int op, float x, float c)`, one `case` per
             /// op with the codes of [`UnaryOp::code`].
             pub fn opencl_source() -> String {
-                let mut s = String::from("inline float apply_unary(int op, float x, float c) {\n    switch (op) {\n");
-                $(s.push_str(&format!(
-                    "        case {}: return {};  // {}\n",
-                    UnaryCode::$name as i32, $opencl, stringify!($method)
-                ));)*
-                s.push_str("    }\n    return NAN;\n}\n");
-                s
+                let cases = [$((UnaryCode::$name as i32, $opencl, stringify!($method)),)*];
+                opencl_switch("apply_unary(int op, float x, float c)", &cases)
             }
         }
 
@@ -519,13 +555,8 @@ macro_rules! define_binary_ops {
 
             /// OpenCL C source of `float apply_binary(int op, float a, float b)`.
             pub fn opencl_source() -> String {
-                let mut s = String::from("inline float apply_binary(int op, float a, float b) {\n    switch (op) {\n");
-                $(s.push_str(&format!(
-                    "        case {}: return {};  // {}\n",
-                    BinaryOp::$name as i32, $opencl, stringify!($method)
-                ));)*
-                s.push_str("    }\n    return NAN;\n}\n");
-                s
+                let cases = [$((BinaryOp::$name as i32, $opencl, stringify!($method)),)*];
+                opencl_switch("apply_binary(int op, float a, float b)", &cases)
             }
         }
 
@@ -545,5 +576,45 @@ macro_rules! define_binary_ops {
     };
 }
 
+macro_rules! define_reduce_ops {
+    ($($(#[$doc:meta])* $name:ident $method:ident $keepdim:ident { exact: $exact:expr })*) => {
+        /// Reductions along one axis. Defined in [`reduce_op_table!`](crate::reduce_op_table).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ReduceOp {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl ReduceOp {
+            /// Every reduction.
+            pub const ALL: &'static [ReduceOp] = &[$(ReduceOp::$name,)*];
+
+            /// The method name (`"sum"`, `"log_sum_exp"`), also used in error messages.
+            pub fn name(self) -> &'static str {
+                match self { $(ReduceOp::$name => stringify!($method),)* }
+            }
+
+            /// The definition on the values of one fiber, in f64.
+            pub fn exact(self, values: &[f64]) -> f64 {
+                match self { $(ReduceOp::$name => exact_reduce($exact)(values),)* }
+            }
+        }
+
+        impl Tensor {
+            $(
+                $(#[$doc])*
+                pub fn $method(&self, axis: usize) -> Result<Tensor> {
+                    self.reduce(axis, ReduceOp::$name, false)
+                }
+                $(#[$doc])*
+                /// The axis stays, with size 1.
+                pub fn $keepdim(&self, axis: usize) -> Result<Tensor> {
+                    self.reduce(axis, ReduceOp::$name, true)
+                }
+            )*
+        }
+    };
+}
+
 unary_op_table!(define_unary_ops);
 binary_op_table!(define_binary_ops);
+reduce_op_table!(define_reduce_ops);

@@ -84,37 +84,15 @@ impl Tensor {
         }
     }
 
-    pub fn sum(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(axis, ReduceOp::Sum, false)
-    }
-    pub fn sum_keepdim(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(axis, ReduceOp::Sum, true)
-    }
+    // `sum`, `max`, `min`, `log_sum_exp` and their `_keepdim` forms are generated from
+    // `crate::op_table`'s reduction table.
+
     pub fn mean(&self, axis: usize) -> Result<Tensor> {
         self.mean_keepdim(axis)?.squeeze(axis)
     }
     pub fn mean_keepdim(&self, axis: usize) -> Result<Tensor> {
         let n = self.dim(axis)?;
         self.reduce(axis, ReduceOp::Sum, true)?.div_scalar(n as f32)
-    }
-    pub fn max(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(axis, ReduceOp::Max, false)
-    }
-    pub fn max_keepdim(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(axis, ReduceOp::Max, true)
-    }
-    pub fn min(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(axis, ReduceOp::Min, false)
-    }
-    pub fn min_keepdim(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(axis, ReduceOp::Min, true)
-    }
-    /// `log Σ exp(x)` along `axis`, computed stably.
-    pub fn log_sum_exp(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(axis, ReduceOp::LogSumExp, false)
-    }
-    pub fn log_sum_exp_keepdim(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(axis, ReduceOp::LogSumExp, true)
     }
     /// Sum of every element, as a tensor of shape `[]`.
     pub fn sum_all(&self) -> Result<Tensor> {

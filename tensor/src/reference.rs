@@ -85,18 +85,7 @@ fn fiber(x: &Tensor, axis: usize, index: &[usize]) -> Vec<f64> {
 pub fn reduce(x: &Tensor, axis: usize, op: ReduceOp) -> Tensor {
     let mut shape = x.shape().to_vec();
     shape[axis] = 1;
-    collect(&shape, |i| {
-        let v = fiber(x, axis, i);
-        match op {
-            ReduceOp::Sum => v.iter().sum(),
-            ReduceOp::Max => v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-            ReduceOp::Min => v.iter().cloned().fold(f64::INFINITY, f64::min),
-            ReduceOp::LogSumExp => {
-                let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                m + v.iter().map(|y| (y - m).exp()).sum::<f64>().ln()
-            }
-        }
-    })
+    collect(&shape, |i| op.exact(&fiber(x, axis, i)))
 }
 
 pub fn softmax(x: &Tensor, axis: usize) -> Tensor {

@@ -8,6 +8,10 @@
 //! perturbs.
 
 use autograd::Var;
+use nn::optim::{AdamWConfig, Decay, Schedule};
+use perceiver::data::copy::{CopyTask, VOCAB};
+use perceiver::train::{TaskConfig, TrainConfig};
+use perceiver::PerceiverArConfig;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -174,6 +178,58 @@ pub fn opencl_device() -> Device {
             Err(e) => panic!("the opencl feature is on but no OpenCL device could be opened: {e}"),
         })
         .clone()
+}
+
+/// A small Perceiver AR config of either published variant (`paper` or perceiver-io).
+pub fn model_config(
+    paper: bool,
+    vocab: usize,
+    context: usize,
+    latents: usize,
+    channels: usize,
+    heads: usize,
+    layers: usize,
+) -> PerceiverArConfig {
+    if paper {
+        PerceiverArConfig::paper(vocab, context, latents, channels, heads, layers)
+    } else {
+        PerceiverArConfig::perceiver_io(vocab, context, latents, channels, heads, layers)
+    }
+}
+
+/// The small copy-task runs the training tests share: `k` bytes mirrored, a perceiver-io
+/// model with `channels` channels, `heads` heads and one self-attention layer, no cross-attend
+/// dropout, a cosine schedule peaking at 3e-3 after a short warmup, evaluation every 50 steps,
+/// stopping once solved. Tests change what they need after.
+pub fn copy_run(
+    k: usize,
+    channels: usize,
+    heads: usize,
+    batch_size: usize,
+    steps: u64,
+    seed: u64,
+) -> TrainConfig {
+    let task = CopyTask { k };
+    let mut model =
+        PerceiverArConfig::perceiver_io(VOCAB, task.seq_len(), task.min_latents(), channels, heads, 1);
+    model.cross_attend_dropout = 0.0;
+    let warmup = (steps / 5).clamp(1, 30);
+    TrainConfig {
+        task: TaskConfig::Copy { k },
+        model,
+        batch_size,
+        steps,
+        time_budget_secs: None,
+        schedule: Schedule { peak: 3e-3, warmup, total: steps, decay: Decay::Cosine, min_ratio: 0.1 },
+        adamw: AdamWConfig::default(),
+        clip: Some(1.0),
+        z_loss: 1e-4,
+        eval_every: 50,
+        eval_batches: 4,
+        checkpoint_every: 1000,
+        stop_when_solved: true,
+        seed,
+    }
 }
 
 /// A proptest config with `default` cases, or `PROPTEST_CASES` when set (an explicit count in a

@@ -9,7 +9,7 @@ use autograd::Tape;
 use nn::loss::{cross_entropy, CrossEntropy};
 use nn::Ctx;
 use perceiver::verify::Comparison;
-use perceiver::{Input, PerceiverAr, PerceiverArConfig};
+use perceiver::{Input, PerceiverAr};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -120,11 +120,7 @@ proptest! {
 #[test]
 fn model_gradients_agree_across_devices() {
     for paper in [false, true] {
-        let mut config = if paper {
-            PerceiverArConfig::paper(13, 10, 4, 16, 2, 2)
-        } else {
-            PerceiverArConfig::perceiver_io(13, 10, 4, 16, 2, 2)
-        };
+        let mut config = tests::model_config(paper, 13, 10, 4, 16, 2, 2);
         config.init_scale = 0.3;
         config.cross_attend_dropout = 0.0;
         let ids: Vec<usize> = (0..20).map(|i| (i * 7 + 3) % 13).collect();
@@ -166,28 +162,9 @@ fn model_gradients_agree_across_devices() {
 /// Training the copy task for a fixed number of steps follows the CPU's loss curve.
 #[test]
 fn training_follows_the_cpu_loss_curve() {
-    use nn::optim::{AdamWConfig, Decay, Schedule};
-    use perceiver::data::copy::{CopyTask, VOCAB};
-    use perceiver::train::{TaskConfig, TrainConfig, Trainer};
-    let task = CopyTask { k: 4 };
-    let mut model = PerceiverArConfig::perceiver_io(VOCAB, task.seq_len(), task.min_latents(), 32, 2, 1);
-    model.cross_attend_dropout = 0.0;
-    let config = TrainConfig {
-        task: TaskConfig::Copy { k: 4 },
-        model,
-        batch_size: 8,
-        steps: 30,
-        time_budget_secs: None,
-        schedule: Schedule { peak: 3e-3, warmup: 5, total: 30, decay: Decay::Cosine, min_ratio: 0.1 },
-        adamw: AdamWConfig::default(),
-        clip: Some(1.0),
-        z_loss: 1e-4,
-        eval_every: 100,
-        eval_batches: 1,
-        checkpoint_every: 100,
-        stop_when_solved: false,
-        seed: 4,
-    };
+    use perceiver::train::Trainer;
+    let mut config = tests::copy_run(4, 32, 2, 8, 30, 4);
+    config.stop_when_solved = false;
     let curve = |device: &Device| -> Vec<f32> {
         let mut trainer = Trainer::new(config.clone()).unwrap();
         trainer.to_device(device).unwrap();

@@ -9,11 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use nn::checkpoint::{read_safetensors, write_tensor_file, TensorFile};
-use nn::optim::{AdamWConfig, Decay, Schedule};
 use perceiver::checkpoint;
-use perceiver::data::copy::{CopyTask, VOCAB};
 use perceiver::run_dir::RunDir;
-use perceiver::train::{self, TaskConfig, TrainConfig, Trainer};
+use perceiver::train::{self, TrainConfig, Trainer};
 use perceiver::verify::{verify_dump, VerifyReport};
 use perceiver::{PerceiverAr, PerceiverArConfig};
 use proptest::prelude::*;
@@ -224,11 +222,7 @@ proptest! {
     #[test]
     fn parameter_count_is_exact(paper in any::<bool>(), options in any::<u16>(), heads in 1usize..4, layers in 0usize..3) {
         let channels = heads * 4;
-        let mut c = if paper {
-            PerceiverArConfig::paper(13, 9, 4, channels, heads, layers)
-        } else {
-            PerceiverArConfig::perceiver_io(13, 9, 4, channels, heads, layers)
-        };
+        let mut c = tests::model_config(paper, 13, 9, 4, channels, heads, layers);
         c.mlp_bias = options & 1 != 0;
         c.cross_qkv_bias = options & 2 != 0;
         c.cross_out_bias = options & 4 != 0;
@@ -244,26 +238,12 @@ proptest! {
     }
 }
 
+/// A tiny copy-task run (k = 3, 16 channels) that evaluates and checkpoints every 5 steps.
 fn small_config(steps: u64) -> TrainConfig {
-    let task = CopyTask { k: 3 };
-    let mut model = PerceiverArConfig::perceiver_io(VOCAB, task.seq_len(), task.min_latents(), 16, 2, 1);
-    model.cross_attend_dropout = 0.0;
-    TrainConfig {
-        task: TaskConfig::Copy { k: 3 },
-        model,
-        batch_size: 4,
-        steps,
-        time_budget_secs: None,
-        schedule: Schedule { peak: 1e-3, warmup: 2, total: steps, decay: Decay::Cosine, min_ratio: 0.1 },
-        adamw: AdamWConfig::default(),
-        clip: Some(1.0),
-        z_loss: 1e-4,
-        eval_every: 5,
-        eval_batches: 1,
-        checkpoint_every: 5,
-        stop_when_solved: false,
-        seed: 1,
-    }
+    let mut config = tests::copy_run(3, 16, 2, 4, steps, 1);
+    (config.eval_every, config.checkpoint_every, config.eval_batches) = (5, 5, 1);
+    config.stop_when_solved = false;
+    config
 }
 
 #[test]

@@ -58,11 +58,7 @@ fn logits(model: &PerceiverAr, ids: &[usize], batch: usize, prefix_len: usize) -
 
 /// A small config of either family with randomised options.
 fn small_config(paper: bool, options: u32) -> PerceiverArConfig {
-    let mut c = if paper {
-        PerceiverArConfig::paper(11, 12, 6, 16, 2, 2)
-    } else {
-        PerceiverArConfig::perceiver_io(11, 12, 6, 16, 2, 2)
-    };
+    let mut c = tests::model_config(paper, 11, 12, 6, 16, 2, 2);
     c.init_scale = 0.5;
     c.rotary_dims = [0, 2, 4, 8][(options & 3) as usize];
     c.rotary_self_layers = [None, Some(0), Some(1)][((options >> 2) % 3) as usize];
@@ -151,11 +147,7 @@ proptest! {
 #[test]
 fn whole_model_gradients_match_finite_differences() {
     for paper in [false, true] {
-        let mut config = if paper {
-            PerceiverArConfig::paper(7, 6, 3, 8, 2, 1)
-        } else {
-            PerceiverArConfig::perceiver_io(7, 6, 3, 8, 2, 1)
-        };
+        let mut config = tests::model_config(paper, 7, 6, 3, 8, 2, 1);
         config.init_scale = 0.3;
         config.rotary_dims = 2;
         config.output_norm = true;

@@ -5,13 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use autograd::Tape;
-use nn::optim::{AdamWConfig, Decay, Schedule};
 use nn::Ctx;
 use perceiver::checkpoint;
-use perceiver::data::copy::{CopyTask, VOCAB};
 use perceiver::run_dir::RunDir;
 use perceiver::train::{self, TaskConfig, TrainConfig, Trainer};
-use perceiver::PerceiverArConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tensor::Tensor;
@@ -26,25 +23,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A small copy-task run: k = 6 bytes mirrored, a 64-channel model.
 fn small_copy_config(steps: u64, seed: u64) -> TrainConfig {
-    let task = CopyTask { k: 6 };
-    let mut model = PerceiverArConfig::perceiver_io(VOCAB, task.seq_len(), task.min_latents(), 64, 4, 1);
-    model.cross_attend_dropout = 0.0;
-    TrainConfig {
-        task: TaskConfig::Copy { k: 6 },
-        model,
-        batch_size: 32,
-        steps,
-        time_budget_secs: None,
-        schedule: Schedule { peak: 3e-3, warmup: 30, total: steps, decay: Decay::Cosine, min_ratio: 0.1 },
-        adamw: AdamWConfig::default(),
-        clip: Some(1.0),
-        z_loss: 1e-4,
-        eval_every: 50,
-        eval_batches: 4,
-        checkpoint_every: 1000,
-        stop_when_solved: true,
-        seed,
-    }
+    tests::copy_run(6, 64, 4, 32, steps, seed)
 }
 
 #[test]
@@ -72,7 +51,7 @@ fn the_paper_variant_learns_the_copy_task_too() {
     let out = scratch("copy-paper");
     let mut config = small_copy_config(1500, 7);
     let (vocab, n, l) = (config.model.vocab_size, config.model.max_seq_len, config.model.max_latents);
-    config.model = PerceiverArConfig::paper(vocab, n, l, 64, 4, 1);
+    config.model = tests::model_config(true, vocab, n, l, 64, 4, 1);
     config.model.cross_attend_dropout = 0.0;
     let mut trainer = Trainer::new(config).unwrap();
     let result =
