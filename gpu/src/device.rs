@@ -107,8 +107,9 @@ impl OpenClDevice {
         }
         args(&mut builder);
         let kernel = builder.build().map_err(cl_err)?;
-        // SAFETY: every kernel checks its global id against the element count it is given, and
-        // every buffer argument was created with at least the length the kernel indexes.
+        // SAFETY: every kernel checks its global id against the element count it is given;
+        // output buffers are allocated with that count, and input buffers are read only at the
+        // positions of their layouts, which `tensor::Operand` guarantees lie inside them.
         unsafe { kernel.enq().map_err(cl_err) }
     }
 

@@ -239,7 +239,7 @@ impl PerceiverAr {
     }
 
     /// Token embeddings plus absolute positions `0..N`: `[B, N] → [B, N, C]`.
-    fn embed(&self, ctx: &Ctx, input: &Input) -> Result<Var> {
+    pub fn embed(&self, ctx: &Ctx, input: &Input) -> Result<Var> {
         let (batch, n) = (input.batch, input.seq_len);
         let mut x = self.token_embedding.forward(ctx, input.ids, &[batch, n])?;
         if let Some(pos) = &self.position_embedding {
@@ -258,10 +258,17 @@ impl PerceiverAr {
     /// Layer 0: the last `L = N − P` positions (the latents, `[B, L, C]`) attend causally to
     /// the prefix and to themselves (`[B, P + L, C]`), then an MLP. Returns the latents and
     /// the rotary tables of the key positions, which the self-attention layers reuse.
-    fn cross_attend(&self, ctx: &Ctx, x: &Var, p: usize) -> Result<(Var, Option<RotaryTables>)> {
+    pub fn cross_attend(&self, ctx: &Ctx, x: &Var, prefix_len: usize) -> Result<(Var, Option<RotaryTables>)> {
         let c = &self.config;
-        let (batch, n) = (x.shape()[0], x.shape()[1]);
-        let l = n - p;
+        let &[batch, n, _] = x.shape() else {
+            return Err(Error::Input(format!("cross_attend: input of shape {:?}, not [B, N, C]", x.shape())));
+        };
+        if prefix_len >= n {
+            return Err(Error::Input(format!(
+                "prefix length {prefix_len} leaves no latents in a sequence of {n}"
+            )));
+        }
+        let (p, l) = (prefix_len, n - prefix_len);
         let latents = x.narrow(1, p, l)?; // [B, L, C]
         let kept = self.cross_attend_dropout(ctx, x.narrow(1, 0, p)?, n)?;
         let keys = kept.prefix.shape()[1] + l;
@@ -347,7 +354,7 @@ impl PerceiverAr {
 
     /// The stack of causal self-attention layers over the latents: `[B, L, C] → [B, L, C]`.
     /// Rotary uses the latents' positions, the last `L` columns of the key tables.
-    fn self_attend(&self, ctx: &Ctx, mut h: Var, tables: Option<&RotaryTables>) -> Result<Var> {
+    pub fn self_attend(&self, ctx: &Ctx, mut h: Var, tables: Option<&RotaryTables>) -> Result<Var> {
         let c = &self.config;
         let l = h.shape()[1];
         let mask = causal_mask(l, l)?;
@@ -369,7 +376,7 @@ impl PerceiverAr {
 
     /// The output head: optional final norm, then logits through the untied projection or
     /// the transposed token embedding (plus bias): `[B, L, C] → [B, L, V]`.
-    fn head(&self, ctx: &Ctx, mut h: Var) -> Result<Var> {
+    pub fn head(&self, ctx: &Ctx, mut h: Var) -> Result<Var> {
         if let Some(norm) = &self.out_norm {
             h = norm.forward(ctx, &h)?;
         }

@@ -12,6 +12,14 @@ use crate::config::{CrossAttendDropout, PerceiverArConfig};
 use crate::data::{copy, text};
 use crate::train::{TaskConfig, TrainConfig};
 
+/// Bytes the default copy task mirrors (the paper's copy task, section 5.1, at a size solved
+/// in seconds).
+pub const DEFAULT_COPY_BYTES: usize = 16;
+
+/// The largest copy task `--copy-bytes` accepts: far beyond any memory (the memory check
+/// refuses much less), but small enough that its sequence length is a number.
+pub const MAX_COPY_BYTES: usize = 1 << 40;
+
 /// Which published variant a preset's model follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {

@@ -160,6 +160,13 @@ pub enum Task {
     Text(TextData),
 }
 
+/// Checkpoints kept in a run directory: the newest two, so the one before the last survives
+/// anything that happens to the last.
+pub const KEEP_CHECKPOINTS: usize = 2;
+
+/// Training steps between metrics lines (plus the first step).
+pub const LOG_EVERY: u64 = 10;
+
 /// Seed offset of the held-out copy sequences: a stream training never draws from.
 const HELD_OUT_SEED: u64 = 0x005e_ed0f_4e1d_0075;
 
@@ -418,7 +425,7 @@ impl Trainer {
             &self.state,
             &params,
             &self.optimizer.state(&self.model.params),
-            2,
+            KEEP_CHECKPOINTS,
         )
     }
 }
@@ -527,7 +534,7 @@ pub fn run(
         tokens_since += stats.tokens;
         let dt = last.elapsed().as_secs_f64();
         let tokens_per_sec = tokens_since as f64 / dt.max(1e-9);
-        if stats.step % 10 == 0 || stats.step == 1 {
+        if stats.step.is_multiple_of(LOG_EVERY) || stats.step == 1 {
             log.write(
                 "train",
                 &stats,

@@ -1,7 +1,7 @@
 //! The device trait: what a place that holds tensors (the CPU, an OpenCL device) must be able
 //! to do.
 //!
-//! The [`Tensor`](crate::Tensor) API checks shapes, axes and devices, works out output shapes
+//! The [`Tensor`] API checks shapes, axes and devices, works out output shapes
 //! and broadcast layouts, and then calls one coarse op of the device. Ops are coarse (a whole
 //! matmul, a fused layer norm, a softmax), so one dynamic call per op costs nothing next to
 //! the work it starts.
@@ -59,7 +59,7 @@ impl MatmulSpec {
 }
 
 /// One operand of an op as a device sees it: a storage of type `S` and a layout that lies
-/// inside it. Only this crate makes operands, each checked once (see [`Operand::of`]).
+/// inside it. Only this crate makes operands, each checked once, when an op starts.
 pub struct Operand<'a, S: ?Sized = Storage> {
     storage: &'a S,
     layout: &'a Layout,

@@ -85,7 +85,7 @@ mod parse {
     /// The copy task's k: at least 1, and small enough that its sequence length is a number.
     pub fn copy_bytes(s: &str) -> Result<usize, String> {
         match count(s)? {
-            k if k > 1 << 40 => Err("is beyond any memory".into()),
+            k if k > perceiver::presets::MAX_COPY_BYTES => Err("is beyond any memory".into()),
             k => Ok(k),
         }
     }
@@ -236,7 +236,7 @@ struct GenerateArgs {
 
 /// The run configuration from the command line: the task's preset, then any overrides.
 fn train_config(a: &TrainArgs) -> (TrainConfig, PathBuf) {
-    let copy_bytes = a.copy_bytes.unwrap_or(16);
+    let copy_bytes = a.copy_bytes.unwrap_or(presets::DEFAULT_COPY_BYTES);
     let mut preset = match &a.data {
         Some(_) => presets::text(),
         None => presets::copy_task(copy_bytes),
