@@ -95,6 +95,17 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             }
         }
 
+        // Fused: p recomputed from the saved log-sum-exp; dv = pᵀ g, ds = p ⊙ (g vᵀ − Δ),
+        // dq = ds k, dk = dsᵀ q (tensor/src/attention.rs).
+        Op::Attention { q, k, v, values: [qv, kv, vv], parts, visibility } => {
+            let (dq, dk, dv) = qv.attention_backward(&kv, &vv, &parts, &g, &visibility)?;
+            for (n, t) in [(q, dq), (k, dk), (v, dv)] {
+                if let Some(n) = n {
+                    out.push((n, t));
+                }
+            }
+        }
+
         // Views: move the gradient back through the inverse view.
         Op::Transpose { x, a, b } => out.push((x, g.transpose(a, b)?)),
         Op::Permute { x, dims } => {

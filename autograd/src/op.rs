@@ -1,7 +1,7 @@
 //! What the tape remembers about each recorded op: its inputs (as node ids, `None` for inputs
 //! that need no gradient) and the tensors its backward rule reads.
 
-use tensor::{BinaryOp, ReduceOp, Tensor, UnaryOp};
+use tensor::{AttentionParts, BinaryOp, KeyVisibility, ReduceOp, Tensor, UnaryOp};
 
 use crate::param::ParamId;
 
@@ -62,6 +62,15 @@ pub(crate) enum Op {
         rhs: Option<NodeId>,
         a: Tensor,
         b: Tensor,
+    },
+    /// Fused attention: the inputs, the output and its log-sum-exp, and which keys were seen.
+    Attention {
+        q: Option<NodeId>,
+        k: Option<NodeId>,
+        v: Option<NodeId>,
+        values: [Tensor; 3],
+        parts: AttentionParts,
+        visibility: KeyVisibility,
     },
     Transpose {
         x: NodeId,

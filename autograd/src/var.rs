@@ -4,7 +4,7 @@
 //! with what its backward rule needs. Inputs that are not tracked (constants, inputs on an
 //! inference tape) get no gradient and cost nothing to record.
 
-use tensor::{bail, BinaryOp, ReduceOp, Result, Tensor, UnaryOp};
+use tensor::{bail, BinaryOp, KeyVisibility, ReduceOp, Result, Tensor, UnaryOp};
 
 use crate::op::{NodeId, Op};
 use crate::tape::Tape;
@@ -236,6 +236,22 @@ impl Var {
             rhs: n[1],
             a: self.value.clone(),
             b: rhs.value.clone(),
+        })
+    }
+
+    /// Fused attention of queries `self` `[B, H, L, D]` to keys `k` `[B, H, N, D]` and values
+    /// `v` `[B, H, N, Dv]`, seeing the keys `visibility` allows: `[B, H, L, Dv]`, one node on
+    /// the tape, with no `[B, H, L, N]` tensor in the forward or the backward.
+    pub fn attention(&self, k: &Var, v: &Var, visibility: &KeyVisibility) -> Result<Var> {
+        let parts = self.value.attention_with_stats(&k.value, &v.value, visibility)?;
+        let out = parts.out.clone();
+        Var::record(&[self, k, v], out, |n| Op::Attention {
+            q: n[0],
+            k: n[1],
+            v: n[2],
+            values: [self.value.clone(), k.value.clone(), v.value.clone()],
+            parts,
+            visibility: visibility.clone(),
         })
     }
 

@@ -72,3 +72,32 @@ pub fn rows(layout: &Layout) -> Result<(LayoutArg, i32, i32, usize)> {
 pub fn i32_of(v: usize) -> Result<i32> {
     int("opencl", v)
 }
+
+/// Mirrors the `Visibility` struct of `kernels/attention.cl`: which keys each query sees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct VisibilityArg {
+    causal: i32,
+    offset: i32,
+    pos_rows: i32,
+    hidden_rows: i32,
+    keys: i32,
+}
+
+// SAFETY: a plain `repr(C)` struct of i32s with no padding, the same layout as the OpenCL C
+// struct it is passed as.
+unsafe impl ocl::OclPrm for VisibilityArg {}
+
+impl VisibilityArg {
+    /// The scalars of `vis` for `keys` keys; the position and hidden tables go as buffers.
+    pub fn new(vis: &tensor::KeyVisibility, keys: usize) -> Result<Self> {
+        let rows = |len: Option<usize>| len.map_or(Ok(0), |len| int("opencl", len / keys.max(1)));
+        Ok(VisibilityArg {
+            causal: vis.causal.is_some() as i32,
+            offset: int("opencl", vis.causal.unwrap_or(0))?,
+            pos_rows: rows(vis.key_positions.as_ref().map(|p| p.len()))?,
+            hidden_rows: rows(vis.hidden_keys.as_ref().map(|h| h.len()))?,
+            keys: int("opencl", keys)?,
+        })
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! Nothing is kept in step by hand: `apply_unary` and `apply_binary` (one `case` per op, with
 //! the codes of `UnaryOp::code` and `BinaryOp::code`) are written from the tables in
-//! `tensor::op_table`, and `MAX_RANK`, `ROW_GROUP`, `TILE` and the reduction codes exist only
+//! `tensor::op_table`, and `MAX_RANK`, `ROW_GROUP`, `TILE`, `ATTENTION_MAX_DIM` and the
+//! reduction codes exist only
 //! here, as Rust constants, reaching the kernels as `-D NAME=value`.
 
 use tensor::{BinaryOp, ReduceOp, UnaryOp};
@@ -15,9 +16,11 @@ pub const MAX_RANK: usize = 8;
 pub const ROW_GROUP: usize = 64;
 /// The matrix product's tile: each work-group computes a `TILE x TILE` block of the output.
 pub const TILE: usize = 16;
+/// The largest head dimension the attention kernels hold in registers.
+pub const ATTENTION_MAX_DIM: usize = 128;
 
 /// The kernel files, in compile order (the common header first).
-const FILES: [&str; 7] = [
+const FILES: [&str; 8] = [
     include_str!("../kernels/common.cl"),
     include_str!("../kernels/elementwise.cl"),
     include_str!("../kernels/reduce.cl"),
@@ -25,6 +28,7 @@ const FILES: [&str; 7] = [
     include_str!("../kernels/layer_norm.cl"),
     include_str!("../kernels/matmul.cl"),
     include_str!("../kernels/index.cl"),
+    include_str!("../kernels/attention.cl"),
 ];
 
 /// The whole program source: the common header, the generated elementwise functions, then
@@ -48,6 +52,7 @@ pub fn compiler_options() -> String {
         format!("-D MAX_RANK={MAX_RANK}"),
         format!("-D ROW_GROUP={ROW_GROUP}"),
         format!("-D TILE={TILE}"),
+        format!("-D ATTENTION_MAX_DIM={ATTENTION_MAX_DIM}"),
     ];
     for &op in ReduceOp::ALL {
         defines.push(format!("-D REDUCE_{}={}", op.name().to_uppercase(), op as i32));

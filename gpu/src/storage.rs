@@ -7,15 +7,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use ocl::Buffer;
-use tensor::backend::{LayerNormGrads, LayerNormOutput, LayerNormSaved};
+use tensor::backend::{
+    AttentionGrads, AttentionOutput, AttentionSaved, LayerNormGrads, LayerNormOutput, LayerNormSaved,
+};
 use tensor::{
-    BackendStorage, BinaryOp, Device, Layout, MatmulSpec, Operand, ReduceOp, Result, Storage, UnaryOp,
+    BackendStorage, BinaryOp, Device, KeyVisibility, Layout, MatmulSpec, Operand, ReduceOp, Result, Storage,
+    UnaryOp,
 };
 
 use crate::device::{cl_err, OpenClDevice};
-use crate::layout_arg::{fiber_starts, i32_of, rows, LayoutArg};
+use crate::layout_arg::{fiber_starts, i32_of, rows, LayoutArg, VisibilityArg};
 
-use crate::program::{ROW_GROUP, TILE};
+use crate::program::{ATTENTION_MAX_DIM, ROW_GROUP, TILE};
 
 /// `len` f32 in an OpenCL buffer (allocated with at least one element: OpenCL has no empty
 /// buffers).
@@ -302,6 +305,70 @@ impl BackendStorage for OpenClStorage {
         Ok(out)
     }
 
+    fn attention(
+        q: Operand<Self>,
+        k: Operand<Self>,
+        v: Operand<Self>,
+        vis: &KeyVisibility,
+    ) -> Result<AttentionOutput<Self>> {
+        let s = q.storage();
+        let (sq, sv) = (q.layout().shape(), v.layout().shape());
+        let (rows, keys) = (sq[0] * sq[2] * sq[1], k.layout().shape()[2]);
+        check_head_dims(sq[3], sv[3])?;
+        let (out, lse) = (Self::alloc(&s.device, rows * sv[3])?, Self::alloc(&s.device, rows)?);
+        let (pos, hidden, va) = s.visibility_buffers(vis, keys)?;
+        let (lq, lk, lv) =
+            (LayoutArg::of(q.layout())?, LayoutArg::of(k.layout())?, LayoutArg::of(v.layout())?);
+        let rows_i = i32_of(rows)?;
+        s.run("attention_forward", rows, |kb| {
+            kb.arg(lq).arg(&s.buffer).arg(lk).arg(&k.storage().buffer).arg(lv).arg(&v.storage().buffer);
+            kb.arg(va).arg(&pos).arg(&hidden).arg(&out.buffer).arg(&lse.buffer).arg(rows_i);
+        })?;
+        Ok(AttentionOutput { out, lse })
+    }
+
+    fn attention_backward(
+        saved: AttentionSaved<Self>,
+        d_out: Operand<Self>,
+        vis: &KeyVisibility,
+    ) -> Result<AttentionGrads<Self>> {
+        let AttentionSaved { q, k, v, out, lse } = saved;
+        let s = q.storage();
+        let (sq, sv) = (q.layout().shape(), v.layout().shape());
+        let (batch, heads, queries, dk, dv) = (sq[0], sq[1], sq[2], sq[3], sv[3]);
+        let keys = k.layout().shape()[2];
+        check_head_dims(dk, dv)?;
+        let (q_rows, k_rows) = (batch * queries * heads, batch * keys * heads);
+        let dq = Self::alloc(&s.device, q_rows * dk)?;
+        let delta = Self::alloc(&s.device, q_rows)?;
+        let (dkey, dval) = (Self::alloc(&s.device, k_rows * dk)?, Self::alloc(&s.device, k_rows * dv)?);
+        let (pos, hidden, va) = s.visibility_buffers(vis, keys)?;
+        let (lq, lk, lv) =
+            (LayoutArg::of(q.layout())?, LayoutArg::of(k.layout())?, LayoutArg::of(v.layout())?);
+        let (lo, llse, lg) =
+            (LayoutArg::of(out.layout())?, LayoutArg::of(lse.layout())?, LayoutArg::of(d_out.layout())?);
+        let (kbuf, vbuf, gbuf) = (&k.storage().buffer, &v.storage().buffer, &d_out.storage().buffer);
+        let (q_rows_i, k_rows_i) = (i32_of(q_rows)?, i32_of(k_rows)?);
+        s.run("attention_backward_dq", q_rows, |kb| {
+            kb.arg(lq).arg(&s.buffer).arg(lk).arg(kbuf).arg(lv).arg(vbuf).arg(lo).arg(&out.storage().buffer);
+            kb.arg(llse).arg(&lse.storage().buffer).arg(lg).arg(gbuf).arg(va).arg(&pos).arg(&hidden);
+            kb.arg(&dq.buffer).arg(&delta.buffer).arg(q_rows_i);
+        })?;
+        s.run("attention_backward_dkv", k_rows, |kb| {
+            kb.arg(lq)
+                .arg(&s.buffer)
+                .arg(lk)
+                .arg(kbuf)
+                .arg(lv)
+                .arg(vbuf)
+                .arg(llse)
+                .arg(&lse.storage().buffer);
+            kb.arg(lg).arg(gbuf).arg(&delta.buffer).arg(va).arg(&pos).arg(&hidden);
+            kb.arg(&dkey.buffer).arg(&dval.buffer).arg(k_rows_i);
+        })?;
+        Ok(AttentionGrads { dq, dk: dkey, dv: dval })
+    }
+
     fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self> {
         let (s, layout) = (x.storage(), x.layout());
         let picked = fiber_starts(layout, axis, indices.len())?;
@@ -419,7 +486,30 @@ impl BackendStorage for OpenClStorage {
     }
 }
 
+/// The attention kernels keep a row of the output in registers.
+fn check_head_dims(dk: usize, dv: usize) -> Result<()> {
+    if dk.max(dv) > ATTENTION_MAX_DIM {
+        return Err(tensor::Error::new(
+            "attention",
+            format!("head dims {dk} and {dv}: the OpenCL kernels hold at most {ATTENTION_MAX_DIM}"),
+        ));
+    }
+    Ok(())
+}
+
 impl OpenClStorage {
+    /// The key-position and hidden-key tables of `vis` as device buffers, and its scalars.
+    fn visibility_buffers(
+        &self,
+        vis: &KeyVisibility,
+        keys: usize,
+    ) -> Result<(Buffer<i32>, Buffer<i32>, VisibilityArg)> {
+        let pos = self.int_buffer(vis.key_positions.as_deref().unwrap_or(&[]))?;
+        let flags: Vec<usize> =
+            vis.hidden_keys.as_deref().unwrap_or(&[]).iter().map(|&h| h as usize).collect();
+        Ok((pos, self.int_buffer(&flags)?, VisibilityArg::new(vis, keys)?))
+    }
+
     fn unary_raw(&self, layout: &Layout, op: UnaryOp) -> Result<OpenClStorage> {
         let n = layout.numel();
         let out = Self::alloc(&self.device, n)?;

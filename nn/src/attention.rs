@@ -6,9 +6,15 @@
 //! `S = q kᵀ` (masked entries set to the most negative f32), `P = softmax(S)` (dropout),
 //! `o = P v`, heads concatenated, then `o W_oᵀ + b_o`.
 //!
-//! Backward, composed from the rules of each op: `dP = do vᵀ`, `dv = Pᵀ do`,
-//! `dS = P ⊙ (dP − Σ dP ⊙ P)` (softmax), `dq = dS k`, `dk = dSᵀ q`, and masked scores get no
-//! gradient.
+//! Backward: `dP = do vᵀ`, `dv = Pᵀ do`, `dS = P ⊙ (dP − Σ dP ⊙ P)` (softmax),
+//! `dq = dS k`, `dk = dSᵀ q`, and masked scores get no gradient.
+//!
+//! Two paths compute it. The fused one (`Var::attention`, tensor/src/attention.rs) is used
+//! whenever the keys each query sees are given as a [`KeyVisibility`] (causal offset, kept
+//! positions, hidden keys) and there is no dropout on the probabilities: it streams over
+//! blocks of keys and never builds the `[B, H, L, N]` scores. The composed one (matmul,
+//! `masked_fill`, softmax, matmul) takes a dense mask; it serves dropout on the
+//! probabilities, and it is the reference the fused path is tested against.
 //!
 //! The causal mask with a query offset: `L` queries are the *last* `L` positions of `N` keys, so
 //! query `i` sits at absolute position `N − L + i` and may see keys `j ≤ N − L + i`. In
@@ -16,7 +22,7 @@
 //! the whole prefix and latents `0..=i`.
 
 use autograd::Var;
-use tensor::Tensor;
+use tensor::{KeyVisibility, Tensor};
 
 use crate::ctx::Ctx;
 use crate::dropout::dropout;
@@ -71,7 +77,10 @@ pub struct Attention {
 /// Optional parts of one attention call.
 #[derive(Default)]
 pub struct AttendOptions<'a> {
-    /// 1 where a score is masked; broadcastable to `[B, H, L, N]`.
+    /// Which keys each query sees, computed from positions (the fused path).
+    pub visibility: Option<&'a KeyVisibility>,
+    /// A dense mask instead, 1 where a score is masked, broadcastable to `[B, H, L, N]` (the
+    /// composed path).
     pub mask: Option<&'a Tensor>,
     pub rotary_q: Option<&'a RotaryTables>,
     pub rotary_k: Option<&'a RotaryTables>,
@@ -120,12 +129,45 @@ impl Attention {
         if let Some(r) = opts.rotary_k {
             k = r.apply(&k)?;
         }
-        let mut scores = q.matmul(&k.t()?)?; // [B, H, L, N]
-        if let Some(mask) = opts.mask {
-            scores = scores.masked_fill(&mask.to_device(&scores.value().device())?, MASKED)?;
-        }
-        let probs = dropout(ctx, &scores.softmax(3)?, opts.dropout)?;
-        let o = probs.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.head_dim])?;
+        let with_dropout = ctx.train && opts.dropout > 0.0;
+        let o = match opts.visibility {
+            Some(vis) if opts.mask.is_none() && !with_dropout => q.attention(&k, &v, vis)?,
+            _ => {
+                let dense;
+                let mask = match (opts.mask, opts.visibility) {
+                    (Some(m), _) => Some(m),
+                    (None, Some(vis)) => {
+                        dense = dense_mask(vis, b, l, k.shape()[2])?;
+                        Some(&dense)
+                    }
+                    (None, None) => None,
+                };
+                attend_composed(ctx, &q, &k, &v, mask, opts.dropout)?
+            }
+        }; // [B, H, L, D]
+        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.head_dim])?;
         self.o_proj.forward(ctx, &o)
     }
+}
+
+/// The composed attention of heads `q` `[B, H, L, D]` to `k`, `v` `[B, H, N, D]`:
+/// `softmax(masked_fill(q kᵀ, mask))` (with dropout) times `v`. Builds `[B, H, L, N]`.
+pub fn attend_composed(ctx: &Ctx, q: &Var, k: &Var, v: &Var, mask: Option<&Tensor>, p: f32) -> Result<Var> {
+    let mut scores = q.matmul(&k.t()?)?; // [B, H, L, N]
+    if let Some(mask) = mask {
+        scores = scores.masked_fill(&mask.to_device(&scores.value().device())?, MASKED)?;
+    }
+    let probs = dropout(ctx, &scores.softmax(3)?, p)?;
+    Ok(probs.matmul(v)?)
+}
+
+/// `[B, 1, L, N]` dense mask of a [`KeyVisibility`]: 1 where query `i` of row `b` does not see
+/// key `j`.
+pub fn dense_mask(vis: &KeyVisibility, batch: usize, queries: usize, keys: usize) -> Result<Tensor> {
+    let data = (0..batch)
+        .flat_map(|b| {
+            (0..queries).flat_map(move |i| (0..keys).map(move |j| (!vis.sees(b, i, j, keys)) as u8 as f32))
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, &[batch, 1, queries, keys])?)
 }

@@ -11,9 +11,11 @@
 //! Every layer is pre-norm with residuals: `h ← h + attend(norm(h))`, `h ← h + mlp(h)`. The
 //! backward pass needs nothing model-specific: every op records itself on the tape.
 
+use std::sync::Arc;
+
 use autograd::ParamId;
 use autograd::Var;
-use nn::attention::{causal_mask, AttendOptions, Attention, AttentionBiases};
+use nn::attention::{AttendOptions, Attention, AttentionBiases};
 use nn::dropout::dropout;
 use nn::embedding::Embedding;
 use nn::layer_norm::LayerNorm;
@@ -24,7 +26,7 @@ use nn::{Builder, Ctx, ParamStore};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tensor::Tensor;
+use tensor::{KeyVisibility, Tensor};
 
 use crate::config::{AbsolutePositions, CrossAttendDropout, LatentKeyNorm, PerceiverArConfig};
 use crate::error::{Error, Result};
@@ -104,8 +106,8 @@ struct KeptKeys {
     /// Absolute positions of the keys (kept prefix, then latents), one row per batch element,
     /// or one row shared by all when nothing was dropped: for rotary.
     positions: Vec<Vec<usize>>,
-    /// `[B, 1, 1, N]`, 1 at dropped keys (Bernoulli form only).
-    dropped: Option<Tensor>,
+    /// `[B, N]` row-major, true at dropped keys (Bernoulli form only).
+    dropped: Option<Vec<bool>>,
 }
 
 pub struct PerceiverAr {
@@ -283,10 +285,12 @@ impl PerceiverAr {
             }
             None => None,
         };
-        let mask = causal_mask(l, keys)?; // [L, keys], 1 = not visible
-        let mask = match kept.dropped {
-            Some(dropped) => mask.maximum(&dropped)?, // [B, 1, L, N]
-            None => mask,
+        // Latent i sees every kept prefix key and the latents up to itself: causal in key
+        // order, with the latents the last L keys; Bernoulli-dropped keys are hidden.
+        let visibility = KeyVisibility {
+            causal: Some(keys - l),
+            key_positions: None,
+            hidden_keys: kept.dropped.map(Arc::from),
         };
         let layer = &self.cross;
         let queries = layer.q_norm.forward(ctx, &latents)?;
@@ -298,10 +302,11 @@ impl PerceiverAr {
         let kv = Var::cat(&[&kv_prefix, &kv_latents], 1)?; // [B, keys, C]
         let rotary = tables.as_ref().filter(|_| c.rotary_cross);
         let opts = AttendOptions {
-            mask: Some(&mask),
+            visibility: Some(&visibility),
             rotary_q: rotary,
             rotary_k: rotary,
             dropout: c.attention_dropout,
+            ..Default::default()
         };
         let attended = layer.attention.forward(ctx, &queries, &kv, &opts)?;
         let h = latents.add(&dropout(ctx, &attended, c.residual_dropout)?)?;
@@ -340,14 +345,12 @@ impl PerceiverAr {
             }
             CrossAttendDropout::Bernoulli => {
                 // Each prefix key dropped with probability `rate`, before the softmax.
-                let dropped: Vec<f32> = (0..batch)
+                let dropped: Vec<bool> = (0..batch)
                     .flat_map(|_| {
-                        (0..n)
-                            .map(|j| (j < p && rng.gen::<f32>() < c.cross_attend_dropout) as u8 as f32)
-                            .collect::<Vec<_>>()
+                        (0..n).map(|j| j < p && rng.gen::<f32>() < c.cross_attend_dropout).collect::<Vec<_>>()
                     })
                     .collect();
-                Ok(KeptKeys { dropped: Some(Tensor::from_vec(dropped, &[batch, 1, 1, n])?), ..all })
+                Ok(KeptKeys { dropped: Some(dropped), ..all })
             }
         }
     }
@@ -356,15 +359,16 @@ impl PerceiverAr {
     /// Rotary uses the latents' positions, the last `L` columns of the key tables.
     pub fn self_attend(&self, ctx: &Ctx, mut h: Var, tables: Option<&RotaryTables>) -> Result<Var> {
         let c = &self.config;
-        let l = h.shape()[1];
-        let mask = causal_mask(l, l)?;
+        // Latent i sees latents 0..=i.
+        let visibility = KeyVisibility::causal(0);
         for (i, layer) in self.self_layers.iter().enumerate() {
             let rotary = tables.filter(|_| c.rotary_in_self_layer(i));
             let opts = AttendOptions {
-                mask: Some(&mask),
+                visibility: Some(&visibility),
                 rotary_q: rotary,
                 rotary_k: rotary,
                 dropout: c.attention_dropout,
+                ..Default::default()
             };
             let normed = layer.norm.forward(ctx, &h)?;
             let attended = layer.attention.forward(ctx, &normed, &normed, &opts)?;

@@ -25,6 +25,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::attention::KeyVisibility;
 use crate::bail;
 use crate::cpu::CpuStorage;
 use crate::error::{fmt_shape, Error, Result};
@@ -132,6 +133,31 @@ pub struct LayerNormSaved<'a, S: ?Sized = Storage> {
     pub rstd: Operand<'a, S>,
 }
 
+/// The fused attention forward's outputs: `out` `[B, L, H, Dv]` and the per-query
+/// log-sum-exp `lse` `[B, L, H]` (−∞ for a query that sees no key), both contiguous.
+pub struct AttentionOutput<S = Storage> {
+    pub out: S,
+    pub lse: S,
+}
+
+/// What the fused attention backward reads: the forward's `q` `[B, H, L, D]`, `k`
+/// `[B, H, N, D]`, `v` `[B, H, N, Dv]`, its output `[B, H, L, Dv]` and `lse` `[B, H, L]`.
+pub struct AttentionSaved<'a, S: ?Sized = Storage> {
+    pub q: Operand<'a, S>,
+    pub k: Operand<'a, S>,
+    pub v: Operand<'a, S>,
+    pub out: Operand<'a, S>,
+    pub lse: Operand<'a, S>,
+}
+
+/// Gradients of the fused attention, contiguous in heads-inner order: `dq` `[B, L, H, D]`,
+/// `dk` `[B, N, H, D]`, `dv` `[B, N, H, Dv]`.
+pub struct AttentionGrads<S = Storage> {
+    pub dq: S,
+    pub dk: S,
+    pub dv: S,
+}
+
 /// Gradients of the fused layer norm: the input's, the weight's and the bias's.
 pub struct LayerNormGrads<S = Storage> {
     pub dx: S,
@@ -235,6 +261,21 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     fn layer_norm_backward(saved: LayerNormSaved<Self>, dy: Operand<Self>) -> Result<LayerNormGrads<Self>>;
     /// Batched matrix product; the sizes are [`MatmulSpec::of`] the two layouts.
     fn matmul(a: Operand<Self>, b: Operand<Self>) -> Result<Self>;
+    /// Fused attention (see [`crate::attention`]): `q` `[B, H, L, D]`, `k` `[B, H, N, D]`, `v`
+    /// `[B, H, N, Dv]`, the keys each query sees given by `vis`.
+    fn attention(
+        q: Operand<Self>,
+        k: Operand<Self>,
+        v: Operand<Self>,
+        vis: &KeyVisibility,
+    ) -> Result<AttentionOutput<Self>>;
+    /// The fused attention backward, from the saved forward and the output gradient `d_out`
+    /// `[B, H, L, Dv]`.
+    fn attention_backward(
+        saved: AttentionSaved<Self>,
+        d_out: Operand<Self>,
+        vis: &KeyVisibility,
+    ) -> Result<AttentionGrads<Self>>;
     /// Picks entries `indices` along `axis`: the output has `indices.len()` entries there.
     fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self>;
     /// The adjoint of `index_select`: zeros with `size` entries along `axis`, and
@@ -271,6 +312,13 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
     fn layer_norm(&self, x: Operand, weight: Operand, bias: Operand, eps: f32) -> Result<LayerNormOutput>;
     fn layer_norm_backward(&self, saved: LayerNormSaved, dy: Operand) -> Result<LayerNormGrads>;
     fn matmul(&self, a: Operand, b: Operand) -> Result<Storage>;
+    fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput>;
+    fn attention_backward(
+        &self,
+        saved: AttentionSaved,
+        d_out: Operand,
+        vis: &KeyVisibility,
+    ) -> Result<AttentionGrads>;
     fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage>;
     fn index_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
     fn gather(&self, x: Operand, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Storage>;
@@ -336,6 +384,26 @@ impl<S: BackendStorage> DynStorage for S {
     }
     fn matmul(&self, a: Operand, b: Operand) -> Result<Storage> {
         Ok(S::matmul(a.typed()?, b.typed()?)?.into_storage())
+    }
+    fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput> {
+        let out = S::attention(q.typed()?, k.typed()?, v.typed()?, vis)?;
+        Ok(AttentionOutput { out: out.out.into_storage(), lse: out.lse.into_storage() })
+    }
+    fn attention_backward(
+        &self,
+        saved: AttentionSaved,
+        d_out: Operand,
+        vis: &KeyVisibility,
+    ) -> Result<AttentionGrads> {
+        let saved = AttentionSaved {
+            q: saved.q.typed()?,
+            k: saved.k.typed()?,
+            v: saved.v.typed()?,
+            out: saved.out.typed()?,
+            lse: saved.lse.typed()?,
+        };
+        let g = S::attention_backward(saved, d_out.typed()?, vis)?;
+        Ok(AttentionGrads { dq: g.dq.into_storage(), dk: g.dk.into_storage(), dv: g.dv.into_storage() })
     }
     fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage> {
         Ok(S::index_select(x.typed()?, axis, indices)?.into_storage())

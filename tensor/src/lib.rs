@@ -15,6 +15,7 @@
 //! 6. [`reference`](mod@reference): naive kernels written from the definitions, which the tests hold the fast
 //!    ones to.
 
+pub mod attention;
 pub mod backend;
 pub mod cpu;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod reference;
 pub mod tensor;
 pub mod view;
 
+pub use attention::{AttentionParts, KeyVisibility};
 pub use backend::{
     BackendDevice, BackendStorage, BinaryOp, Device, DynStorage, MatmulSpec, Operand, ReduceOp, Storage,
     UnaryOp,

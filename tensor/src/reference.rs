@@ -128,3 +128,39 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         (0..k).map(|p| pick(a, i[nb], p) * pick(b, p, i[nb + 1])).sum()
     }))
 }
+
+/// Attention `softmax(q kᵀ) v` per head, from the definitions: every score computed, hidden
+/// ones set to the most negative f32 (as `masked_fill` does), then softmax and the weighted sum.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, vis: &crate::attention::KeyVisibility) -> Tensor {
+    let (b, h, l, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+    let (n, dv) = (k.shape()[2], v.shape()[3]);
+    let mut out = Vec::with_capacity(b * h * l * dv);
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..l {
+                let scores: Vec<f64> = (0..n)
+                    .map(|j| {
+                        if !vis.sees(bi, i, j, n) {
+                            return -f32::MAX as f64;
+                        }
+                        (0..d)
+                            .map(|c| {
+                                q.get(&[bi, hi, i, c]).unwrap() as f64
+                                    * k.get(&[bi, hi, j, c]).unwrap() as f64
+                            })
+                            .sum()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = weights.iter().sum();
+                for c in 0..dv {
+                    let o: f64 =
+                        (0..n).map(|j| weights[j] / z * v.get(&[bi, hi, j, c]).unwrap() as f64).sum();
+                    out.push(o as f32);
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, &[b, h, l, dv]).expect("shape matches")
+}

@@ -8,6 +8,8 @@
 //! perturbs.
 
 use autograd::Var;
+use std::sync::Arc;
+
 use nn::optim::{AdamWConfig, Decay, Schedule};
 use perceiver::data::copy::{CopyTask, VOCAB};
 use perceiver::train::{TaskConfig, TrainConfig};
@@ -15,7 +17,7 @@ use perceiver::PerceiverArConfig;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tensor::{Device, Result, Tensor};
+use tensor::{Device, KeyVisibility, Result, Tensor};
 
 /// How a base tensor becomes the input an op sees.
 #[derive(Clone, Debug)]
@@ -230,6 +232,53 @@ pub fn copy_run(
         stop_when_solved: true,
         seed,
     }
+}
+
+/// A [`KeyVisibility`] for `batch` rows of `n` keys and `l` queries, from random choices:
+/// causal (queries the last `l` positions, or later), kept-key positions with gaps, and
+/// hidden keys (`hidden` 1: some per row; 2: every key of the first row, so its queries see
+/// nothing).
+pub fn visibility(
+    batch: usize,
+    l: usize,
+    n: usize,
+    causal: bool,
+    positions: bool,
+    hidden: u8,
+    seed: u64,
+) -> KeyVisibility {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut vis = KeyVisibility::default();
+    if causal {
+        // Queries are the last `l` positions of `n` (Perceiver AR), or shifted later still.
+        vis.causal = Some(n.saturating_sub(l) + rng.gen_range(0..3));
+    }
+    if positions {
+        // Kept prefix positions: strictly increasing, with gaps.
+        let rows: Vec<usize> = (0..batch)
+            .flat_map(|_| {
+                let mut p = 0;
+                (0..n)
+                    .map(|_| {
+                        p += rng.gen_range(0..3);
+                        p
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        vis.key_positions = Some(Arc::from(rows));
+    }
+    match hidden {
+        0 => {}
+        // Some keys hidden in each row.
+        1 => vis.hidden_keys = Some(Arc::from((0..batch * n).map(|_| rng.gen_bool(0.3)).collect::<Vec<_>>())),
+        // Every key of the first row hidden: its queries see nothing.
+        _ => {
+            vis.hidden_keys =
+                Some(Arc::from((0..batch * n).map(|i| i < n || rng.gen_bool(0.2)).collect::<Vec<_>>()))
+        }
+    }
+    vis
 }
 
 /// A proptest config with `default` cases, or `PROPTEST_CASES` when set (an explicit count in a

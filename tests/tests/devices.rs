@@ -116,6 +116,37 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(tests::proptest_config(12))]
+
+    /// The fused attention, forward and backward (gradients of q, k and v through the tape),
+    /// with every kind of visibility, on each device against the CPU.
+    #[test]
+    fn fused_attention(
+        b in 1usize..3, h in 1usize..3, l in 1usize..40, n in 1usize..150, d in 1usize..9,
+        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, seed in any::<u64>(),
+    ) {
+        let vis = tests::visibility(b, l, n, causal, positions, hidden, seed);
+        let q = Viewed { base: uniform(&[b, l, h, d], -1.5, 1.5, seed), recipe: tests::Recipe::Transposed(1, 2), shape: vec![b, h, l, d] };
+        let k = Viewed { base: uniform(&[b, h, n, d], -1.5, 1.5, seed + 1), recipe: tests::Recipe::Contiguous, shape: vec![b, h, n, d] };
+        let v = Viewed { base: uniform(&[b, h, n, d], -1.0, 1.0, seed + 2), recipe: tests::Recipe::Contiguous, shape: vec![b, h, n, d] };
+        let weights = uniform(&[b, h, l, d], -1.0, 1.0, seed + 3);
+        for dev in devices() {
+            agree(&dev, "attention", &[&q, &k, &v], 1e-5, |t| t[0].attention(&t[1], &t[2], &vis));
+            for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+                agree(&dev, name, &[&q, &k, &v], 1e-5, |t| {
+                    let tape = Tape::new();
+                    let x: Vec<_> = t.iter().map(|t| tape.leaf(t)).collect();
+                    let w = autograd::Var::constant(weights.to_device(&t[0].device())?);
+                    let loss = x[0].attention(&x[1], &x[2], &vis)?.mul(&w)?.sum_all()?;
+                    let grads = tape.backward(&loss)?;
+                    Ok(grads.wrt(&x[i]).cloned().unwrap_or(t[i].zeros_like()?))
+                });
+            }
+        }
+    }
+}
+
 /// The gradients of every parameter of a small model (both variants), on each device, against
 /// the CPU: every backward rule and fused backward kernel runs on the device here.
 #[test]

@@ -3,6 +3,7 @@
 //!
 //! Each submodule is one family of kernels; this file only routes the device trait to them.
 
+pub mod attention;
 pub mod elementwise;
 pub mod index;
 pub mod layer_norm;
@@ -14,9 +15,10 @@ pub mod reduce;
 pub mod softmax;
 pub mod walk;
 
+use crate::attention::KeyVisibility;
 use crate::backend::{
-    BackendStorage, BinaryOp, Device, LayerNormGrads, LayerNormOutput, LayerNormSaved, MatmulSpec, Operand,
-    ReduceOp, Storage, UnaryOp,
+    AttentionGrads, AttentionOutput, AttentionSaved, BackendStorage, BinaryOp, Device, LayerNormGrads,
+    LayerNormOutput, LayerNormSaved, MatmulSpec, Operand, ReduceOp, Storage, UnaryOp,
 };
 use crate::error::Result;
 use crate::layout::Layout;
@@ -45,6 +47,11 @@ impl CpuStorage {
 /// The slice and layout of a CPU operand.
 fn parts<'a>(x: &Operand<'a, CpuStorage>) -> (&'a [f32], &'a Layout) {
     (x.storage().as_slice(), x.layout())
+}
+
+/// A `[B, H, T, D]` operand for the attention kernels.
+fn heads<'a>(x: &Operand<'a, CpuStorage>) -> attention::Heads<'a> {
+    attention::Heads { data: x.storage().as_slice(), layout: x.layout() }
 }
 
 /// A kernel's output.
@@ -119,6 +126,30 @@ impl BackendStorage for CpuStorage {
     fn matmul(a: Operand<Self>, b: Operand<Self>) -> Result<Self> {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;
         out(matmul::matmul(parts(&a), parts(&b), &spec))
+    }
+    fn attention(
+        q: Operand<Self>,
+        k: Operand<Self>,
+        v: Operand<Self>,
+        vis: &KeyVisibility,
+    ) -> Result<AttentionOutput<Self>> {
+        let (out, lse) = attention::forward(heads(&q), heads(&k), heads(&v), vis);
+        Ok(AttentionOutput { out: CpuStorage::new(out), lse: CpuStorage::new(lse) })
+    }
+    fn attention_backward(
+        saved: AttentionSaved<Self>,
+        d_out: Operand<Self>,
+        vis: &KeyVisibility,
+    ) -> Result<AttentionGrads<Self>> {
+        let s = attention::Saved {
+            q: heads(&saved.q),
+            k: heads(&saved.k),
+            v: heads(&saved.v),
+            out: heads(&saved.out),
+            lse: parts(&saved.lse),
+        };
+        let [dq, dk, dv] = attention::backward(s, heads(&d_out), vis);
+        Ok(AttentionGrads { dq: CpuStorage::new(dq), dk: CpuStorage::new(dk), dv: CpuStorage::new(dv) })
     }
     fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self> {
         let (data, layout) = parts(&x);

@@ -1,0 +1,347 @@
+//! Fused attention on the CPU: blocks of queries against blocks of keys, with `sgemm` for the
+//! block products and the `wide` exp for the softmax (the math is in [`crate::attention`]).
+//!
+//! Work is split across threads by (batch, head): each task streams its queries over its keys
+//! and returns its own rows of the outputs, so no two threads write the same memory. Per task,
+//! queries go in blocks of [`QUERY_BLOCK`] rows and keys in blocks of [`KEY_BLOCK`]: the score
+//! block `[QUERY_BLOCK, KEY_BLOCK]` stays in cache and the `[L, N]` scores never exist. A key
+//! block that no query of the block can see (in the causal future, or all hidden) is skipped;
+//! one that every query sees fully needs no masking; only blocks on the diagonal are masked
+//! element by element.
+
+use rayon::prelude::*;
+
+use super::math;
+use crate::attention::KeyVisibility;
+use crate::layout::Layout;
+
+/// Query rows per block.
+pub const QUERY_BLOCK: usize = 64;
+/// Key rows per block.
+pub const KEY_BLOCK: usize = 128;
+/// What a hidden score is set to: the composition's `masked_fill` value.
+const MASKED: f32 = -f32::MAX;
+
+/// A `[B, H, T, D]` operand: its data and layout.
+#[derive(Clone, Copy)]
+pub(crate) struct Heads<'a> {
+    pub data: &'a [f32],
+    pub layout: &'a Layout,
+}
+
+impl Heads<'_> {
+    fn dim(&self, axis: usize) -> usize {
+        self.layout.shape()[axis]
+    }
+    /// Storage position of row `t` of head `(b, h)`, and the row and column strides.
+    fn matrix(&self, b: usize, h: usize, t: usize) -> Matrix<'_> {
+        let s = self.layout.strides();
+        Matrix {
+            data: self.data,
+            offset: self.layout.offset() + b * s[0] + h * s[1] + t * s[2],
+            rows: s[2],
+            cols: s[3],
+        }
+    }
+}
+
+/// A strided matrix inside a slice: element `(r, c)` at `offset + r·rows + c·cols`.
+#[derive(Clone, Copy)]
+struct Matrix<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl Matrix<'_> {
+    /// The same matrix transposed (a view: strides swapped).
+    fn t(self) -> Self {
+        Matrix { rows: self.cols, cols: self.rows, ..self }
+    }
+    fn contiguous(data: &[f32], cols: usize) -> Matrix<'_> {
+        Matrix { data, offset: 0, rows: cols, cols: 1 }
+    }
+}
+
+/// `c = a·b + beta·c` for `a` `m×k`, `b` `k×n`, `c` `m×n` row-major with row stride `ldc`.
+fn gemm((m, n, k): (usize, usize, usize), a: Matrix, b: Matrix, beta: f32, (c, ldc): (&mut [f32], usize)) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for r in 0..m {
+            c[r * ldc..r * ldc + n].iter_mut().for_each(|x| *x *= beta);
+        }
+        return;
+    }
+    // Bounds of everything sgemm touches, checked here so the call below is sound.
+    let last = |x: &Matrix, r: usize, cols: usize| x.offset + (r - 1) * x.rows + (cols - 1) * x.cols;
+    assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len(), "gemm operand out of bounds");
+    assert!(n <= ldc && (m - 1) * ldc + n <= c.len(), "gemm output out of bounds");
+    // SAFETY: the asserts above put every element read from `a` and `b` and every element of
+    // `c` written inside their slices; `c` is borrowed mutably, so nothing else aliases it.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.data.as_ptr().add(a.offset),
+            a.rows as isize,
+            a.cols as isize,
+            b.data.as_ptr().add(b.offset),
+            b.rows as isize,
+            b.cols as isize,
+            beta,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        );
+    }
+}
+
+/// How a block of queries `[i0, i1)` relates to a block of keys `[j0, j1)` of batch row `b`.
+#[derive(Clone, Copy, PartialEq)]
+enum Block {
+    /// No query sees any key.
+    Hidden,
+    /// Every query sees every key.
+    Visible,
+    /// Decide per element.
+    Mixed,
+}
+
+fn classify(
+    vis: &KeyVisibility,
+    b: usize,
+    (i0, i1): (usize, usize),
+    (j0, j1): (usize, usize),
+    n: usize,
+) -> Block {
+    let any_hidden = vis.hidden_keys.is_some() && (j0..j1).any(|j| vis.is_hidden(b, j, n));
+    let all_hidden = vis.hidden_keys.is_some() && (j0..j1).all(|j| vis.is_hidden(b, j, n));
+    if all_hidden {
+        return Block::Hidden;
+    }
+    match vis.causal {
+        // Key positions do not decrease along a row: the first key is the earliest.
+        Some(offset) if vis.key_position(b, j0, n) > offset + i1 - 1 => Block::Hidden,
+        Some(offset) if vis.key_position(b, j1 - 1, n) > offset + i0 => Block::Mixed,
+        _ if any_hidden => Block::Mixed,
+        _ => Block::Visible,
+    }
+}
+
+/// Sets the scores of keys query `i0 + r` cannot see to [`MASKED`].
+fn mask_block(vis: &KeyVisibility, b: usize, i0: usize, j0: usize, n: usize, scores: &mut [f32], bk: usize) {
+    for (r, row) in scores.chunks_mut(bk).enumerate() {
+        for (c, s) in row.iter_mut().enumerate() {
+            if !vis.sees(b, i0 + r, j0 + c, n) {
+                *s = MASKED;
+            }
+        }
+    }
+}
+
+/// One (batch, head) of the forward: `out` `[L, Dv]` and `lse` `[L]`.
+fn forward_head(
+    q: Heads,
+    k: Heads,
+    v: Heads,
+    vis: &KeyVisibility,
+    b: usize,
+    h: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (l, d, n, dv) = (q.dim(2), q.dim(3), k.dim(2), v.dim(3));
+    let mut out = vec![0.0; l * dv];
+    let mut lse = vec![0.0; l];
+    let mut scores = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
+    let mut probs = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
+    for i0 in (0..l).step_by(QUERY_BLOCK) {
+        let bq = QUERY_BLOCK.min(l - i0);
+        let (mut max, mut sum) = (vec![f32::NEG_INFINITY; bq], vec![0.0f32; bq]);
+        let acc = &mut out[i0 * dv..(i0 + bq) * dv];
+        for j0 in (0..n).step_by(KEY_BLOCK) {
+            let bk = KEY_BLOCK.min(n - j0);
+            let kind = classify(vis, b, (i0, i0 + bq), (j0, j0 + bk), n);
+            if kind == Block::Hidden {
+                continue;
+            }
+            let s = &mut scores[..bq * bk];
+            gemm((bq, bk, d), q.matrix(b, h, i0), k.matrix(b, h, j0).t(), 0.0, (s, bk));
+            if kind == Block::Mixed {
+                mask_block(vis, b, i0, j0, n, s, bk);
+            }
+            let p = &mut probs[..bq * bk];
+            for r in 0..bq {
+                let row = &s[r * bk..(r + 1) * bk];
+                let m_new = max[r].max(math::max(row));
+                // The first block: nothing to rescale (and -inf - -inf would be NaN).
+                let correction = if max[r] == f32::NEG_INFINITY { 0.0 } else { (max[r] - m_new).exp() };
+                sum[r] = sum[r] * correction
+                    + math::sum_exp_shifted(row, m_new, Some(&mut p[r * bk..(r + 1) * bk]));
+                acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= correction);
+                max[r] = m_new;
+            }
+            gemm((bq, dv, bk), Matrix::contiguous(p, bk), v.matrix(b, h, j0), 1.0, (acc, dv));
+        }
+        for r in 0..bq {
+            let row = &mut acc[r * dv..(r + 1) * dv];
+            if max[r] == f32::NEG_INFINITY || max[r] == MASKED {
+                // Sees no key: the composition's softmax over all-equal scores averages every value.
+                uniform_average(v, b, h, row);
+                lse[i0 + r] = f32::NEG_INFINITY;
+            } else {
+                let inv = 1.0 / sum[r];
+                row.iter_mut().for_each(|x| *x *= inv);
+                lse[i0 + r] = max[r] + sum[r].ln();
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// The mean of every value row of head `(b, h)`, into `row`.
+fn uniform_average(v: Heads, b: usize, h: usize, row: &mut [f32]) {
+    let n = v.dim(2);
+    row.fill(0.0);
+    for j in 0..n {
+        let m = v.matrix(b, h, j);
+        for (c, x) in row.iter_mut().enumerate() {
+            *x += m.data[m.offset + c * m.cols];
+        }
+    }
+    row.iter_mut().for_each(|x| *x /= n as f32);
+}
+
+/// Runs `f(b, h)` for every (batch, head) in parallel and writes each result's rows into
+/// heads-inner outputs `[B, T, H, width]` (one per element of the returned vectors).
+fn per_head<const K: usize>(
+    batch: usize,
+    heads: usize,
+    rows: [usize; K],
+    widths: [usize; K],
+    f: impl Fn(usize, usize) -> [Vec<f32>; K] + Sync,
+) -> [Vec<f32>; K] {
+    let results: Vec<[Vec<f32>; K]> =
+        (0..batch * heads).into_par_iter().map(|bh| f(bh / heads, bh % heads)).collect();
+    std::array::from_fn(|o| {
+        let (t, w) = (rows[o], widths[o]);
+        let mut out = super::pool::uninit(batch * t * heads * w);
+        for (bh, result) in results.iter().enumerate() {
+            let (b, h) = (bh / heads, bh % heads);
+            for r in 0..t {
+                let dst = ((b * t + r) * heads + h) * w;
+                out[dst..dst + w].copy_from_slice(&result[o][r * w..(r + 1) * w]);
+            }
+        }
+        out
+    })
+}
+
+/// The forward: `out` `[B, L, H, Dv]` and `lse` `[B, L, H]`.
+pub(crate) fn forward(q: Heads, k: Heads, v: Heads, vis: &KeyVisibility) -> (Vec<f32>, Vec<f32>) {
+    let (batch, heads, l, dv) = (q.dim(0), q.dim(1), q.dim(2), v.dim(3));
+    let [out, lse] = per_head(batch, heads, [l, l], [dv, 1], |b, h| {
+        let (o, s) = forward_head(q, k, v, vis, b, h);
+        [o, s]
+    });
+    (out, lse)
+}
+
+/// The saved forward of one attention, as the backward reads it.
+#[derive(Clone, Copy)]
+pub(crate) struct Saved<'a> {
+    pub q: Heads<'a>,
+    pub k: Heads<'a>,
+    pub v: Heads<'a>,
+    pub out: Heads<'a>,
+    /// `[B, H, L]`.
+    pub lse: (&'a [f32], &'a Layout),
+}
+
+/// One (batch, head) of the backward: `dq` `[L, D]`, `dk` `[N, D]`, `dv` `[N, Dv]`.
+fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, b: usize, h: usize) -> [Vec<f32>; 3] {
+    let (q, k, v) = (s.q, s.k, s.v);
+    let (l, d, n, dv) = (q.dim(2), q.dim(3), k.dim(2), v.dim(3));
+    let (lse_data, lse_layout) = s.lse;
+    let ls = lse_layout.strides();
+    let lse = |i: usize| lse_data[lse_layout.offset() + b * ls[0] + h * ls[1] + i * ls[2]];
+    // Δ_i = do_i · o_i.
+    let delta: Vec<f32> = (0..l)
+        .map(|i| {
+            let (o, g) = (s.out.matrix(b, h, i), d_out.matrix(b, h, i));
+            (0..dv).map(|c| o.data[o.offset + c * o.cols] * g.data[g.offset + c * g.cols]).sum()
+        })
+        .collect();
+    let (mut dq, mut dk, mut dv_acc) = (vec![0.0; l * d], vec![0.0; n * d], vec![0.0; n * dv]);
+    let mut probs = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
+    let mut dscores = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
+    for i0 in (0..l).step_by(QUERY_BLOCK) {
+        let bq = QUERY_BLOCK.min(l - i0);
+        for j0 in (0..n).step_by(KEY_BLOCK) {
+            let bk = KEY_BLOCK.min(n - j0);
+            let kind = classify(vis, b, (i0, i0 + bq), (j0, j0 + bk), n);
+            if kind == Block::Hidden {
+                continue;
+            }
+            // p = e^{s − lse}, zero where hidden (or where the query sees nothing: handled below).
+            let (scores, p) = (&mut dscores[..bq * bk], &mut probs[..bq * bk]);
+            gemm((bq, bk, d), q.matrix(b, h, i0), k.matrix(b, h, j0).t(), 0.0, (scores, bk));
+            for r in 0..bq {
+                let (m, row) = (lse(i0 + r), &mut p[r * bk..(r + 1) * bk]);
+                if m == f32::NEG_INFINITY {
+                    row.fill(0.0);
+                } else {
+                    math::sum_exp_shifted(&scores[r * bk..(r + 1) * bk], m, Some(row));
+                }
+            }
+            if kind == Block::Mixed {
+                for (r, row) in p.chunks_mut(bk).enumerate() {
+                    for (c, x) in row.iter_mut().enumerate() {
+                        if !vis.sees(b, i0 + r, j0 + c, n) {
+                            *x = 0.0;
+                        }
+                    }
+                }
+            }
+            let p = &probs[..bq * bk];
+            // dv_j += Σ_i p_ij do_i.
+            let dv_blk = &mut dv_acc[j0 * dv..(j0 + bk) * dv];
+            gemm((bk, dv, bq), Matrix::contiguous(p, bk).t(), d_out.matrix(b, h, i0), 1.0, (dv_blk, dv));
+            // dp = do vᵀ, then ds = p (dp − Δ).
+            let ds = &mut dscores[..bq * bk];
+            gemm((bq, bk, dv), d_out.matrix(b, h, i0), v.matrix(b, h, j0).t(), 0.0, (ds, bk));
+            for r in 0..bq {
+                let di = delta[i0 + r];
+                for c in 0..bk {
+                    ds[r * bk + c] = p[r * bk + c] * (ds[r * bk + c] - di);
+                }
+            }
+            let ds = &dscores[..bq * bk];
+            // dq_i += Σ_j ds_ij k_j; dk_j += Σ_i ds_ij q_i.
+            let dq_blk = &mut dq[i0 * d..(i0 + bq) * d];
+            gemm((bq, d, bk), Matrix::contiguous(ds, bk), k.matrix(b, h, j0), 1.0, (dq_blk, d));
+            let dk_blk = &mut dk[j0 * d..(j0 + bk) * d];
+            gemm((bk, d, bq), Matrix::contiguous(ds, bk).t(), q.matrix(b, h, i0), 1.0, (dk_blk, d));
+        }
+    }
+    // A query that sees no key averaged every value: dv_j += do_i / N.
+    for i in (0..l).filter(|&i| lse(i) == f32::NEG_INFINITY) {
+        let g = d_out.matrix(b, h, i);
+        for j in 0..n {
+            for c in 0..dv {
+                dv_acc[j * dv + c] += g.data[g.offset + c * g.cols] / n as f32;
+            }
+        }
+    }
+    [dq, dk, dv_acc]
+}
+
+/// The backward: `dq` `[B, L, H, D]`, `dk` `[B, N, H, D]`, `dv` `[B, N, H, Dv]`.
+pub(crate) fn backward(s: Saved, d_out: Heads, vis: &KeyVisibility) -> [Vec<f32>; 3] {
+    let (batch, heads, l, d, n, dv) =
+        (s.q.dim(0), s.q.dim(1), s.q.dim(2), s.q.dim(3), s.k.dim(2), s.v.dim(3));
+    per_head(batch, heads, [l, n, n], [d, d, dv], |b, h| backward_head(s, d_out, vis, b, h))
+}

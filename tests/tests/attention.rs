@@ -1,0 +1,95 @@
+//! The fused attention against what it replaces: the naive f64 definition
+//! (`tensor::reference::attention`), the composition `matmul → masked_fill → softmax → matmul`
+//! on the tape (outputs and every gradient), and finite differences. Shapes cross the kernel's
+//! query and key blocks; visibility covers causal offsets, kept-key positions, hidden keys and
+//! queries that see no key at all.
+
+use std::sync::Arc;
+
+use autograd::{check_gradients, GradCheck, Tape, Var};
+use proptest::prelude::*;
+use tensor::{reference, KeyVisibility, Result, Tensor};
+use tests::{assert_close, uniform, visibility};
+
+/// The composition the fused op replaces (as nn's attention did it).
+fn composed(q: &Var, k: &Var, v: &Var, mask: &Tensor) -> Result<Var> {
+    q.matmul(&k.t()?)?.masked_fill(mask, -f32::MAX)?.softmax(3)?.matmul(v)
+}
+
+/// `[B, H, T, D]` inputs, the query tensor built as a transposed view (heads split from
+/// `[B, T, H, D]` storage, as the model makes them).
+fn inputs(b: usize, h: usize, l: usize, n: usize, d: usize, dv: usize, seed: u64) -> [Tensor; 3] {
+    let q = uniform(&[b, l, h, d], -1.5, 1.5, seed).permute(&[0, 2, 1, 3]).unwrap();
+    let k = uniform(&[b, h, n, d], -1.5, 1.5, seed + 1);
+    let v = uniform(&[b, h, n, dv], -1.0, 1.0, seed + 2);
+    [q, k, v]
+}
+
+proptest! {
+    #![proptest_config(tests::proptest_config(24))]
+
+    /// Forward against the f64 definition, across block boundaries.
+    #[test]
+    fn fused_forward_matches_the_definition(
+        b in 1usize..3, h in 1usize..3, l in 1usize..80, n in 1usize..300, d in 1usize..9, dv in 1usize..7,
+        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, seed in any::<u64>(),
+    ) {
+        let [q, k, v] = inputs(b, h, l, n, d, dv, seed);
+        let vis = visibility(b, l, n, causal, positions, hidden, seed);
+        let got = q.attention(&k, &v, &vis).unwrap();
+        assert_close(&got, &reference::attention(&q, &k, &v, &vis), 2e-5, 2e-5);
+    }
+
+    /// Outputs and the gradients of q, k and v against the composition on the tape.
+    #[test]
+    fn fused_gradients_match_the_composition(
+        b in 1usize..3, h in 1usize..3, l in 1usize..70, n in 1usize..260, d in 1usize..6,
+        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, seed in any::<u64>(),
+    ) {
+        let [q, k, v] = inputs(b, h, l, n, d, d, seed);
+        let vis = visibility(b, l, n, causal, positions, hidden, seed);
+        let mask = nn::attention::dense_mask(&vis, b, l, n).unwrap();
+        let weights = uniform(&[b, h, l, d], -1.0, 1.0, seed + 3);
+        let run = |fused: bool| {
+            let tape = Tape::new();
+            let (qv, kv, vv) = (tape.leaf(&q), tape.leaf(&k), tape.leaf(&v));
+            let out = if fused { qv.attention(&kv, &vv, &vis) } else { composed(&qv, &kv, &vv, &mask) }.unwrap();
+            let loss = out.mul(&Var::constant(weights.clone())).unwrap().sum_all().unwrap();
+            let value = out.value().clone();
+            let grads = tape.backward(&loss).unwrap();
+            let wrt = |x: &Var| grads.wrt(x).cloned().unwrap_or_else(|| Tensor::zeros(x.shape()));
+            (value, [wrt(&qv), wrt(&kv), wrt(&vv)])
+        };
+        let ((fused_out, fused_grads), (want_out, want_grads)) = (run(true), run(false));
+        assert_close(&fused_out, &want_out, 1e-5, 1e-5);
+        for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(fused_grads.iter().zip(&want_grads)) {
+            prop_assert_eq!(g.shape(), w.shape(), "{}", name);
+            assert_close(g, w, 2e-5, 2e-5);
+        }
+    }
+
+    /// Finite differences through the fused op, with strided inputs.
+    #[test]
+    fn fused_attention_has_exact_gradients(
+        b in 1usize..3, h in 1usize..3, l in 1usize..5, n in 1usize..6, d in 1usize..4,
+        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..2, seed in any::<u64>(),
+    ) {
+        let [q, k, v] = inputs(b, h, l, n, d, d, seed);
+        let vis = visibility(b, l, n, causal, positions, hidden, seed);
+        check_gradients(|x| x[0].attention(&x[1], &x[2], &vis), &[q, k, v], &GradCheck::default())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+}
+
+#[test]
+fn attention_inputs_are_checked() {
+    let [q, k, v] = inputs(2, 2, 3, 5, 4, 4, 1);
+    let e = q.attention(&k.narrow(3, 0, 3).unwrap(), &v, &KeyVisibility::all()).unwrap_err().to_string();
+    assert!(e.starts_with("attention:") && e.contains("share channels"), "{e}");
+    let vis = KeyVisibility { key_positions: Some(Arc::from(vec![0, 2, 1, 3, 4])), ..Default::default() };
+    let e = q.attention(&k, &v, &vis).unwrap_err().to_string();
+    assert!(e.contains("must not decrease"), "{e}");
+    let vis = KeyVisibility { hidden_keys: Some(Arc::from(vec![false; 7])), ..Default::default() };
+    let e = q.attention(&k, &v, &vis).unwrap_err().to_string();
+    assert!(e.contains("7 hidden-key flags for 2 rows of 5 keys"), "{e}");
+}
