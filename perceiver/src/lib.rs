@@ -3,6 +3,7 @@
 //! The model ([`model`]) with a config that expresses both published variants ([`config`]),
 //! loading of perceiver-io reference dumps ([`import`]), and the `perceiver` binary.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -35,6 +35,8 @@ enum Command {
     Eval(EvalArgs),
     /// Sample a continuation of a prompt from a checkpoint.
     Generate(GenerateArgs),
+    /// Time training steps at a benchmark shape: step-2k, long-131k, or a custom one.
+    Bench(BenchArgs),
     /// List the devices this build can compute on.
     Devices,
     /// Load a perceiver-io reference dump and compare logits, loss, gradients and greedy tokens.
@@ -232,6 +234,84 @@ struct GenerateArgs {
     top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// step-2k (context 2048, 256 latents, batch 8) or long-131k (context 131072, 512
+    /// latents, batch 1); the options below change its shape.
+    #[arg(default_value = "step-2k")]
+    preset: String,
+    #[arg(long, value_parser = parse::count)]
+    context: Option<usize>,
+    #[arg(long, value_parser = parse::count)]
+    latents: Option<usize>,
+    #[arg(long, value_parser = parse::count)]
+    batch: Option<usize>,
+    #[arg(long, value_parser = parse::count)]
+    channels: Option<usize>,
+    #[arg(long, value_parser = parse::count)]
+    heads: Option<usize>,
+    /// Self-attention layers after the cross layer.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = parse::count)]
+    steps: usize,
+    /// Print the result as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench_command(a: &BenchArgs) -> Result<bool> {
+    use perceiver::bench::{self, BenchShape};
+    let mut shape = BenchShape::preset(&a.preset)?;
+    let custom = [a.context, a.latents, a.batch, a.channels, a.heads, a.layers].iter().any(Option::is_some);
+    shape.context = a.context.unwrap_or(shape.context);
+    shape.latents = a.latents.unwrap_or(shape.latents);
+    shape.batch = a.batch.unwrap_or(shape.batch);
+    shape.channels = a.channels.unwrap_or(shape.channels);
+    shape.heads = a.heads.unwrap_or(shape.heads);
+    shape.layers = a.layers.unwrap_or(shape.layers);
+    if custom {
+        shape.preset = format!("{} (custom)", shape.preset);
+    }
+    eprintln!(
+        "bench {}: context {}, {} latents, batch {}, {} channels, {} heads, {} self-attention layers; {} warm-up + {} timed steps on {} threads",
+        shape.preset,
+        shape.context,
+        shape.latents,
+        shape.batch,
+        shape.channels,
+        shape.heads,
+        shape.layers,
+        a.warmup,
+        a.steps,
+        rayon::current_num_threads()
+    );
+    let result = bench::run(&shape, a.warmup, a.steps, |i, s| {
+        let what = if i < a.warmup { "warm-up" } else { "step" };
+        eprintln!("{what} {}: {s:.3} s", i + 1);
+    })?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "{}: {:.3} s per step (median of {}), {:.1} GFLOP per step, {:.1} GFLOP/s; sgemm {:.1} GFLOP/s; ratio {:.3}; peak memory {}",
+        result.preset,
+        result.step_s,
+        a.steps,
+        result.gflop_per_step,
+        result.gflops,
+        result.sgemm_gflops,
+        result.ratio,
+        result.peak_rss_bytes.map_or("unknown".into(), |b| format!("{:.2} GiB", gib(b)))
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&result).expect("serialisable"));
+    }
+    Ok(true)
 }
 
 /// The run configuration from the command line: the task's preset, then any overrides.
@@ -529,6 +609,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train_command(a, &device),
         Command::Eval(a) => eval_command(a, &device),
         Command::Generate(a) => generate_command(a, &device),
+        Command::Bench(a) => bench_command(a),
         Command::Devices => perceiver::devices::describe().map(|lines| {
             lines.iter().for_each(|l| println!("{l}"));
             true
