@@ -20,19 +20,24 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
 
         // Elementwise ops: each rule is written next to its op in `tensor::op_table`.
         Op::Unary { x, op, input, output } => {
+            // What the rule does not read was not kept: `g` stands in.
+            let (input, output) = (input.unwrap_or_else(|| g.clone()), output.unwrap_or_else(|| g.clone()));
             let gx = op.backward(&g, &input, &output).expect("only differentiable ops are recorded")?;
             out.push((x, gx));
         }
 
-        Op::Binary { lhs, rhs, op, a, b } => {
+        Op::Binary { lhs, rhs, op, inputs, shapes: (a_shape, b_shape) } => {
+            // Ops whose rules never read the inputs (add, sub) did not keep them: any tensor
+            // stands in.
+            let (a, b) = inputs.unwrap_or_else(|| (g.clone(), g.clone()));
             let (ga, gb) = op
                 .backward(&g, &a, &b, (lhs.is_some(), rhs.is_some()))
                 .expect("only differentiable ops are recorded");
             if let (Some(n), Some(ga)) = (lhs, ga) {
-                out.push((n, ga?.sum_to_shape(a.shape())?));
+                out.push((n, ga?.sum_to_shape(&a_shape)?));
             }
             if let (Some(n), Some(gb)) = (rhs, gb) {
-                out.push((n, gb?.sum_to_shape(b.shape())?));
+                out.push((n, gb?.sum_to_shape(&b_shape)?));
             }
         }
 
@@ -94,6 +99,9 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                 out.push((n, gb));
             }
         }
+
+        // An orthogonal rotation: its adjoint rotates by the opposite angle.
+        Op::RotatePairs { x, cos, sin } => out.push((x, g.rotate_pairs(&cos, &sin.neg()?)?)),
 
         // Fused: p recomputed from the saved log-sum-exp; dv = pᵀ g, ds = p ⊙ (g vᵀ − Δ),
         // dq = ds k, dk = dsᵀ q (tensor/src/attention.rs).

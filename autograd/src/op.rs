@@ -13,18 +13,20 @@ pub(crate) enum Op {
     Leaf {
         param: Option<ParamId>,
     },
+    /// The input and output are kept only where the derivative reads them (`UnaryOp::keeps`).
     Unary {
         x: NodeId,
         op: UnaryOp,
-        input: Tensor,
-        output: Tensor,
+        input: Option<Tensor>,
+        output: Option<Tensor>,
     },
+    /// The inputs are kept only when the derivative reads them (`BinaryOp::needs_inputs`).
     Binary {
         lhs: Option<NodeId>,
         rhs: Option<NodeId>,
         op: BinaryOp,
-        a: Tensor,
-        b: Tensor,
+        inputs: Option<(Tensor, Tensor)>,
+        shapes: (Vec<usize>, Vec<usize>),
     },
     /// `cond ? t : f`; the condition is a constant.
     Where {
@@ -62,6 +64,13 @@ pub(crate) enum Op {
         rhs: Option<NodeId>,
         a: Tensor,
         b: Tensor,
+    },
+    /// Rotation of channel pairs by fixed angles: the backward rotates back, so only the
+    /// tables are kept.
+    RotatePairs {
+        x: NodeId,
+        cos: Tensor,
+        sin: Tensor,
     },
     /// Fused attention: the inputs, the output and its log-sum-exp, and which keys were seen.
     Attention {

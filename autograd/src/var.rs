@@ -141,7 +141,10 @@ impl Var {
         if !op.is_differentiable() {
             return Ok(Var::constant(output)); // zero gradient
         }
-        self.record1(output.clone(), |x| Op::Unary { x, op, input: self.value.clone(), output })
+        let (keep_input, keep_output) = op.keeps();
+        let input = keep_input.then(|| self.value.clone());
+        let kept_output = keep_output.then(|| output.clone());
+        self.record1(output, |x| Op::Unary { x, op, input, output: kept_output })
     }
 
     pub fn sub_scalar(&self, c: f32) -> Result<Var> {
@@ -154,12 +157,13 @@ impl Var {
         if !op.is_differentiable() {
             return Ok(Var::constant(value));
         }
+        let inputs = op.needs_inputs().then(|| (self.value.clone(), rhs.value.clone()));
         Var::record(&[self, rhs], value, |n| Op::Binary {
             lhs: n[0],
             rhs: n[1],
             op,
-            a: self.value.clone(),
-            b: rhs.value.clone(),
+            inputs,
+            shapes: (self.shape().to_vec(), rhs.shape().to_vec()),
         })
     }
 
@@ -237,6 +241,13 @@ impl Var {
             a: self.value.clone(),
             b: rhs.value.clone(),
         })
+    }
+
+    /// [`Tensor::rotate_pairs`] (rotary position encoding) as one node that keeps only the
+    /// tables: its backward is the rotation by the opposite angle.
+    pub fn rotate_pairs(&self, cos: &Tensor, sin: &Tensor) -> Result<Var> {
+        let value = self.value.rotate_pairs(cos, sin)?;
+        self.record1(value, |x| Op::RotatePairs { x, cos: cos.clone(), sin: sin.clone() })
     }
 
     /// Fused attention of queries `self` `[B, H, L, D]` to keys `k` `[B, H, N, D]` and values

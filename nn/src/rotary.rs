@@ -12,7 +12,7 @@
 //! Positions are right-aligned as in Perceiver AR: a tensor of `L` queries (the latents) uses the
 //! last `L` positions of the table, so the same table serves keys (prefix + latents) and queries.
 //! Backward: rotation is linear and orthogonal, so the gradient is rotated by the opposite
-//! angle — which is exactly what the mul/cat/narrow rules compute.
+//! angle: `Var::rotate_pairs` records one node that keeps only the tables.
 
 use autograd::Var;
 use tensor::Tensor;
@@ -90,26 +90,8 @@ impl RotaryTables {
             )));
         }
         let device = x.value().device();
-        let cos = Var::constant(self.cos.narrow(2, n - l, l)?.to_device(&device)?);
-        let sin = Var::constant(self.sin.narrow(2, n - l, l)?.to_device(&device)?);
-        let rot = x.narrow(3, 0, self.dims)?;
-        let rotated = rot.mul(&cos)?.add(&rotate_half(&rot)?.mul(&sin)?)?;
-        if self.dims == d {
-            return Ok(rotated);
-        }
-        Ok(Var::cat(&[&rotated, &x.narrow(3, self.dims, d - self.dims)?], 3)?)
+        let cos = self.cos.narrow(2, n - l, l)?.to_device(&device)?;
+        let sin = self.sin.narrow(2, n - l, l)?.to_device(&device)?;
+        Ok(x.rotate_pairs(&cos, &sin)?)
     }
-}
-
-/// `(x₀, x₁, x₂, x₃, …) ↦ (−x₁, x₀, −x₃, x₂, …)` along the last axis.
-fn rotate_half(x: &Var) -> Result<Var> {
-    let shape = x.shape().to_vec();
-    let r = shape.len();
-    let mut pairs = shape.clone();
-    pairs[r - 1] /= 2;
-    pairs.push(2);
-    let p = x.reshape(&pairs)?;
-    let even = p.narrow(r, 0, 1)?;
-    let odd = p.narrow(r, 1, 1)?;
-    Ok(Var::cat(&[&odd.neg()?, &even], r)?.reshape(&shape)?)
 }

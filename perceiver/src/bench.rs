@@ -182,7 +182,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Runs `warmup` steps, then times `steps` steps, calling `on_step(i, seconds)` after each.
-pub fn run(shape: &BenchShape, warmup: usize, steps: usize, mut on_step: impl FnMut(usize, f64)) -> Result<BenchResult> {
+pub fn run(
+    shape: &BenchShape,
+    warmup: usize,
+    steps: usize,
+    mut on_step: impl FnMut(usize, f64),
+) -> Result<BenchResult> {
     if steps == 0 {
         return Err(Error::Input("bench needs at least one timed step".into()));
     }

@@ -24,6 +24,7 @@ pub mod layout;
 pub mod op_table;
 pub mod ops;
 pub mod reference;
+pub mod rotary;
 pub mod tensor;
 pub mod view;
 

@@ -11,6 +11,7 @@
 //! | `simd` | the CPU kernel on eight lanes ([`wide::f32x8`]) | [`crate::cpu`] |
 //! | `exact` | the definition in `f64` | [`crate::reference`], so every test |
 //! | `opencl` | the same as an OpenCL C expression | the `gpu` crate's generated `apply_unary` / `apply_binary` |
+//! | `keeps` (unary) | what the derivative reads: `input`, `output`, `both` or `none`; the tape keeps only that | `autograd` |
 //! | `grad` | the derivative rule, written with tensor ops, or `constant` (nothing flows back) | `autograd`'s backward |
 //! | `domain` (unary) | where tests draw inputs, and the kinks finite differences must avoid | the kernel, gradient and device tests |
 //! | `tolerance` (unary) | how far the `f32` kernel may be from `exact` (0: bit for bit) | the kernel tests |
@@ -62,6 +63,7 @@ macro_rules! unary_op_table {
                 simd: |x| x,
                 exact: |x| x,
                 opencl: "x",
+                keeps: none,
                 grad: { |g, _x, _y| Ok(g.clone()) },
                 domain: Domain::REAL, tolerance: 0.0,
             }
@@ -69,6 +71,7 @@ macro_rules! unary_op_table {
                 simd: |x| -x,
                 exact: |x| -x,
                 opencl: "-x",
+                keeps: none,
                 grad: { |g, _x, _y| g.neg() },
                 domain: Domain::REAL, tolerance: 0.0,
             }
@@ -77,6 +80,7 @@ macro_rules! unary_op_table {
                 simd: math::exp,
                 exact: |x| x.exp(),
                 opencl: "exp(x)",
+                keeps: output,
                 grad: { |g, _x, y| g.mul(y) },
                 domain: Domain::REAL, tolerance: 1e-6,
             }
@@ -85,6 +89,7 @@ macro_rules! unary_op_table {
                 simd: math::ln,
                 exact: |x| x.ln(),
                 opencl: "log(x)",
+                keeps: input,
                 grad: { |g, x, _y| g.div(x) },
                 domain: Domain::POSITIVE, tolerance: 1e-6,
             }
@@ -93,6 +98,7 @@ macro_rules! unary_op_table {
                 simd: |x| x.sqrt(),
                 exact: |x| x.sqrt(),
                 opencl: "sqrt(x)",
+                keeps: output,
                 grad: { |g, _x, y| g.mul_scalar(0.5)?.div(y) },
                 domain: Domain::POSITIVE, tolerance: 0.0,
             }
@@ -101,6 +107,7 @@ macro_rules! unary_op_table {
                 simd: |x| x * x,
                 exact: |x| x * x,
                 opencl: "x * x",
+                keeps: input,
                 grad: { |g, x, _y| g.mul(x)?.mul_scalar(2.0) },
                 domain: Domain::REAL, tolerance: 0.0,
             }
@@ -109,6 +116,7 @@ macro_rules! unary_op_table {
                 simd: |x| f32x8::ONE / x,
                 exact: |x| 1.0 / x,
                 opencl: "1.0f / x",
+                keeps: output,
                 grad: { |g, _x, y| g.mul(&y.square()?)?.neg() },
                 domain: Domain::POSITIVE, tolerance: 0.0,
             }
@@ -117,6 +125,7 @@ macro_rules! unary_op_table {
                 simd: math::tanh,
                 exact: |x| x.tanh(),
                 opencl: "tanh(x)",
+                keeps: output,
                 grad: { |g, _x, y| g.mul(&y.square()?.scalar_sub(1.0)?) },
                 domain: Domain::REAL, tolerance: 1e-6,
             }
@@ -125,6 +134,7 @@ macro_rules! unary_op_table {
                 simd: math::sigmoid,
                 exact: |x| 1.0 / (1.0 + (-x).exp()),
                 opencl: "1.0f / (1.0f + exp(-x))",
+                keeps: output,
                 grad: { |g, _x, y| g.mul(&y.mul(&y.scalar_sub(1.0)?)?) },
                 domain: Domain::REAL, tolerance: 1e-6,
             }
@@ -133,6 +143,7 @@ macro_rules! unary_op_table {
                 simd: |x| x.max(f32x8::ZERO),
                 exact: |x| x.max(0.0),
                 opencl: "fmax(x, 0.0f)",
+                keeps: input,
                 grad: { |g, x, _y| g.mul(&x.step()?) },
                 domain: Domain::kinked(&[0.0]), tolerance: 0.0,
             }
@@ -144,6 +155,7 @@ macro_rules! unary_op_table {
                 },
                 exact: |x| x.max(0.0).powi(2),
                 opencl: "fmax(x, 0.0f) * fmax(x, 0.0f)",
+                keeps: input,
                 grad: { |g, x, _y| g.mul(&x.relu()?)?.mul_scalar(2.0) },
                 // Smooth, but its second derivative jumps at 0.
                 domain: Domain::kinked(&[0.0]), tolerance: 0.0,
@@ -153,6 +165,7 @@ macro_rules! unary_op_table {
                 simd: math::gelu,
                 exact: |x| x * phi(x),
                 opencl: "0.5f * x * (1.0f + erf(x * 0.70710678118654752f))",
+                keeps: input,
                 grad: { |g, x, _y| g.mul(&x.gelu_derivative()?) },
                 domain: Domain::REAL, tolerance: 1e-6,
             }
@@ -162,6 +175,7 @@ macro_rules! unary_op_table {
                 simd: math::gelu_derivative,
                 exact: |x| phi(x) + x * normal_density(x),
                 opencl: "0.5f * (1.0f + erf(x * 0.70710678118654752f)) + x * 0.3989422804014327f * exp(-0.5f * x * x)",
+                keeps: input,
                 grad: { |g, x, _y| {
                     let density = x.square()?.mul_scalar(-0.5)?.exp()?.mul_scalar(FRAC_1_SQRT_2PI)?;
                     g.mul(&density.mul(&x.square()?.scalar_sub(2.0)?)?)
@@ -173,6 +187,7 @@ macro_rules! unary_op_table {
                 simd: |x| x.cmp_gt(f32x8::ZERO).blend(f32x8::ONE, f32x8::ZERO),
                 exact: |x| (x > 0.0) as u8 as f64,
                 opencl: "x > 0.0f ? 1.0f : 0.0f",
+                keeps: none,
                 grad: { constant },
                 domain: Domain::kinked(&[0.0]), tolerance: 0.0,
             }
@@ -181,6 +196,7 @@ macro_rules! unary_op_table {
                 simd: |x| x * math::sigmoid(x),
                 exact: |x| x / (1.0 + (-x).exp()),
                 opencl: "x / (1.0f + exp(-x))",
+                keeps: both,
                 grad: { |g, x, y| {
                     let s = x.sigmoid()?;
                     g.mul(&s.mul(&y.scalar_sub(1.0)?)?.add(y)?)
@@ -192,6 +208,7 @@ macro_rules! unary_op_table {
                 simd: |x| x + f32x8::splat(c),
                 exact: |x| x + c as f64,
                 opencl: "x + c",
+                keeps: none,
                 grad: { |g, _x, _y| Ok(g.clone()) },
                 domain: Domain::REAL, tolerance: 0.0,
             }
@@ -200,6 +217,7 @@ macro_rules! unary_op_table {
                 simd: |x| x * f32x8::splat(c),
                 exact: |x| x * c as f64,
                 opencl: "x * c",
+                keeps: none,
                 grad: { |g, _x, _y| g.mul_scalar(c) },
                 domain: Domain::REAL, tolerance: 0.0,
             }
@@ -208,6 +226,7 @@ macro_rules! unary_op_table {
                 simd: |x| x / f32x8::splat(c),
                 exact: |x| x / c as f64,
                 opencl: "x / c",
+                keeps: none,
                 grad: { |g, _x, _y| g.div_scalar(c) },
                 domain: Domain::REAL, tolerance: 0.0,
             }
@@ -216,6 +235,7 @@ macro_rules! unary_op_table {
                 simd: |x| x.max(f32x8::splat(c)),
                 exact: |x| x.max(c as f64),
                 opencl: "fmax(x, c)",
+                keeps: input,
                 grad: { |g, x, _y| g.mul(&x.sub_scalar(c)?.step()?) },
                 domain: Domain::kinked(&[0.25]), tolerance: 0.0,
             }
@@ -224,6 +244,7 @@ macro_rules! unary_op_table {
                 simd: |x| f32x8::splat(c) - x,
                 exact: |x| c as f64 - x,
                 opencl: "c - x",
+                keeps: none,
                 grad: { |g, _x, _y| g.neg() },
                 domain: Domain::REAL, tolerance: 0.0,
             }
@@ -233,57 +254,58 @@ macro_rules! unary_op_table {
 
 /// Every binary op (inputs `a`, `b` of one broadcast shape). Comparisons give `1.0` or `0.0`.
 /// `grad` gives `∂L/∂a` and `∂L/∂b` from `g = ∂L/∂y`, each computed only when needed and
-/// before broadcast dimensions are summed away.
+/// before broadcast dimensions are summed away; `needs_inputs: false` says the rules never read
+/// `a` or `b` (only their shapes), so the tape does not keep them.
 #[macro_export]
 macro_rules! binary_op_table {
     ($callback:ident) => {
         $callback! {
             /// `a + b`; `∂ = (1, 1)`.
             Add add {
-                simd: |a, b| a + b, exact: |a, b| a + b, opencl: "a + b",
+                simd: |a, b| a + b, exact: |a, b| a + b, opencl: "a + b", needs_inputs: false,
                 grad: { a: |g, _a, _b| Ok(g.clone()), b: |g, _a, _b| Ok(g.clone()) },
             }
             /// `a - b`; `∂ = (1, -1)`.
             Sub sub {
-                simd: |a, b| a - b, exact: |a, b| a - b, opencl: "a - b",
+                simd: |a, b| a - b, exact: |a, b| a - b, opencl: "a - b", needs_inputs: false,
                 grad: { a: |g, _a, _b| Ok(g.clone()), b: |g, _a, _b| g.neg() },
             }
             /// `a b`; `∂ = (b, a)`.
             Mul mul {
-                simd: |a, b| a * b, exact: |a, b| a * b, opencl: "a * b",
+                simd: |a, b| a * b, exact: |a, b| a * b, opencl: "a * b", needs_inputs: true,
                 grad: { a: |g, _a, b| g.mul(b), b: |g, a, _b| g.mul(a) },
             }
             /// `a / b`; `∂ = (1/b, -a/b²)`.
             Div div {
-                simd: |a, b| a / b, exact: |a, b| a / b, opencl: "a / b",
+                simd: |a, b| a / b, exact: |a, b| a / b, opencl: "a / b", needs_inputs: true,
                 grad: { a: |g, _a, b| g.div(b), b: |g, a, b| g.mul(a)?.div(&b.square()?)?.neg() },
             }
             /// Elementwise maximum; `∂ = ([a > b], [b > a])`, a tie sends half to each.
             Max maximum {
-                simd: |a, b| a.max(b), exact: |a, b| a.max(b), opencl: "fmax(a, b)",
+                simd: |a, b| a.max(b), exact: |a, b| a.max(b), opencl: "fmax(a, b)", needs_inputs: true,
                 grad: { a: |g, a, b| g.mul(&winner(a, b)?), b: |g, a, b| g.mul(&winner(b, a)?) },
             }
             /// Elementwise minimum; `∂ = ([a < b], [b < a])`, a tie sends half to each.
             Min minimum {
-                simd: |a, b| a.min(b), exact: |a, b| a.min(b), opencl: "fmin(a, b)",
+                simd: |a, b| a.min(b), exact: |a, b| a.min(b), opencl: "fmin(a, b)", needs_inputs: true,
                 grad: { a: |g, a, b| g.mul(&winner(b, a)?), b: |g, a, b| g.mul(&winner(a, b)?) },
             }
             /// `1` where `a > b`, else `0`.
             Gt gt {
                 simd: |a, b| a.cmp_gt(b).blend(f32x8::ONE, f32x8::ZERO),
-                exact: |a, b| (a > b) as u8 as f64, opencl: "a > b ? 1.0f : 0.0f",
+                exact: |a, b| (a > b) as u8 as f64, opencl: "a > b ? 1.0f : 0.0f", needs_inputs: false,
                 grad: { constant },
             }
             /// `1` where `a >= b`, else `0`.
             Ge ge {
                 simd: |a, b| a.cmp_ge(b).blend(f32x8::ONE, f32x8::ZERO),
-                exact: |a, b| (a >= b) as u8 as f64, opencl: "a >= b ? 1.0f : 0.0f",
+                exact: |a, b| (a >= b) as u8 as f64, opencl: "a >= b ? 1.0f : 0.0f", needs_inputs: false,
                 grad: { constant },
             }
             /// `1` where `a == b`, else `0`.
             Eq eq {
                 simd: |a, b| a.cmp_eq(b).blend(f32x8::ONE, f32x8::ZERO),
-                exact: |a, b| (a == b) as u8 as f64, opencl: "a == b ? 1.0f : 0.0f",
+                exact: |a, b| (a == b) as u8 as f64, opencl: "a == b ? 1.0f : 0.0f", needs_inputs: false,
                 grad: { constant },
             }
         }
@@ -364,6 +386,22 @@ macro_rules! scalar_or_zero {
     };
 }
 
+/// `(input, output)` flags of a `keeps` field.
+macro_rules! keeps {
+    (none) => {
+        (false, false)
+    };
+    (input) => {
+        (true, false)
+    };
+    (output) => {
+        (false, true)
+    };
+    (both) => {
+        (true, true)
+    };
+}
+
 /// Whether a `grad` field lets gradients through.
 macro_rules! has_gradient {
     ({ constant }) => {
@@ -403,6 +441,7 @@ macro_rules! define_unary_ops {
             simd: $simd:expr,
             exact: $exact:expr,
             opencl: $opencl:literal,
+            keeps: $keeps:ident,
             grad: $grad:tt,
             domain: $domain:expr, tolerance: $tolerance:expr $(,)?
         }
@@ -466,6 +505,11 @@ macro_rules! define_unary_ops {
                 match self { $(UnaryOp::$name { .. } => has_gradient!($grad),)* }
             }
 
+            /// Which of `(input, output)` the derivative reads, so the tape keeps only those.
+            pub fn keeps(self) -> (bool, bool) {
+                match self { $(UnaryOp::$name { .. } => keeps!($keeps),)* }
+            }
+
             /// OpenCL C source of `float apply_unary(int op, float x, float c)`, one `case` per
             /// op with the codes of [`UnaryOp::code`].
             pub fn opencl_source() -> String {
@@ -511,7 +555,7 @@ macro_rules! define_binary_ops {
     ($(
         $(#[$doc:meta])*
         $name:ident $method:ident {
-            simd: $simd:expr, exact: $exact:expr, opencl: $opencl:literal,
+            simd: $simd:expr, exact: $exact:expr, opencl: $opencl:literal, needs_inputs: $needs:literal,
             grad: $grad:tt $(,)?
         }
     )*) => {
@@ -551,6 +595,12 @@ macro_rules! define_binary_ops {
             /// Whether gradients flow through the op.
             pub fn is_differentiable(self) -> bool {
                 match self { $(BinaryOp::$name => has_gradient!($grad),)* }
+            }
+
+            /// Whether the derivative reads the inputs' values (`add` and `sub` need only their
+            /// shapes, so the tape need not keep the inputs alive).
+            pub fn needs_inputs(self) -> bool {
+                match self { $(BinaryOp::$name => $needs,)* }
             }
 
             /// OpenCL C source of `float apply_binary(int op, float a, float b)`.

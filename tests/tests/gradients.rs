@@ -71,6 +71,21 @@ proptest! {
         }
     }
 
+    /// Rotary's pair rotation: one node whose backward rotates back (for tables holding each
+    /// pair's value twice, rotation or not, the adjoint is the same formula with `-sin`), on
+    /// views, over part of the channels.
+    #[test]
+    fn rotate_pairs(x in shape(1..=3, 1..=3).prop_flat_map(|s| viewed([s, vec![6]].concat(), -2.0, 2.0)), dims in 1usize..4, seed in any::<u64>()) {
+        let rows = x.shape[..x.shape.len() - 1].to_vec();
+        let table = |k: u64| {
+            let half = uniform(&[rows.clone(), vec![dims, 1]].concat(), -1.0, 1.0, seed + k);
+            let pairs = half.broadcast_to(&[rows.clone(), vec![dims, 2]].concat()).unwrap().contiguous().unwrap();
+            pairs.reshape(&[rows.clone(), vec![2 * dims]].concat()).unwrap()
+        };
+        let (cos, sin) = (table(0), table(1));
+        check(&[&x], &default(), |v| v[0].rotate_pairs(&cos, &sin)).map_err(|e| TestCaseError::fail(format!("rotate_pairs: {e}")))?;
+    }
+
     #[test]
     fn broadcasting_binary_ops(
         (a, b) in small().prop_flat_map(|s| {

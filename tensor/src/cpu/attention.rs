@@ -154,7 +154,7 @@ fn forward_head(
     h: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let (l, d, n, dv) = (q.dim(2), q.dim(3), k.dim(2), v.dim(3));
-    let mut out = vec![0.0; l * dv];
+    let mut out = super::pool::zeroed(l * dv);
     let mut lse = vec![0.0; l];
     let mut scores = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
     let mut probs = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
@@ -226,7 +226,7 @@ fn per_head<const K: usize>(
 ) -> [Vec<f32>; K] {
     let results: Vec<[Vec<f32>; K]> =
         (0..batch * heads).into_par_iter().map(|bh| f(bh / heads, bh % heads)).collect();
-    std::array::from_fn(|o| {
+    let outputs = std::array::from_fn(|o| {
         let (t, w) = (rows[o], widths[o]);
         let mut out = super::pool::uninit(batch * t * heads * w);
         for (bh, result) in results.iter().enumerate() {
@@ -237,7 +237,10 @@ fn per_head<const K: usize>(
             }
         }
         out
-    })
+    });
+    // The per-head buffers go back to the pool for the next step.
+    results.into_iter().flatten().for_each(super::pool::recycle);
+    outputs
 }
 
 /// The forward: `out` `[B, L, H, Dv]` and `lse` `[B, L, H]`.
@@ -275,7 +278,8 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, b: usize, h: usize
             (0..dv).map(|c| o.data[o.offset + c * o.cols] * g.data[g.offset + c * g.cols]).sum()
         })
         .collect();
-    let (mut dq, mut dk, mut dv_acc) = (vec![0.0; l * d], vec![0.0; n * d], vec![0.0; n * dv]);
+    let zeroed = super::pool::zeroed;
+    let (mut dq, mut dk, mut dv_acc) = (zeroed(l * d), zeroed(n * d), zeroed(n * dv));
     let mut probs = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
     let mut dscores = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
     for i0 in (0..l).step_by(QUERY_BLOCK) {
