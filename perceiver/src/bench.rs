@@ -191,7 +191,7 @@ pub fn run(
     if steps == 0 {
         return Err(Error::Input("bench needs at least one timed step".into()));
     }
-    let sgemm = sgemm_gflops(1024, 5);
+    let sgemm = sgemm_gflops(1024, 15);
     let config = shape.model_config();
     let mut model = PerceiverAr::new(config, 0)?;
     let mut optimizer = AdamW::new(AdamWConfig::default());

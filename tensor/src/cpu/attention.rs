@@ -16,9 +16,9 @@ use crate::attention::KeyVisibility;
 use crate::layout::Layout;
 
 /// Query rows per block.
-pub const QUERY_BLOCK: usize = 64;
+pub const QUERY_BLOCK: usize = 128;
 /// Key rows per block.
-pub const KEY_BLOCK: usize = 128;
+pub const KEY_BLOCK: usize = 256;
 /// What a hidden score is set to: the composition's `masked_fill` value.
 const MASKED: f32 = -f32::MAX;
 
