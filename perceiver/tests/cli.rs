@@ -91,3 +91,40 @@ fn train_eval_generate_and_resume_from_the_command_line() {
     assert!(!ok && stderr.contains("empty.txt") && stderr.contains("empty"), "{stderr}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn bench_reports_json_on_its_last_line() {
+    let (ok, stdout, stderr) = perceiver(&[
+        "bench",
+        "step-2k",
+        "--context",
+        "64",
+        "--latents",
+        "16",
+        "--batch",
+        "1",
+        "--channels",
+        "16",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--warmup",
+        "0",
+        "--steps",
+        "2",
+        "--json",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{stderr}");
+    let last = stdout.lines().last().expect("output");
+    let v: serde_json::Value = serde_json::from_str(last).expect("JSON on the last line");
+    for key in ["preset", "step_s", "gflops", "sgemm_gflops", "ratio", "peak_rss_bytes"] {
+        assert!(v.get(key).is_some(), "{key} missing: {last}");
+    }
+    assert_eq!(v["preset"], "step-2k (custom)");
+    assert!(v["step_s"].as_f64().unwrap() > 0.0 && v["ratio"].as_f64().unwrap() > 0.0, "{last}");
+    let (ok, _, stderr) = perceiver(&["bench", "huge"]);
+    assert!(!ok && stderr.contains("unknown bench preset \"huge\""), "{stderr}");
+}
