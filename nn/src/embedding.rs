@@ -22,4 +22,11 @@ impl Embedding {
     pub fn forward(&self, ctx: &Ctx, ids: &[usize], shape: &[usize]) -> Result<Var> {
         Ok(ctx.param(self.weight).embedding(ids, shape)?)
     }
+
+    /// Rows `start..start + len` as `[len, dim]`: the lookup of consecutive ids (positions),
+    /// as a view of the table instead of a gathered copy. Its backward pads the gradient
+    /// with zeros to the table's rows.
+    pub fn rows(&self, ctx: &Ctx, start: usize, len: usize) -> Result<Var> {
+        Ok(ctx.param(self.weight).narrow(0, start, len)?)
+    }
 }

@@ -245,8 +245,7 @@ impl PerceiverAr {
         let (batch, n) = (input.batch, input.seq_len);
         let mut x = self.token_embedding.forward(ctx, input.ids, &[batch, n])?;
         if let Some(pos) = &self.position_embedding {
-            let positions: Vec<usize> = (0..n).collect();
-            x = x.add(&pos.forward(ctx, &positions, &[n])?)?;
+            x = x.add(&pos.rows(ctx, 0, n)?)?; // [n, C] broadcast over the batch
         }
         if let Some(table) = &self.sinusoidal {
             // Fixed sinusoids have unit amplitude; as in Vaswani et al. (2017) the token

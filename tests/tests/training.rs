@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use autograd::Tape;
 use nn::Ctx;
 use perceiver::checkpoint;
+use perceiver::data::copy::CopyTask;
 use perceiver::run_dir::RunDir;
 use perceiver::train::{self, TaskConfig, TrainConfig, Trainer};
 use rand::SeedableRng;
@@ -59,6 +60,51 @@ fn the_paper_variant_learns_the_copy_task_too() {
     println!("paper variant: step {}, held out {result:?}", trainer.state.step);
     assert_eq!(result.sequence_accuracy, Some(1.0), "held out {result:?} at step {}", trainer.state.step);
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// The paper's copy setting: fewer latents (3) than mirrored bytes (6). Training cuts each
+/// batch at a random point of the mirror; held-out evaluation scores every mirrored position.
+#[test]
+fn fewer_latents_than_mirrored_bytes_still_learn_the_copy_task() {
+    let out = scratch("copy-few-latents");
+    let mut config = small_copy_config(1500, 7);
+    config.model.max_latents = 3;
+    let mut trainer = Trainer::new(config).unwrap();
+    let result =
+        train::run(&mut trainer, &RunDir::create(&out, false).unwrap(), |_| {}).unwrap().expect("evaluated");
+    println!("3 latents: step {}, held out {result:?}", trainer.state.step);
+    // 4 batches of 32 sequences, each with 6 mirrored bytes and the end marker scored once.
+    assert_eq!(result.tokens, 4 * 32 * 7);
+    assert_eq!(result.sequence_accuracy, Some(1.0), "held out {result:?} at step {}", trainer.state.step);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn held_out_copy_passes_score_every_mirrored_position_once() {
+    use perceiver::data::IGNORE;
+    let task = CopyTask { k: 10 };
+    for latents in [1, 3, 4, 10, 11] {
+        let batches = task.held_out(2, 3, latents, 5);
+        let mut scored = std::collections::HashMap::new();
+        for b in &batches {
+            assert_eq!(b.latents(), latents.min(b.seq_len));
+            let ids = b.sequences.clone().unwrap_or_else(|| (0..b.batch).collect());
+            for (row, &seq) in ids.iter().enumerate() {
+                for (j, &t) in b.targets[row * b.latents()..(row + 1) * b.latents()].iter().enumerate() {
+                    if t != IGNORE {
+                        let pos = b.prefix_len + j;
+                        assert!(pos >= 10, "position {pos} before the mirror scored");
+                        *scored.entry((seq, pos)).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        if latents < 11 {
+            // Six sequences, positions 10..=20 (the mirror and the end marker), once each.
+            assert_eq!(scored.len(), 6 * 11, "latents {latents}");
+            assert!(scored.values().all(|&c| c == 1), "latents {latents}");
+        }
+    }
 }
 
 fn logits(model: &perceiver::PerceiverAr, ids: &[usize]) -> Vec<f32> {

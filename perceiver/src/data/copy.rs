@@ -42,28 +42,69 @@ impl CopyTask {
         seq
     }
 
-    /// A batch with `latents` latents (at least `k + 1`); latents before the mirrored half are
-    /// not scored.
+    /// A training batch with `latents` latents. With at least `k + 1` (enough for the whole
+    /// mirrored half and the end marker) every sequence is whole and latents before the mirror
+    /// are not scored. With fewer (the paper's setting, section 5.1), each batch is cut at one
+    /// random end inside the mirror and its last `latents` positions are scored, so the model
+    /// learns to copy from every mirrored position with few latents.
     pub fn batch(&self, batch: usize, latents: usize, rng: &mut impl Rng) -> Batch {
         let n = self.seq_len();
-        let latents = latents.clamp(self.min_latents(), n);
-        let prefix_len = n - latents;
-        let mut ids = Vec::with_capacity(batch * n);
-        let mut targets = Vec::with_capacity(batch * latents);
-        for _ in 0..batch {
-            let seq = self.sequence(rng);
-            ids.extend(&seq[..n]);
-            for pos in prefix_len..n {
-                // Position pos predicts seq[pos + 1]; the mirrored half starts at k + 1.
-                targets.push(if pos + 1 > self.k { seq[pos + 1] } else { IGNORE });
-            }
+        let latents = latents.clamp(1, n);
+        if latents >= self.min_latents() {
+            let seqs: Vec<Vec<usize>> = (0..batch).map(|_| self.sequence(rng)).collect();
+            return self.window(&seqs, n, latents, 0, None);
         }
-        Batch { ids, batch, seq_len: n, prefix_len, targets }
+        let end = rng.gen_range(self.k + 1..=n);
+        let seqs: Vec<Vec<usize>> = (0..batch).map(|_| self.sequence(rng)).collect();
+        self.window(&seqs, end, latents, 0, None)
     }
 
-    /// Fixed held-out batches from their own seed (never the training stream).
+    /// The first `end` tokens of each sequence with the last `latents` as latents; positions
+    /// before `scored_from` and before the mirror are not scored.
+    fn window(
+        &self,
+        seqs: &[Vec<usize>],
+        end: usize,
+        latents: usize,
+        scored_from: usize,
+        sequences: Option<Vec<usize>>,
+    ) -> Batch {
+        let latents = latents.min(end);
+        let prefix_len = end - latents;
+        let mut ids = Vec::with_capacity(seqs.len() * end);
+        let mut targets = Vec::with_capacity(seqs.len() * latents);
+        for seq in seqs {
+            ids.extend(&seq[..end]);
+            for pos in prefix_len..end {
+                // Position pos predicts seq[pos + 1]; the mirrored half starts at k + 1.
+                let scored = pos + 1 > self.k && pos >= scored_from;
+                targets.push(if scored { seq[pos + 1] } else { IGNORE });
+            }
+        }
+        Batch { ids, batch: seqs.len(), seq_len: end, prefix_len, targets, sequences }
+    }
+
+    /// Fixed held-out batches from their own seed (never the training stream). With fewer
+    /// latents than `k + 1`, each group of sequences is scored in as many passes as it takes
+    /// (windows ending at `n`, `n − latents`, …), every mirrored position exactly once.
     pub fn held_out(&self, batches: usize, batch: usize, latents: usize, seed: u64) -> Vec<Batch> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..batches).map(|_| self.batch(batch, latents, &mut rng)).collect()
+        let n = self.seq_len();
+        let latents = latents.clamp(1, n);
+        if latents >= self.min_latents() {
+            return (0..batches).map(|_| self.batch(batch, latents, &mut rng)).collect();
+        }
+        let mut out = Vec::new();
+        for group in 0..batches {
+            let seqs: Vec<Vec<usize>> = (0..batch).map(|_| self.sequence(&mut rng)).collect();
+            let ids: Vec<usize> = (group * batch..(group + 1) * batch).collect();
+            let mut end = n;
+            while end > self.k {
+                let from = end.saturating_sub(latents);
+                out.push(self.window(&seqs, end, latents, from, Some(ids.clone())));
+                end = from;
+            }
+        }
+        out
     }
 }

@@ -18,6 +18,9 @@ pub struct Batch {
     pub prefix_len: usize,
     /// `[batch, seq_len - prefix_len]`: the token after each latent, or [`IGNORE`].
     pub targets: Vec<usize>,
+    /// Which sequence each row belongs to, when one sequence is scored over several batches
+    /// (the copy task with fewer latents than mirrored bytes); `None`: every row is its own.
+    pub sequences: Option<Vec<usize>>,
 }
 
 impl Batch {

@@ -76,7 +76,7 @@ impl TextData {
             ids.extend(crop[..len].iter().map(|&b| b as usize));
             targets.extend(crop[len - latents + 1..].iter().map(|&b| b as usize));
         }
-        Batch { ids, batch, seq_len: len, prefix_len: len - latents, targets }
+        Batch { ids, batch, seq_len: len, prefix_len: len - latents, targets, sequences: None }
     }
 
     /// Windows over `data` of length `seq_len` with `latents` latents, stepping by `latents`, so
@@ -101,6 +101,7 @@ impl TextData {
                         }
                     })
                     .collect(),
+                sequences: None,
             }
         };
         let mut out = Vec::new();
