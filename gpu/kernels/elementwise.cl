@@ -29,3 +29,19 @@ __kernel void fill(__global float* dst, float value, int n) {
     int i = get_global_id(0);
     if (i < n) dst[i] = value;
 }
+
+// Rotary's pair rotation, one work-item per element of x (layouts lx; lc, ls broadcast to x's
+// shape with `dims` channels last): the same products and sum as x*cos + rotate_half(x)*sin.
+__kernel void rotate_pairs(Layout lx, __global const float* x, Layout lc, __global const float* cs,
+                           Layout ls, __global const float* sn, __global float* dst, int n) {
+    int i = get_global_id(0);
+    if (i >= n) return;
+    int last = lx.rank - 1, d = lx.shape[last], dims = lc.shape[last];
+    int c = i % d, row = i / d;
+    if (c >= dims) { dst[i] = x[position(lx, i)]; return; }
+    int c0 = c - (c & 1);
+    int xi = position(lx, row * d + c0), ti = position(lc, row * dims + c0), si = position(ls, row * dims + c0);
+    float x0 = x[xi], x1 = x[xi + lx.strides[last]];
+    if ((c & 1) == 0) dst[i] = x0 * cs[ti] + -x1 * sn[si];
+    else dst[i] = x1 * cs[ti + lc.strides[last]] + x0 * sn[si + ls.strides[last]];
+}

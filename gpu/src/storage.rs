@@ -369,6 +369,20 @@ impl BackendStorage for OpenClStorage {
         Ok(AttentionGrads { dq, dk: dkey, dv: dval })
     }
 
+    fn rotate_pairs(x: Operand<Self>, cos: Operand<Self>, sin: Operand<Self>) -> Result<Self> {
+        let s = x.storage();
+        let n = x.layout().numel();
+        let out = Self::alloc(&s.device, n)?;
+        let (lx, lc, ls) =
+            (LayoutArg::of(x.layout())?, LayoutArg::of(cos.layout())?, LayoutArg::of(sin.layout())?);
+        let n_i = i32_of(n)?;
+        s.run("rotate_pairs", n, |k| {
+            k.arg(lx).arg(&s.buffer).arg(lc).arg(&cos.storage().buffer).arg(ls).arg(&sin.storage().buffer);
+            k.arg(&out.buffer).arg(n_i);
+        })?;
+        Ok(out)
+    }
+
     fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self> {
         let (s, layout) = (x.storage(), x.layout());
         let picked = fiber_starts(layout, axis, indices.len())?;

@@ -276,6 +276,9 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
         d_out: Operand<Self>,
         vis: &KeyVisibility,
     ) -> Result<AttentionGrads<Self>>;
+    /// Rotary's pair rotation (see [`crate::rotary`]): `cos` and `sin` are broadcast to `x`'s
+    /// shape but for their last axis, the `dims` rotated channels.
+    fn rotate_pairs(x: Operand<Self>, cos: Operand<Self>, sin: Operand<Self>) -> Result<Self>;
     /// Picks entries `indices` along `axis`: the output has `indices.len()` entries there.
     fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self>;
     /// The adjoint of `index_select`: zeros with `size` entries along `axis`, and
@@ -319,6 +322,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
         d_out: Operand,
         vis: &KeyVisibility,
     ) -> Result<AttentionGrads>;
+    fn rotate_pairs(&self, x: Operand, cos: Operand, sin: Operand) -> Result<Storage>;
     fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage>;
     fn index_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
     fn gather(&self, x: Operand, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Storage>;
@@ -404,6 +408,9 @@ impl<S: BackendStorage> DynStorage for S {
         };
         let g = S::attention_backward(saved, d_out.typed()?, vis)?;
         Ok(AttentionGrads { dq: g.dq.into_storage(), dk: g.dk.into_storage(), dv: g.dv.into_storage() })
+    }
+    fn rotate_pairs(&self, x: Operand, cos: Operand, sin: Operand) -> Result<Storage> {
+        Ok(S::rotate_pairs(x.typed()?, cos.typed()?, sin.typed()?)?.into_storage())
     }
     fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage> {
         Ok(S::index_select(x.typed()?, axis, indices)?.into_storage())

@@ -5,7 +5,8 @@
 //! Written as `x ⊙ cos + rotate_half(x) ⊙ sin` with `rotate_half(x₀, x₁, …) = (−x₁, x₀, …)`
 //! and the tables holding each angle's cos and sin twice (once per channel of its pair). The
 //! rotation is orthogonal, so its backward is the rotation by the opposite angle:
-//! `g.rotate_pairs(cos, −sin)`, which needs no saved activations (see `autograd`).
+//! `g.rotate_pairs(cos, −sin)`, which needs no saved activations (see `autograd`). Devices do
+//! it in one pass; [`Tensor::rotate_pairs_composed`] is the same from elementwise ops.
 
 use crate::bail;
 use crate::error::{fmt_shape, Result};
@@ -29,6 +30,21 @@ impl Tensor {
                 fmt_shape(self.shape())
             );
         }
+        for t in [cos, sin] {
+            self.same_device(op, t)?;
+        }
+        // The tables broadcast to x's shape, keeping their own channel count last.
+        let mut table_shape = self.shape().to_vec();
+        *table_shape.last_mut().expect("rank checked") = dims;
+        let (lc, ls) = (cos.layout.broadcast_to(&table_shape)?, sin.layout.broadcast_to(&table_shape)?);
+        let s = self.kernels().rotate_pairs(self.operand()?, cos.operand_as(&lc)?, sin.operand_as(&ls)?)?;
+        Ok(Tensor::from_output(s, self.shape()))
+    }
+
+    /// [`Tensor::rotate_pairs`] composed from elementwise ops, as the reference the one-pass
+    /// kernels are tested against.
+    pub fn rotate_pairs_composed(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (d, dims) = (self.shape()[self.rank() - 1], cos.shape()[cos.rank() - 1]);
         let axis = self.rank() - 1;
         let rot = self.narrow(axis, 0, dims)?;
         let rotated = rot.mul(cos)?.add(&rotate_half(&rot)?.mul(sin)?)?;

@@ -133,6 +133,13 @@ proptest! {
         let weights = uniform(&[b, h, l, d], -1.0, 1.0, seed + 3);
         for dev in devices() {
             agree(&dev, "attention", &[&q, &k, &v], 1e-5, |t| t[0].attention(&t[1], &t[2], &vis));
+            // Rotary's pair rotation over half of each head, tables shared by the heads.
+            let half = d / 2;
+            if half > 0 {
+                let table = |s: u64| Viewed { base: uniform(&[b, 1, l, 2 * half], -1.0, 1.0, s), recipe: tests::Recipe::Contiguous, shape: vec![b, 1, l, 2 * half] };
+                let (cos, sin) = (table(seed + 4), table(seed + 5));
+                agree(&dev, "rotate_pairs", &[&q, &cos, &sin], 1e-6, |t| t[0].rotate_pairs(&t[1], &t[2]));
+            }
             for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
                 agree(&dev, name, &[&q, &k, &v], 1e-5, |t| {
                     let tape = Tape::new();

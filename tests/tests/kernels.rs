@@ -38,6 +38,22 @@ proptest! {
         }
     }
 
+    /// Rotary's one-pass pair rotation equals its composition bit for bit, on strided inputs
+    /// and broadcast tables (rows shared across the leading axes), rotating part or all of the
+    /// channels.
+    #[test]
+    fn rotate_pairs_matches_its_composition(
+        x in shape(1..=3, 1..=4).prop_flat_map(|s| viewed([s, vec![8]].concat(), -2.0, 2.0)),
+        half in 1usize..5, shared in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let lead = &x.shape[..x.shape.len() - 1];
+        let rows: Vec<usize> = if shared { vec![1; lead.len()] } else { lead.to_vec() };
+        let table_shape = [rows, vec![2 * half]].concat();
+        let (cos, sin) = (uniform(&table_shape, -1.0, 1.0, seed), uniform(&table_shape, -1.0, 1.0, seed + 1));
+        let x = x.tensor();
+        assert_close(&x.rotate_pairs(&cos, &sin).unwrap(), &x.rotate_pairs_composed(&cos, &sin).unwrap(), 0.0, 0.0);
+    }
+
     #[test]
     fn binary_ops_broadcast_like_reference(
         s in shape(1..=4, 1..=5),

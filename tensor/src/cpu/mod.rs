@@ -12,6 +12,7 @@ pub mod matmul;
 pub mod parallel;
 pub mod pool;
 pub mod reduce;
+pub mod rotary;
 pub mod softmax;
 pub mod walk;
 
@@ -150,6 +151,9 @@ impl BackendStorage for CpuStorage {
         };
         let [dq, dk, dv] = attention::backward(s, heads(&d_out), vis);
         Ok(AttentionGrads { dq: CpuStorage::new(dq), dk: CpuStorage::new(dk), dv: CpuStorage::new(dv) })
+    }
+    fn rotate_pairs(x: Operand<Self>, cos: Operand<Self>, sin: Operand<Self>) -> Result<Self> {
+        out(rotary::rotate_pairs(parts(&x), parts(&cos), parts(&sin)))
     }
     fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self> {
         let (data, layout) = parts(&x);
