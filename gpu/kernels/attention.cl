@@ -1,7 +1,7 @@
 // Fused attention (tensor/src/attention.rs has the math): one work-item per query row for the
 // forward and for dq, one per key row for dk and dv, each streaming over the other side with an
 // online softmax, so no [B, H, L, N] buffer exists. q, k, v, out and d_out are [B, H, T, D]
-// layouts; outputs are contiguous [B, T, H, D] (heads inner) and lse [B, L, H].
+// layouts; outputs are contiguous [B, H, T, D] and lse [B, H, L].
 // Visibility: `causal` with `offset` (query i at position offset + i), key positions
 // (`pos_rows` 0: key j at j; 1: one row for all; else per batch row), hidden keys likewise.
 // ATTENTION_MAX_DIM is a define from gpu/src/program.rs.
@@ -39,8 +39,8 @@ __kernel void attention_forward(Layout lq, __global const float* q, Layout lk, _
     int row = get_global_id(0);
     if (row >= rows) return;
     int heads = lq.shape[1], queries = lq.shape[2], dk = lq.shape[3], dv = lv.shape[3];
-    // row = (b * L + i) * H + h, the order of the outputs.
-    int h = row % heads, i = (row / heads) % queries, b = row / heads / queries;
+    // row = (b * H + h) * L + i, the order of the outputs.
+    int i = row % queries, h = (row / queries) % heads, b = row / queries / heads;
     int rq = head_row(lq, b, h, i);
     float m = -INFINITY, l = 0.0f, acc[ATTENTION_MAX_DIM];
     for (int c = 0; c < dv; ++c) acc[c] = 0.0f;
@@ -77,7 +77,7 @@ __kernel void attention_backward_dq(Layout lq, __global const float* q, Layout l
     int row = get_global_id(0);
     if (row >= rows) return;
     int heads = lq.shape[1], queries = lq.shape[2], dk = lq.shape[3], dv = lv.shape[3];
-    int h = row % heads, i = (row / heads) % queries, b = row / heads / queries;
+    int i = row % queries, h = (row / queries) % heads, b = row / queries / heads;
     int rq = head_row(lq, b, h, i), rg = head_row(lg, b, h, i);
     float d = dot_rows(lg, g, rg, lo, o, head_row(lo, b, h, i), dv);
     delta[row] = d;
@@ -105,8 +105,8 @@ __kernel void attention_backward_dkv(Layout lq, __global const float* q, Layout 
     int row = get_global_id(0);
     if (row >= rows) return;
     int heads = lq.shape[1], queries = lq.shape[2], dk = lq.shape[3], dv = lv.shape[3];
-    // row = (b * N + j) * H + h.
-    int h = row % heads, j = (row / heads) % vis.keys, b = row / heads / vis.keys;
+    // row = (b * H + h) * N + j.
+    int j = row % vis.keys, h = (row / vis.keys) % heads, b = row / vis.keys / heads;
     int rk = head_row(lk, b, h, j), rv = head_row(lv, b, h, j);
     float ak[ATTENTION_MAX_DIM], av[ATTENTION_MAX_DIM];
     for (int c = 0; c < dk; ++c) ak[c] = 0.0f;
@@ -122,7 +122,7 @@ __kernel void attention_backward_dkv(Layout lq, __global const float* q, Layout 
         if (!key_sees(vis, pos, hidden, b, i, j)) continue;
         int rq = head_row(lq, b, h, i);
         float p = exp(dot_rows(lq, q, rq, lk, k, rk, dk) - m);
-        float ds = p * (dot_rows(lg, g, rg, lv, v, rv, dv) - delta[(b * queries + i) * heads + h]);
+        float ds = p * (dot_rows(lg, g, rg, lv, v, rv, dv) - delta[(b * heads + h) * queries + i]);
         for (int c = 0; c < dv; ++c) av[c] += p * g[rg + c * lg.strides[3]];
         for (int c = 0; c < dk; ++c) ak[c] += ds * q[rq + c * lq.strides[3]];
     }

@@ -99,7 +99,7 @@ impl KeyVisibility {
 
 /// Output of [`Tensor::attention_with_stats`].
 pub struct AttentionParts {
-    /// `[B, H, L, Dv]` (a view of `[B, L, H, Dv]` storage, so merging heads is free).
+    /// `[B, H, L, Dv]`.
     pub out: Tensor,
     /// `[B, H, L]`: each query's `log Σ_j e^{s_ij}` (−∞ for a query that sees no key).
     pub lse: Tensor,
@@ -132,6 +132,9 @@ fn check_sizes(q: &Tensor, k: &Tensor, v: &Tensor, vis: &KeyVisibility) -> Resul
             fmt_shape(sv)
         );
     }
+    if sq[3] == 0 || sv[3] == 0 {
+        bail!(op, "q {} and v {} need at least one channel", fmt_shape(sq), fmt_shape(sv));
+    }
     vis.check(sq[0], sk[2])?;
     Ok(Sizes { batch: sq[0], heads: sq[1], queries: sq[2], keys: sk[2], dv: sv[3] })
 }
@@ -154,8 +157,8 @@ impl Tensor {
         let out = self.kernels().attention(self.operand()?, k.operand()?, v.operand()?, vis)?;
         let (b, h, l) = (s.batch, s.heads, s.queries);
         Ok(AttentionParts {
-            out: Tensor::from_output(out.out, &[b, l, h, s.dv]).permute(&[0, 2, 1, 3])?,
-            lse: Tensor::from_output(out.lse, &[b, l, h]).permute(&[0, 2, 1])?,
+            out: Tensor::from_output(out.out, &[b, h, l, s.dv]),
+            lse: Tensor::from_output(out.lse, &[b, h, l]),
         })
     }
 
@@ -194,9 +197,9 @@ impl Tensor {
         let g = self.kernels().attention_backward(saved, d_out.operand()?, vis)?;
         let dk_dim = self.shape()[3];
         Ok((
-            Tensor::from_output(g.dq, &[b, l, h, dk_dim]).permute(&[0, 2, 1, 3])?,
-            Tensor::from_output(g.dk, &[b, n, h, dk_dim]).permute(&[0, 2, 1, 3])?,
-            Tensor::from_output(g.dv, &[b, n, h, s.dv]).permute(&[0, 2, 1, 3])?,
+            Tensor::from_output(g.dq, &[b, h, l, dk_dim]),
+            Tensor::from_output(g.dk, &[b, h, n, dk_dim]),
+            Tensor::from_output(g.dv, &[b, h, n, s.dv]),
         ))
     }
 }

@@ -133,8 +133,8 @@ pub struct LayerNormSaved<'a, S: ?Sized = Storage> {
     pub rstd: Operand<'a, S>,
 }
 
-/// The fused attention forward's outputs: `out` `[B, L, H, Dv]` and the per-query
-/// log-sum-exp `lse` `[B, L, H]` (−∞ for a query that sees no key), both contiguous.
+/// The fused attention forward's outputs: `out` `[B, H, L, Dv]` and the per-query
+/// log-sum-exp `lse` `[B, H, L]` (−∞ for a query that sees no key), both contiguous.
 pub struct AttentionOutput<S = Storage> {
     pub out: S,
     pub lse: S,
@@ -150,8 +150,8 @@ pub struct AttentionSaved<'a, S: ?Sized = Storage> {
     pub lse: Operand<'a, S>,
 }
 
-/// Gradients of the fused attention, contiguous in heads-inner order: `dq` `[B, L, H, D]`,
-/// `dk` `[B, N, H, D]`, `dv` `[B, N, H, Dv]`.
+/// Gradients of the fused attention, contiguous: `dq` `[B, H, L, D]`, `dk` `[B, H, N, D]`,
+/// `dv` `[B, H, N, Dv]`.
 pub struct AttentionGrads<S = Storage> {
     pub dq: S,
     pub dk: S,

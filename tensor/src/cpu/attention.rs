@@ -2,7 +2,8 @@
 //! block products and the `wide` exp for the softmax (the math is in [`crate::attention`]).
 //!
 //! Work is split across threads by (batch, head): each task streams its queries over its keys
-//! and returns its own rows of the outputs, so no two threads write the same memory. Per task,
+//! and writes its own rows of the head-major outputs (`[B, H, T, D]`), so no two threads write
+//! the same memory and no per-task buffers are needed. Per task,
 //! queries go in blocks of [`QUERY_BLOCK`] rows and keys in blocks of [`KEY_BLOCK`]: the score
 //! block `[QUERY_BLOCK, KEY_BLOCK]` stays in cache and the `[L, N]` scores never exist. A key
 //! block that no query of the block can see (in the causal future, or all hidden) is skipped;
@@ -144,18 +145,16 @@ fn mask_block(vis: &KeyVisibility, b: usize, i0: usize, j0: usize, n: usize, sco
     }
 }
 
-/// One (batch, head) of the forward: `out` `[L, Dv]` and `lse` `[L]`.
+/// One (batch, head) of the forward, into its rows of `out` `[L, Dv]` and `lse` `[L]`.
 fn forward_head(
-    q: Heads,
-    k: Heads,
-    v: Heads,
+    (q, k, v): (Heads, Heads, Heads),
     vis: &KeyVisibility,
-    b: usize,
-    h: usize,
-) -> (Vec<f32>, Vec<f32>) {
+    (b, h): (usize, usize),
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
     let (l, d, n, dv) = (q.dim(2), q.dim(3), k.dim(2), v.dim(3));
-    let mut out = super::pool::zeroed(l * dv);
-    let mut lse = vec![0.0; l];
+    out.fill(0.0);
     let mut scores = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
     let mut probs = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
     for i0 in (0..l).step_by(QUERY_BLOCK) {
@@ -199,7 +198,6 @@ fn forward_head(
             }
         }
     }
-    (out, lse)
 }
 
 /// The mean of every value row of head `(b, h)`, into `row`.
@@ -215,41 +213,18 @@ fn uniform_average(v: Heads, b: usize, h: usize, row: &mut [f32]) {
     row.iter_mut().for_each(|x| *x /= n as f32);
 }
 
-/// Runs `f(b, h)` for every (batch, head) in parallel and writes each result's rows into
-/// heads-inner outputs `[B, T, H, width]` (one per element of the returned vectors).
-fn per_head<const K: usize>(
-    batch: usize,
-    heads: usize,
-    rows: [usize; K],
-    widths: [usize; K],
-    f: impl Fn(usize, usize) -> [Vec<f32>; K] + Sync,
-) -> [Vec<f32>; K] {
-    let results: Vec<[Vec<f32>; K]> =
-        (0..batch * heads).into_par_iter().map(|bh| f(bh / heads, bh % heads)).collect();
-    let outputs = std::array::from_fn(|o| {
-        let (t, w) = (rows[o], widths[o]);
-        let mut out = super::pool::uninit(batch * t * heads * w);
-        for (bh, result) in results.iter().enumerate() {
-            let (b, h) = (bh / heads, bh % heads);
-            for r in 0..t {
-                let dst = ((b * t + r) * heads + h) * w;
-                out[dst..dst + w].copy_from_slice(&result[o][r * w..(r + 1) * w]);
-            }
-        }
-        out
-    });
-    // The per-head buffers go back to the pool for the next step.
-    results.into_iter().flatten().for_each(super::pool::recycle);
-    outputs
-}
-
-/// The forward: `out` `[B, L, H, Dv]` and `lse` `[B, L, H]`.
+/// The forward: `out` `[B, H, L, Dv]` and `lse` `[B, H, L]`, each (batch, head) computed by
+/// one task into its own rows (so the tasks never share memory).
 pub(crate) fn forward(q: Heads, k: Heads, v: Heads, vis: &KeyVisibility) -> (Vec<f32>, Vec<f32>) {
     let (batch, heads, l, dv) = (q.dim(0), q.dim(1), q.dim(2), v.dim(3));
-    let [out, lse] = per_head(batch, heads, [l, l], [dv, 1], |b, h| {
-        let (o, s) = forward_head(q, k, v, vis, b, h);
-        [o, s]
-    });
+    let mut out = super::pool::uninit(batch * heads * l * dv);
+    let mut lse = super::pool::uninit(batch * heads * l);
+    if l > 0 {
+        out.par_chunks_mut((l * dv).max(1))
+            .zip(lse.par_chunks_mut(l))
+            .enumerate()
+            .for_each(|(bh, (o, s))| forward_head((q, k, v), vis, (bh / heads, bh % heads), o, s));
+    }
     (out, lse)
 }
 
@@ -264,8 +239,16 @@ pub(crate) struct Saved<'a> {
     pub lse: (&'a [f32], &'a Layout),
 }
 
-/// One (batch, head) of the backward: `dq` `[L, D]`, `dk` `[N, D]`, `dv` `[N, Dv]`.
-fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, b: usize, h: usize) -> [Vec<f32>; 3] {
+/// Where one (batch, head) of the backward writes: its rows of `dq` `[L, D]`, `dk` `[N, D]`
+/// and `dv` `[N, Dv]`.
+struct HeadGrads<'a> {
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+}
+
+/// One (batch, head) of the backward.
+fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, usize), grads: HeadGrads) {
     let (q, k, v) = (s.q, s.k, s.v);
     let (l, d, n, dv) = (q.dim(2), q.dim(3), k.dim(2), v.dim(3));
     let (lse_data, lse_layout) = s.lse;
@@ -278,8 +261,8 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, b: usize, h: usize
             (0..dv).map(|c| o.data[o.offset + c * o.cols] * g.data[g.offset + c * g.cols]).sum()
         })
         .collect();
-    let zeroed = super::pool::zeroed;
-    let (mut dq, mut dk, mut dv_acc) = (zeroed(l * d), zeroed(n * d), zeroed(n * dv));
+    // The slices arrive zeroed.
+    let HeadGrads { dq, dk, dv: dv_acc } = grads;
     let mut probs = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
     let mut dscores = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
     for i0 in (0..l).step_by(QUERY_BLOCK) {
@@ -340,12 +323,24 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, b: usize, h: usize
             }
         }
     }
-    [dq, dk, dv_acc]
 }
 
-/// The backward: `dq` `[B, L, H, D]`, `dk` `[B, N, H, D]`, `dv` `[B, N, H, Dv]`.
+/// The backward: `dq` `[B, H, L, D]`, `dk` `[B, H, N, D]`, `dv` `[B, H, N, Dv]`, each
+/// (batch, head) computed by one task into its own rows.
 pub(crate) fn backward(s: Saved, d_out: Heads, vis: &KeyVisibility) -> [Vec<f32>; 3] {
     let (batch, heads, l, d, n, dv) =
         (s.q.dim(0), s.q.dim(1), s.q.dim(2), s.q.dim(3), s.k.dim(2), s.v.dim(3));
-    per_head(batch, heads, [l, n, n], [d, d, dv], |b, h| backward_head(s, d_out, vis, b, h))
+    let zeroed = super::pool::zeroed;
+    let (mut dq, mut dk, mut dvs) =
+        (zeroed(batch * heads * l * d), zeroed(batch * heads * n * d), zeroed(batch * heads * n * dv));
+    if l * d > 0 && n * d > 0 && n * dv > 0 {
+        dq.par_chunks_mut(l * d)
+            .zip(dk.par_chunks_mut(n * d))
+            .zip(dvs.par_chunks_mut(n * dv))
+            .enumerate()
+            .for_each(|(bh, ((dq, dk), dv))| {
+                backward_head(s, d_out, vis, (bh / heads, bh % heads), HeadGrads { dq, dk, dv })
+            });
+    }
+    [dq, dk, dvs]
 }
