@@ -24,6 +24,9 @@ const MIN_ROWS_PER_TASK: usize = 32;
 /// slice: both hold for the operands of [`crate::backend::BackendStorage::matmul`].
 pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spec: &MatmulSpec) -> Vec<f32> {
     debug_assert_eq!(MatmulSpec::of(la, lb).as_ref().ok(), Some(spec));
+    if let Some((fa, fb, folded)) = fold_batch(la, lb, spec) {
+        return matmul((a, &fa), (b, &fb), &folded);
+    }
     let MatmulSpec { batch, m, k, n } = spec;
     let (m, k, n) = (*m, *k, *n);
     let batches: usize = batch.iter().product();
@@ -96,4 +99,32 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
         (0..tasks).into_par_iter().for_each(task);
     }
     out
+}
+
+/// A product with a shared right operand (stride 0 on every batch axis, as a weight is) whose
+/// left operand's batch axes and rows step through memory as one axis, as one matrix product
+/// with `batch · m` rows: the same numbers in the same output order, but the shared operand is
+/// packed once instead of once per batch matrix. `None` when the layouts do not allow it.
+fn fold_batch(la: &Layout, lb: &Layout, spec: &MatmulSpec) -> Option<(Layout, Layout, MatmulSpec)> {
+    let nb = spec.batch.len();
+    if nb == 0 || lb.strides()[..nb].iter().any(|&s| s != 0) {
+        return None;
+    }
+    // Rows of the left operand, then its batch axes from the innermost out, must each step
+    // by the size of the axis inside them.
+    let (sa, shape) = (la.strides(), la.shape());
+    let mut step = sa[nb];
+    let mut extent = spec.m;
+    for d in (0..nb).rev() {
+        if shape[d] != 1 && sa[d] != step * extent {
+            return None;
+        }
+        step = if shape[d] == 1 { step } else { sa[d] };
+        extent = shape[d];
+    }
+    let rows = spec.batch.iter().product::<usize>() * spec.m;
+    let fa = Layout::from_parts(vec![rows, spec.k], vec![sa[nb], sa[nb + 1]], la.offset());
+    let sb = lb.strides();
+    let fb = Layout::from_parts(vec![spec.k, spec.n], vec![sb[nb], sb[nb + 1]], lb.offset());
+    Some((fa, fb, MatmulSpec { batch: vec![], m: rows, k: spec.k, n: spec.n }))
 }
