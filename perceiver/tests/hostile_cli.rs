@@ -135,15 +135,28 @@ fn a_fresh_run_never_takes_over_an_existing_one() {
 fn a_second_writer_is_told_who_holds_the_run() {
     let out = scratch("lock");
     let o = out.to_str().unwrap();
-    let mut first = Command::new(env!("CARGO_BIN_EXE_perceiver"))
-        .args([&["train"], &TINY[..], &["--out", o, "--steps", "100000", "--eval-every", "100000"]].concat())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    /// Kills the background run however the test ends.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut first = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_perceiver"))
+            .args(
+                [&["train"], &TINY[..], &["--out", o, "--steps", "100000", "--eval-every", "100000"]]
+                    .concat(),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Wait until the first process holds the lock (its pid is written once it does).
     let deadline = Instant::now() + Duration::from_secs(60);
-    let pid = first.id().to_string();
+    let pid = first.0.id().to_string();
     while !std::fs::read_to_string(out.join(".lock")).unwrap_or_default().contains(&pid) {
         assert!(Instant::now() < deadline, "the first run never took the lock");
         std::thread::sleep(Duration::from_millis(50));
@@ -152,8 +165,8 @@ fn a_second_writer_is_told_who_holds_the_run() {
     refused(&second, &["in use by another process", &format!("pid {pid}")]);
     let resume = ["train", "--resume", o, "--steps", "5"];
     refused(&resume, &["in use by another process", &format!("pid {pid}")]);
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
     // The lock dies with its holder: the run can be resumed (or here, overwritten) at once.
     let (ok, _, stderr) = train_tiny(&out, &["--steps", "3", "--overwrite"]);
     assert!(ok, "{stderr}");
