@@ -135,9 +135,16 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                 Ok(Some(Tensor::zeros(&shape).to_device(&g.device())?))
             };
             let (before, after) = (pad(start)?, pad(full - start - len)?);
-            let parts: Vec<&Tensor> =
-                [before.as_ref(), Some(&g), after.as_ref()].into_iter().flatten().collect();
-            out.push((x, Tensor::cat(&parts, axis)?));
+            let gx = match (&before, &after) {
+                // The whole axis was kept: the gradient passes as it is.
+                (None, None) => g,
+                _ => {
+                    let parts: Vec<&Tensor> =
+                        [before.as_ref(), Some(&g), after.as_ref()].into_iter().flatten().collect();
+                    Tensor::cat(&parts, axis)?
+                }
+            };
+            out.push((x, gx));
         }
         Op::Broadcast { x, shape } => out.push((x, g.sum_to_shape(&shape)?)),
         Op::Reshape { x, shape } => out.push((x, g.reshape(&shape)?)),
