@@ -209,11 +209,24 @@ impl Task {
         }
     }
 
-    /// Held-out batches with `latents` latents.
-    pub fn eval_batches(&self, config: &TrainConfig, latents: usize) -> Result<Vec<Batch>> {
+    /// Held-out batches with `latents` latents; text windows step by `stride` (at most
+    /// `latents`; `None`: `latents`, each window scoring all its latents).
+    pub fn eval_batches(
+        &self,
+        config: &TrainConfig,
+        latents: usize,
+        stride: Option<usize>,
+    ) -> Result<Vec<Batch>> {
         let m = &config.model;
         if latents == 0 || latents > m.max_seq_len {
             return Err(Error::Input(format!("latents must be in 1..={}, got {latents}", m.max_seq_len)));
+        }
+        let stride = stride.unwrap_or(latents);
+        if stride == 0 || stride > latents {
+            return Err(Error::Input(format!("stride must be in 1..={latents} (the latents), got {stride}")));
+        }
+        if stride != latents && !self.is_text() {
+            return Err(Error::Input("a stride applies to text evaluation only".into()));
         }
         match self {
             Task::Copy(t) => {
@@ -224,6 +237,7 @@ impl Task {
                     &t.valid,
                     m.max_seq_len,
                     latents,
+                    stride,
                     config.eval_batches.saturating_mul(config.batch_size),
                 );
                 // Stack windows into batches of `batch_size` rows.
@@ -346,7 +360,7 @@ impl Trainer {
         })?;
         let model = PerceiverAr::new(config.model.clone(), config.seed)?;
         let task = Task::load(&config.task, &config.model)?;
-        let held_out = task.eval_batches(&config, config.model.max_latents)?;
+        let held_out = task.eval_batches(&config, config.model.max_latents, None)?;
         let state = RunState {
             step: 0,
             data_rng: ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(1)),

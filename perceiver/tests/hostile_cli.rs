@@ -244,3 +244,53 @@ fn steps_reached_writes_no_phantom_plot() {
     assert_eq!(claims_plot, out.join("loss.svg").exists(), "{stdout}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn strided_evaluation_of_text() {
+    let out = scratch("stride");
+    std::fs::create_dir_all(&out).unwrap();
+    let data = out.join("text.txt");
+    let text: String = (0..400).map(|i| format!("line {i}: to be or not to be\n")).collect();
+    std::fs::write(&data, text).unwrap();
+    let run = out.join("run");
+    let (d, r) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, _, stderr) = perceiver(&[
+        "train",
+        "--data",
+        d,
+        "--context",
+        "32",
+        "--latents",
+        "8",
+        "--channels",
+        "16",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--steps",
+        "3",
+        "--threads",
+        "1",
+        "--out",
+        r,
+    ]);
+    assert!(ok, "{stderr}");
+    let eval = |extra: &[&str]| {
+        perceiver(&[&["eval", "--checkpoint", r, "--json", "--threads", "1"], extra].concat())
+    };
+    // The default stride is half the latents; every held-out byte after the first prefix is
+    // scored once whatever the stride.
+    let (ok, stdout, stderr) = eval(&[]);
+    assert!(ok, "{stderr}");
+    let default: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(default["stride"], 4);
+    for stride in ["1", "8"] {
+        let (ok, stdout, stderr) = eval(&["--stride", stride]);
+        assert!(ok, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["tokens"], default["tokens"], "stride {stride}");
+    }
+    refused(&["eval", "--checkpoint", r, "--stride", "9"], &["stride must be in 1..=8"]);
+    std::fs::remove_dir_all(&out).unwrap();
+}

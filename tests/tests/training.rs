@@ -40,8 +40,8 @@ fn a_small_model_learns_the_copy_task_to_100_percent() {
     // The held-out stream is separate from training: another trainer sees the same held-out set.
     let again = Trainer::new(small_copy_config(800, 7)).unwrap();
     assert_eq!(
-        again.task.eval_batches(&again.config, 7).unwrap(),
-        trainer.task.eval_batches(&trainer.config, 7).unwrap()
+        again.task.eval_batches(&again.config, 7, None).unwrap(),
+        trainer.task.eval_batches(&trainer.config, 7, None).unwrap()
     );
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -263,22 +263,34 @@ fn held_out_windows_score_every_byte_after_the_first_prefix_once() {
     use perceiver::data::IGNORE;
     // 250 distinct bytes, so a window can be located by its ids.
     let data: Vec<u8> = (0..250u32).map(|i| (i * 7 % 251) as u8).collect();
-    let windows = TextData::eval_windows(&data, 40, 16, usize::MAX);
-    let mut seen = vec![0; data.len()];
-    for w in &windows {
-        // Recover the window's start from its ids, then mark the bytes its latents score.
-        let start = (0..=data.len() - 41)
-            .find(|&s| data[s..s + 40].iter().map(|&b| b as usize).eq(w.ids.iter().copied()))
-            .unwrap();
-        for (j, &t) in w.targets.iter().enumerate() {
-            if t != IGNORE {
-                let byte = start + 40 - 16 + 1 + j;
-                assert_eq!(t, data[byte] as usize);
-                seen[byte] += 1;
+    // Any stride up to the latents: each byte after the first prefix scored exactly once, and
+    // with a stride S every window after the first scores only its last S latents.
+    for stride in [16, 8, 5, 1] {
+        let windows = TextData::eval_windows(&data, 40, 16, stride, usize::MAX);
+        let mut seen = vec![0; data.len()];
+        for (w_index, w) in windows.iter().enumerate() {
+            // Recover the window's start from its ids, then mark the bytes its latents score.
+            let start = (0..=data.len() - 41)
+                .find(|&s| data[s..s + 40].iter().map(|&b| b as usize).eq(w.ids.iter().copied()))
+                .unwrap();
+            let mut scored = 0;
+            for (j, &t) in w.targets.iter().enumerate() {
+                if t != IGNORE {
+                    let byte = start + 40 - 16 + 1 + j;
+                    assert_eq!(t, data[byte] as usize);
+                    seen[byte] += 1;
+                    scored += 1;
+                }
+            }
+            if w_index > 0 && w_index + 1 < windows.len() {
+                assert_eq!(scored, stride, "stride {stride}, window {w_index}");
             }
         }
+        assert!(
+            seen[..25].iter().all(|&c| c == 0) && seen[25..].iter().all(|&c| c == 1),
+            "stride {stride}: {seen:?}"
+        );
     }
-    assert!(seen[..25].iter().all(|&c| c == 0) && seen[25..].iter().all(|&c| c == 1), "{seen:?}");
     // No held-out part at all is refused up front.
     let file = std::env::temp_dir().join(format!("perceiver-vf-{}.txt", std::process::id()));
     std::fs::write(&file, vec![b'a'; 1000]).unwrap();

@@ -206,6 +206,11 @@ struct EvalArgs {
     /// The text file, if it moved since training.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Text: windows step by this many bytes, each scoring only the bytes not yet scored, so
+    /// every prediction has at least `context - latents` bytes before it (the paper's strided
+    /// evaluation, appendix G) [default: half the latents].
+    #[arg(long, value_parser = parse::count)]
+    stride: Option<usize>,
     /// Evaluate at most this many batches (default: all held-out text, the training's copy batches).
     #[arg(long, value_parser = parse::count)]
     max_batches: Option<usize>,
@@ -547,12 +552,23 @@ fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
     } else if let Some(n) = a.max_batches {
         config.eval_batches = n;
     }
-    let batches = task.eval_batches(&config, latents)?;
+    // Text defaults to the paper's stride, half the latents; the copy task has no stride.
+    let stride = match a.stride {
+        Some(s) => Some(s),
+        None if task.is_text() => Some((latents / 2).max(1)),
+        None => None,
+    };
+    let batches = task.eval_batches(&config, latents, stride)?;
     let result = train::evaluate(&model, &task, &batches)?;
     if a.json {
-        println!("{}", serde_json::to_string(&result).expect("serialisable"));
+        let mut v = serde_json::to_value(&result).expect("serialisable");
+        if let (Some(s), Some(obj)) = (stride, v.as_object_mut()) {
+            obj.insert("stride".into(), s.into());
+        }
+        println!("{v}");
     } else {
-        println!("{} latents: {}", latents, describe(&result));
+        let stride = stride.map_or(String::new(), |s| format!(", stride {s}"));
+        println!("{latents} latents{stride}: {}", describe(&result));
     }
     Ok(true)
 }

@@ -79,10 +79,20 @@ impl TextData {
         Batch { ids, batch, seq_len: len, prefix_len: len - latents, targets, sequences: None }
     }
 
-    /// Windows over `data` of length `seq_len` with `latents` latents, stepping by `latents`, so
-    /// each byte after the first prefix is predicted once; at most `max_windows` windows. A last
-    /// window, aligned to the end of `data`, scores the bytes the stride did not reach.
-    pub fn eval_windows(data: &[u8], seq_len: usize, latents: usize, max_windows: usize) -> Vec<Batch> {
+    /// Windows over `data` of length `seq_len` with `latents` latents, stepping by `stride`
+    /// (at most `latents`; the paper's appendix G strided evaluation): the first window scores
+    /// all its latents, each later one only the bytes not scored yet (its last `stride`), so
+    /// each byte after the first prefix is predicted exactly once, a smaller stride giving each
+    /// prediction more preceding context. At most `max_windows` windows; a last window,
+    /// aligned to the end of `data`, scores the bytes the stride did not reach.
+    pub fn eval_windows(
+        data: &[u8],
+        seq_len: usize,
+        latents: usize,
+        stride: usize,
+        max_windows: usize,
+    ) -> Vec<Batch> {
+        debug_assert!((1..=latents).contains(&stride), "stride {stride} must be in 1..={latents}");
         let window = |start: usize, scored_until: Option<usize>| {
             let crop = &data[start..start + seq_len + 1];
             // Latent j predicts data[first + j].
@@ -108,9 +118,9 @@ impl TextData {
         let mut start = 0;
         let mut scored_until = None;
         while start + seq_len < data.len() && out.len() < max_windows {
-            out.push(window(start, None));
+            out.push(window(start, scored_until));
             scored_until = Some(start + seq_len);
-            start += latents;
+            start += stride.max(1);
         }
         if let Some(until) = scored_until {
             if until + 1 < data.len() && out.len() < max_windows {
