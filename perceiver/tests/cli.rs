@@ -70,6 +70,26 @@ fn train_eval_generate_and_resume_from_the_command_line() {
         "0",
     ]);
     assert!(ok && stdout.starts_with("abcd"), "{stdout}\n{stderr}");
+    // Any number of latents up to the context; more is refused by name.
+    let gen = |latents: &str| {
+        perceiver(&[
+            "generate",
+            "--checkpoint",
+            o,
+            "--prompt",
+            "ab",
+            "--tokens",
+            "3",
+            "--temperature",
+            "0",
+            "--latents",
+            latents,
+        ])
+    };
+    let (ok, stdout, stderr) = gen("2");
+    assert!(ok && stdout.starts_with("ab"), "{stdout}\n{stderr}");
+    let (ok, _, stderr) = gen("100");
+    assert!(!ok && stderr.contains("--latents 100 exceeds the model's context of 9"), "{stderr}");
 
     // Resume to 30 steps: the run continues from step 20.
     let (ok, stdout, stderr) = perceiver(&["train", "--resume", o, "--steps", "30", "--threads", "1"]);

@@ -228,6 +228,10 @@ struct GenerateArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 200)]
     tokens: usize,
+    /// Predict each token with this many latents (the last M positions of the window; at most
+    /// the context) instead of the split training used.
+    #[arg(long, value_parser = parse::count)]
+    latents: Option<usize>,
     /// Logits are divided by this before sampling; 0 is greedy.
     #[arg(long, default_value_t = 0.8, value_parser = parse::non_negative)]
     temperature: f32,
@@ -577,8 +581,18 @@ fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
     let (mut model, config) = load_model(&a.checkpoint)?;
     model.to_device(device)?;
     let copy_task = matches!(config.task, TaskConfig::Copy { .. });
-    // Split windows into prefix and latents as training did (the text file is not needed).
-    let split = |len: usize| config.task.prefix_len(len, &config.model);
+    if let Some(m) = a.latents.filter(|&m| m > config.model.max_seq_len) {
+        return Err(perceiver::Error::Input(format!(
+            "--latents {m} exceeds the model's context of {}",
+            config.model.max_seq_len
+        )));
+    }
+    // Split windows into prefix and latents as training did (the text file is not needed), or
+    // with the latents asked for.
+    let split = |len: usize| match a.latents {
+        Some(m) => len - len.min(m),
+        None => config.task.prefix_len(len, &config.model),
+    };
     let mut prompt: Vec<usize> = a.prompt.bytes().map(usize::from).collect();
     if copy_task {
         prompt.insert(0, copy::BOS);
