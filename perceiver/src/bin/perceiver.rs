@@ -134,6 +134,35 @@ mod parse {
     }
 }
 
+/// The model and batch shape, for `train` and `bench`.
+#[derive(Args)]
+struct ShapeArgs {
+    /// Longest input (prefix + latents).
+    #[arg(long, value_parser = parse::count)]
+    context: Option<usize>,
+    /// Latents (queries of the cross-attention).
+    #[arg(long, value_parser = parse::count)]
+    latents: Option<usize>,
+    #[arg(long, value_parser = parse::count)]
+    batch: Option<usize>,
+    /// Model width.
+    #[arg(long, value_parser = parse::count)]
+    channels: Option<usize>,
+    #[arg(long, value_parser = parse::count)]
+    heads: Option<usize>,
+    /// Self-attention layers after the cross-attention.
+    #[arg(long)]
+    layers: Option<usize>,
+}
+
+impl ShapeArgs {
+    fn any(&self) -> bool {
+        [self.context, self.latents, self.batch, self.channels, self.heads, self.layers]
+            .iter()
+            .any(Option::is_some)
+    }
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// A text file to model byte by byte (default: the copy task).
@@ -148,22 +177,8 @@ struct TrainArgs {
     /// Absolute position information added to the embeddings (default: the variant's).
     #[arg(long, value_enum)]
     positions: Option<Positions>,
-    /// Model width.
-    #[arg(long, value_parser = parse::count)]
-    channels: Option<usize>,
-    #[arg(long, value_parser = parse::count)]
-    heads: Option<usize>,
-    /// Self-attention layers after the cross-attention.
-    #[arg(long)]
-    layers: Option<usize>,
-    /// Latents (queries of the cross-attention) in training.
-    #[arg(long, value_parser = parse::count)]
-    latents: Option<usize>,
-    /// Longest input (prefix + latents).
-    #[arg(long, value_parser = parse::count)]
-    context: Option<usize>,
-    #[arg(long, value_parser = parse::count)]
-    batch: Option<usize>,
+    #[command(flatten)]
+    shape: ShapeArgs,
     #[arg(long, value_parser = parse::steps)]
     steps: Option<u64>,
     /// Stop after this many minutes of training.
@@ -251,19 +266,8 @@ struct BenchArgs {
     /// latents, batch 1); the options below change its shape.
     #[arg(default_value = "step-2k")]
     preset: String,
-    #[arg(long, value_parser = parse::count)]
-    context: Option<usize>,
-    #[arg(long, value_parser = parse::count)]
-    latents: Option<usize>,
-    #[arg(long, value_parser = parse::count)]
-    batch: Option<usize>,
-    #[arg(long, value_parser = parse::count)]
-    channels: Option<usize>,
-    #[arg(long, value_parser = parse::count)]
-    heads: Option<usize>,
-    /// Self-attention layers after the cross layer.
-    #[arg(long)]
-    layers: Option<usize>,
+    #[command(flatten)]
+    shape: ShapeArgs,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
@@ -278,14 +282,14 @@ struct BenchArgs {
 fn bench_command(a: &BenchArgs) -> Result<bool> {
     use perceiver::bench::{self, BenchShape};
     let mut shape = BenchShape::preset(&a.preset)?;
-    let custom = [a.context, a.latents, a.batch, a.channels, a.heads, a.layers].iter().any(Option::is_some);
-    shape.context = a.context.unwrap_or(shape.context);
-    shape.latents = a.latents.unwrap_or(shape.latents);
-    shape.batch = a.batch.unwrap_or(shape.batch);
-    shape.channels = a.channels.unwrap_or(shape.channels);
-    shape.heads = a.heads.unwrap_or(shape.heads);
-    shape.layers = a.layers.unwrap_or(shape.layers);
-    if custom {
+    let given = &a.shape;
+    shape.context = given.context.unwrap_or(shape.context);
+    shape.latents = given.latents.unwrap_or(shape.latents);
+    shape.batch = given.batch.unwrap_or(shape.batch);
+    shape.channels = given.channels.unwrap_or(shape.channels);
+    shape.heads = given.heads.unwrap_or(shape.heads);
+    shape.layers = given.layers.unwrap_or(shape.layers);
+    if given.any() {
         shape.preset = format!("{} (custom)", shape.preset);
     }
     eprintln!(
@@ -331,12 +335,13 @@ fn train_config(a: &TrainArgs) -> (TrainConfig, PathBuf) {
         None => presets::copy_task(copy_bytes),
     };
     let p = &mut preset;
-    p.context = a.context.unwrap_or(p.context);
-    p.latents = a.latents.unwrap_or(p.latents);
-    p.channels = a.channels.unwrap_or(p.channels);
-    p.heads = a.heads.unwrap_or(p.heads);
-    p.self_attention_layers = a.layers.unwrap_or(p.self_attention_layers);
-    p.batch_size = a.batch.unwrap_or(p.batch_size);
+    let given = &a.shape;
+    p.context = given.context.unwrap_or(p.context);
+    p.latents = given.latents.unwrap_or(p.latents);
+    p.channels = given.channels.unwrap_or(p.channels);
+    p.heads = given.heads.unwrap_or(p.heads);
+    p.self_attention_layers = given.layers.unwrap_or(p.self_attention_layers);
+    p.batch_size = given.batch.unwrap_or(p.batch_size);
     p.steps = a.steps.unwrap_or(p.steps);
     p.minutes = a.minutes.or(p.minutes);
     p.peak_lr = a.lr.unwrap_or(p.peak_lr);
@@ -370,12 +375,12 @@ fn apply_resume_options(a: &TrainArgs, trainer: &mut Trainer, say: impl Fn(Strin
         ("--copy-bytes", a.copy_bytes.is_some()),
         ("--variant", a.variant.is_some()),
         ("--positions", a.positions.is_some()),
-        ("--channels", a.channels.is_some()),
-        ("--heads", a.heads.is_some()),
-        ("--layers", a.layers.is_some()),
-        ("--latents", a.latents.is_some()),
-        ("--context", a.context.is_some()),
-        ("--batch", a.batch.is_some()),
+        ("--channels", a.shape.channels.is_some()),
+        ("--heads", a.shape.heads.is_some()),
+        ("--layers", a.shape.layers.is_some()),
+        ("--latents", a.shape.latents.is_some()),
+        ("--context", a.shape.context.is_some()),
+        ("--batch", a.shape.batch.is_some()),
         ("--warmup", a.warmup.is_some()),
         ("--cross-dropout", a.cross_dropout.is_some()),
         ("--seed", a.seed.is_some()),
