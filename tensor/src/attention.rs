@@ -164,7 +164,6 @@ impl Tensor {
 
     /// The fused backward: `(dq, dk, dv)` from the forward's inputs (`self` is `q`), its
     /// output and log-sum-exp, and the output gradient `d_out`.
-    #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
         &self,
         k: &Tensor,

@@ -50,11 +50,7 @@ impl CopyTask {
     pub fn batch(&self, batch: usize, latents: usize, rng: &mut impl Rng) -> Batch {
         let n = self.seq_len();
         let latents = latents.clamp(1, n);
-        if latents >= self.min_latents() {
-            let seqs: Vec<Vec<usize>> = (0..batch).map(|_| self.sequence(rng)).collect();
-            return self.window(&seqs, n, latents, 0, None);
-        }
-        let end = rng.gen_range(self.k + 1..=n);
+        let end = if latents >= self.min_latents() { n } else { rng.gen_range(self.k + 1..=n) };
         let seqs: Vec<Vec<usize>> = (0..batch).map(|_| self.sequence(rng)).collect();
         self.window(&seqs, end, latents, 0, None)
     }

@@ -120,26 +120,36 @@ fn classify(
     (j0, j1): (usize, usize),
     n: usize,
 ) -> Block {
-    let any_hidden = vis.hidden_keys.is_some() && (j0..j1).any(|j| vis.is_hidden(b, j, n));
-    let all_hidden = vis.hidden_keys.is_some() && (j0..j1).all(|j| vis.is_hidden(b, j, n));
-    if all_hidden {
+    let hidden = match vis.hidden_keys {
+        Some(_) => (j0..j1).filter(|&j| vis.is_hidden(b, j, n)).count(),
+        None => 0,
+    };
+    if hidden == j1 - j0 {
         return Block::Hidden;
     }
     match vis.causal {
         // Key positions do not decrease along a row: the first key is the earliest.
         Some(offset) if vis.key_position(b, j0, n) > offset + i1 - 1 => Block::Hidden,
         Some(offset) if vis.key_position(b, j1 - 1, n) > offset + i0 => Block::Mixed,
-        _ if any_hidden => Block::Mixed,
+        _ if hidden > 0 => Block::Mixed,
         _ => Block::Visible,
     }
 }
 
-/// Sets the scores of keys query `i0 + r` cannot see to [`MASKED`].
-fn mask_block(vis: &KeyVisibility, b: usize, i0: usize, j0: usize, n: usize, scores: &mut [f32], bk: usize) {
-    for (r, row) in scores.chunks_mut(bk).enumerate() {
-        for (c, s) in row.iter_mut().enumerate() {
+/// Sets the entries of a block (rows of `bk`, query `i0 + r` against key `j0 + c`) whose key
+/// the query cannot see to `value`.
+fn mask_block(
+    vis: &KeyVisibility,
+    b: usize,
+    (i0, j0): (usize, usize),
+    n: usize,
+    (block, bk): (&mut [f32], usize),
+    value: f32,
+) {
+    for (r, row) in block.chunks_mut(bk).enumerate() {
+        for (c, x) in row.iter_mut().enumerate() {
             if !vis.sees(b, i0 + r, j0 + c, n) {
-                *s = MASKED;
+                *x = value;
             }
         }
     }
@@ -170,7 +180,7 @@ fn forward_head(
             let s = &mut scores[..bq * bk];
             gemm((bq, bk, d), q.matrix(b, h, i0), k.matrix(b, h, j0).t(), 0.0, (s, bk));
             if kind == Block::Mixed {
-                mask_block(vis, b, i0, j0, n, s, bk);
+                mask_block(vis, b, (i0, j0), n, (s, bk), MASKED);
             }
             let p = &mut probs[..bq * bk];
             for r in 0..bq {
@@ -285,13 +295,7 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
                 }
             }
             if kind == Block::Mixed {
-                for (r, row) in p.chunks_mut(bk).enumerate() {
-                    for (c, x) in row.iter_mut().enumerate() {
-                        if !vis.sees(b, i0 + r, j0 + c, n) {
-                            *x = 0.0;
-                        }
-                    }
-                }
+                mask_block(vis, b, (i0, j0), n, (p, bk), 0.0);
             }
             let p = &probs[..bq * bk];
             // dv_j += Σ_i p_ij do_i.
