@@ -498,6 +498,14 @@ impl BackendStorage for OpenClStorage {
         }
         Ok(out)
     }
+
+    fn write(&mut self, dst: &Layout, src: Operand<Self>) -> Result<()> {
+        let (s, n) = (src.storage(), src.layout().numel());
+        let (from, to) = (LayoutArg::of(src.layout())?, LayoutArg::of(dst)?);
+        s.run("copy_strided", n, |k| {
+            k.arg(from).arg(&s.buffer).arg(to).arg(&self.buffer).arg(n as i32);
+        })
+    }
 }
 
 /// The attention kernels keep a row of the output in registers.

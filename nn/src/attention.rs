@@ -116,22 +116,46 @@ impl Attention {
         Ok(x.reshape(&[b, t, self.heads, self.head_dim])?.permute(&[0, 2, 1, 3])?)
     }
 
-    /// `x_q` `[B, L, C]` attends to `x_kv` `[B, N, C_kv]`; returns `[B, L, C]`.
+    /// `x_q` `[B, L, C]` attends to `x_kv` `[B, N, C_kv]`; returns `[B, L, C]`. The three steps
+    /// below, one after the other; a key/value cache calls them separately, keeping the keys
+    /// and values of positions it has already seen.
     pub fn forward(&self, ctx: &Ctx, x_q: &Var, x_kv: &Var, opts: &AttendOptions) -> Result<Var> {
-        let (b, l) = (x_q.shape()[0], x_q.shape()[1]);
+        let q = self.queries(ctx, x_q, opts.rotary_q)?;
+        let (k, v) = self.keys_values(ctx, x_kv, opts.rotary_k)?;
+        self.attend(ctx, &q, &k, &v, opts)
+    }
+
+    /// The queries of `x_q` `[B, L, C]` as heads `[B, H, L, D]`, scaled by `D^(-½)` and
+    /// rotated by the last `L` positions of `rotary`.
+    pub fn queries(&self, ctx: &Ctx, x_q: &Var, rotary: Option<&RotaryTables>) -> Result<Var> {
         let scale = (self.head_dim as f32).powf(-0.5);
-        let mut q = self.split_heads(&self.q_proj.forward(ctx, x_q)?)?.mul_scalar(scale)?;
-        let mut k = self.split_heads(&self.k_proj.forward(ctx, x_kv)?)?;
+        let q = self.split_heads(&self.q_proj.forward(ctx, x_q)?)?.mul_scalar(scale)?;
+        match rotary {
+            Some(r) => r.apply(&q),
+            None => Ok(q),
+        }
+    }
+
+    /// The keys (rotated by the last `N` positions of `rotary`) and values of `x_kv`
+    /// `[B, N, C_kv]`, as heads `[B, H, N, D]`.
+    pub fn keys_values(&self, ctx: &Ctx, x_kv: &Var, rotary: Option<&RotaryTables>) -> Result<(Var, Var)> {
+        let k = self.split_heads(&self.k_proj.forward(ctx, x_kv)?)?;
         let v = self.split_heads(&self.v_proj.forward(ctx, x_kv)?)?;
-        if let Some(r) = opts.rotary_q {
-            q = r.apply(&q)?;
-        }
-        if let Some(r) = opts.rotary_k {
-            k = r.apply(&k)?;
-        }
+        let k = match rotary {
+            Some(r) => r.apply(&k)?,
+            None => k,
+        };
+        Ok((k, v))
+    }
+
+    /// Heads `q` `[B, H, L, D]` attend to `k`, `v` `[B, H, N, D]` (fused when `opts` allows,
+    /// composed otherwise); the heads are merged and projected: `[B, L, C]`. The rotary
+    /// tables in `opts` are not used here: `q` and `k` come rotated.
+    pub fn attend(&self, ctx: &Ctx, q: &Var, k: &Var, v: &Var, opts: &AttendOptions) -> Result<Var> {
+        let (b, l) = (q.shape()[0], q.shape()[2]);
         let with_dropout = ctx.train && opts.dropout > 0.0;
         let o = match opts.visibility {
-            Some(vis) if opts.mask.is_none() && !with_dropout => q.attention(&k, &v, vis)?,
+            Some(vis) if opts.mask.is_none() && !with_dropout => q.attention(k, v, vis)?,
             _ => {
                 let dense;
                 let mask = match (opts.mask, opts.visibility) {
@@ -142,7 +166,7 @@ impl Attention {
                     }
                     (None, None) => None,
                 };
-                attend_composed(ctx, &q, &k, &v, mask, opts.dropout)?
+                attend_composed(ctx, q, k, v, mask, opts.dropout)?
             }
         }; // [B, H, L, D]
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.head_dim])?;

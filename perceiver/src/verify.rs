@@ -20,7 +20,7 @@ use serde_json::Value;
 use tensor::Tensor;
 
 use crate::error::{Error, Result};
-use crate::generate::{generate, Sampling};
+use crate::generate::{generate, Prediction, Sampling};
 use crate::import::{config_from_library, library_to_project_name, load_library_weights};
 use crate::model::{Input, PerceiverAr};
 
@@ -323,7 +323,18 @@ pub fn verify_dump(dir: &Path) -> Result<VerifyReport> {
     } else {
         let split = |len: usize| crate::generate::default_prefix_len(len, &model);
         let prompt = &tokens[..gen_prompt];
-        (generate(&model, prompt, gen_tokens, Sampling::GREEDY, 0, &split, |_| {})?, None)
+        (
+            generate(
+                &model,
+                prompt,
+                gen_tokens,
+                Sampling::GREEDY,
+                0,
+                Prediction::Full { prefix_len: &split },
+                |_| {},
+            )?,
+            None,
+        )
     };
     Ok(VerifyReport {
         logits: logits_check,

@@ -292,6 +292,10 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     fn scatter_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self>;
     /// Concatenates `parts` along `axis`.
     fn cat(parts: &[Operand<Self>], axis: usize) -> Result<Self>;
+    /// The one op that writes into existing storage: `self[dst] = src`, where `dst` has
+    /// `src`'s shape, lies inside `self` and reaches no position twice. The `Tensor` layer
+    /// calls it only on storage that no other tensor shares.
+    fn write(&mut self, dst: &Layout, src: Operand<Self>) -> Result<()>;
 }
 
 /// [`BackendStorage`] in object-safe form, as [`Storage::Ext`] holds it. Every
@@ -328,6 +332,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
     fn gather(&self, x: Operand, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Storage>;
     fn scatter_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
     fn cat(&self, parts: &[Operand], axis: usize) -> Result<Storage>;
+    fn write(&mut self, dst: &Layout, src: Operand) -> Result<()>;
 }
 
 impl<S: BackendStorage> DynStorage for S {
@@ -428,6 +433,9 @@ impl<S: BackendStorage> DynStorage for S {
         let typed = parts.iter().map(|p| p.typed()).collect::<Result<Vec<Operand<S>>>>()?;
         Ok(S::cat(&typed, axis)?.into_storage())
     }
+    fn write(&mut self, dst: &Layout, src: Operand) -> Result<()> {
+        BackendStorage::write(self, dst, src.typed()?)
+    }
 }
 
 /// Flat storage: the CPU's, statically, or another device's behind [`DynStorage`].
@@ -443,6 +451,14 @@ impl Storage {
         match self {
             Storage::Cpu(s) => s,
             Storage::Ext(s) => s.as_ref(),
+        }
+    }
+
+    /// The storage as the device trait, for the one op that writes in place.
+    pub(crate) fn backend_mut(&mut self) -> &mut dyn DynStorage {
+        match self {
+            Storage::Cpu(s) => s,
+            Storage::Ext(s) => s.as_mut(),
         }
     }
 

@@ -4,6 +4,9 @@
 //! Indices are host `usize` slices (token ids, labels, sampled positions come from the host);
 //! every index is bounds-checked here, so backends never see one out of range.
 
+use std::sync::Arc;
+
+use crate::backend::UnaryOp;
 use crate::bail;
 use crate::error::{fmt_shape, Result};
 use crate::tensor::Tensor;
@@ -31,6 +34,42 @@ impl Tensor {
         let mut shape = first.shape().to_vec();
         shape[axis] = parts.iter().map(|p| p.shape()[axis]).sum();
         Ok(Tensor::from_output(s, &shape))
+    }
+
+    /// Writes `src` over entries `start..start + src.shape()[0]` of axis 0, in place; the
+    /// other axes must agree. This is the only op that changes a tensor, and it keeps value
+    /// semantics: when the storage is shared (with a clone, a view, a tape's saved input) or
+    /// holds more than this tensor shows, `self` first becomes a private contiguous copy, so
+    /// no other tensor ever sees the change. Key/value caches use it to append the newest
+    /// position's keys without copying the ones they already hold.
+    pub fn write_rows(&mut self, start: usize, src: &Tensor) -> Result<()> {
+        self.same_device("write_rows", src)?;
+        let rows = self.layout.check_axis("write_rows", 0).map(|_| self.shape()[0])?;
+        let fits = src.rank() == self.rank()
+            && src.shape()[1..] == self.shape()[1..]
+            && start.checked_add(src.shape()[0]).is_some_and(|end| end <= rows);
+        if !fits {
+            bail!(
+                "write_rows",
+                "cannot write {} at row {start} of {}",
+                fmt_shape(src.shape()),
+                fmt_shape(self.shape())
+            );
+        }
+        if src.numel() == 0 {
+            return Ok(());
+        }
+        let private = self.is_contiguous()
+            && self.layout.offset() == 0
+            && self.storage.backend().len() == self.numel()
+            && Arc::get_mut(&mut self.storage).is_some();
+        if !private {
+            let copy = self.kernels().unary(self.operand()?, UnaryOp::Identity)?;
+            *self = Tensor::from_output(copy, self.shape());
+        }
+        let dst = self.layout.narrow(0, start, src.shape()[0])?;
+        let storage = Arc::get_mut(&mut self.storage).expect("a private copy was just made");
+        storage.backend_mut().write(&dst, src.operand()?)
     }
 
     fn check_indices(&self, op: &'static str, axis: usize, indices: &[usize]) -> Result<()> {

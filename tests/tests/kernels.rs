@@ -267,6 +267,14 @@ fn large_inputs_take_parallel_paths_and_agree() {
     let big = uniform(&[600, 64], -1.0, 1.0, 7);
     let wt = uniform(&[64, 80], -1.0, 1.0, 8);
     assert_close(&big.matmul(&wt).unwrap(), &reference::matmul(&big, &wt).unwrap(), 1e-3, 0.0);
+    // Few rows, large enough to be split across threads: one row against a transposed weight
+    // (by columns), and batches of two rows against row-major matrices.
+    let row = uniform(&[1, 300], -1.0, 1.0, 9);
+    let w = uniform(&[200, 300], -1.0, 1.0, 10).t().unwrap();
+    assert_close(&row.matmul(&w).unwrap(), &reference::matmul(&row, &w).unwrap(), 1e-3, 0.0);
+    let rows = uniform(&[3, 2, 300], -1.0, 1.0, 11);
+    let mats = uniform(&[3, 300, 200], -1.0, 1.0, 12);
+    assert_close(&rows.matmul(&mats).unwrap(), &reference::matmul(&rows, &mats).unwrap(), 1e-3, 0.0);
 }
 
 #[test]

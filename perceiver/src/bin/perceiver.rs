@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use perceiver::config::AbsolutePositions;
 use perceiver::data::copy;
-use perceiver::generate::{generate, Sampling};
+use perceiver::generate::{generate, Prediction, Sampling};
 use perceiver::presets;
 use perceiver::run_dir::RunDir;
 use perceiver::train::{self, Event, TaskConfig, TrainConfig, Trainer};
@@ -243,10 +243,14 @@ struct GenerateArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 200)]
     tokens: usize,
-    /// Predict each token with this many latents (the last M positions of the window; at most
-    /// the context) instead of the split training used.
+    /// Latents: with the cache, the width of the latent buffer (refilled to half when full,
+    /// appendix E.3); without it, each window's last M positions. At most the context
+    /// [default: the training latents].
     #[arg(long, value_parser = parse::count)]
     latents: Option<usize>,
+    /// Predict each token with a full forward pass over the window instead of the cached step.
+    #[arg(long)]
+    no_cache: bool,
     /// Logits are divided by this before sampling; 0 is greedy.
     #[arg(long, default_value_t = 0.8, value_parser = parse::non_negative)]
     temperature: f32,
@@ -263,7 +267,8 @@ struct GenerateArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// step-2k (context 2048, 256 latents, batch 8) or long-131k (context 131072, 512
-    /// latents, batch 1); the options below change its shape.
+    /// latents, batch 1): a training step; generate: the step-2k model generating, cached
+    /// and uncached. The options below change the shape.
     #[arg(default_value = "step-2k")]
     preset: String,
     #[command(flatten)]
@@ -274,9 +279,55 @@ struct BenchArgs {
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 5, value_parser = parse::count)]
     steps: usize,
+    /// generate: tokens of the random prompt [default: the context].
+    #[arg(long, value_parser = parse::count)]
+    prompt_tokens: Option<usize>,
+    /// generate: new tokens.
+    #[arg(long, default_value_t = 1024, value_parser = parse::count)]
+    new_tokens: usize,
     /// Print the result as one JSON object on the last line.
     #[arg(long)]
     json: bool,
+}
+
+fn bench_generate(a: &BenchArgs, shape: &perceiver::bench::BenchShape) -> Result<bool> {
+    use perceiver::bench::generate::{self, Phase};
+    let prompt_tokens = a.prompt_tokens.unwrap_or(shape.context);
+    eprintln!(
+        "bench {}: context {}, {} latents, {} channels, {} heads, {} self-attention layers; {} new tokens after {} on {} threads",
+        shape.preset,
+        shape.context,
+        shape.latents,
+        shape.channels,
+        shape.heads,
+        shape.layers,
+        a.new_tokens,
+        prompt_tokens,
+        rayon::current_num_threads()
+    );
+    let result = generate::run(shape, prompt_tokens, a.new_tokens, |phase, done| {
+        if done % 128 == 0 || done == a.new_tokens {
+            let what = match phase {
+                Phase::Cached => "cached",
+                Phase::Full => "uncached",
+                Phase::Check => "checked against full passes",
+            };
+            eprintln!("{what}: {done} / {}", a.new_tokens);
+        }
+    })?;
+    println!(
+        "{}: cached {:.1} tokens/s, uncached {:.2} tokens/s, speedup {:.1}x ({} full passes for the cache); largest logit difference from the full pass {:.2e}",
+        result.preset,
+        result.cached_tokens_per_s,
+        result.full_tokens_per_s,
+        result.speedup,
+        result.refills,
+        result.max_logit_diff
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&result).expect("serialisable"));
+    }
+    Ok(true)
 }
 
 fn bench_command(a: &BenchArgs) -> Result<bool> {
@@ -291,6 +342,9 @@ fn bench_command(a: &BenchArgs) -> Result<bool> {
     shape.layers = given.layers.unwrap_or(shape.layers);
     if given.any() {
         shape.preset = format!("{} (custom)", shape.preset);
+    }
+    if shape.preset.starts_with("generate") {
+        return bench_generate(a, &shape);
     }
     eprintln!(
         "bench {}: context {}, {} latents, batch {}, {} channels, {} heads, {} self-attention layers; {} warm-up + {} timed steps on {} threads",
@@ -608,7 +662,11 @@ fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
         std::process::exit(0);
     }
     let mut ended = false;
-    generate(&model, &prompt, a.tokens, sampling, a.seed, &split, |t| {
+    let prediction = match a.no_cache {
+        true => Prediction::Full { prefix_len: &split },
+        false => Prediction::Cached { latents: a.latents.unwrap_or(config.model.max_latents) },
+    };
+    generate(&model, &prompt, a.tokens, sampling, a.seed, prediction, |t| {
         if ended {
             return;
         }
@@ -627,12 +685,23 @@ fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
-            eprintln!("error: --threads {n}: {e}");
-            return ExitCode::FAILURE;
+        pool = pool.num_threads(n);
+    }
+    match pool.build() {
+        // The command runs on one of the pool's threads, so each parallel kernel starts its
+        // tasks there directly instead of waking the pool from outside (which costs as much as
+        // a small kernel: most of a cached generation step's).
+        Ok(pool) => pool.install(|| run(&cli)),
+        Err(e) => {
+            eprintln!("error: --threads {:?}: {e}", cli.threads);
+            ExitCode::FAILURE
         }
     }
+}
+
+fn run(cli: &Cli) -> ExitCode {
     let device = match perceiver::devices::parse(&cli.device) {
         Ok(d) => d,
         Err(e) => {

@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use super::few_rows::{self, Strided as Matrix, FEW_ROWS};
 use super::math;
 use crate::attention::KeyVisibility;
 use crate::layout::Layout;
@@ -40,28 +41,9 @@ impl Heads<'_> {
         Matrix {
             data: self.data,
             offset: self.layout.offset() + b * s[0] + h * s[1] + t * s[2],
-            rows: s[2],
-            cols: s[3],
+            row_stride: s[2],
+            col_stride: s[3],
         }
-    }
-}
-
-/// A strided matrix inside a slice: element `(r, c)` at `offset + r·rows + c·cols`.
-#[derive(Clone, Copy)]
-struct Matrix<'a> {
-    data: &'a [f32],
-    offset: usize,
-    rows: usize,
-    cols: usize,
-}
-
-impl Matrix<'_> {
-    /// The same matrix transposed (a view: strides swapped).
-    fn t(self) -> Self {
-        Matrix { rows: self.cols, cols: self.rows, ..self }
-    }
-    fn contiguous(data: &[f32], cols: usize) -> Matrix<'_> {
-        Matrix { data, offset: 0, rows: cols, cols: 1 }
     }
 }
 
@@ -76,8 +58,14 @@ fn gemm((m, n, k): (usize, usize, usize), a: Matrix, b: Matrix, beta: f32, (c, l
         }
         return;
     }
+    if m <= FEW_ROWS {
+        // One query (a cached generation step): no packing.
+        few_rows::product((m, k, n), a, b, beta, (0, c, ldc));
+        return;
+    }
     // Bounds of everything sgemm touches, checked here so the call below is sound.
-    let last = |x: &Matrix, r: usize, cols: usize| x.offset + (r - 1) * x.rows + (cols - 1) * x.cols;
+    let last =
+        |x: &Matrix, r: usize, cols: usize| x.offset + (r - 1) * x.row_stride + (cols - 1) * x.col_stride;
     assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len(), "gemm operand out of bounds");
     assert!(n <= ldc && (m - 1) * ldc + n <= c.len(), "gemm output out of bounds");
     // SAFETY: the asserts above put every element read from `a` and `b` and every element of
@@ -89,11 +77,11 @@ fn gemm((m, n, k): (usize, usize, usize), a: Matrix, b: Matrix, beta: f32, (c, l
             n,
             1.0,
             a.data.as_ptr().add(a.offset),
-            a.rows as isize,
-            a.cols as isize,
+            a.row_stride as isize,
+            a.col_stride as isize,
             b.data.as_ptr().add(b.offset),
-            b.rows as isize,
-            b.cols as isize,
+            b.row_stride as isize,
+            b.col_stride as isize,
             beta,
             c.as_mut_ptr(),
             ldc as isize,
@@ -165,8 +153,9 @@ fn forward_head(
 ) {
     let (l, d, n, dv) = (q.dim(2), q.dim(3), k.dim(2), v.dim(3));
     out.fill(0.0);
-    let mut scores = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
-    let mut probs = vec![0.0; QUERY_BLOCK * KEY_BLOCK];
+    // Score blocks no larger than the problem (one query, in a generation step).
+    let block = QUERY_BLOCK.min(l) * KEY_BLOCK.min(n);
+    let (mut scores, mut probs) = (vec![0.0; block], vec![0.0; block]);
     for i0 in (0..l).step_by(QUERY_BLOCK) {
         let bq = QUERY_BLOCK.min(l - i0);
         let (mut max, mut sum) = (vec![f32::NEG_INFINITY; bq], vec![0.0f32; bq]);
@@ -217,7 +206,7 @@ fn uniform_average(v: Heads, b: usize, h: usize, row: &mut [f32]) {
     for j in 0..n {
         let m = v.matrix(b, h, j);
         for (c, x) in row.iter_mut().enumerate() {
-            *x += m.data[m.offset + c * m.cols];
+            *x += m.data[m.offset + c * m.col_stride];
         }
     }
     row.iter_mut().for_each(|x| *x /= n as f32);
@@ -268,7 +257,7 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
     let delta: Vec<f32> = (0..l)
         .map(|i| {
             let (o, g) = (s.out.matrix(b, h, i), d_out.matrix(b, h, i));
-            (0..dv).map(|c| o.data[o.offset + c * o.cols] * g.data[g.offset + c * g.cols]).sum()
+            (0..dv).map(|c| o.data[o.offset + c * o.col_stride] * g.data[g.offset + c * g.col_stride]).sum()
         })
         .collect();
     // The slices arrive zeroed.
@@ -323,7 +312,7 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
         let g = d_out.matrix(b, h, i);
         for j in 0..n {
             for c in 0..dv {
-                dv_acc[j * dv + c] += g.data[g.offset + c * g.cols] / n as f32;
+                dv_acc[j * dv + c] += g.data[g.offset + c * g.col_stride] / n as f32;
             }
         }
     }

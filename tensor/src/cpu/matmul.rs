@@ -7,10 +7,12 @@
 //! Work is split with `rayon` around single-threaded `sgemm` calls (matrixmultiply's own
 //! threading stays off, so threads are never nested): one task per batch matrix when there are
 //! at least as many batches as threads, otherwise each matrix's rows are cut into blocks so
-//! that every thread gets work. Each task writes its own rows of the output.
+//! that every thread gets work. Each task writes its own rows of the output. Products of at
+//! most [`FEW_ROWS`] rows skip `sgemm` and its packing ([`few_rows`]).
 
 use rayon::prelude::*;
 
+use super::few_rows::{self, Strided, FEW_ROWS};
 use super::parallel::SendPtr;
 use crate::backend::MatmulSpec;
 use crate::layout::Layout;
@@ -50,6 +52,46 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
         off
     };
     let threads = rayon::current_num_threads();
+    if m <= FEW_ROWS {
+        let operands = |i: usize| {
+            let a = Strided {
+                data: a,
+                offset: batch_offset(i, la),
+                row_stride: sa[rank - 2],
+                col_stride: sa[rank - 1],
+            };
+            let b = Strided {
+                data: b,
+                offset: batch_offset(i, lb),
+                row_stride: sb[rank - 2],
+                col_stride: sb[rank - 1],
+            };
+            (a, b)
+        };
+        // Few rows are bound by reading the right operand from memory, which two threads do
+        // faster than one once it is a 256 x 256 weight or larger (when the caller runs on a
+        // pool thread; waking the pool from outside costs more than that).
+        let parallel = batches * m * n * k >= PARALLEL_MIN_FLOPS / 4 && threads > 1;
+        if batches == 1 && m == 1 && parallel {
+            // One row: split its columns across the threads.
+            let (a, b) = operands(0);
+            let block = n.div_ceil(threads).next_multiple_of(16);
+            out.par_chunks_mut(block).enumerate().for_each(|(t, c)| {
+                few_rows::product((1, k, c.len()), a, b, 0.0, (t * block, c, n));
+            });
+        } else if parallel {
+            out.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| {
+                let (a, b) = operands(i);
+                few_rows::product((m, k, n), a, b, 0.0, (0, c, n));
+            });
+        } else {
+            for (i, c) in out.chunks_mut(m * n).enumerate() {
+                let (a, b) = operands(i);
+                few_rows::product((m, k, n), a, b, 0.0, (0, c, n));
+            }
+        }
+        return out;
+    }
     let row_blocks = if batches * m * n * k < PARALLEL_MIN_FLOPS || batches >= threads {
         1
     } else {

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod few_rows;
 pub mod index;
 pub mod layer_norm;
 pub mod math;
@@ -174,5 +175,10 @@ impl BackendStorage for CpuStorage {
     fn cat(parts_: &[Operand<Self>], axis: usize) -> Result<Self> {
         let slices: Vec<(&[f32], &Layout)> = parts_.iter().map(parts).collect();
         out(index::cat(&slices, axis))
+    }
+    fn write(&mut self, dst: &Layout, src: Operand<Self>) -> Result<()> {
+        let (data, layout) = parts(&src);
+        index::copy_strided(data, layout, &mut self.data, dst);
+        Ok(())
     }
 }

@@ -1,8 +1,12 @@
-//! Next-token prediction and sampling.
+//! Next-token prediction and sampling, two ways.
 //!
-//! Each new token is predicted by a full forward pass over the last `max_seq_len` tokens, with
-//! `min(len, max_latents)` latents and the rest as prefix (the reference's convention). The
-//! paper's cached generation (appendix E.3) is a later optimisation of the same computation.
+//! Uncached ([`next_logits`]): each new token is predicted by a full forward pass over the last
+//! `max_seq_len` tokens, the window split into prefix and latents by a rule (the reference's
+//! is `min(len, max_latents)` latents). Simple, and as slow as a forward pass per token.
+//!
+//! Cached ([`CachedGenerator`], the default of `perceiver generate`): the paper's activation
+//! caching (appendix E.3), where each token costs one position through the model. See
+//! `cached.rs` for the latent buffer and how the window slides.
 
 use autograd::Tape;
 use nn::Ctx;
@@ -12,6 +16,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 use crate::model::{Input, PerceiverAr};
+
+mod cached;
+pub use cached::{CachedGenerator, Split, Step};
 
 /// How to pick a token from logits.
 #[derive(Clone, Copy, Debug)]
@@ -63,16 +70,21 @@ pub fn next_logits(
     if tokens.is_empty() {
         return Err(Error::Input("cannot predict from an empty prompt".into()));
     }
-    let c = &model.config;
-    let window = &tokens[tokens.len().saturating_sub(c.max_seq_len)..];
-    let prefix = prefix_len(window.len()).min(window.len() - 1);
-    let latents = window.len() - prefix;
-    let input = Input { ids: window, batch: 1, seq_len: window.len(), prefix_len: prefix };
+    let start = tokens.len().saturating_sub(model.config.max_seq_len);
+    let window = tokens.len() - start;
+    full_pass_logits(model, tokens, Split { start, prefix_len: prefix_len(window).min(window - 1) })
+}
+
+/// Logits for the token after `tokens`, by the full forward pass over the window
+/// `tokens[split.start..]` with `split.prefix_len` prefix positions (read at the last latent).
+pub fn full_pass_logits(model: &PerceiverAr, tokens: &[usize], split: Split) -> Result<Vec<f32>> {
+    let window = tokens.get(split.start..).unwrap_or_default();
+    let input = Input { ids: window, batch: 1, seq_len: window.len(), prefix_len: split.prefix_len };
     let tape = Tape::inference();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-    let logits = model.forward(&ctx, &input)?;
-    Ok(logits.value().narrow(1, latents - 1, 1)?.to_vec()?)
+    let logits = model.forward(&ctx, &input)?; // checks the window and the split
+    Ok(logits.value().narrow(1, input.latents() - 1, 1)?.to_vec()?)
 }
 
 /// Picks a token from `logits` according to `sampling`.
@@ -114,24 +126,51 @@ pub fn pick(logits: &[f32], sampling: Sampling, rng: &mut impl Rng) -> usize {
     *order.last().unwrap()
 }
 
-/// Extends `prompt` by `count` tokens, calling `on_token` as each one is chosen; `prefix_len`
-/// splits each window as in [`next_logits`].
+/// How each next token is predicted.
+#[derive(Clone, Copy)]
+pub enum Prediction<'a> {
+    /// A full forward pass per token over the last `max_seq_len` tokens, the window's first
+    /// `prefix_len(window length)` tokens as prefix.
+    Full { prefix_len: &'a dyn Fn(usize) -> usize },
+    /// Cached steps with a latent buffer of this width (appendix E.3; see [`CachedGenerator`]).
+    Cached { latents: usize },
+}
+
+/// Extends `prompt` by `count` tokens, calling `on_token` as each one is chosen.
 pub fn generate(
     model: &PerceiverAr,
     prompt: &[usize],
     count: usize,
     sampling: Sampling,
     seed: u64,
-    prefix_len: &dyn Fn(usize) -> usize,
+    prediction: Prediction,
     mut on_token: impl FnMut(usize),
 ) -> Result<Vec<usize>> {
     sampling.validate()?;
-    let mut tokens = prompt.to_vec();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for _ in 0..count {
-        let next = pick(&next_logits(model, &tokens, prefix_len)?, sampling, &mut rng);
-        on_token(next);
-        tokens.push(next);
+    match prediction {
+        Prediction::Full { prefix_len } => {
+            let mut tokens = prompt.to_vec();
+            for _ in 0..count {
+                let next = pick(&next_logits(model, &tokens, prefix_len)?, sampling, &mut rng);
+                on_token(next);
+                tokens.push(next);
+            }
+            Ok(tokens)
+        }
+        Prediction::Cached { latents } => {
+            let mut tokens = prompt.to_vec();
+            let mut generator = CachedGenerator::new(model, latents)?;
+            let mut logits = if count > 0 { generator.prompt(prompt)?.logits } else { Vec::new() };
+            for i in 0..count {
+                let next = pick(&logits, sampling, &mut rng);
+                on_token(next);
+                tokens.push(next);
+                if i + 1 < count {
+                    logits = generator.push(next)?.logits;
+                }
+            }
+            Ok(tokens)
+        }
     }
-    Ok(tokens)
 }

@@ -31,6 +31,10 @@ use tensor::{KeyVisibility, Tensor};
 use crate::config::{AbsolutePositions, CrossAttendDropout, LatentKeyNorm, PerceiverArConfig};
 use crate::error::{Error, Result};
 
+mod cache;
+use cache::through_cache;
+pub use cache::{KvBuffer, KvCache};
+
 /// Token ids of a batch, row-major `[batch, seq_len]`, split into prefix and latents.
 #[derive(Clone, Copy, Debug)]
 pub struct Input<'a> {
@@ -231,27 +235,28 @@ impl PerceiverAr {
     /// [`embed`](Self::embed) `[B, N] → [B, N, C]`, [`cross_attend`](Self::cross_attend)
     /// `→ [B, L, C]` (the latents read the whole input), [`self_attend`](Self::self_attend)
     /// `→ [B, L, C]` (the deep stack, over the latents only), [`head`](Self::head)
-    /// `→ [B, L, V]`.
+    /// `→ [B, L, V]`. [`forward_cached`](Self::forward_cached) runs the same stages on the
+    /// newest positions only, with the keys and values of the earlier ones from a cache.
     pub fn forward(&self, ctx: &Ctx, input: &Input) -> Result<Var> {
         self.check_input(input)?;
-        let x = self.embed(ctx, input)?;
-        let (latents, tables) = self.cross_attend(ctx, &x, input.prefix_len)?;
-        let latents = self.self_attend(ctx, latents, tables.as_ref())?;
+        let x = self.embed(ctx, input, 0)?;
+        let (latents, tables) = self.cross_attend(ctx, &x, input.prefix_len, None)?;
+        let latents = self.self_attend(ctx, latents, tables.as_ref(), None)?;
         self.head(ctx, latents)
     }
 
-    /// Token embeddings plus absolute positions `0..N`: `[B, N] → [B, N, C]`.
-    pub fn embed(&self, ctx: &Ctx, input: &Input) -> Result<Var> {
+    /// Token embeddings plus absolute positions `first..first + N`: `[B, N] → [B, N, C]`.
+    pub fn embed(&self, ctx: &Ctx, input: &Input, first: usize) -> Result<Var> {
         let (batch, n) = (input.batch, input.seq_len);
         let mut x = self.token_embedding.forward(ctx, input.ids, &[batch, n])?;
         if let Some(pos) = &self.position_embedding {
-            x = x.add(&pos.rows(ctx, 0, n)?)?; // [n, C] broadcast over the batch
+            x = x.add(&pos.rows(ctx, first, n)?)?; // [n, C] broadcast over the batch
         }
         if let Some(table) = &self.sinusoidal {
             // Fixed sinusoids have unit amplitude; as in Vaswani et al. (2017) the token
             // embeddings are scaled by √C so the two are comparable and tokens stay visible.
             x = x.mul_scalar((self.config.channels as f32).sqrt())?;
-            x = x.add(&Var::constant(table.narrow(0, 0, n)?.to_device(&x.value().device())?))?;
+            x = x.add(&Var::constant(table.narrow(0, first, n)?.to_device(&x.value().device())?))?;
         }
         Ok(x)
     }
@@ -259,7 +264,17 @@ impl PerceiverAr {
     /// Layer 0: the last `L = N − P` positions (the latents, `[B, L, C]`) attend causally to
     /// the prefix and to themselves (`[B, P + L, C]`), then an MLP. Returns the latents and
     /// the rotary tables of the key positions, which the self-attention layers reuse.
-    pub fn cross_attend(&self, ctx: &Ctx, x: &Var, prefix_len: usize) -> Result<(Var, Option<RotaryTables>)> {
+    ///
+    /// With a `cache`, the `N` positions come after the `S` whose keys and values it holds
+    /// (window positions `S..S + N`): their keys and values are appended to it, and the
+    /// latents attend to all `S + N`.
+    pub fn cross_attend(
+        &self,
+        ctx: &Ctx,
+        x: &Var,
+        prefix_len: usize,
+        cache: Option<&mut KvBuffer>,
+    ) -> Result<(Var, Option<RotaryTables>)> {
         let c = &self.config;
         let &[batch, n, _] = x.shape() else {
             return Err(Error::Input(format!("cross_attend: input of shape {:?}, not [B, N, C]", x.shape())));
@@ -269,9 +284,10 @@ impl PerceiverAr {
                 "prefix length {prefix_len} leaves no latents in a sequence of {n}"
             )));
         }
+        let seen = cache.as_ref().map_or(0, |cache| cache.len());
         let (p, l) = (prefix_len, n - prefix_len);
         let latents = x.narrow(1, p, l)?; // [B, L, C]
-        let kept = self.cross_attend_dropout(ctx, x.narrow(1, 0, p)?, n)?;
+        let kept = self.cross_attend_dropout(ctx, x.narrow(1, 0, p)?, seen, n)?;
         let keys = kept.prefix.shape()[1] + l;
 
         // Rotary tables: one row of positions per batch element when dropout kept different
@@ -287,29 +303,31 @@ impl PerceiverAr {
         // Latent i sees every kept prefix key and the latents up to itself: causal in key
         // order, with the latents the last L keys; Bernoulli-dropped keys are hidden.
         let visibility = KeyVisibility {
-            causal: Some(keys - l),
+            causal: Some(seen + keys - l),
             key_positions: None,
             hidden_keys: kept.dropped.map(Arc::from),
         };
         let layer = &self.cross;
         let queries = layer.q_norm.forward(ctx, &latents)?;
-        let kv_prefix = layer.kv_norm.forward(ctx, &kept.prefix)?;
         let kv_latents = match c.latent_key_norm {
             LatentKeyNorm::Query => queries.clone(),
             LatentKeyNorm::Kv => layer.kv_norm.forward(ctx, &latents)?,
         };
-        let kv = Var::cat(&[&kv_prefix, &kv_latents], 1)?; // [B, keys, C]
+        let kv = match kept.prefix.shape()[1] {
+            0 => kv_latents,
+            _ => Var::cat(&[&layer.kv_norm.forward(ctx, &kept.prefix)?, &kv_latents], 1)?, // [B, keys, C]
+        };
         let rotary = tables.as_ref().filter(|_| c.rotary_cross);
         let opts = AttendOptions {
             visibility: Some(&visibility),
-            rotary_q: rotary,
-            rotary_k: rotary,
             dropout: c.attention_dropout,
             ..Default::default()
         };
-        let attended = layer.attention.forward(ctx, &queries, &kv, &opts)?;
-        let h = latents.add(&dropout(ctx, &attended, c.residual_dropout)?)?;
-        let h = h.add(&dropout(ctx, &layer.mlp.forward(ctx, &h)?, c.residual_dropout)?)?;
+        let q = layer.attention.queries(ctx, &queries, rotary)?;
+        let (k, v) = layer.attention.keys_values(ctx, &kv, rotary)?;
+        let (k, v) = through_cache(cache, k, v)?;
+        let attended = layer.attention.attend(ctx, &q, &k, &v, &opts)?;
+        let h = add_attended_and_mlp(ctx, &layer.mlp, &latents, &attended, c.residual_dropout)?;
         debug_assert_eq!(h.shape(), [batch, l, c.channels]);
         Ok((h, tables))
     }
@@ -317,10 +335,12 @@ impl PerceiverAr {
     /// Which prefix keys the cross layer sees in this step. Outside training, or with no
     /// prefix, all of them; in training, the config's form of cross-attend dropout, drawn
     /// from the context's random stream.
-    fn cross_attend_dropout(&self, ctx: &Ctx, prefix: Var, n: usize) -> Result<KeptKeys> {
+    /// Window positions start at `first`.
+    fn cross_attend_dropout(&self, ctx: &Ctx, prefix: Var, first: usize, n: usize) -> Result<KeptKeys> {
         let c = &self.config;
         let (batch, p) = (prefix.shape()[0], prefix.shape()[1]);
-        let all = KeptKeys { prefix: prefix.clone(), positions: vec![(0..n).collect()], dropped: None };
+        let all =
+            KeptKeys { prefix: prefix.clone(), positions: vec![(first..first + n).collect()], dropped: None };
         if !(ctx.train && p > 0 && c.cross_attend_dropout > 0.0) {
             return Ok(all);
         }
@@ -355,24 +375,33 @@ impl PerceiverAr {
     }
 
     /// The stack of causal self-attention layers over the latents: `[B, L, C] → [B, L, C]`.
-    /// Rotary uses the latents' positions, the last `L` columns of the key tables.
-    pub fn self_attend(&self, ctx: &Ctx, mut h: Var, tables: Option<&RotaryTables>) -> Result<Var> {
+    /// Rotary uses the latents' positions, the last `L` columns of the key tables. With
+    /// `caches` (one per layer), the `L` latents come after those whose keys and values each
+    /// cache holds, and attend to them too.
+    pub fn self_attend(
+        &self,
+        ctx: &Ctx,
+        mut h: Var,
+        tables: Option<&RotaryTables>,
+        mut caches: Option<&mut [KvBuffer]>,
+    ) -> Result<Var> {
         let c = &self.config;
-        // Latent i sees latents 0..=i.
-        let visibility = KeyVisibility::causal(0);
         for (i, layer) in self.self_layers.iter().enumerate() {
+            let cache = caches.as_mut().map(|caches| &mut caches[i]);
+            // Latent i sees the cached latents and latents 0..=i.
+            let visibility = KeyVisibility::causal(cache.as_ref().map_or(0, |cache| cache.len()));
             let rotary = tables.filter(|_| c.rotary_in_self_layer(i));
             let opts = AttendOptions {
                 visibility: Some(&visibility),
-                rotary_q: rotary,
-                rotary_k: rotary,
                 dropout: c.attention_dropout,
                 ..Default::default()
             };
             let normed = layer.norm.forward(ctx, &h)?;
-            let attended = layer.attention.forward(ctx, &normed, &normed, &opts)?;
-            h = h.add(&dropout(ctx, &attended, c.residual_dropout)?)?;
-            h = h.add(&dropout(ctx, &layer.mlp.forward(ctx, &h)?, c.residual_dropout)?)?;
+            let q = layer.attention.queries(ctx, &normed, rotary)?;
+            let (k, v) = layer.attention.keys_values(ctx, &normed, rotary)?;
+            let (k, v) = through_cache(cache, k, v)?;
+            let attended = layer.attention.attend(ctx, &q, &k, &v, &opts)?;
+            h = add_attended_and_mlp(ctx, &layer.mlp, &h, &attended, c.residual_dropout)?;
         }
         Ok(h)
     }
@@ -394,4 +423,11 @@ impl PerceiverAr {
             }
         }
     }
+}
+
+/// The residual half of a layer after its attention: `h + attended`, then `+ mlp(·)` (each
+/// branch through residual dropout).
+fn add_attended_and_mlp(ctx: &Ctx, mlp: &Mlp, h: &Var, attended: &Var, p: f32) -> Result<Var> {
+    let h = h.add(&dropout(ctx, attended, p)?)?;
+    Ok(h.add(&dropout(ctx, &mlp.forward(ctx, &h)?, p)?)?)
 }

@@ -7,6 +7,9 @@
 //! cross-entropy of the latents' next bytes, backward, AdamW. FLOPs follow the README's
 //! convention: `2·m·k·n` for every matrix product of the forward pass (attention as the full
 //! rectangle, `2·2·B·L·keys·C` per layer), and a step is three forward passes.
+//!
+//! `perceiver bench generate` ([`generate`]) times generation instead: cached against
+//! uncached tokens per second at the `step-2k` model shape.
 
 use std::time::Instant;
 
@@ -22,6 +25,8 @@ use serde::Serialize;
 use crate::config::{AbsolutePositions, PerceiverArConfig};
 use crate::error::{Error, Result};
 use crate::model::{Input, PerceiverAr};
+
+pub mod generate;
 
 /// The shape of a benchmark step.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -41,13 +46,18 @@ pub struct BenchShape {
 
 impl BenchShape {
     /// The presets of `../shared/bench/README.md`: `step-2k` (a typical training step) and
-    /// `long-131k` (the paper's long-context regime).
+    /// `long-131k` (the paper's long-context regime); and `generate`, the `step-2k` model
+    /// generating one sequence.
     pub fn preset(name: &str) -> Result<BenchShape> {
         let (context, latents, batch) = match name {
             "step-2k" => (2048, 256, 8),
             "long-131k" => (131_072, 512, 1),
+            // Generation at the step-2k model's shape, one sequence.
+            "generate" => (2048, 256, 1),
             other => {
-                return Err(Error::Input(format!("unknown bench preset {other:?}: step-2k or long-131k")));
+                return Err(Error::Input(format!(
+                    "unknown bench preset {other:?}: step-2k, long-131k or generate"
+                )));
             }
         };
         Ok(BenchShape {
@@ -125,7 +135,7 @@ pub struct BenchResult {
 }
 
 /// The median of `xs` (sorted in place).
-fn median(xs: &mut [f64]) -> f64 {
+pub(crate) fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
 }
