@@ -36,22 +36,24 @@ impl Tensor {
         Ok(Tensor::from_output(s, &shape))
     }
 
-    /// Writes `src` over entries `start..start + src.shape()[0]` of axis 0, in place; the
-    /// other axes must agree. This is the only op that changes a tensor, and it keeps value
-    /// semantics: when the storage is shared (with a clone, a view, a tape's saved input) or
-    /// holds more than this tensor shows, `self` first becomes a private contiguous copy, so
-    /// no other tensor ever sees the change. Key/value caches use it to append the newest
-    /// position's keys without copying the ones they already hold.
-    pub fn write_rows(&mut self, start: usize, src: &Tensor) -> Result<()> {
-        self.same_device("write_rows", src)?;
-        let rows = self.layout.check_axis("write_rows", 0).map(|_| self.shape()[0])?;
+    /// Writes `src` over entries `start..start + src.shape()[axis]` of `axis`, in place: what
+    /// `self.narrow(axis, start, len)` shows becomes `src`. The other axes must agree. This is
+    /// the only op that changes a tensor, and it keeps value semantics: when the storage is
+    /// shared (with a clone, a view, a tape's saved input) or holds more than this tensor
+    /// shows, `self` first becomes a private contiguous copy, so no other tensor ever sees the
+    /// change. Key/value caches use it to append the newest position's keys without copying
+    /// the ones they already hold.
+    pub fn write_narrow(&mut self, axis: usize, start: usize, src: &Tensor) -> Result<()> {
+        self.same_device("write_narrow", src)?;
+        self.layout.check_axis("write_narrow", axis)?;
+        let len = src.shape().get(axis).copied().unwrap_or(0);
         let fits = src.rank() == self.rank()
-            && src.shape()[1..] == self.shape()[1..]
-            && start.checked_add(src.shape()[0]).is_some_and(|end| end <= rows);
+            && src.shape().iter().zip(self.shape()).enumerate().all(|(d, (a, b))| d == axis || a == b)
+            && start.checked_add(len).is_some_and(|end| end <= self.shape()[axis]);
         if !fits {
             bail!(
-                "write_rows",
-                "cannot write {} at row {start} of {}",
+                "write_narrow",
+                "cannot write {} at {start} of axis {axis} of {}",
                 fmt_shape(src.shape()),
                 fmt_shape(self.shape())
             );
@@ -67,7 +69,7 @@ impl Tensor {
             let copy = self.kernels().unary(self.operand()?, UnaryOp::Identity)?;
             *self = Tensor::from_output(copy, self.shape());
         }
-        let dst = self.layout.narrow(0, start, src.shape()[0])?;
+        let dst = self.layout.narrow(axis, start, len)?;
         let storage = Arc::get_mut(&mut self.storage).expect("a private copy was just made");
         storage.backend_mut().write(&dst, src.operand()?)
     }

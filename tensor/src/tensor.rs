@@ -3,7 +3,7 @@
 //! Cloning a tensor or taking a view copies only the layout; the storage is reference counted.
 //! Nothing mutates a tensor after it is made, so views can be handed around freely and an
 //! autograd tape can keep the inputs of an op for its backward without copies. (The one
-//! in-place op, [`Tensor::write_rows`] for key/value caches, copies storage that anything
+//! in-place op, [`Tensor::write_narrow`] for key/value caches, copies storage that anything
 //! else shares before writing, so it keeps this promise.)
 
 use std::fmt;

@@ -109,12 +109,14 @@ proptest! {
             agree(&d, "gather", &[&x], 0.0, |t| t[0].gather(axis, &gidx, &gshape));
             agree(&d, "scatter_add", &[&x], 1e-6, |t| t[0].gather(axis, &gidx, &gshape)?.scatter_add(axis, &gidx, size));
             agree(&d, "cat", &[&x, &x], 0.0, |t| Tensor::cat(&[&t[0], &t[1], &t[0]], axis));
-            agree(&d, "write_rows", &[&x], 0.0, |t| {
-                let mut big = t[0].mul_scalar(0.5)?.contiguous()?;
+            agree(&d, "write_narrow", &[&x], 0.0, |t| {
+                // Into a view of a taller tensor (so through a private copy), then in place.
                 let mut shape = x.shape.clone();
-                shape[0] += 2;
-                big = Tensor::cat(&[&big, &t[0].narrow(0, 0, 2.min(x.shape[0]))?, &t[0]], 0)?.narrow(0, 0, shape[0])?;
-                big.write_rows(1, &t[0])?;
+                shape[axis] += 2;
+                let parts = [&t[0].mul_scalar(0.5)?, &t[0], &t[0]];
+                let mut big = Tensor::cat(&parts, axis)?.narrow(axis, 0, shape[axis])?;
+                big.write_narrow(axis, 1, &t[0])?;
+                big.write_narrow(axis, 0, &t[0].narrow(axis, 0, 1)?.mul_scalar(3.0)?)?;
                 Ok(big)
             });
             let rows = x.shape.iter().product::<usize>();

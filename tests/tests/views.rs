@@ -35,18 +35,20 @@ fn check(view: &Tensor, base: &Tensor, map: impl Fn(&[usize]) -> Vec<usize>) {
 proptest! {
     #![proptest_config(cases())]
 
-    /// `write_rows` puts a (strided) source over rows `start..` of its target and leaves every
-    /// other row alone: the result equals the concatenation of the untouched rows and the
-    /// source. A clone and a view taken before the write keep their old values (value
-    /// semantics), and a strided view as the target is written through a private copy.
+    /// `write_narrow` puts a (strided) source over entries `start..` of one axis of its target
+    /// and leaves the rest alone: the result equals the concatenation of the untouched parts
+    /// and the source. A clone and a view taken before the write keep their old values (value
+    /// semantics); once private the target is written in place; a strided view as the target
+    /// is written through a private copy.
     #[test]
-    fn write_rows_is_a_concatenation_and_keeps_value_semantics(
-        s in shape(1..=3, 1..=5), extra in 0usize..3, start in 0usize..3, transposed in any::<bool>(), seed in any::<u64>()
+    fn write_narrow_is_a_concatenation_and_keeps_value_semantics(
+        s in shape(1..=3, 1..=5), axis in 0usize..3, extra in 0usize..3, start in 0usize..3, transposed in any::<bool>(), seed in any::<u64>()
     ) {
-        let rows = s[0] + extra;
+        let axis = axis % s.len();
+        let size = s[axis] + extra;
         let start = start.min(extra);
         let mut target_shape = s.clone();
-        target_shape[0] = rows;
+        target_shape[axis] = size;
         let src = if transposed && s.len() >= 2 {
             let mut t = s.clone();
             t.swap(0, 1);
@@ -54,36 +56,47 @@ proptest! {
         } else {
             uniform(&s, -1.0, 1.0, seed)
         };
+        let concatenated = |old: &Tensor, new: &Tensor| {
+            let before = old.narrow(axis, 0, start).unwrap();
+            let after = old.narrow(axis, start + s[axis], size - start - s[axis]).unwrap();
+            Tensor::cat(&[&before, new, &after], axis).unwrap().to_vec().unwrap()
+        };
         let old = uniform(&target_shape, 2.0, 3.0, seed ^ 1);
         let mut target = old.clone();
-        let view_before = old.narrow(0, 0, rows).unwrap();
-        target.write_rows(start, &src).unwrap();
-        let want = Tensor::cat(&[&old.narrow(0, 0, start).unwrap(), &src, &old.narrow(0, start + s[0], rows - start - s[0]).unwrap()], 0).unwrap();
-        prop_assert_eq!(target.to_vec().unwrap(), want.to_vec().unwrap());
+        let view_before = old.narrow(axis, 0, size).unwrap();
+        target.write_narrow(axis, start, &src).unwrap();
+        prop_assert_eq!(target.to_vec().unwrap(), concatenated(&old, &src));
         prop_assert_eq!(view_before.to_vec().unwrap(), old.to_vec().unwrap());
         prop_assert!(!target.shares_storage(&old));
         // Written again, now private: in place, and still right.
-        let before = target.clone();
-        drop(before);
-        target.write_rows(start, &src.mul_scalar(2.0).unwrap()).unwrap();
-        let got = target.narrow(0, start, s[0]).unwrap().to_vec().unwrap();
-        prop_assert_eq!(got, src.mul_scalar(2.0).unwrap().to_vec().unwrap());
-        // A strided target (every other row of a taller tensor).
-        let tall = uniform(&[rows * 2, s[1..].iter().product()], 0.0, 1.0, seed ^ 2);
-        let mut strided = tall.reshape(&[rows, 2, s[1..].iter().product()]).unwrap().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
-        let flat_src = src.reshape(&[s[0], s[1..].iter().product()]).unwrap();
-        let want = Tensor::cat(&[&strided.narrow(0, 0, start).unwrap(), &flat_src, &strided.narrow(0, start + s[0], rows - start - s[0]).unwrap()], 0).unwrap();
-        strided.write_rows(start, &flat_src).unwrap();
-        prop_assert_eq!(strided.to_vec().unwrap(), want.to_vec().unwrap());
+        let written = target.clone().to_vec().unwrap();
+        let twice = src.mul_scalar(2.0).unwrap();
+        target.write_narrow(axis, start, &twice).unwrap();
+        let want = concatenated(&Tensor::from_vec(written, &target_shape).unwrap(), &twice);
+        prop_assert_eq!(target.to_vec().unwrap(), want);
+        // A strided target: every other entry of the last axis of a wider tensor.
+        let last = s.len() - 1;
+        let mut wide_shape = target_shape.clone();
+        wide_shape[last] *= 2;
+        let wide = uniform(&wide_shape, 0.0, 1.0, seed ^ 2);
+        let mut split_shape = target_shape.clone();
+        split_shape.push(2);
+        let strided = wide.reshape(&split_shape).unwrap().narrow(last + 1, 0, 1).unwrap().squeeze(last + 1).unwrap();
+        let want = concatenated(&strided, &src);
+        let mut strided = strided;
+        strided.write_narrow(axis, start, &src).unwrap();
+        prop_assert_eq!(strided.to_vec().unwrap(), want);
     }
 
     #[test]
-    fn write_rows_refuses_what_does_not_fit(rows in 1usize..4, cols in 1usize..4, start in 0usize..5) {
+    fn write_narrow_refuses_what_does_not_fit(rows in 1usize..4, cols in 1usize..4, start in 0usize..5) {
         let mut target = Tensor::zeros(&[rows, cols]);
         let src = Tensor::ones(&[1, cols]);
-        prop_assert_eq!(target.write_rows(start, &src).is_ok(), start < rows);
-        prop_assert!(target.write_rows(0, &Tensor::ones(&[1, cols + 1])).is_err());
-        prop_assert!(target.write_rows(0, &Tensor::ones(&[cols])).is_err());
+        prop_assert_eq!(target.write_narrow(0, start, &src).is_ok(), start < rows);
+        prop_assert!(target.write_narrow(0, 0, &Tensor::ones(&[1, cols + 1])).is_err());
+        prop_assert!(target.write_narrow(0, 0, &Tensor::ones(&[cols])).is_err());
+        prop_assert!(target.write_narrow(2, 0, &src).is_err());
+        prop_assert_eq!(target.write_narrow(1, start, &Tensor::ones(&[rows, 1])).is_ok(), start < cols);
     }
 
     #[test]

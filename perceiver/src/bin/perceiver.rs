@@ -685,20 +685,13 @@ fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = cli.threads {
-        pool = pool.num_threads(n);
-    }
-    match pool.build() {
-        // The command runs on one of the pool's threads, so each parallel kernel starts its
-        // tasks there directly instead of waking the pool from outside (which costs as much as
-        // a small kernel: most of a cached generation step's).
-        Ok(pool) => pool.install(|| run(&cli)),
-        Err(e) => {
-            eprintln!("error: --threads {:?}: {e}", cli.threads);
-            ExitCode::FAILURE
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("error: --threads {n}: {e}");
+            return ExitCode::FAILURE;
         }
     }
+    run(&cli)
 }
 
 fn run(cli: &Cli) -> ExitCode {

@@ -129,11 +129,17 @@ impl<'m> CachedGenerator<'m> {
 }
 
 /// Runs `input` through `cache`; the last latent's logits.
+///
+/// The step runs on a thread of rayon's pool (`rayon::scope` moves it there when called from
+/// outside): its kernels then start their parallel tasks directly, where each one would
+/// otherwise wake the pool from outside, which costs about as much as a one-row kernel.
 fn last_logits(model: &PerceiverAr, cache: &mut KvCache, input: &Input) -> Result<Vec<f32>> {
-    let tape = Tape::inference();
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-    let logits = model.forward_cached(&ctx, input, cache)?; // [1, L, V]
-    let l = logits.shape()[1];
-    Ok(logits.value().narrow(1, l - 1, 1)?.to_vec()?)
+    rayon::scope(|_| {
+        let tape = Tape::inference();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
+        let logits = model.forward_cached(&ctx, input, cache)?; // [1, L, V]
+        let l = logits.shape()[1];
+        Ok(logits.value().narrow(1, l - 1, 1)?.to_vec()?)
+    })
 }

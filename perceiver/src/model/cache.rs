@@ -2,7 +2,7 @@
 //!
 //! Attention at a position reads the keys and values of the positions before it, and in a
 //! causal model those never change when later positions arrive. So a generator can keep them:
-//! the cross layer's for every position of the window (`[S, B, H, D]` for `S` positions seen),
+//! the cross layer's for every position of the window (`[B, H, S, D]` for `S` positions seen),
 //! each self-attention layer's for every latent so far. A new position then costs one row
 //! through every layer plus one attention over the cache, instead of a whole forward pass.
 //!
@@ -15,7 +15,8 @@
 //! that policy lives with generation (`crate::generate::cached`).
 //!
 //! Buffers are allocated once at their full width; appending writes rows in place
-//! ([`Tensor::write_rows`]), so a step copies only its own keys, never the cache.
+//! ([`Tensor::write_narrow`]), so a step copies only its own keys, never the cache. Each head's
+//! keys lie together (head-major), so attention reads them as one contiguous block.
 
 use autograd::Var;
 use nn::Ctx;
@@ -24,8 +25,8 @@ use tensor::{Device, Tensor};
 use super::{Input, PerceiverAr};
 use crate::error::{Error, Result};
 
-/// One attention layer's keys and values for the positions seen so far: `[capacity, B, H, D]`
-/// each, of which the first `len` rows are filled.
+/// One attention layer's keys and values for the positions seen so far: `[B, H, capacity, D]`
+/// each, of which the first `len` positions are filled.
 pub struct KvBuffer {
     keys: Tensor,
     values: Tensor,
@@ -40,7 +41,7 @@ impl KvBuffer {
         head_dim: usize,
         device: &Device,
     ) -> Result<Self> {
-        let zeros = Tensor::zeros(&[capacity, batch, heads, head_dim]).to_device(device)?;
+        let zeros = Tensor::zeros(&[batch, heads, capacity, head_dim]).to_device(device)?;
         Ok(KvBuffer { keys: zeros.clone(), values: zeros, len: 0 })
     }
 
@@ -54,7 +55,7 @@ impl KvBuffer {
     }
 
     pub fn capacity(&self) -> usize {
-        self.keys.shape()[0]
+        self.keys.shape()[2]
     }
 
     /// Forgets every position (the buffers stay allocated).
@@ -72,21 +73,20 @@ impl KvBuffer {
                 self.len
             )));
         }
-        // [B, H, n, D] → [n, B, H, D]: rows of the buffer.
-        self.keys.write_rows(self.len, &k.permute(&[2, 0, 1, 3])?)?;
-        self.values.write_rows(self.len, &v.permute(&[2, 0, 1, 3])?)?;
+        self.keys.write_narrow(2, self.len, k)?;
+        self.values.write_narrow(2, self.len, v)?;
         self.len += n;
         Ok(())
     }
 
     /// The keys held, `[B, H, len, D]` (a view of the buffer).
     pub fn keys(&self) -> Result<Tensor> {
-        Ok(self.keys.narrow(0, 0, self.len)?.permute(&[1, 2, 0, 3])?)
+        Ok(self.keys.narrow(2, 0, self.len)?)
     }
 
     /// The values held, `[B, H, len, D]` (a view of the buffer).
     pub fn values(&self) -> Result<Tensor> {
-        Ok(self.values.narrow(0, 0, self.len)?.permute(&[1, 2, 0, 3])?)
+        Ok(self.values.narrow(2, 0, self.len)?)
     }
 }
 
@@ -187,11 +187,11 @@ impl PerceiverAr {
                 cache.latents, cache.latent_capacity
             )));
         }
-        if cache.cross.keys.shape()[1] != input.batch {
+        if cache.cross.keys.shape()[0] != input.batch {
             return Err(Error::Input(format!(
                 "a batch of {} given to a cache for {}",
                 input.batch,
-                cache.cross.keys.shape()[1]
+                cache.cross.keys.shape()[0]
             )));
         }
         let x = self.embed(ctx, input, seen)?;
