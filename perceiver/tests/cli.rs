@@ -88,6 +88,12 @@ fn train_eval_generate_and_resume_from_the_command_line() {
     };
     let (ok, stdout, stderr) = gen("2");
     assert!(ok && stdout.starts_with("ab"), "{stdout}\n{stderr}");
+    // Cached by default; `--no-cache` predicts with full passes and prints as many tokens.
+    let (ok, cached, stderr) = perceiver(&["generate", "--checkpoint", o, "--prompt", "ab", "--tokens", "6"]);
+    assert!(ok, "{stderr}");
+    let (ok, full, stderr) =
+        perceiver(&["generate", "--checkpoint", o, "--prompt", "ab", "--tokens", "6", "--no-cache"]);
+    assert!(ok && full.starts_with("ab") && cached.starts_with("ab"), "{full}\n{stderr}");
     let (ok, _, stderr) = gen("100");
     assert!(!ok && stderr.contains("--latents 100 exceeds the model's context of 9"), "{stderr}");
 
