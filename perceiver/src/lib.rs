@@ -16,6 +16,7 @@ pub mod model;
 pub mod plot;
 pub mod presets;
 pub mod run_dir;
+pub mod snapshot;
 pub mod train;
 pub mod verify;
 

@@ -157,3 +157,36 @@ fn bench_reports_json_on_its_last_line() {
     let (ok, _, stderr) = perceiver(&["bench", "huge"]);
     assert!(!ok && stderr.contains("unknown bench preset \"huge\""), "{stderr}");
 }
+
+/// The model card's usage, translated: a Hugging Face snapshot with its tokenizer, the library's
+/// generation rule by default; greedy output equals the library's (the fixture's expected.json).
+#[test]
+fn generate_from_a_hugging_face_snapshot() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf-perceiver-ar-clm");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let case = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["prompt"] == "The king is" && c["num_latents"] == 2)
+        .expect("the case");
+    let d = dir.to_str().unwrap();
+    let args = ["generate", "--checkpoint", d, "--prompt", "The king is", "--latents", "2", "--tokens", "16"];
+    let (ok, stdout, stderr) = perceiver(&[&args[..], &["--temperature", "0", "--json"]].concat());
+    assert!(ok, "{stderr}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).expect("JSON last");
+    assert_eq!(last["output_ids"], case["output_ids"]);
+    assert_eq!(last["output_text"], case["output_text"]);
+    // The text streams before the JSON line.
+    assert!(stdout.starts_with(case["output_text"].as_str().unwrap()), "{stdout}");
+    // Sampling as the model card does (top-k 20) runs, and the paper's rule is there too.
+    let (ok, _, stderr) = perceiver(&[&args[..], &["--top-k", "20", "--seed", "3"]].concat());
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = perceiver(&[&args[..], &["--rule", "paper", "--temperature", "0"]].concat());
+    assert!(ok, "{stderr}");
+    // The library's limits on the initial latents.
+    let (ok, _, stderr) =
+        perceiver(&["generate", "--checkpoint", d, "--prompt", "The king is", "--latents", "17"]);
+    assert!(!ok && stderr.contains("--latents 17"), "{stderr}");
+}

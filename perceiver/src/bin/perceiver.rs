@@ -11,6 +11,7 @@ use perceiver::data::copy;
 use perceiver::generate::{generate, Prediction, Sampling};
 use perceiver::presets;
 use perceiver::run_dir::RunDir;
+use perceiver::snapshot::TextTokenizer;
 use perceiver::train::{self, Event, TaskConfig, TrainConfig, Trainer};
 use perceiver::Result;
 
@@ -251,6 +252,16 @@ struct GenerateArgs {
     /// Predict each token with a full forward pass over the window instead of the cached step.
     #[arg(long)]
     no_cache: bool,
+    /// How the cache treats latents: `paper` (appendix E.3: a buffer of `--latents`, refilled
+    /// at half) or `library` (the perceiver-io library's `generate`: `--latents` is the
+    /// initial count [default 1], latents grow to max_latents, then the caches slide)
+    /// [default: paper, library for a Hugging Face snapshot].
+    #[arg(long, value_enum)]
+    rule: Option<Rule>,
+    /// Print one JSON object on the last line: `output_ids` (prompt then new ids) and
+    /// `output_text`.
+    #[arg(long)]
+    json: bool,
     /// Logits are divided by this before sampling; 0 is greedy.
     #[arg(long, default_value_t = 0.8, value_parser = parse::non_negative)]
     temperature: f32,
@@ -262,6 +273,12 @@ struct GenerateArgs {
     top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Rule {
+    Paper,
+    Library,
 }
 
 #[derive(Args)]
@@ -636,51 +653,140 @@ fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
     Ok(true)
 }
 
+/// What `generate` needs of a checkpoint: the model, how text becomes its tokens, and the
+/// defaults of its kind.
+struct Generation {
+    model: perceiver::PerceiverAr,
+    /// A snapshot's tokenizer; without one, tokens are bytes.
+    tokenizer: Option<TextTokenizer>,
+    /// The copy task's model: its prompt starts with BOS, and EOS ends the output.
+    copy_task: bool,
+    /// How a full pass splits a window of this length when `--latents` is not given.
+    default_prefix_len: Box<dyn Fn(usize) -> usize>,
+    default_rule: Rule,
+}
+
+/// A Hugging Face snapshot (by its files) or one of this project's checkpoints.
+fn load_for_generation(path: &Path) -> Result<Generation> {
+    if perceiver::snapshot::is_snapshot(path) {
+        let snap = perceiver::snapshot::load(path)?;
+        let max_latents = snap.model.config.max_latents;
+        return Ok(Generation {
+            model: snap.model,
+            tokenizer: snap.tokenizer,
+            copy_task: false,
+            default_prefix_len: Box::new(move |len| len - len.min(max_latents)),
+            default_rule: Rule::Library,
+        });
+    }
+    let (model, config) = load_model(path)?;
+    let (task, model_config) = (config.task.clone(), config.model.clone());
+    Ok(Generation {
+        model,
+        tokenizer: None,
+        copy_task: matches!(config.task, TaskConfig::Copy { .. }),
+        default_prefix_len: Box::new(move |len| task.prefix_len(len, &model_config)),
+        default_rule: Rule::Paper,
+    })
+}
+
 fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
-    let (mut model, config) = load_model(&a.checkpoint)?;
+    let Generation { mut model, tokenizer, copy_task, default_prefix_len, default_rule } =
+        load_for_generation(&a.checkpoint)?;
     model.to_device(device)?;
-    let copy_task = matches!(config.task, TaskConfig::Copy { .. });
-    if let Some(m) = a.latents.filter(|&m| m > config.model.max_seq_len) {
+    let context = model.config.max_seq_len;
+    if let Some(m) = a.latents.filter(|&m| m > context) {
         return Err(perceiver::Error::Input(format!(
-            "--latents {m} exceeds the model's context of {}",
-            config.model.max_seq_len
+            "--latents {m} exceeds the model's context of {context}"
         )));
     }
-    // Split windows into prefix and latents as training did (the text file is not needed), or
-    // with the latents asked for.
+    // Without the cache: split windows as training did, or with the latents asked for.
     let split = |len: usize| match a.latents {
         Some(m) => len - len.min(m),
-        None => config.task.prefix_len(len, &config.model),
+        None => default_prefix_len(len),
     };
-    let mut prompt: Vec<usize> = a.prompt.bytes().map(usize::from).collect();
+    let prediction = match (a.no_cache, a.rule.unwrap_or(default_rule)) {
+        (true, _) => Prediction::Full { prefix_len: &split },
+        (false, Rule::Paper) => Prediction::Cached { latents: a.latents.unwrap_or(model.config.max_latents) },
+        (false, Rule::Library) => Prediction::Library { latents: a.latents.unwrap_or(1) },
+    };
+    let mut prompt = match &tokenizer {
+        Some(t) => t.encode(&a.prompt)?,
+        None => a.prompt.bytes().map(usize::from).collect(),
+    };
     if copy_task {
         prompt.insert(0, copy::BOS);
     }
     let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
-    let mut stdout = std::io::stdout();
-    if stdout.write_all(a.prompt.as_bytes()).is_err() {
-        std::process::exit(0);
-    }
-    let mut ended = false;
-    let prediction = match a.no_cache {
-        true => Prediction::Full { prefix_len: &split },
-        false => Prediction::Cached { latents: a.latents.unwrap_or(config.model.max_latents) },
-    };
-    generate(&model, &prompt, a.tokens, sampling, a.seed, prediction, |t| {
-        if ended {
-            return;
-        }
-        if t < 256 {
-            // A closed pipe (`| head`) ends the program quietly, like other command-line tools.
-            if stdout.write_all(&[t as u8]).and_then(|_| stdout.flush()).is_err() {
-                std::process::exit(0);
-            }
-        } else if t == copy::EOS {
-            ended = true;
+    // Text is printed as it is generated; a closed pipe (`| head`) ends the program quietly,
+    // like other command-line tools.
+    let mut out =
+        TextOut { tokenizer: tokenizer.as_ref(), ids: prompt.clone(), shown: String::new(), ended: false };
+    out.show()?;
+    let mut failure = None;
+    let tokens = generate(&model, &prompt, a.tokens, sampling, a.seed, prediction, |t| {
+        if failure.is_none() {
+            failure = out.push(t, copy_task).err();
         }
     })?;
-    let _ = writeln!(stdout);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    println!();
+    if a.json {
+        let v = serde_json::json!({ "output_ids": tokens, "output_text": out.text()? });
+        println!("{v}");
+    }
     Ok(true)
+}
+
+/// Generated text on its way to stdout: ids decoded by the tokenizer (the whole sequence each
+/// time, printing what was added) or bytes.
+struct TextOut<'a> {
+    tokenizer: Option<&'a TextTokenizer>,
+    ids: Vec<usize>,
+    shown: String,
+    /// The copy task's EOS was generated: nothing after it is text.
+    ended: bool,
+}
+
+impl TextOut<'_> {
+    fn text(&self) -> Result<String> {
+        match self.tokenizer {
+            Some(t) => t.decode(&self.ids),
+            None => {
+                let bytes: Vec<u8> = self.ids.iter().filter(|&&t| t < 256).map(|&t| t as u8).collect();
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+        }
+    }
+
+    fn push(&mut self, token: usize, copy_task: bool) -> Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        if copy_task && token == copy::EOS {
+            self.ended = true;
+            return Ok(());
+        }
+        self.ids.push(token);
+        self.show()
+    }
+
+    /// Prints what the text gained since last time.
+    fn show(&mut self) -> Result<()> {
+        let text = self.text()?;
+        // A piece of a multi-byte character or a token that merges with the next can change
+        // the text's end; print once the text extends what was shown.
+        if let Some(new) = text.strip_prefix(self.shown.as_str()) {
+            let mut stdout = std::io::stdout();
+            if stdout.write_all(new.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+                std::process::exit(0);
+            }
+            self.shown = text;
+        }
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {

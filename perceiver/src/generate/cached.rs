@@ -27,11 +27,7 @@
 //! refill and the latents grow by one per step. [`Step::split`] names that pass, and the tests
 //! compare the two.
 
-use autograd::Tape;
-use nn::Ctx;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-
+use super::cached_logits;
 use crate::error::{Error, Result};
 use crate::model::{Input, KvCache, PerceiverAr};
 
@@ -100,7 +96,7 @@ impl<'m> CachedGenerator<'m> {
             return self.refill();
         }
         let input = Input { ids: &self.tokens[self.tokens.len() - 1..], batch: 1, seq_len: 1, prefix_len: 0 };
-        let logits = last_logits(self.model, &mut self.cache, &input)?;
+        let logits = cached_logits(self.model, &mut self.cache, &input)?;
         let split = Split { start: self.start, prefix_len: window - self.cache.latents() };
         Ok(Step { logits, split, refilled: false })
     }
@@ -122,24 +118,8 @@ impl<'m> CachedGenerator<'m> {
         self.cache.clear();
         let ids = &self.tokens[self.start..];
         let input = Input { ids, batch: 1, seq_len: window, prefix_len: split.prefix_len };
-        let logits = last_logits(self.model, &mut self.cache, &input)?;
+        let logits = cached_logits(self.model, &mut self.cache, &input)?;
         self.refills += 1;
         Ok(Step { logits, split, refilled: true })
     }
-}
-
-/// Runs `input` through `cache`; the last latent's logits.
-///
-/// The step runs on a thread of rayon's pool (`rayon::scope` moves it there when called from
-/// outside): its kernels then start their parallel tasks directly, where each one would
-/// otherwise wake the pool from outside, which costs about as much as a one-row kernel.
-fn last_logits(model: &PerceiverAr, cache: &mut KvCache, input: &Input) -> Result<Vec<f32>> {
-    rayon::scope(|_| {
-        let tape = Tape::inference();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-        let logits = model.forward_cached(&ctx, input, cache)?; // [1, L, V]
-        let l = logits.shape()[1];
-        Ok(logits.value().narrow(1, l - 1, 1)?.to_vec()?)
-    })
 }

@@ -15,10 +15,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
-use crate::model::{Input, PerceiverAr};
+use crate::model::{Input, KvCache, PerceiverAr};
 
 mod cached;
+mod library;
 pub use cached::{CachedGenerator, Split, Step};
+pub use library::LibraryGenerator;
 
 /// How to pick a token from logits.
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +89,22 @@ pub fn full_pass_logits(model: &PerceiverAr, tokens: &[usize], split: Split) -> 
     Ok(logits.value().narrow(1, input.latents() - 1, 1)?.to_vec()?)
 }
 
+/// Runs `input` through `cache`; the last latent's logits.
+///
+/// The step runs on a thread of rayon's pool (`rayon::scope` moves it there when called from
+/// outside): its kernels then start their parallel tasks directly, where each one would
+/// otherwise wake the pool from outside, which costs about as much as a one-row kernel.
+pub(crate) fn cached_logits(model: &PerceiverAr, cache: &mut KvCache, input: &Input) -> Result<Vec<f32>> {
+    rayon::scope(|_| {
+        let tape = Tape::inference();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
+        let logits = model.forward_cached(&ctx, input, cache)?; // [1, L, V]
+        let l = logits.shape()[1];
+        Ok(logits.value().narrow(1, l - 1, 1)?.to_vec()?)
+    })
+}
+
 /// Picks a token from `logits` according to `sampling`.
 pub fn pick(logits: &[f32], sampling: Sampling, rng: &mut impl Rng) -> usize {
     let argmax =
@@ -134,6 +152,8 @@ pub enum Prediction<'a> {
     Full { prefix_len: &'a dyn Fn(usize) -> usize },
     /// Cached steps with a latent buffer of this width (appendix E.3; see [`CachedGenerator`]).
     Cached { latents: usize },
+    /// The perceiver-io library's rule, starting with this many latents ([`LibraryGenerator`]).
+    Library { latents: usize },
 }
 
 /// Extends `prompt` by `count` tokens, calling `on_token` as each one is chosen.
@@ -159,18 +179,44 @@ pub fn generate(
             Ok(tokens)
         }
         Prediction::Cached { latents } => {
-            let mut tokens = prompt.to_vec();
             let mut generator = CachedGenerator::new(model, latents)?;
-            let mut logits = if count > 0 { generator.prompt(prompt)?.logits } else { Vec::new() };
-            for i in 0..count {
-                let next = pick(&logits, sampling, &mut rng);
-                on_token(next);
-                tokens.push(next);
-                if i + 1 < count {
-                    logits = generator.push(next)?.logits;
-                }
-            }
-            Ok(tokens)
+            step_by_step(prompt, count, sampling, &mut rng, on_token, |step| match step {
+                None => Ok(generator.prompt(prompt)?.logits),
+                Some(token) => Ok(generator.push(token)?.logits),
+            })
+        }
+        Prediction::Library { latents } => {
+            let mut generator = LibraryGenerator::new(model)?;
+            step_by_step(prompt, count, sampling, &mut rng, on_token, |step| match step {
+                None => generator.prompt(prompt, latents),
+                Some(token) => generator.push(token),
+            })
         }
     }
+}
+
+/// Extends `prompt` by `count` tokens from a stateful predictor: `predict(None)` gives the
+/// logits after the prompt, `predict(Some(token))` those after appending `token`.
+fn step_by_step(
+    prompt: &[usize],
+    count: usize,
+    sampling: Sampling,
+    rng: &mut ChaCha8Rng,
+    mut on_token: impl FnMut(usize),
+    mut predict: impl FnMut(Option<usize>) -> Result<Vec<f32>>,
+) -> Result<Vec<usize>> {
+    let mut tokens = prompt.to_vec();
+    if count == 0 {
+        return Ok(tokens);
+    }
+    let mut logits = predict(None)?;
+    for i in 0..count {
+        let next = pick(&logits, sampling, rng);
+        on_token(next);
+        tokens.push(next);
+        if i + 1 < count {
+            logits = predict(Some(next))?;
+        }
+    }
+    Ok(tokens)
 }

@@ -1,7 +1,8 @@
 //! Key/value caches: what lets generation run each new position through the model once.
 //!
 //! Attention at a position reads the keys and values of the positions before it, and in a
-//! causal model those never change when later positions arrive. So a generator can keep them:
+//! causal model those never change when later positions arrive. (Keys are cached as projected
+//! and rotated by their positions when read, so a window that slides can re-position them.) So a generator can keep them:
 //! the cross layer's for every position of the window (`[B, H, S, D]` for `S` positions seen),
 //! each self-attention layer's for every latent so far. A new position then costs one row
 //! through every layer plus one attention over the cache, instead of a whole forward pass.
@@ -79,6 +80,21 @@ impl KvBuffer {
         Ok(())
     }
 
+    /// Forgets the `count` oldest positions; the others move to the front (a window that
+    /// slides). Costs a copy of the buffer.
+    pub fn drop_oldest(&mut self, count: usize) -> Result<()> {
+        let count = count.min(self.len);
+        if count > 0 {
+            let kept = self.len - count;
+            // The views share the buffers, so each write first makes a private copy.
+            let (keys, values) = (self.keys.narrow(2, count, kept)?, self.values.narrow(2, count, kept)?);
+            self.keys.write_narrow(2, 0, &keys)?;
+            self.values.write_narrow(2, 0, &values)?;
+            self.len = kept;
+        }
+        Ok(())
+    }
+
     /// The keys held, `[B, H, len, D]` (a view of the buffer).
     pub fn keys(&self) -> Result<Tensor> {
         Ok(self.keys.narrow(2, 0, self.len)?)
@@ -146,6 +162,19 @@ impl KvCache {
 
     pub fn latent_capacity(&self) -> usize {
         self.latent_capacity
+    }
+
+    /// Forgets the `count` oldest window positions of the cross layer (its window slides).
+    pub fn drop_oldest_positions(&mut self, count: usize) -> Result<()> {
+        self.cross.drop_oldest(count)
+    }
+
+    /// Forgets the `count` oldest latents of every self-attention layer.
+    pub fn drop_oldest_latents(&mut self, count: usize) -> Result<()> {
+        let count = count.min(self.latents);
+        self.layers.iter_mut().try_for_each(|l| l.drop_oldest(count))?;
+        self.latents -= count;
+        Ok(())
     }
 
     /// Forgets everything, keeping the buffers.

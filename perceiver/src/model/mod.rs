@@ -107,8 +107,8 @@ impl SelfLayer {
 struct KeptKeys {
     /// The prefix as the cross layer's keys see it: `[B, P', C]`.
     prefix: Var,
-    /// Absolute positions of the keys (kept prefix, then latents), one row per batch element,
-    /// or one row shared by all when nothing was dropped: for rotary.
+    /// Absolute positions of the keys (cached ones, kept prefix, then latents), one row per
+    /// batch element, or one row shared by all when nothing was dropped: for rotary.
     positions: Vec<Vec<usize>>,
     /// `[B, N]` row-major, true at dropped keys (Bernoulli form only).
     dropped: Option<Vec<bool>>,
@@ -290,13 +290,14 @@ impl PerceiverAr {
         let kept = self.cross_attend_dropout(ctx, x.narrow(1, 0, p)?, seen, n)?;
         let keys = kept.prefix.shape()[1] + l;
 
-        // Rotary tables: one row of positions per batch element when dropout kept different
-        // prefix positions; latents always sit at the end.
+        // Rotary tables of every key position, the cached ones first: one row of positions
+        // per batch element when dropout kept different prefix positions; latents always sit
+        // at the end.
         let tables = match &self.rotary {
             Some(r) => {
                 let rows = kept.positions.len();
                 let flat: Vec<f32> = kept.positions.iter().flatten().map(|&q| q as f32).collect();
-                Some(r.tables(&flat, rows, keys)?)
+                Some(r.tables(&flat, rows, seen + keys)?)
             }
             None => None,
         };
@@ -324,8 +325,9 @@ impl PerceiverAr {
             ..Default::default()
         };
         let q = layer.attention.queries(ctx, &queries, rotary)?;
-        let (k, v) = layer.attention.keys_values(ctx, &kv, rotary)?;
+        let (k, v) = layer.attention.keys_values(ctx, &kv, None)?;
         let (k, v) = through_cache(cache, k, v)?;
+        let k = rotated(k, rotary)?;
         let attended = layer.attention.attend(ctx, &q, &k, &v, &opts)?;
         let h = add_attended_and_mlp(ctx, &layer.mlp, &latents, &attended, c.residual_dropout)?;
         debug_assert_eq!(h.shape(), [batch, l, c.channels]);
@@ -335,12 +337,13 @@ impl PerceiverAr {
     /// Which prefix keys the cross layer sees in this step. Outside training, or with no
     /// prefix, all of them; in training, the config's form of cross-attend dropout, drawn
     /// from the context's random stream.
-    /// Window positions start at `first`.
+    /// The new positions start at window position `first` (after `first` cached ones, which
+    /// are always kept).
     fn cross_attend_dropout(&self, ctx: &Ctx, prefix: Var, first: usize, n: usize) -> Result<KeptKeys> {
         let c = &self.config;
         let (batch, p) = (prefix.shape()[0], prefix.shape()[1]);
         let all =
-            KeptKeys { prefix: prefix.clone(), positions: vec![(first..first + n).collect()], dropped: None };
+            KeptKeys { prefix: prefix.clone(), positions: vec![(0..first + n).collect()], dropped: None };
         if !(ctx.train && p > 0 && c.cross_attend_dropout > 0.0) {
             return Ok(all);
         }
@@ -398,8 +401,9 @@ impl PerceiverAr {
             };
             let normed = layer.norm.forward(ctx, &h)?;
             let q = layer.attention.queries(ctx, &normed, rotary)?;
-            let (k, v) = layer.attention.keys_values(ctx, &normed, rotary)?;
+            let (k, v) = layer.attention.keys_values(ctx, &normed, None)?;
             let (k, v) = through_cache(cache, k, v)?;
+            let k = rotated(k, rotary)?;
             let attended = layer.attention.attend(ctx, &q, &k, &v, &opts)?;
             h = add_attended_and_mlp(ctx, &layer.mlp, &h, &attended, c.residual_dropout)?;
         }
@@ -422,6 +426,16 @@ impl PerceiverAr {
                 })
             }
         }
+    }
+}
+
+/// Keys rotated by the last positions of `rotary` (as many as there are keys). Keys are
+/// rotated after the cache, which holds them as projected: a cache whose window slides (the
+/// perceiver-io library's generation) then rotates its keys by their current positions.
+fn rotated(k: Var, rotary: Option<&RotaryTables>) -> Result<Var> {
+    match rotary {
+        Some(r) => Ok(r.apply(&k)?),
+        None => Ok(k),
     }
 }
 
