@@ -289,6 +289,12 @@ fn score(logits: &Tensor, batch: &Batch) -> Result<(f64, usize, Vec<bool>)> {
 
 /// Evaluates `model` on held-out batches.
 pub fn evaluate(model: &PerceiverAr, task: &Task, batches: &[Batch]) -> Result<EvalResult> {
+    evaluate_scored(model, task.is_text(), batches)
+}
+
+/// [`evaluate`] given whether the tokens are text (reported in bits per token, which for this
+/// project's byte-level text is bits per byte) or copy-task sequences (exact-sequence accuracy).
+pub fn evaluate_scored(model: &PerceiverAr, text: bool, batches: &[Batch]) -> Result<EvalResult> {
     let (mut loss, mut correct, mut tokens) = (0.0f64, 0, 0);
     // Whether every scored token of each sequence was right (a sequence may span batches).
     let mut exact: std::collections::BTreeMap<usize, bool> = Default::default();
@@ -315,8 +321,8 @@ pub fn evaluate(model: &PerceiverAr, task: &Task, batches: &[Batch]) -> Result<E
     Ok(EvalResult {
         loss: mean,
         accuracy: correct as f32 / tokens as f32,
-        sequence_accuracy: (!task.is_text()).then(|| rows_ok as f32 / rows as f32),
-        bits_per_byte: task.is_text().then(|| mean / std::f32::consts::LN_2),
+        sequence_accuracy: (!text).then(|| rows_ok as f32 / rows as f32),
+        bits_per_byte: text.then(|| mean / std::f32::consts::LN_2),
         tokens,
         latents: batches.first().map_or(0, |b| b.latents()),
     })

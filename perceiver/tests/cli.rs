@@ -185,6 +185,16 @@ fn generate_from_a_hugging_face_snapshot() {
     assert!(ok, "{stderr}");
     let (ok, _, stderr) = perceiver(&[&args[..], &["--rule", "paper", "--temperature", "0"]].concat());
     assert!(ok, "{stderr}");
+    // Evaluation of the snapshot on a text file, through its tokenizer.
+    let text = std::env::temp_dir().join(format!("perceiver-cli-snapshot-{}.txt", std::process::id()));
+    std::fs::write(&text, "ROMEO:\nI am here.\n\nFirst Citizen:\nWe are all resolved.\n".repeat(8)).unwrap();
+    let (ok, stdout, stderr) =
+        perceiver(&["eval", "--checkpoint", d, "--data", text.to_str().unwrap(), "--latents", "8", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert!(v["bits_per_token"].as_f64().is_some_and(|b| b > 0.0) && v["stride"] == 4, "{v}");
+    let (ok, _, stderr) = perceiver(&["eval", "--checkpoint", d]);
+    assert!(!ok && stderr.contains("--data"), "{stderr}");
     // The library's limits on the initial latents.
     let (ok, _, stderr) =
         perceiver(&["generate", "--checkpoint", d, "--prompt", "The king is", "--latents", "17"]);

@@ -619,6 +619,9 @@ fn load_model(path: &Path) -> Result<(perceiver::PerceiverAr, TrainConfig)> {
 }
 
 fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
+    if perceiver::snapshot::is_snapshot(&a.checkpoint) {
+        return eval_snapshot(a, device);
+    }
     let (mut model, mut config) = load_model(&a.checkpoint)?;
     model.to_device(device)?;
     if let (Some(path), TaskConfig::Text { path: p, .. }) = (&a.data, &mut config.task) {
@@ -688,6 +691,49 @@ fn load_for_generation(path: &Path) -> Result<Generation> {
         default_prefix_len: Box::new(move |len| task.prefix_len(len, &model_config)),
         default_rule: Rule::Paper,
     })
+}
+
+/// A Hugging Face snapshot on the whole of `--data`, tokenized by its tokenizer (bytes without
+/// one), in strided windows of its context: loss and bits per token.
+fn eval_snapshot(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
+    let snap = perceiver::snapshot::load(&a.checkpoint)?;
+    let mut model = snap.model;
+    model.to_device(device)?;
+    let path = a.data.as_ref().ok_or_else(|| {
+        perceiver::Error::Input("evaluating a Hugging Face snapshot needs --data FILE (a text file)".into())
+    })?;
+    let data = perceiver::data::text::read_data_file(path)?;
+    let text = String::from_utf8_lossy(&data);
+    let tokens = match &snap.tokenizer {
+        Some(t) => t.encode(&text)?,
+        None => data.iter().map(|&b| usize::from(b)).collect(),
+    };
+    if tokens.len() < 2 {
+        return Err(perceiver::Error::Data { path: path.clone(), message: "fewer than two tokens".into() });
+    }
+    let seq_len = model.config.max_seq_len.min(tokens.len() - 1);
+    let latents = a.latents.unwrap_or(model.config.max_latents).min(seq_len);
+    let stride = a.stride.unwrap_or((latents / 2).max(1));
+    if stride > latents {
+        return Err(perceiver::Error::Input(format!("--stride {stride} exceeds the {latents} latents")));
+    }
+    let max = a.max_batches.unwrap_or(usize::MAX);
+    let windows = perceiver::data::text::TextData::eval_windows(&tokens, seq_len, latents, stride, max);
+    let result = train::evaluate_scored(&model, true, &windows)?;
+    let bits = result.bits_per_byte.unwrap_or(f32::NAN);
+    if a.json {
+        let v = serde_json::json!({
+            "loss": result.loss, "bits_per_token": bits, "accuracy": result.accuracy,
+            "tokens": result.tokens, "latents": latents, "stride": stride,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{latents} latents, stride {stride}: loss {:.4}, {bits:.3} bits/token over {} tokens",
+            result.loss, result.tokens
+        );
+    }
+    Ok(true)
 }
 
 fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {

@@ -24,22 +24,7 @@ impl TextData {
     /// Reads `path` and holds out its tail; errors name the file when it is too short to use.
     pub fn load(path: &Path, valid_fraction: f32, min_len: usize) -> Result<Self> {
         let data_err = |message: String| Error::Data { path: path.to_path_buf(), message };
-        // A device or a pipe (`/dev/zero`, `/dev/stdin`) could be read forever: only regular
-        // files, and only ones that fit in memory twice (the file, then its two parts).
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if !meta.is_file() {
-            return Err(data_err(
-                "not a regular file (a directory, device or pipe cannot be a data set)".into(),
-            ));
-        }
-        crate::memory::ensure_fits(2 * meta.len() as u128, || {
-            format!("the data file of {} bytes", meta.len())
-        })
-        .map_err(|e| data_err(e.to_string()))?;
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        if bytes.is_empty() {
-            return Err(data_err("the file is empty".into()));
-        }
+        let bytes = read_data_file(path)?;
         if !(valid_fraction > 0.0 && valid_fraction < 1.0) {
             return Err(Error::Config(format!(
                 "the held-out fraction must be in (0, 1), got {valid_fraction}"
@@ -85,8 +70,8 @@ impl TextData {
     /// each byte after the first prefix is predicted exactly once, a smaller stride giving each
     /// prediction more preceding context. At most `max_windows` windows; a last window,
     /// aligned to the end of `data`, scores the bytes the stride did not reach.
-    pub fn eval_windows(
-        data: &[u8],
+    pub fn eval_windows<T: Copy + Into<usize>>(
+        data: &[T],
         seq_len: usize,
         latents: usize,
         stride: usize,
@@ -98,7 +83,7 @@ impl TextData {
             // Latent j predicts data[first + j].
             let first = start + seq_len - latents + 1;
             Batch {
-                ids: crop[..seq_len].iter().map(|&b| b as usize).collect(),
+                ids: crop[..seq_len].iter().map(|&b| b.into()).collect(),
                 batch: 1,
                 seq_len,
                 prefix_len: seq_len - latents,
@@ -107,7 +92,7 @@ impl TextData {
                         if scored_until.is_some_and(|u| first + j <= u) {
                             super::IGNORE
                         } else {
-                            data[first + j] as usize
+                            data[first + j].into()
                         }
                     })
                     .collect(),
@@ -129,4 +114,22 @@ impl TextData {
         }
         out
     }
+}
+
+/// The bytes of a data file: a regular, non-empty file that fits in memory twice (the file,
+/// then what is made of it). A device or a pipe (`/dev/zero`, `/dev/stdin`) could be read
+/// forever, so it is refused.
+pub fn read_data_file(path: &Path) -> Result<Vec<u8>> {
+    let data_err = |message: String| Error::Data { path: path.to_path_buf(), message };
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(data_err("not a regular file (a directory, device or pipe cannot be a data set)".into()));
+    }
+    crate::memory::ensure_fits(2 * meta.len() as u128, || format!("the data file of {} bytes", meta.len()))
+        .map_err(|e| data_err(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.is_empty() {
+        return Err(data_err("the file is empty".into()));
+    }
+    Ok(bytes)
 }
