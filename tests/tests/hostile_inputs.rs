@@ -1,6 +1,7 @@
 //! Hostile inputs to the library: reference dumps that must not pass `verify`, run directories
 //! that must not be shared or lose work, configs that must be refused by name, and random or
-//! mutated bytes fed to every loader, which must give errors, never panics.
+//! mutated bytes fed to every loader (checkpoints, dumps, Hugging Face snapshots), which must
+//! give errors, never panics.
 //!
 //! The command-line side (option values, takeovers, locks across processes) is in
 //! `perceiver/tests/hostile_cli.rs`.
@@ -394,6 +395,8 @@ const RUN_FILES: [&str; 5] = [
     "checkpoints/step-00000001/state.json",
 ];
 const DUMP_FILES: [&str; 3] = ["config.json", "model.safetensors", "case.safetensors"];
+/// Files of a Hugging Face snapshot (the `pytorch_model.bin` one, whose pickle is parsed here).
+const SNAPSHOT_FILES: [&str; 3] = ["config.json", "pytorch_model.bin", "tokenizer.json"];
 
 proptest! {
     #![proptest_config(tests::proptest_config(48))]
@@ -401,25 +404,31 @@ proptest! {
     /// Every loader, given damaged bytes, returns (an error, or for a harmless change a value),
     /// and never panics. Bytes that are wholly random are always an error.
     #[test]
-    fn damaged_files_give_errors_never_panics(target in 0usize..8, m in mutation()) {
+    fn damaged_files_give_errors_never_panics(target in 0usize..11, m in mutation()) {
         let dir = scratch("fuzz");
-        let file = if target < RUN_FILES.len() {
+        let (runs, dumps) = (RUN_FILES.len(), RUN_FILES.len() + DUMP_FILES.len());
+        let file = if target < runs {
             copy_dir(checkpoint_fixture(), &dir);
             RUN_FILES[target]
-        } else {
+        } else if target < dumps {
             copy_dir(&fixture(), &dir);
-            DUMP_FILES[target - RUN_FILES.len()]
+            DUMP_FILES[target - runs]
+        } else {
+            copy_dir(&fixture().with_file_name("hf-perceiver-ar-clm-bin"), &dir);
+            SNAPSHOT_FILES[target - dumps]
         };
         let path = dir.join(file);
         let original = std::fs::read(&path).unwrap();
         let damaged = m.apply(&original);
         std::fs::write(&path, &damaged).unwrap();
-        let outcome: Result<(), String> = if target < RUN_FILES.len() {
+        let outcome: Result<(), String> = if target < runs {
             let loaded = train::load_model(&dir).map(|_| ()).map_err(|e| e.to_string());
             let resumed = Trainer::resume(&dir).map(|_| ()).map_err(|e| e.to_string());
             loaded.and(resumed)
-        } else {
+        } else if target < dumps {
             verify_dump(&dir).map(|_| ()).map_err(|e| e.to_string())
+        } else {
+            perceiver::snapshot::load(&dir).map(|_| ()).map_err(|e| e.to_string())
         };
         // `latest` falls back to the one complete checkpoint, so damage there is harmless.
         if matches!(m, Mutation::Random(_)) && file != "latest" && damaged != original {
