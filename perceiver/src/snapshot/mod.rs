@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::import::{config_from_library, load_library_weights};
 use crate::model::PerceiverAr;
 
+mod pickle;
 pub mod torch_zip;
 
 /// The prefix of every weight name in a snapshot (the library's model is its `backend_model`).
