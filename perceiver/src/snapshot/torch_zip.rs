@@ -6,7 +6,7 @@
 //! `byteorder` and `version`. Every tensor in the pickle is a call
 //! `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)`, and
 //! its storage is a persistent id `('storage', torch.FloatStorage, key, location, numel)` that
-//! names the `data/<key>` entry. The pickle is read by [`super::pickle`], which never runs
+//! names the `data/<key>` entry. The pickle is read by `snapshot/pickle.rs`, which never runs
 //! anything; this file finds the entries and builds the tensors.
 //!
 //! Only float32 storages are read. Any other dtype, a truncated or malformed pickle, a missing
