@@ -23,6 +23,7 @@ use crate::config::PerceiverArConfig;
 use crate::data::copy::CopyTask;
 use crate::data::text::TextData;
 use crate::data::{Batch, IGNORE};
+use crate::distributed::{share, sum_over_ranks, Alone, Collective};
 use crate::error::{Error, Result};
 use crate::model::PerceiverAr;
 use crate::run_dir::RunDir;
@@ -347,6 +348,8 @@ pub struct Trainer {
     pub task: Task,
     pub state: RunState,
     held_out: Vec<Batch>,
+    /// The other ranks of a data-parallel run ([`Alone`] for one process).
+    collective: Box<dyn Collective>,
 }
 
 impl Trainer {
@@ -373,7 +376,15 @@ impl Trainer {
             dropout_rng: ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(2)),
             elapsed_secs: 0.0,
         };
-        Ok(Trainer { optimizer: AdamW::new(config.adamw), config, model, task, state, held_out })
+        Ok(Trainer {
+            optimizer: AdamW::new(config.adamw),
+            config,
+            model,
+            task,
+            state,
+            held_out,
+            collective: Box::new(Alone),
+        })
     }
 
     /// Continues the run saved at `path` (a checkpoint or a run directory).
@@ -393,21 +404,68 @@ impl Trainer {
         Ok(self.optimizer.to_device(device)?)
     }
 
-    /// One step on one batch.
+    /// Makes this one rank of a data-parallel run (see [`crate::distributed`]).
+    pub fn join(&mut self, collective: Box<dyn Collective>) -> Result<()> {
+        if collective.size() > self.config.batch_size {
+            return Err(Error::Config(format!(
+                "a batch of {} cannot be shared by {} ranks: each needs at least one row",
+                self.config.batch_size,
+                collective.size()
+            )));
+        }
+        self.collective = collective;
+        Ok(())
+    }
+
+    /// This process's rank and the number of ranks.
+    pub fn rank(&self) -> (usize, usize) {
+        (self.collective.rank(), self.collective.size())
+    }
+
+    /// Rank 0's decision, on every rank.
+    pub fn root_decides(&self, decision: bool) -> Result<bool> {
+        self.collective.root_decides(decision)
+    }
+
+    /// One step on one global batch (this rank's share of it, when there are several).
     pub fn step(&mut self) -> Result<StepStats> {
-        let batch = self.task.train_batch(&self.config, &mut self.state.data_rng);
+        let (rank, size) = self.rank();
+        let global = self.task.train_batch(&self.config, &mut self.state.data_rng);
+        let batch = if size > 1 { global.rows(share(rank, size, global.batch)) } else { global };
         let tape = Tape::new();
-        let ctx = Ctx::new(&tape, &self.model.params, true, &mut self.state.dropout_rng);
+        // Several ranks draw dropout from streams of rank and step; one keeps the run's stream.
+        let mut rank_rng;
+        let dropout_rng = if size > 1 {
+            rank_rng = self.state.dropout_rng.clone();
+            rank_rng.set_stream(rank as u64 + 1);
+            rank_rng.set_word_pos(u128::from(self.state.step) << 40);
+            &mut rank_rng
+        } else {
+            &mut self.state.dropout_rng
+        };
+        let ctx = Ctx::new(&tape, &self.model.params, true, dropout_rng);
         let logits = self.model.forward(&ctx, &batch.input())?;
         let opts = CrossEntropy { ignore_index: Some(IGNORE), z_loss: self.config.z_loss };
         let loss = cross_entropy(&logits, &batch.targets, opts)?;
-        let (_, correct, _) = score(logits.value(), &batch)?;
-        let loss_value = loss.value().to_scalar()?;
+        let (_, mut correct, _) = score(logits.value(), &batch)?;
+        let mut loss_value = loss.value().to_scalar()?;
+        drop(ctx);
+        let mut grads = tape.backward(&loss)?;
+        let mut scored = batch.scored();
+        if size > 1 {
+            let summed = sum_over_ranks(
+                &*self.collective,
+                &self.model.params,
+                &mut grads,
+                loss_value,
+                correct,
+                scored,
+            )?;
+            (loss_value, correct, scored) = summed;
+        }
         if !loss_value.is_finite() {
             return Err(Error::Input(format!("the loss became {loss_value} at step {}", self.state.step)));
         }
-        drop(ctx);
-        let mut grads = tape.backward(&loss)?;
         let ids: Vec<_> = self.model.params.iter().map(|p| p.id).collect();
         let grad_norm = match self.config.clip {
             Some(max) => clip_grad_norm(&mut grads, &ids, max)?,
@@ -425,10 +483,10 @@ impl Trainer {
         Ok(StepStats {
             step: self.state.step,
             loss: loss_value,
-            accuracy: correct as f32 / batch.scored().max(1) as f32,
+            accuracy: correct as f32 / scored.max(1) as f32,
             lr,
             grad_norm,
-            tokens: batch.batch * batch.seq_len,
+            tokens: batch.batch * batch.seq_len * size,
         })
     }
 
@@ -532,31 +590,31 @@ fn evaluate_and_log(
 }
 
 /// Runs `trainer` until its step count or time budget, writing into `run` and reporting
-/// through `on_event`.
+/// through `on_event`. In a data-parallel run only rank 0 has a `run` (it logs, evaluates and
+/// writes checkpoints); the others pass `None` and follow rank 0's decisions to stop.
 pub fn run(
     trainer: &mut Trainer,
-    run: &RunDir,
+    run: Option<&RunDir>,
     mut on_event: impl FnMut(Event),
 ) -> Result<Option<EvalResult>> {
-    let mut log = MetricsLog::open(run.path())?;
+    let mut log = run.map(|r| MetricsLog::open(r.path())).transpose()?;
     let started = Instant::now();
     let base_elapsed = trainer.state.elapsed_secs;
     let mut last = Instant::now();
     let mut tokens_since = 0usize;
     let mut last_eval = None;
+    let out_of_time = |t: &Trainer| t.config.time_budget_secs.is_some_and(|b| t.state.elapsed_secs >= b);
     while trainer.state.step < trainer.config.steps {
-        if let Some(budget) = trainer.config.time_budget_secs {
-            if trainer.state.elapsed_secs >= budget {
-                on_event(Event::OutOfTime);
-                break;
-            }
+        if trainer.root_decides(out_of_time(trainer))? {
+            on_event(Event::OutOfTime);
+            break;
         }
         let stats = trainer.step()?;
         trainer.state.elapsed_secs = base_elapsed + started.elapsed().as_secs_f64();
         tokens_since += stats.tokens;
         let dt = last.elapsed().as_secs_f64();
         let tokens_per_sec = tokens_since as f64 / dt.max(1e-9);
-        if stats.step.is_multiple_of(LOG_EVERY) || stats.step == 1 {
+        if let Some(log) = log.as_mut().filter(|_| stats.step.is_multiple_of(LOG_EVERY) || stats.step == 1) {
             log.write(
                 "train",
                 &stats,
@@ -571,26 +629,35 @@ pub fn run(
         on_event(Event::Step { stats: &stats, tokens_per_sec });
         let done = trainer.state.step >= trainer.config.steps;
         if trainer.state.step.is_multiple_of(trainer.config.eval_every) || done {
-            let result = evaluate_and_log(trainer, &mut log, &mut on_event)?;
-            let solved = trainer.config.stop_when_solved && result.sequence_accuracy == Some(1.0);
-            last_eval = Some(result);
-            if solved {
-                trainer.save(run)?;
+            let mut solved = false;
+            if let Some(log) = log.as_mut() {
+                let result = evaluate_and_log(trainer, log, &mut on_event)?;
+                solved = trainer.config.stop_when_solved && result.sequence_accuracy == Some(1.0);
+                last_eval = Some(result);
+            }
+            if trainer.root_decides(solved)? {
+                if let Some(run) = run {
+                    trainer.save(run)?;
+                }
                 on_event(Event::Solved);
                 break;
             }
         }
         if trainer.state.step.is_multiple_of(trainer.config.checkpoint_every) || done {
+            if let Some(run) = run {
+                let dir = trainer.save(run)?;
+                on_event(Event::Checkpoint { step: trainer.state.step, dir: &dir });
+            }
+        }
+    }
+    if trainer.root_decides(out_of_time(trainer))? {
+        // Leave a checkpoint of where the budget ran out.
+        if let (Some(run), Some(log)) = (run, log.as_mut()) {
+            let result = evaluate_and_log(trainer, log, &mut on_event)?;
+            last_eval = Some(result);
             let dir = trainer.save(run)?;
             on_event(Event::Checkpoint { step: trainer.state.step, dir: &dir });
         }
-    }
-    if trainer.config.time_budget_secs.is_some_and(|b| trainer.state.elapsed_secs >= b) {
-        // Leave a checkpoint of where the budget ran out.
-        let result = evaluate_and_log(trainer, &mut log, &mut on_event)?;
-        last_eval = Some(result);
-        let dir = trainer.save(run)?;
-        on_event(Event::Checkpoint { step: trainer.state.step, dir: &dir });
     }
     Ok(last_eval)
 }

@@ -285,7 +285,7 @@ fn a_checkpoint_is_never_written_with_non_finite_parameters() {
 fn a_resumed_run_logs_each_step_once_and_clears_what_a_kill_left() {
     let out = scratch("relog");
     let mut trainer = Trainer::new(small_config(15)).unwrap();
-    train::run(&mut trainer, &RunDir::create(&out, false).unwrap(), |_| {}).unwrap();
+    train::run(&mut trainer, Some(&RunDir::create(&out, false).unwrap()), |_| {}).unwrap();
     // As if killed after logging step 15 but before its checkpoint landed: latest names step 10,
     // and a half-written checkpoint directory is left behind.
     std::fs::remove_dir_all(out.join("checkpoints/step-00000015")).unwrap();
@@ -297,7 +297,7 @@ fn a_resumed_run_logs_each_step_once_and_clears_what_a_kill_left() {
     assert!(!stale.exists(), "stale temporaries are removed at start");
     let mut resumed = Trainer::resume(&out).unwrap();
     run.forget_metrics_after(resumed.state.step).unwrap();
-    train::run(&mut resumed, &run, |_| {}).unwrap();
+    train::run(&mut resumed, Some(&run), |_| {}).unwrap();
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let mut logged: Vec<(String, u64)> = text
         .lines()

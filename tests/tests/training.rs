@@ -31,8 +31,9 @@ fn small_copy_config(steps: u64, seed: u64) -> TrainConfig {
 fn a_small_model_learns_the_copy_task_to_100_percent() {
     let out = scratch("copy");
     let mut trainer = Trainer::new(small_copy_config(800, 7)).unwrap();
-    let result =
-        train::run(&mut trainer, &RunDir::create(&out, false).unwrap(), |_| {}).unwrap().expect("evaluated");
+    let result = train::run(&mut trainer, Some(&RunDir::create(&out, false).unwrap()), |_| {})
+        .unwrap()
+        .expect("evaluated");
     println!("copy task: step {}, held out {result:?}", trainer.state.step);
     assert_eq!(result.accuracy, 1.0, "held-out token accuracy {result:?}");
     assert_eq!(result.sequence_accuracy, Some(1.0));
@@ -55,8 +56,9 @@ fn the_paper_variant_learns_the_copy_task_too() {
     config.model = tests::model_config(true, vocab, n, l, 64, 4, 1);
     config.model.cross_attend_dropout = 0.0;
     let mut trainer = Trainer::new(config).unwrap();
-    let result =
-        train::run(&mut trainer, &RunDir::create(&out, false).unwrap(), |_| {}).unwrap().expect("evaluated");
+    let result = train::run(&mut trainer, Some(&RunDir::create(&out, false).unwrap()), |_| {})
+        .unwrap()
+        .expect("evaluated");
     println!("paper variant: step {}, held out {result:?}", trainer.state.step);
     assert_eq!(result.sequence_accuracy, Some(1.0), "held out {result:?} at step {}", trainer.state.step);
     std::fs::remove_dir_all(&out).unwrap();
@@ -70,8 +72,9 @@ fn fewer_latents_than_mirrored_bytes_still_learn_the_copy_task() {
     let mut config = small_copy_config(1500, 7);
     config.model.max_latents = 3;
     let mut trainer = Trainer::new(config).unwrap();
-    let result =
-        train::run(&mut trainer, &RunDir::create(&out, false).unwrap(), |_| {}).unwrap().expect("evaluated");
+    let result = train::run(&mut trainer, Some(&RunDir::create(&out, false).unwrap()), |_| {})
+        .unwrap()
+        .expect("evaluated");
     println!("3 latents: step {}, held out {result:?}", trainer.state.step);
     // 4 batches of 32 sequences, each with 6 mirrored bytes and the end marker scored once.
     assert_eq!(result.tokens, 4 * 32 * 7);

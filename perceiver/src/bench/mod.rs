@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::{AbsolutePositions, PerceiverArConfig};
+use crate::distributed::{share, sum_over_ranks, Collective};
 use crate::error::{Error, Result};
 use crate::model::{Input, PerceiverAr};
 
@@ -131,6 +132,8 @@ pub struct BenchResult {
     /// Peak resident memory of the process (`VmHWM`), if the system reports it.
     pub peak_rss_bytes: Option<u64>,
     pub threads: usize,
+    /// Processes sharing each batch (data-parallel ranks under `mpirun`).
+    pub ranks: usize,
     pub shape: BenchShape,
 }
 
@@ -192,10 +195,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Runs `warmup` steps, then times `steps` steps, calling `on_step(i, seconds)` after each.
+/// With several ranks (`mpirun`), each computes its share of the batch and the gradients are
+/// summed across them as in data-parallel training.
 pub fn run(
     shape: &BenchShape,
     warmup: usize,
     steps: usize,
+    collective: &dyn Collective,
     mut on_step: impl FnMut(usize, f64),
 ) -> Result<BenchResult> {
     if steps == 0 {
@@ -210,16 +216,27 @@ pub fn run(
     let tokens: Vec<usize> = (0..b * (n + 1)).map(|_| rng.gen_range(0..shape.vocab)).collect();
     let ids: Vec<usize> = tokens.chunks(n + 1).flat_map(|row| row[..n].iter().copied()).collect();
     let targets: Vec<usize> = tokens.chunks(n + 1).flat_map(|row| row[n + 1 - l..].iter().copied()).collect();
-    let input = Input { ids: &ids, batch: b, seq_len: n, prefix_len: n - l };
+    let (rank, ranks) = (collective.rank(), collective.size());
+    if ranks > b {
+        return Err(Error::Input(format!("a batch of {b} cannot be shared by {ranks} ranks")));
+    }
+    let rows = share(rank, ranks, b);
+    let ids = &ids[rows.start * n..rows.end * n];
+    let targets = &targets[rows.start * l..rows.end * l];
+    let input = Input { ids, batch: rows.len(), seq_len: n, prefix_len: n - l };
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let t = Instant::now();
         let tape = Tape::new();
         let ctx = Ctx::new(&tape, &model.params, true, &mut rng);
         let logits = model.forward(&ctx, &input)?;
-        let loss = cross_entropy(&logits, &targets, CrossEntropy::default())?;
+        let loss = cross_entropy(&logits, targets, CrossEntropy::default())?;
         drop(ctx);
-        let grads = tape.backward(&loss)?;
+        let mut grads = tape.backward(&loss)?;
+        if ranks > 1 {
+            let value = loss.value().to_scalar()?;
+            sum_over_ranks(collective, &model.params, &mut grads, value, 0, targets.len())?;
+        }
         optimizer.update(&mut model.params, &grads, 1e-4)?;
         let seconds = t.elapsed().as_secs_f64();
         if i >= warmup {
@@ -238,9 +255,11 @@ pub fn run(
         gflop_per_step: flops / 1e9,
         gflops,
         sgemm_gflops: sgemm,
-        ratio: gflops / sgemm,
+        // Each rank has its own threads: the machine's sgemm capacity is every rank's.
+        ratio: gflops / (sgemm * ranks as f64),
         peak_rss_bytes: peak_rss_bytes(),
         threads: rayon::current_num_threads(),
+        ranks,
         shape: shape.clone(),
     })
 }

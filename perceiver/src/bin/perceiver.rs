@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use perceiver::config::AbsolutePositions;
 use perceiver::data::copy;
+use perceiver::distributed::Collective;
 use perceiver::generate::{generate, Prediction, Sampling};
 use perceiver::presets;
 use perceiver::run_dir::RunDir;
@@ -376,13 +377,24 @@ fn bench_command(a: &BenchArgs) -> Result<bool> {
         a.steps,
         rayon::current_num_threads()
     );
-    let result = bench::run(&shape, a.warmup, a.steps, |i, s| {
+    let collective = collective()?;
+    let leader = collective.rank() == 0;
+    let result = bench::run(&shape, a.warmup, a.steps, &*collective, |i, s| {
         let what = if i < a.warmup { "warm-up" } else { "step" };
-        eprintln!("{what} {}: {s:.3} s", i + 1);
+        if leader {
+            eprintln!("{what} {}: {s:.3} s", i + 1);
+        }
     })?;
+    if !leader {
+        return Ok(true);
+    }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let ranks = match result.ranks {
+        1 => String::new(),
+        n => format!(" over {n} ranks"),
+    };
     println!(
-        "{}: {:.3} s per step (median of {}), {:.1} GFLOP per step, {:.1} GFLOP/s; sgemm {:.1} GFLOP/s; ratio {:.3}; peak memory {}",
+        "{}{ranks}: {:.3} s per step (median of {}), {:.1} GFLOP per step, {:.1} GFLOP/s; sgemm {:.1} GFLOP/s; ratio {:.3}; peak memory {}",
         result.preset,
         result.step_s,
         a.steps,
@@ -504,8 +516,56 @@ fn describe(result: &train::EvalResult) -> String {
     }
 }
 
+/// The ranks of this run: MPI's world with the `mpi` feature (one process without `mpirun`),
+/// else this process alone.
+fn collective() -> Result<Box<dyn Collective>> {
+    #[cfg(feature = "mpi")]
+    return Ok(Box::new(perceiver::distributed::mpi_world::MpiWorld::init()?));
+    #[cfg(not(feature = "mpi"))]
+    Ok(Box::new(perceiver::distributed::Alone))
+}
+
 fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
-    let (mut trainer, run) = match &a.resume {
+    let collective = collective()?;
+    if collective.rank() > 0 {
+        return train_follower(a, device, collective);
+    }
+    let setup = train_setup(a);
+    // The other ranks wait for this: they start only if rank 0 could.
+    if !collective.root_decides(setup.is_ok())? {
+        return setup.map(|_| false);
+    }
+    let (mut trainer, run) = setup?;
+    trainer.join(collective)?;
+    train_leader(device, trainer, run)
+}
+
+/// A rank other than 0 of a data-parallel run: the same trainer as rank 0 (fresh from the same
+/// options, or resumed from the same checkpoint), computing its share of each step; rank 0
+/// logs, evaluates and writes.
+fn train_follower(a: &TrainArgs, device: &tensor::Device, collective: Box<dyn Collective>) -> Result<bool> {
+    let rank = collective.rank();
+    if !collective.root_decides(false)? {
+        return Err(perceiver::Error::Input(format!("rank {rank}: rank 0 could not start the run")));
+    }
+    let mut trainer = match &a.resume {
+        Some(path) => {
+            let (checkpoint, _) = perceiver::checkpoint::resolve(path)?;
+            let mut trainer = Trainer::resume(&checkpoint)?;
+            apply_resume_options(a, &mut trainer, |_| {})?;
+            trainer
+        }
+        None => Trainer::new(train_config(a).0)?,
+    };
+    trainer.join(collective)?;
+    trainer.to_device(device)?;
+    train::run(&mut trainer, None, |_| {})?;
+    Ok(true)
+}
+
+/// Rank 0's run directory and trainer: a fresh run, or a resumed one.
+fn train_setup(a: &TrainArgs) -> Result<(Trainer, RunDir)> {
+    Ok(match &a.resume {
         Some(path) => {
             // A run directory resumes in place; a checkpoint inside one resumes in its run.
             let home = if path.join("model.safetensors").exists() {
@@ -535,7 +595,11 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
             let trainer = Trainer::new(config)?;
             (trainer, RunDir::create(&out, a.overwrite)?)
         }
-    };
+    })
+}
+
+/// Rank 0 (or the only process): trains with the progress bar, metrics, checkpoints and plot.
+fn train_leader(device: &tensor::Device, mut trainer: Trainer, run: RunDir) -> Result<bool> {
     let out = run.path().to_path_buf();
     trainer.to_device(device)?;
     let c = &trainer.config;
@@ -553,6 +617,13 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
         c.model.self_attention_layers,
         c.batch_size
     );
+    let (_, ranks) = trainer.rank();
+    if ranks > 1 {
+        eprintln!(
+            "data-parallel over {ranks} ranks: each computes {} or so rows of every batch",
+            c.batch_size / ranks
+        );
+    }
     eprintln!("writing metrics, checkpoints and loss.svg to {}", out.display());
     let bar = ProgressBar::new(c.steps);
     bar.set_style(
@@ -573,7 +644,7 @@ fn train_command(a: &TrainArgs, device: &tensor::Device) -> Result<bool> {
         }
     };
     let mut smoothed: Option<f32> = None;
-    let result = train::run(&mut trainer, &run, |event| match event {
+    let result = train::run(&mut trainer, Some(&run), |event| match event {
         Event::Step { stats, tokens_per_sec } => {
             let s = smoothed.map_or(stats.loss, |v| 0.95 * v + 0.05 * stats.loss);
             smoothed = Some(s);

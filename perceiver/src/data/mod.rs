@@ -37,6 +37,19 @@ impl Batch {
         self.seq_len - self.prefix_len
     }
 
+    /// Rows `rows` of the batch (a rank's share of it).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Batch {
+        let (n, l) = (self.seq_len, self.latents());
+        Batch {
+            ids: self.ids[rows.start * n..rows.end * n].to_vec(),
+            batch: rows.len(),
+            seq_len: self.seq_len,
+            prefix_len: self.prefix_len,
+            targets: self.targets[rows.start * l..rows.end * l].to_vec(),
+            sequences: self.sequences.as_ref().map(|s| s[rows].to_vec()),
+        }
+    }
+
     /// Number of scored targets.
     pub fn scored(&self) -> usize {
         self.targets.iter().filter(|&&t| t != IGNORE).count()
