@@ -71,7 +71,29 @@ pub struct Attention {
     pub v_proj: Linear,
     pub o_proj: Linear,
     pub heads: usize,
+    /// Channels per head of queries and keys.
     pub head_dim: usize,
+    /// Channels per head of values.
+    pub v_head_dim: usize,
+}
+
+/// The channel counts of an attention (the perceiver-io library's names in brackets): query
+/// input `q_in`, key/value input `kv_in`, queries and keys `qk` (`num_qk_channels`, default
+/// `q_in`), values `v` (`num_v_channels`, default `qk`), output `out` (default `q_in`).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDims {
+    pub q_in: usize,
+    pub kv_in: usize,
+    pub qk: usize,
+    pub v: usize,
+    pub out: usize,
+}
+
+impl AttentionDims {
+    /// The defaults: everything `q_in` wide but the key/value input.
+    pub fn new(q_in: usize, kv_in: usize) -> Self {
+        AttentionDims { q_in, kv_in, qk: q_in, v: q_in, out: q_in }
+    }
 }
 
 /// Optional parts of one attention call.
@@ -97,23 +119,38 @@ impl Attention {
         biases: AttentionBiases,
         std: f32,
     ) -> Result<Self> {
-        if heads == 0 || !q_dim.is_multiple_of(heads) {
-            return Err(Error::Config(format!("{heads} heads do not divide {q_dim} channels")));
+        Attention::with_dims(b, AttentionDims::new(q_dim, kv_dim), heads, biases, std)
+    }
+
+    /// An attention whose query/key, value and output widths are given separately.
+    pub fn with_dims(
+        b: &mut Builder,
+        dims: AttentionDims,
+        heads: usize,
+        biases: AttentionBiases,
+        std: f32,
+    ) -> Result<Self> {
+        let AttentionDims { q_in, kv_in, qk, v, out } = dims;
+        if heads == 0 || !qk.is_multiple_of(heads) || !v.is_multiple_of(heads) {
+            return Err(Error::Config(format!(
+                "{heads} heads do not divide {qk} query/key channels and {v} value channels"
+            )));
         }
         Ok(Attention {
-            q_proj: Linear::new(&mut b.sub("q_proj"), q_dim, q_dim, biases.qkv, std)?,
-            k_proj: Linear::new(&mut b.sub("k_proj"), kv_dim, q_dim, biases.qkv, std)?,
-            v_proj: Linear::new(&mut b.sub("v_proj"), kv_dim, q_dim, biases.qkv, std)?,
-            o_proj: Linear::new(&mut b.sub("o_proj"), q_dim, q_dim, biases.out, std)?,
+            q_proj: Linear::new(&mut b.sub("q_proj"), q_in, qk, biases.qkv, std)?,
+            k_proj: Linear::new(&mut b.sub("k_proj"), kv_in, qk, biases.qkv, std)?,
+            v_proj: Linear::new(&mut b.sub("v_proj"), kv_in, v, biases.qkv, std)?,
+            o_proj: Linear::new(&mut b.sub("o_proj"), v, out, biases.out, std)?,
             heads,
-            head_dim: q_dim / heads,
+            head_dim: qk / heads,
+            v_head_dim: v / heads,
         })
     }
 
     /// `[B, T, H·D]` → `[B, H, T, D]` (a view).
-    fn split_heads(&self, x: &Var) -> Result<Var> {
+    fn split_heads(&self, x: &Var, head_dim: usize) -> Result<Var> {
         let (b, t) = (x.shape()[0], x.shape()[1]);
-        Ok(x.reshape(&[b, t, self.heads, self.head_dim])?.permute(&[0, 2, 1, 3])?)
+        Ok(x.reshape(&[b, t, self.heads, head_dim])?.permute(&[0, 2, 1, 3])?)
     }
 
     /// `x_q` `[B, L, C]` attends to `x_kv` `[B, N, C_kv]`; returns `[B, L, C]`. The three steps
@@ -129,7 +166,7 @@ impl Attention {
     /// rotated by the last `L` positions of `rotary`.
     pub fn queries(&self, ctx: &Ctx, x_q: &Var, rotary: Option<&RotaryTables>) -> Result<Var> {
         let scale = (self.head_dim as f32).powf(-0.5);
-        let q = self.split_heads(&self.q_proj.forward(ctx, x_q)?)?.mul_scalar(scale)?;
+        let q = self.split_heads(&self.q_proj.forward(ctx, x_q)?, self.head_dim)?.mul_scalar(scale)?;
         match rotary {
             Some(r) => r.apply(&q),
             None => Ok(q),
@@ -139,8 +176,8 @@ impl Attention {
     /// The keys (rotated by the last `N` positions of `rotary`) and values of `x_kv`
     /// `[B, N, C_kv]`, as heads `[B, H, N, D]`.
     pub fn keys_values(&self, ctx: &Ctx, x_kv: &Var, rotary: Option<&RotaryTables>) -> Result<(Var, Var)> {
-        let k = self.split_heads(&self.k_proj.forward(ctx, x_kv)?)?;
-        let v = self.split_heads(&self.v_proj.forward(ctx, x_kv)?)?;
+        let k = self.split_heads(&self.k_proj.forward(ctx, x_kv)?, self.head_dim)?;
+        let v = self.split_heads(&self.v_proj.forward(ctx, x_kv)?, self.v_head_dim)?;
         let k = match rotary {
             Some(r) => r.apply(&k)?,
             None => k,
@@ -169,7 +206,7 @@ impl Attention {
                 attend_composed(ctx, q, k, v, mask, opts.dropout)?
             }
         }; // [B, H, L, D]
-        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.head_dim])?;
+        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.v_head_dim])?;
         self.o_proj.forward(ctx, &o)
     }
 }

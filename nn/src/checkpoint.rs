@@ -102,7 +102,7 @@ pub fn write_tensor_file(path: &Path, file: &TensorFile) -> Result<()> {
 pub struct TensorFile {
     pub path: PathBuf,
     pub floats: HashMap<String, Tensor>,
-    /// I64/I32 tensors as (values, shape).
+    /// Integer tensors (I64, I32; U8 and BOOL masks) as (values, shape).
     pub ints: HashMap<String, (Vec<i64>, Vec<usize>)>,
     pub metadata: HashMap<String, String>,
 }
@@ -153,9 +153,13 @@ pub fn read_safetensors(path: &Path) -> Result<TensorFile> {
                     data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect();
                 out.ints.insert(name, (values, shape));
             }
+            // Masks (padding flags) are stored as bytes.
+            Dtype::U8 | Dtype::BOOL => {
+                out.ints.insert(name, (data.iter().map(|&b| i64::from(b)).collect(), shape));
+            }
             other => {
                 return Err(bad(format!(
-                    "tensor {name} has dtype {other:?}; only F32, I64 and I32 are supported"
+                    "tensor {name} has dtype {other:?}; only F32, I64, I32, U8 and BOOL are supported"
                 )))
             }
         }

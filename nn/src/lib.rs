@@ -6,7 +6,8 @@
 //! store, a training flag and the random stream for dropout.
 //!
 //! Reading order: [`params`], [`ctx`], [`linear`], [`layer_norm`], [`embedding`], [`mlp`],
-//! [`rotary`], [`attention`], [`loss`], [`optim`], [`checkpoint`].
+//! [`rotary`], [`attention`], [`perceiver_layers`], [`position`], [`loss`], [`optim`],
+//! [`checkpoint`].
 
 pub mod attention;
 pub mod checkpoint;
@@ -20,6 +21,7 @@ pub mod loss;
 pub mod mlp;
 pub mod optim;
 pub mod params;
+pub mod perceiver_layers;
 pub mod position;
 pub mod rotary;
 

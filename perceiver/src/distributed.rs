@@ -5,7 +5,7 @@
 //! What the ranks need of each other is small, and is all in [`Collective`]: a sum of one
 //! buffer per step (every gradient, flattened into one buffer, plus the step's loss and counts:
 //! one call, not one per parameter) and rank 0's decisions (stop now: out of time, solved).
-//! [`Alone`] is the one-process case; with the `mpi` feature, [`mpi_world::MpiWorld`] is
+//! [`Alone`] is the one-process case; with the `mpi` feature, `mpi_world::MpiWorld` is
 //! Open MPI's `MPI_Allreduce` and `MPI_Bcast` through the `mpi` crate (`mpirun -np N perceiver
 //! train ...`).
 //!
