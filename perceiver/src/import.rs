@@ -74,17 +74,7 @@ pub fn library_to_project_name(lib: &str) -> Option<String> {
     if let Some((_, ours)) = fixed.iter().find(|(l, _)| *l == lib) {
         return Some(ours.to_string());
     }
-    // The MLP is nn.Sequential(LayerNorm, Linear, GELU, Linear): indices 0, 1, 3.
-    let mlp = |rest: &str| -> Option<String> {
-        let (idx, leaf) = rest.split_once('.')?;
-        let part = match idx {
-            "0" => "norm",
-            "1" => "fc1",
-            "3" => "fc2",
-            _ => return None,
-        };
-        Some(format!("mlp.{part}.{leaf}"))
-    };
+    let mlp = library_mlp_name;
     if let Some(rest) = lib.strip_prefix("cross_attention.0.module.") {
         // q_norm.*, kv_norm.*, attention.{q,k,v,o}_proj.* keep their names.
         return Some(format!("cross.{rest}"));
@@ -103,6 +93,19 @@ pub fn library_to_project_name(lib: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// This project's name for a tensor of the library's MLP, `nn.Sequential(LayerNorm, Linear,
+/// GELU, Linear)`: `{0,1,3}.{leaf}` → `mlp.{norm,fc1,fc2}.{leaf}`.
+pub(crate) fn library_mlp_name(rest: &str) -> Option<String> {
+    let (idx, leaf) = rest.split_once('.')?;
+    let part = match idx {
+        "0" => "norm",
+        "1" => "fc1",
+        "3" => "fc2",
+        _ => return None,
+    };
+    Some(format!("mlp.{part}.{leaf}"))
 }
 
 /// The rotary frequencies buffer the library keeps in its state dict.

@@ -192,6 +192,26 @@ fn ids(values: &[i64], what: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// A loss compared with the case's `loss` (the library stores it as a one-element tensor), and
+/// every parameter's gradient of it with the case's `grad.<library name>` (see
+/// [`compare_gradients`]).
+pub(crate) fn check_loss_and_gradients(
+    loss: f32,
+    grads: &autograd::Gradients,
+    (case, params): (&TensorFile, &nn::ParamStore),
+    library_to_project_name: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Comparison, Vec<Comparison>)> {
+    let reference_loss = case.float("loss")?;
+    let loss_check = Comparison::new(
+        "loss",
+        (&[loss], &[1]),
+        (&reference_loss.to_vec()?, reference_loss.shape()),
+        LOSS_TOL,
+        false,
+    );
+    Ok((loss_check, compare_gradients(params, grads, case, library_to_project_name)?))
+}
+
 /// The reference gradients of `case` against the model's, keyed by this project's names:
 /// every parameter must have one, and every reference gradient must belong to a parameter.
 pub(crate) fn compare_gradients(
@@ -307,18 +327,14 @@ pub fn verify_dump(dir: &Path) -> Result<VerifyReport> {
     }
     let labels = ids(label_ids, "labels")?;
     let loss = cross_entropy(&logits, &labels, CrossEntropy::default())?;
-    let reference_loss = case.float("loss")?;
-    // The library stores the mean loss as a one-element tensor.
-    let loss_check = Comparison::new(
-        "loss",
-        (&[loss.value().to_scalar()?], &[1]),
-        (&reference_loss.to_vec()?, reference_loss.shape()),
-        LOSS_TOL,
-        false,
-    );
     drop(ctx);
     let grads = tape.backward(&loss)?;
-    let grad_checks = compare_gradients(&model.params, &grads, &case, &library_to_project_name)?;
+    let (loss_check, grad_checks) = check_loss_and_gradients(
+        loss.value().to_scalar()?,
+        &grads,
+        (&case, &model.params),
+        &library_to_project_name,
+    )?;
 
     // The greedy continuation of the first row's prompt, when the reference's has the length
     // the case says (which also bounds the work by the size of the file).

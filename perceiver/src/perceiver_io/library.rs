@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::{AttentionConfig, InputConfig, ModelInput, OutputConfig, PerceiverIo, PerceiverIoConfig};
 use crate::error::{Error, Result};
-use crate::verify::{compare_gradients, Comparison, VerifyReport, LOGITS_TOL, LOSS_TOL};
+use crate::verify::{check_loss_and_gradients, Comparison, VerifyReport, LOGITS_TOL};
 
 /// The label that is not scored (PyTorch's `ignore_index`).
 const IGNORE_LABEL: i64 = -100;
@@ -138,18 +138,10 @@ pub fn config_from_library(lib: &Value) -> Result<PerceiverIoConfig> {
 pub fn library_to_project_name(lib: &str) -> Option<String> {
     // Inside a layer: the attention half, then the MLP's norm and linears.
     let layer = |rest: &str| -> Option<String> {
-        if let Some(r) = rest.strip_prefix("0.module.").or_else(|| rest.strip_prefix("0.")) {
-            return Some(r.to_string());
+        match rest.strip_prefix("0.module.").or_else(|| rest.strip_prefix("0.")) {
+            Some(r) => Some(r.to_string()),
+            None => crate::import::library_mlp_name(rest.strip_prefix("1.module.")?),
         }
-        let r = rest.strip_prefix("1.module.")?;
-        let (idx, leaf) = r.split_once('.')?;
-        let part = match idx {
-            "0" => "norm",
-            "1" => "fc1",
-            "3" => "fc2",
-            _ => return None,
-        };
-        Some(format!("mlp.{part}.{leaf}"))
     };
     let fixed = [
         ("0.input_adapter.txt_embedding.weight", "encoder.input.token_embedding.weight"),
@@ -304,19 +296,16 @@ pub fn verify_dump(dir: &Path, lib: &Value) -> Result<VerifyReport> {
                 .ok_or_else(|| Error::Input(format!("{case_path}: label {l} out of range"))),
         })
         .collect::<Result<Vec<_>>>()?;
-    let loss =
-        cross_entropy(&logits, &targets, CrossEntropy { ignore_index: Some(usize::MAX), z_loss: 0.0 })?;
-    let reference_loss = case.float("loss")?;
-    let loss_check = Comparison::new(
-        "loss",
-        (&[loss.value().to_scalar()?], &[1]),
-        (&reference_loss.to_vec()?, reference_loss.shape()),
-        LOSS_TOL,
-        false,
-    );
+    let opts = CrossEntropy { ignore_index: Some(usize::MAX), z_loss: 0.0 };
+    let loss = cross_entropy(&logits, &targets, opts)?;
     drop(ctx);
     let grads = tape.backward(&loss)?;
-    let grad_checks = compare_gradients(&model.params, &grads, &case, &library_to_project_name)?;
+    let (loss_check, grad_checks) = check_loss_and_gradients(
+        loss.value().to_scalar()?,
+        &grads,
+        (&case, &model.params),
+        &library_to_project_name,
+    )?;
     Ok(VerifyReport {
         logits: logits_check,
         loss: loss_check,
