@@ -1,9 +1,12 @@
-//! Training data: the copy task of the paper (section 5.1) and byte-level text.
+//! Training data: the copy task of the paper (section 5.1) and byte-level text; and, for the
+//! encoder-decoder models, masked bytes ([`masked`]) and drawn shapes ([`shapes`]).
 //!
 //! Both produce [`Batch`]es: token ids `[batch, seq_len]`, the split into prefix and latents,
 //! and one target per latent (the next token), with [`IGNORE`] where a latent is not scored.
 
 pub mod copy;
+pub mod masked;
+pub mod shapes;
 pub mod text;
 
 /// Target value of latents that are not scored.
