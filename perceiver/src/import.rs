@@ -14,8 +14,43 @@ use crate::config::{AbsolutePositions, PerceiverArConfig};
 use crate::error::{Error, Result};
 use crate::model::PerceiverAr;
 
-/// The library's `CausalSequenceModelConfig` (the `config` object of a dump's config.json).
+/// The fields of the library's `CausalSequenceModelConfig`: those [`config_from_library`]
+/// reads, and the last three, which only matter for training's memory and the attention's
+/// head chunking (accepted, no effect on the numbers).
+const LIBRARY_FIELDS: [&str; 19] = [
+    "abs_pos_emb",
+    "cross_attention_dropout",
+    "cross_attention_widening_factor",
+    "init_scale",
+    "max_latents",
+    "max_seq_len",
+    "num_channels",
+    "num_heads",
+    "num_self_attention_layers",
+    "num_self_attention_rotary_layers",
+    "output_bias",
+    "output_norm",
+    "post_attention_dropout",
+    "residual_dropout",
+    "self_attention_widening_factor",
+    "vocab_size",
+    "activation_checkpointing",
+    "activation_offloading",
+    "max_heads_parallel",
+];
+
+/// The library's `CausalSequenceModelConfig` (the `config` object of a dump's config.json, the
+/// `model_config` of a snapshot). A field this project does not know may change the model, so
+/// it is refused.
 pub fn config_from_library(lib: &Value) -> Result<PerceiverArConfig> {
+    if let Some(fields) = lib.as_object() {
+        let mut unknown: Vec<&str> =
+            fields.keys().map(String::as_str).filter(|k| !LIBRARY_FIELDS.contains(k)).collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            return Err(Error::Config(format!("unknown library config fields {}", unknown.join(", "))));
+        }
+    }
     let get = |k: &str| lib.get(k).ok_or_else(|| Error::Config(format!("library config has no field {k}")));
     let uint = |k: &str| -> Result<usize> {
         get(k)?

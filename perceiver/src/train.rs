@@ -431,6 +431,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepStats> {
         let (rank, size) = self.rank();
         let global = self.task.train_batch(&self.config, &mut self.state.data_rng);
+        let global_tokens = global.batch * global.seq_len;
         let batch = if size > 1 { global.rows(share(rank, size, global.batch)) } else { global };
         let tape = Tape::new();
         // Several ranks draw dropout from streams of rank and step; one keeps the run's stream.
@@ -486,7 +487,7 @@ impl Trainer {
             accuracy: correct as f32 / scored.max(1) as f32,
             lr,
             grad_norm,
-            tokens: batch.batch * batch.seq_len * size,
+            tokens: global_tokens,
         })
     }
 

@@ -127,7 +127,7 @@ pub struct BenchResult {
     pub gflops: f64,
     /// 1024-square sgemm on the same threads, measured just before.
     pub sgemm_gflops: f64,
-    /// `gflops / sgemm_gflops`.
+    /// `gflops / (sgemm_gflops · ranks)`: every rank has threads of its own.
     pub ratio: f64,
     /// Peak resident memory of the process (`VmHWM`), if the system reports it.
     pub peak_rss_bytes: Option<u64>,

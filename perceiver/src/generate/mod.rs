@@ -1,4 +1,4 @@
-//! Next-token prediction and sampling, two ways.
+//! Next-token prediction and sampling, three ways.
 //!
 //! Uncached ([`next_logits`]): each new token is predicted by a full forward pass over the last
 //! `max_seq_len` tokens, the window split into prefix and latents by a rule (the reference's
@@ -7,6 +7,9 @@
 //! Cached ([`CachedGenerator`], the default of `perceiver generate`): the paper's activation
 //! caching (appendix E.3), where each token costs one position through the model. See
 //! `cached.rs` for the latent buffer and how the window slides.
+//!
+//! The perceiver-io library's rule ([`LibraryGenerator`], the default for Hugging Face
+//! snapshots): cached too, with the library's sliding caches, so that outputs match its own.
 
 use autograd::Tape;
 use nn::Ctx;
@@ -82,11 +85,7 @@ pub fn next_logits(
 pub fn full_pass_logits(model: &PerceiverAr, tokens: &[usize], split: Split) -> Result<Vec<f32>> {
     let window = tokens.get(split.start..).unwrap_or_default();
     let input = Input { ids: window, batch: 1, seq_len: window.len(), prefix_len: split.prefix_len };
-    let tape = Tape::inference();
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-    let logits = model.forward(&ctx, &input)?; // checks the window and the split
-    Ok(logits.value().narrow(1, input.latents() - 1, 1)?.to_vec()?)
+    last_latent_logits(model, |ctx| model.forward(ctx, &input)) // forward checks the split
 }
 
 /// Runs `input` through `cache`; the last latent's logits.
@@ -95,14 +94,20 @@ pub fn full_pass_logits(model: &PerceiverAr, tokens: &[usize], split: Split) -> 
 /// outside): its kernels then start their parallel tasks directly, where each one would
 /// otherwise wake the pool from outside, which costs about as much as a one-row kernel.
 pub(crate) fn cached_logits(model: &PerceiverAr, cache: &mut KvCache, input: &Input) -> Result<Vec<f32>> {
-    rayon::scope(|_| {
-        let tape = Tape::inference();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-        let logits = model.forward_cached(&ctx, input, cache)?; // [1, L, V]
-        let l = logits.shape()[1];
-        Ok(logits.value().narrow(1, l - 1, 1)?.to_vec()?)
-    })
+    rayon::scope(|_| last_latent_logits(model, |ctx| model.forward_cached(ctx, input, cache)))
+}
+
+/// The logits `[1, L, V]` that `run` computes in inference mode, read at the last latent.
+fn last_latent_logits(
+    model: &PerceiverAr,
+    run: impl FnOnce(&Ctx) -> Result<autograd::Var>,
+) -> Result<Vec<f32>> {
+    let tape = Tape::inference();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
+    let logits = run(&ctx)?;
+    let l = logits.shape()[1];
+    Ok(logits.value().narrow(1, l - 1, 1)?.to_vec()?)
 }
 
 /// Picks a token from `logits` according to `sampling`.

@@ -20,6 +20,7 @@
 //! keys lie together (head-major), so attention reads them as one contiguous block.
 
 use autograd::Var;
+use nn::attention::Attention;
 use nn::Ctx;
 use tensor::{Device, Tensor};
 
@@ -27,7 +28,7 @@ use super::{Input, PerceiverAr};
 use crate::error::{Error, Result};
 
 /// One attention layer's keys and values for the positions seen so far: `[B, H, capacity, D]`
-/// each, of which the first `len` positions are filled.
+/// and `[B, H, capacity, Dv]`, of which the first `len` positions are filled.
 pub struct KvBuffer {
     keys: Tensor,
     values: Tensor,
@@ -35,15 +36,11 @@ pub struct KvBuffer {
 }
 
 impl KvBuffer {
-    pub fn new(
-        capacity: usize,
-        batch: usize,
-        heads: usize,
-        head_dim: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        let zeros = Tensor::zeros(&[batch, heads, capacity, head_dim]).to_device(device)?;
-        Ok(KvBuffer { keys: zeros.clone(), values: zeros, len: 0 })
+    /// Empty buffers for `attention`'s keys and values. Each has storage of its own, so the
+    /// first append writes in place.
+    pub fn new(capacity: usize, batch: usize, attention: &Attention, device: &Device) -> Result<Self> {
+        let zeros = |d: usize| Tensor::zeros(&[batch, attention.heads, capacity, d]).to_device(device);
+        Ok(KvBuffer { keys: zeros(attention.head_dim)?, values: zeros(attention.v_head_dim)?, len: 0 })
     }
 
     /// Positions held.
@@ -133,7 +130,6 @@ impl KvCache {
     pub fn new(model: &PerceiverAr, batch: usize, latent_capacity: usize) -> Result<Self> {
         let c = &model.config;
         let device = model.device();
-        let attention = &model.cross.attention;
         let rows = c.max_seq_len as u128 + c.self_attention_layers as u128 * latent_capacity as u128;
         crate::memory::ensure_fits(2 * 4 * batch as u128 * c.channels as u128 * rows, || {
             format!(
@@ -141,11 +137,11 @@ impl KvCache {
                 c.max_seq_len
             )
         })?;
-        let cross = KvBuffer::new(c.max_seq_len, batch, attention.heads, attention.head_dim, &device)?;
+        let cross = KvBuffer::new(c.max_seq_len, batch, &model.cross.attention, &device)?;
         let layers = model
             .self_layers
             .iter()
-            .map(|l| KvBuffer::new(latent_capacity, batch, l.attention.heads, l.attention.head_dim, &device))
+            .map(|l| KvBuffer::new(latent_capacity, batch, &l.attention, &device))
             .collect::<Result<Vec<_>>>()?;
         Ok(KvCache { cross, layers, latents: 0, latent_capacity })
     }

@@ -3,7 +3,8 @@
 //!
 //! A snapshot is a directory:
 //! * `config.json`: a transformers config whose `model_config` object is the library's
-//!   `CausalLanguageModelConfig` (mapped by [`crate::import::config_from_library`]);
+//!   `CausalLanguageModelConfig` (mapped by [`crate::import::config_from_library`], which
+//!   refuses fields it does not know);
 //! * the weights, `model.safetensors` or, in older snapshots, `pytorch_model.bin` (PyTorch's
 //!   zip of pickles, read by [`torch_zip`] without executing anything), named
 //!   `backend_model.<the library's parameter names>`;
@@ -26,33 +27,6 @@ pub mod torch_zip;
 
 /// The prefix of every weight name in a snapshot (the library's model is its `backend_model`).
 const PREFIX: &str = "backend_model.";
-
-/// The `model_config` fields this project reads, and those that only matter for training
-/// (accepted and ignored). Anything else is refused: a field this project does not know may
-/// change the model.
-const MODEL_FIELDS: [&str; 19] = [
-    "abs_pos_emb",
-    "cross_attention_dropout",
-    "cross_attention_widening_factor",
-    "init_scale",
-    "max_latents",
-    "max_seq_len",
-    "num_channels",
-    "num_heads",
-    "num_self_attention_layers",
-    "num_self_attention_rotary_layers",
-    "output_bias",
-    "output_norm",
-    "post_attention_dropout",
-    "residual_dropout",
-    "self_attention_widening_factor",
-    "vocab_size",
-    // Memory-saving switches of training and the attention's head chunking: no effect on
-    // the numbers.
-    "activation_checkpointing",
-    "activation_offloading",
-    "max_heads_parallel",
-];
 
 /// A loaded snapshot.
 pub struct Snapshot {
@@ -118,12 +92,6 @@ pub fn load(dir: &Path) -> Result<Snapshot> {
         .get("model_config")
         .and_then(Value::as_object)
         .ok_or_else(|| bad_config("no model_config object: not a perceiver-io snapshot".into()))?;
-    let mut unknown: Vec<&str> =
-        model_config.keys().map(String::as_str).filter(|k| !MODEL_FIELDS.contains(k)).collect();
-    if !unknown.is_empty() {
-        unknown.sort_unstable();
-        return Err(bad_config(format!("unknown model_config fields {}", unknown.join(", "))));
-    }
     let config = config_from_library(&Value::Object(model_config.clone()))
         .map_err(|e| bad_config(format!("model_config: {e}")))?;
     let mut model = PerceiverAr::new(config, 0)?;
