@@ -14,6 +14,7 @@ pub mod generate;
 pub mod import;
 pub mod memory;
 pub mod model;
+pub mod models;
 pub mod perceiver_io;
 pub mod plot;
 pub mod presets;

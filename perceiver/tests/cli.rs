@@ -121,6 +121,66 @@ fn train_eval_generate_and_resume_from_the_command_line() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `--model perceiver-io` (masked bytes of a file) and `--model perceiver` (drawn shapes):
+/// training, evaluation as JSON, and what does not apply to them refused by name.
+#[test]
+fn the_encoder_decoder_models_train_and_evaluate_from_the_command_line() {
+    let out = std::env::temp_dir().join(format!("perceiver-cli-encoders-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let text = out.join("text.txt");
+    std::fs::write(&text, "It was the best of times, it was the worst of times. ".repeat(200)).unwrap();
+    let small = ["--channels", "32", "--heads", "2", "--layers", "1", "--latents", "8", "--batch", "4"];
+    let common = ["--steps", "6", "--eval-every", "3", "--threads", "1"];
+    let masked_run = out.join("masked");
+    let masked = [
+        &["train", "--model", "perceiver-io", "--data", text.to_str().unwrap(), "--context", "32"][..],
+        &small,
+        &common,
+        &["--out", masked_run.to_str().unwrap()],
+    ]
+    .concat();
+    let (ok, stdout, stderr) = perceiver(&masked);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("bits per masked byte") && stderr.contains("masked bytes of"),
+        "{stdout}\n{stderr}"
+    );
+    let (ok, stdout, stderr) = perceiver(&["eval", "--checkpoint", masked_run.to_str().unwrap(), "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert!(v["bits_per_masked_byte"].as_f64().is_some() && v["accuracy"].as_f64().is_some(), "{v}");
+
+    let shapes_run = out.join("shapes");
+    let shapes = [
+        &["train", "--model", "perceiver", "--context", "12"][..],
+        &small,
+        &common,
+        &["--out", shapes_run.to_str().unwrap()],
+    ]
+    .concat();
+    let (ok, stdout, stderr) = perceiver(&shapes);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stderr.contains("drawn shapes (12x12"), "{stderr}");
+    let (ok, stdout, stderr) = perceiver(&["eval", "--checkpoint", shapes_run.to_str().unwrap(), "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(v["tokens"], 32, "the held-out images: 8 batches of 4");
+
+    // Generation is Perceiver AR's; options of other models are refused by name.
+    let (ok, _, stderr) =
+        perceiver(&["generate", "--checkpoint", shapes_run.to_str().unwrap(), "--prompt", "a"]);
+    assert!(!ok && stderr.contains("generate needs a Perceiver AR checkpoint"), "{stderr}");
+    let (ok, _, stderr) = perceiver(&["train", "--model", "perceiver", "--copy-bytes", "3"]);
+    assert!(!ok && stderr.contains("--copy-bytes does not apply to --model perceiver"), "{stderr}");
+    let (ok, _, stderr) = perceiver(&["train", "--model", "perceiver-io"]);
+    assert!(!ok && stderr.contains("needs --data"), "{stderr}");
+    let (ok, _, stderr) =
+        perceiver(&["eval", "--checkpoint", shapes_run.to_str().unwrap(), "--latents", "3"]);
+    assert!(!ok && stderr.contains("latents apply to Perceiver AR only"), "{stderr}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn bench_reports_json_on_its_last_line() {
     let (ok, stdout, stderr) = perceiver(&[

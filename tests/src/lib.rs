@@ -218,7 +218,7 @@ pub fn copy_run(
     let warmup = (steps / 5).clamp(1, 30);
     TrainConfig {
         task: TaskConfig::Copy { k },
-        model,
+        model: perceiver::models::ModelConfig::PerceiverAr(model),
         batch_size,
         steps,
         time_budget_secs: None,

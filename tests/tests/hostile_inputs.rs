@@ -270,11 +270,11 @@ fn a_checkpoint_is_never_written_with_non_finite_parameters() {
     let run = RunDir::create(&out, false).unwrap();
     trainer.step().unwrap();
     let good = trainer.save(&run).unwrap();
-    let name = trainer.model.params.iter().next().unwrap().name.clone();
-    let shape = trainer.model.params.by_name(&name).unwrap().value.shape().to_vec();
+    let name = trainer.model.params().iter().next().unwrap().name.clone();
+    let shape = trainer.model.params().by_name(&name).unwrap().value.shape().to_vec();
     let mut values = vec![0.5; shape.iter().product()];
     values[1] = f32::INFINITY;
-    trainer.model.params.set_by_name(&name, Tensor::from_vec(values, &shape).unwrap()).unwrap();
+    trainer.model.params_mut().set_by_name(&name, Tensor::from_vec(values, &shape).unwrap()).unwrap();
     let e = trainer.save(&run).unwrap_err().to_string();
     assert!(e.contains(&name) && e.contains("inf"), "{e}");
     assert_eq!(checkpoint::resolve(&out).unwrap(), (good, None), "latest still names the good one");

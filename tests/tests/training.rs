@@ -8,8 +8,10 @@ use autograd::Tape;
 use nn::Ctx;
 use perceiver::checkpoint;
 use perceiver::data::copy::CopyTask;
+use perceiver::models::Model;
 use perceiver::run_dir::RunDir;
 use perceiver::train::{self, TaskConfig, TrainConfig, Trainer};
+use perceiver::PerceiverArConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tensor::Tensor;
@@ -20,6 +22,11 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The Perceiver AR model of a run's config.
+fn ar(config: &mut TrainConfig) -> &mut PerceiverArConfig {
+    config.model.perceiver_ar_mut("these tests").unwrap()
 }
 
 /// A small copy-task run: k = 6 bytes mirrored, a 64-channel model.
@@ -41,8 +48,8 @@ fn a_small_model_learns_the_copy_task_to_100_percent() {
     // The held-out stream is separate from training: another trainer sees the same held-out set.
     let again = Trainer::new(small_copy_config(800, 7)).unwrap();
     assert_eq!(
-        again.task.eval_batches(&again.config, 7, None).unwrap(),
-        trainer.task.eval_batches(&trainer.config, 7, None).unwrap()
+        again.task.eval_batches(&again.config, Some(7), None).unwrap(),
+        trainer.task.eval_batches(&trainer.config, Some(7), None).unwrap()
     );
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -52,9 +59,9 @@ fn the_paper_variant_learns_the_copy_task_too() {
     // Squared ReLU, biases, sinusoidal positions (token embeddings scaled by √C), untied output.
     let out = scratch("copy-paper");
     let mut config = small_copy_config(1500, 7);
-    let (vocab, n, l) = (config.model.vocab_size, config.model.max_seq_len, config.model.max_latents);
-    config.model = tests::model_config(true, vocab, n, l, 64, 4, 1);
-    config.model.cross_attend_dropout = 0.0;
+    let m = ar(&mut config);
+    *m = tests::model_config(true, m.vocab_size, m.max_seq_len, m.max_latents, 64, 4, 1);
+    m.cross_attend_dropout = 0.0;
     let mut trainer = Trainer::new(config).unwrap();
     let result = train::run(&mut trainer, Some(&RunDir::create(&out, false).unwrap()), |_| {})
         .unwrap()
@@ -70,7 +77,7 @@ fn the_paper_variant_learns_the_copy_task_too() {
 fn fewer_latents_than_mirrored_bytes_still_learn_the_copy_task() {
     let out = scratch("copy-few-latents");
     let mut config = small_copy_config(1500, 7);
-    config.model.max_latents = 3;
+    ar(&mut config).max_latents = 3;
     let mut trainer = Trainer::new(config).unwrap();
     let result = train::run(&mut trainer, Some(&RunDir::create(&out, false).unwrap()), |_| {})
         .unwrap()
@@ -110,7 +117,8 @@ fn held_out_copy_passes_score_every_mirrored_position_once() {
     }
 }
 
-fn logits(model: &perceiver::PerceiverAr, ids: &[usize]) -> Vec<f32> {
+fn logits(model: &Model, ids: &[usize]) -> Vec<f32> {
+    let Model::PerceiverAr(model) = model else { panic!("a Perceiver AR model") };
     let tape = Tape::inference();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
@@ -135,7 +143,7 @@ fn a_checkpoint_round_trip_gives_the_same_logits() {
 }
 
 fn params_of(trainer: &Trainer) -> Vec<(String, Vec<f32>)> {
-    trainer.model.params.iter().map(|p| (p.name.clone(), p.value.to_vec().unwrap())).collect()
+    trainer.model.params().iter().map(|p| (p.name.clone(), p.value.to_vec().unwrap())).collect()
 }
 
 #[test]
@@ -143,8 +151,8 @@ fn resuming_matches_an_uninterrupted_run_exactly() {
     let out = scratch("resume");
     let mut config = small_copy_config(24, 3);
     config.stop_when_solved = false;
-    config.model.cross_attend_dropout = 0.3; // exercises the dropout random stream too
-    config.model.attention_dropout = 0.1;
+    ar(&mut config).cross_attend_dropout = 0.3; // exercises the dropout random stream too
+    ar(&mut config).attention_dropout = 0.1;
     let mut straight = Trainer::new(config.clone()).unwrap();
     for _ in 0..24 {
         straight.step().unwrap();
@@ -211,7 +219,7 @@ fn malformed_inputs_are_named() {
 
     // A tensor of the wrong shape.
     let mut tensors: Vec<(String, Tensor)> =
-        trainer.model.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
+        trainer.model.params().iter().map(|p| (p.name.clone(), p.value.clone())).collect();
     tensors[0].1 = Tensor::zeros(&[2, 2]);
     let name = tensors[0].0.clone();
     nn::checkpoint::write_safetensors(&weights, &tensors, Default::default()).unwrap();
@@ -220,10 +228,11 @@ fn malformed_inputs_are_named() {
 
     // A config whose heads do not divide the channels, and latents beyond the context.
     let mut bad = small_copy_config(5, 1);
-    bad.model.heads = 5;
+    ar(&mut bad).heads = 5;
     assert!(err_of(Trainer::new(bad)).contains("heads (5) must divide channels (64)"));
     let mut bad = small_copy_config(5, 1);
-    bad.model.max_latents = bad.model.max_seq_len + 1;
+    let m = ar(&mut bad);
+    m.max_latents = m.max_seq_len + 1;
     assert!(err_of(Trainer::new(bad)).contains("max_latents"));
 
     // An empty data file, and one shorter than a context.
@@ -231,7 +240,7 @@ fn malformed_inputs_are_named() {
     std::fs::write(&empty, b"").unwrap();
     let mut text = small_copy_config(5, 1);
     text.task = TaskConfig::Text { path: empty.clone(), valid_fraction: 0.1, min_len: 4 };
-    text.model.vocab_size = 256;
+    ar(&mut text).vocab_size = 256;
     let e = err_of(Trainer::new(text.clone()));
     assert!(e.contains("empty.txt") && e.contains("empty"), "{e}");
     let short = out.join("short.txt");

@@ -10,10 +10,11 @@ use perceiver::config::AbsolutePositions;
 use perceiver::data::copy;
 use perceiver::distributed::Collective;
 use perceiver::generate::{generate, Prediction, Sampling};
+use perceiver::models::{Model, ModelConfig};
 use perceiver::presets;
 use perceiver::run_dir::RunDir;
 use perceiver::snapshot::TextTokenizer;
-use perceiver::train::{self, Event, TaskConfig, TrainConfig, Trainer};
+use perceiver::train::{self, Event, Metric, TaskConfig, TrainConfig, Trainer};
 use perceiver::Result;
 
 #[derive(Parser)]
@@ -46,6 +47,16 @@ enum Command {
         /// Directory with config.json, model.safetensors and case.safetensors.
         dir: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Family {
+    /// Perceiver AR: autoregressive, on the copy task or on --data text.
+    PerceiverAr,
+    /// Perceiver IO: masked byte modelling (BERT) of --data.
+    PerceiverIo,
+    /// The Perceiver: classifying drawn shapes (no data needed).
+    Perceiver,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -139,7 +150,7 @@ mod parse {
 /// The model and batch shape, for `train` and `bench`.
 #[derive(Args)]
 struct ShapeArgs {
-    /// Longest input (prefix + latents).
+    /// Longest input (prefix + latents); perceiver-io: the crop length; perceiver: the image side.
     #[arg(long, value_parser = parse::count)]
     context: Option<usize>,
     /// Latents (queries of the cross-attention).
@@ -152,7 +163,7 @@ struct ShapeArgs {
     channels: Option<usize>,
     #[arg(long, value_parser = parse::count)]
     heads: Option<usize>,
-    /// Self-attention layers after the cross-attention.
+    /// Self-attention layers after the cross-attention (per block for perceiver-io and perceiver).
     #[arg(long)]
     layers: Option<usize>,
 }
@@ -167,9 +178,18 @@ impl ShapeArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// A text file to model byte by byte (default: the copy task).
+    /// Which model to train [default: perceiver-ar].
+    #[arg(long, value_enum)]
+    model: Option<Family>,
+    /// A text file to model byte by byte (default: the copy task); perceiver-io masks its bytes.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// perceiver-io: the fraction of positions chosen for masking [default: 0.15].
+    #[arg(long, value_parser = parse::rate)]
+    mask_rate: Option<f32>,
+    /// perceiver: the standard deviation of the Gaussian noise on every pixel [default: 0.25].
+    #[arg(long, value_parser = parse::non_negative)]
+    noise: Option<f32>,
     /// Copy task: number of random bytes to mirror [default: 16].
     #[arg(long, value_parser = parse::copy_bytes)]
     copy_bytes: Option<usize>,
@@ -411,11 +431,39 @@ fn bench_command(a: &BenchArgs) -> Result<bool> {
 }
 
 /// The run configuration from the command line: the task's preset, then any overrides.
-fn train_config(a: &TrainArgs) -> (TrainConfig, PathBuf) {
+fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
+    let family = a.model.unwrap_or(Family::PerceiverAr);
+    let refuse = |option: &str, family: &str| {
+        Err(perceiver::Error::Input(format!("{option} does not apply to --model {family}")))
+    };
+    let ar_only = [
+        ("--copy-bytes", a.copy_bytes.is_some()),
+        ("--variant", a.variant.is_some()),
+        ("--positions", a.positions.is_some()),
+        ("--cross-dropout", a.cross_dropout.is_some()),
+    ];
+    match family {
+        Family::PerceiverAr => {}
+        Family::PerceiverIo | Family::Perceiver => {
+            let name = if family == Family::Perceiver { "perceiver" } else { "perceiver-io" };
+            if let Some((option, _)) = ar_only.iter().find(|(_, given)| *given) {
+                return refuse(option, name);
+            }
+        }
+    }
+    if family != Family::PerceiverIo && a.mask_rate.is_some() {
+        return refuse("--mask-rate", "other than perceiver-io");
+    }
+    if family != Family::Perceiver && a.noise.is_some() {
+        return refuse("--noise", "other than perceiver");
+    }
     let copy_bytes = a.copy_bytes.unwrap_or(presets::DEFAULT_COPY_BYTES);
-    let mut preset = match &a.data {
-        Some(_) => presets::text(),
-        None => presets::copy_task(copy_bytes),
+    let mut preset = match (family, &a.data) {
+        (Family::PerceiverAr, Some(_)) => presets::text(),
+        (Family::PerceiverAr, None) => presets::copy_task(copy_bytes),
+        (Family::PerceiverIo, _) => presets::masked_text(),
+        (Family::Perceiver, Some(_)) => return refuse("--data", "perceiver (its shapes are drawn)"),
+        (Family::Perceiver, None) => presets::shapes(),
     };
     let p = &mut preset;
     let given = &a.shape;
@@ -431,22 +479,37 @@ fn train_config(a: &TrainArgs) -> (TrainConfig, PathBuf) {
     p.warmup = a.warmup.unwrap_or(p.warmup);
     p.eval_every = a.eval_every.unwrap_or(p.eval_every);
     p.checkpoint_every = a.checkpoint_every.unwrap_or(p.checkpoint_every);
-    let variant = match a.variant.unwrap_or(Variant::PerceiverIo) {
-        Variant::PerceiverIo => presets::Variant::PerceiverIo,
-        Variant::Paper => presets::Variant::Paper,
+    let seed = a.seed.unwrap_or(0);
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(preset.out));
+    let config = match family {
+        Family::PerceiverIo => {
+            let data = a.data.clone().ok_or_else(|| {
+                perceiver::Error::Input("--model perceiver-io needs --data FILE (a text file to mask)".into())
+            })?;
+            preset.masked_text_config(data, a.mask_rate.unwrap_or(0.15), seed)
+        }
+        Family::Perceiver => preset.shapes_config(a.noise.unwrap_or(0.25), seed),
+        Family::PerceiverAr => {
+            let variant = match a.variant.unwrap_or(Variant::PerceiverIo) {
+                Variant::PerceiverIo => presets::Variant::PerceiverIo,
+                Variant::Paper => presets::Variant::Paper,
+            };
+            let mut config = preset.train_config(variant, a.data.clone(), copy_bytes, seed);
+            let model = config.model.perceiver_ar_mut("Perceiver AR options")?;
+            if let Some(p) = a.positions {
+                model.absolute_positions = match p {
+                    Positions::None => AbsolutePositions::None,
+                    Positions::Learned => AbsolutePositions::Learned,
+                    Positions::Sinusoidal => AbsolutePositions::Sinusoidal,
+                };
+            }
+            if let Some(rate) = a.cross_dropout {
+                model.cross_attend_dropout = rate;
+            }
+            config
+        }
     };
-    let mut config = preset.train_config(variant, a.data.clone(), copy_bytes, a.seed.unwrap_or(0));
-    if let Some(p) = a.positions {
-        config.model.absolute_positions = match p {
-            Positions::None => AbsolutePositions::None,
-            Positions::Learned => AbsolutePositions::Learned,
-            Positions::Sinusoidal => AbsolutePositions::Sinusoidal,
-        };
-    }
-    if let Some(rate) = a.cross_dropout {
-        config.model.cross_attend_dropout = rate;
-    }
-    (config, a.out.clone().unwrap_or_else(|| PathBuf::from(preset.out)))
+    Ok((config, out))
 }
 
 /// A resumed run keeps its model, data and random streams; these options change only how
@@ -454,7 +517,10 @@ fn train_config(a: &TrainArgs) -> (TrainConfig, PathBuf) {
 /// so giving one is an error naming it.
 fn apply_resume_options(a: &TrainArgs, trainer: &mut Trainer, say: impl Fn(String)) -> Result<()> {
     let fixed = [
+        ("--model", a.model.is_some()),
         ("--data", a.data.is_some()),
+        ("--mask-rate", a.mask_rate.is_some()),
+        ("--noise", a.noise.is_some()),
         ("--copy-bytes", a.copy_bytes.is_some()),
         ("--variant", a.variant.is_some()),
         ("--positions", a.positions.is_some()),
@@ -503,6 +569,14 @@ fn apply_resume_options(a: &TrainArgs, trainer: &mut Trainer, say: impl Fn(Strin
 }
 
 fn describe(result: &train::EvalResult) -> String {
+    if let Some(bits) = result.bits_per_masked_byte {
+        return format!(
+            "loss {:.4}, {bits:.3} bits per masked byte, accuracy {:.2} % of {} masked bytes",
+            result.loss,
+            100.0 * result.accuracy,
+            result.tokens
+        );
+    }
     match (result.bits_per_byte, result.sequence_accuracy) {
         (Some(bpb), _) => format!("loss {:.4}, {bpb:.3} bits/byte over {} bytes", result.loss, result.tokens),
         (None, Some(seq)) => format!(
@@ -512,7 +586,9 @@ fn describe(result: &train::EvalResult) -> String {
             result.tokens,
             100.0 * seq
         ),
-        (None, None) => format!("loss {:.4}, accuracy {:.2} %", result.loss, 100.0 * result.accuracy),
+        (None, None) => {
+            format!("loss {:.4}, accuracy {:.2} % of {}", result.loss, 100.0 * result.accuracy, result.tokens)
+        }
     }
 }
 
@@ -555,7 +631,7 @@ fn train_follower(a: &TrainArgs, device: &tensor::Device, collective: Box<dyn Co
             apply_resume_options(a, &mut trainer, |_| {})?;
             trainer
         }
-        None => Trainer::new(train_config(a).0)?,
+        None => Trainer::new(train_config(a)?.0)?,
     };
     trainer.join(collective)?;
     trainer.to_device(device)?;
@@ -591,7 +667,7 @@ fn train_setup(a: &TrainArgs) -> Result<(Trainer, RunDir)> {
             (trainer, run)
         }
         None => {
-            let (config, out) = train_config(a);
+            let (config, out) = train_config(a)?;
             let trainer = Trainer::new(config)?;
             (trainer, RunDir::create(&out, a.overwrite)?)
         }
@@ -604,17 +680,11 @@ fn train_leader(device: &tensor::Device, mut trainer: Trainer, run: RunDir) -> R
     trainer.to_device(device)?;
     let c = &trainer.config;
     eprintln!(
-        "{}: {} parameters, context {}, {} latents, {} channels, {} heads, {} self-attention layers, batch {}",
-        match &c.task {
-            TaskConfig::Copy { k } => format!("copy task (k = {k})"),
-            TaskConfig::Text { path, .. } => format!("text {}", path.display()),
-        },
-        trainer.model.params.numel(),
-        c.model.max_seq_len,
-        c.model.max_latents,
-        c.model.channels,
-        c.model.heads,
-        c.model.self_attention_layers,
+        "{}, {}: {} parameters, {}, batch {}",
+        c.task.describe(),
+        c.model.family(),
+        trainer.model.params().numel(),
+        c.model.shape(),
         c.batch_size
     );
     let (_, ranks) = trainer.rank();
@@ -634,7 +704,7 @@ fn train_leader(device: &tensor::Device, mut trainer: Trainer, run: RunDir) -> R
         .progress_chars("=> "),
     );
     bar.set_position(trainer.state.step);
-    let is_text = trainer.task.is_text();
+    let metric = trainer.task.metric();
     // Lines go above the bar on a terminal, and to stderr as they are when there is no bar.
     let say = |line: String| {
         if bar.is_hidden() {
@@ -649,12 +719,11 @@ fn train_leader(device: &tensor::Device, mut trainer: Trainer, run: RunDir) -> R
             let s = smoothed.map_or(stats.loss, |v| 0.95 * v + 0.05 * stats.loss);
             smoothed = Some(s);
             bar.set_position(stats.step);
-            let metric = if is_text {
-                format!("{:.3} bits/byte", s / std::f32::consts::LN_2)
-            } else {
-                format!("acc {:.1} %", 100.0 * stats.accuracy)
+            let shown = match metric {
+                Metric::Bytes => format!("{:.3} bits/byte", s / std::f32::consts::LN_2),
+                _ => format!("acc {:.1} %", 100.0 * stats.accuracy),
             };
-            bar.set_message(format!("loss {s:.4} {metric} {:.1}k tok/s", tokens_per_sec / 1e3));
+            bar.set_message(format!("loss {s:.4} {shown} {:.1}k tok/s", tokens_per_sec / 1e3));
         }
         Event::Eval { step, result } => say(format!("step {step:>6} held out: {}", describe(result))),
         Event::Checkpoint { step, dir } => say(format!("step {step:>6} checkpoint {}", dir.display())),
@@ -663,7 +732,12 @@ fn train_leader(device: &tensor::Device, mut trainer: Trainer, run: RunDir) -> R
     })?;
     bar.finish_and_clear();
     let svg = out.join("loss.svg");
-    let drawn = perceiver::plot::loss_curve(&out.join("metrics.jsonl"), &svg, "Perceiver AR training")?;
+    let title = match trainer.config.model.family() {
+        "perceiver-ar" => "Perceiver AR training",
+        "perceiver-io" => "Perceiver IO training (masked bytes)",
+        _ => "Perceiver training (drawn shapes)",
+    };
+    let drawn = perceiver::plot::loss_curve(&out.join("metrics.jsonl"), &svg, title)?;
     if let Some(r) = &result {
         println!(
             "final held out: {} (step {}, {:.0} s)",
@@ -681,7 +755,7 @@ fn train_leader(device: &tensor::Device, mut trainer: Trainer, run: RunDir) -> R
 }
 
 /// Loads the model of a checkpoint or run, warning when its `latest` was unusable.
-fn load_model(path: &Path) -> Result<(perceiver::PerceiverAr, TrainConfig)> {
+fn load_model(path: &Path) -> Result<(Model, TrainConfig)> {
     let (dir, note) = perceiver::checkpoint::resolve(path)?;
     if let Some(note) = note {
         eprintln!("warning: {note}");
@@ -695,25 +769,36 @@ fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
     }
     let (mut model, mut config) = load_model(&a.checkpoint)?;
     model.to_device(device)?;
-    if let (Some(path), TaskConfig::Text { path: p, .. }) = (&a.data, &mut config.task) {
-        *p = path.clone();
+    match (&a.data, config.task.data_path_mut()) {
+        (Some(path), Some(p)) => *p = path.clone(),
+        (Some(_), None) => {
+            return Err(perceiver::Error::Input(format!(
+                "--data: the {} reads no data file",
+                config.task.describe()
+            )))
+        }
+        (None, _) => {}
     }
     let task = train::Task::load(&config.task, &config.model)?;
-    let latents = a.latents.unwrap_or(config.model.max_latents);
-    if task.is_text() {
+    let reads_file = matches!(task.metric(), Metric::Bytes | Metric::MaskedBytes);
+    if reads_file {
         // The whole held-out tail unless told otherwise.
         config.eval_batches = a.max_batches.unwrap_or(usize::MAX / config.batch_size.max(1));
     } else if let Some(n) = a.max_batches {
         config.eval_batches = n;
     }
     // Text defaults to the paper's stride, half the latents; the copy task has no stride.
-    let stride = match a.stride {
-        Some(s) => Some(s),
-        None if task.is_text() => Some((latents / 2).max(1)),
-        None => None,
+    let latents = match &config.model {
+        ModelConfig::PerceiverAr(m) => Some(a.latents.unwrap_or(m.max_latents)),
+        _ => a.latents,
+    };
+    let stride = match (a.stride, latents) {
+        (Some(s), _) => Some(s),
+        (None, Some(latents)) if task.is_text() => Some((latents / 2).max(1)),
+        _ => None,
     };
     let batches = task.eval_batches(&config, latents, stride)?;
-    let result = train::evaluate(&model, &task, &batches)?;
+    let result = train::evaluate(&model, task.metric(), &batches)?;
     if a.json {
         let mut v = serde_json::to_value(&result).expect("serialisable");
         if let (Some(s), Some(obj)) = (stride, v.as_object_mut()) {
@@ -722,7 +807,10 @@ fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
         println!("{v}");
     } else {
         let stride = stride.map_or(String::new(), |s| format!(", stride {s}"));
-        println!("{latents} latents{stride}: {}", describe(&result));
+        match latents {
+            Some(latents) => println!("{latents} latents{stride}: {}", describe(&result)),
+            None => println!("{}", describe(&result)),
+        }
     }
     Ok(true)
 }
@@ -754,7 +842,8 @@ fn load_for_generation(path: &Path) -> Result<Generation> {
         });
     }
     let (model, config) = load_model(path)?;
-    let (task, model_config) = (config.task.clone(), config.model.clone());
+    let model = model.into_perceiver_ar("generate")?;
+    let (task, model_config) = (config.task.clone(), model.config.clone());
     Ok(Generation {
         model,
         tokenizer: None,
@@ -790,7 +879,7 @@ fn eval_snapshot(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
     }
     let max = a.max_batches.unwrap_or(usize::MAX);
     let windows = perceiver::data::text::TextData::eval_windows(&tokens, seq_len, latents, stride, max);
-    let result = train::evaluate_scored(&model, true, &windows)?;
+    let result = train::evaluate(&Model::PerceiverAr(Box::new(model)), Metric::Bytes, &windows)?;
     let bits = result.bits_per_byte.unwrap_or(f32::NAN);
     if a.json {
         let v = serde_json::json!({

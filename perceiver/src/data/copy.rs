@@ -77,7 +77,7 @@ impl CopyTask {
                 targets.push(if scored { seq[pos + 1] } else { IGNORE });
             }
         }
-        Batch { ids, batch: seqs.len(), seq_len: end, prefix_len, targets, sequences }
+        Batch { ids, batch: seqs.len(), seq_len: end, prefix_len, targets, sequences, images: None }
     }
 
     /// Fixed held-out batches from their own seed (never the training stream). With fewer

@@ -9,6 +9,8 @@
 
 use rand::Rng;
 
+use super::{Batch, IGNORE};
+
 /// The mask token, after the 256 bytes.
 pub const MASK: usize = 256;
 pub const VOCAB: usize = 257;
@@ -39,6 +41,19 @@ pub fn mask(bytes: &[u8], rate: f64, rng: &mut impl Rng) -> Masked {
         }
     }
     Masked { input, targets }
+}
+
+/// A batch of masked crops `data[start..start + len]`, one row per start: the masked bytes
+/// are the ids, and each chosen position's original byte its target.
+pub fn batch(data: &[u8], starts: &[usize], len: usize, rate: f64, rng: &mut impl Rng) -> Batch {
+    let mut ids = Vec::with_capacity(starts.len() * len);
+    let mut targets = Vec::with_capacity(starts.len() * len);
+    for &start in starts {
+        let crop = mask(&data[start..start + len], rate, rng);
+        ids.extend(crop.input);
+        targets.extend(crop.targets.into_iter().map(|t| t.unwrap_or(IGNORE)));
+    }
+    Batch { ids, batch: starts.len(), seq_len: len, prefix_len: 0, targets, sequences: None, images: None }
 }
 
 #[cfg(test)]

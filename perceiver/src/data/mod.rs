@@ -1,8 +1,10 @@
 //! Training data: the copy task of the paper (section 5.1) and byte-level text; and, for the
 //! encoder-decoder models, masked bytes ([`masked`]) and drawn shapes ([`shapes`]).
 //!
-//! Both produce [`Batch`]es: token ids `[batch, seq_len]`, the split into prefix and latents,
-//! and one target per latent (the next token), with [`IGNORE`] where a latent is not scored.
+//! All produce [`Batch`]es: token ids `[batch, seq_len]` (or images), and the targets. For
+//! Perceiver AR the ids split into prefix and latents and each latent's target is the next
+//! token; masked bytes have a target at every position (prefix 0), images one per image.
+//! [`IGNORE`] marks a position that is not scored.
 
 pub mod copy;
 pub mod masked;
@@ -12,9 +14,33 @@ pub mod text;
 /// Target value of latents that are not scored.
 pub const IGNORE: usize = usize::MAX;
 
+/// Images `[batch, height, width, channels]`, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Images {
+    pub pixels: Vec<f32>,
+    pub shape: [usize; 4],
+}
+
+impl Images {
+    pub fn tensor(&self) -> tensor::Result<tensor::Tensor> {
+        tensor::Tensor::from_vec(self.pixels.clone(), &self.shape)
+    }
+
+    /// Images `rows` of the batch.
+    fn rows(&self, rows: std::ops::Range<usize>) -> Images {
+        let per_image: usize = self.shape[1..].iter().product();
+        let [_, h, w, c] = self.shape;
+        Images {
+            pixels: self.pixels[rows.start * per_image..rows.end * per_image].to_vec(),
+            shape: [rows.len(), h, w, c],
+        }
+    }
+}
+
 /// One batch of training or evaluation data.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
+    /// Token ids `[batch, seq_len]` (empty for images).
     pub ids: Vec<usize>,
     pub batch: usize,
     pub seq_len: usize,
@@ -24,6 +50,9 @@ pub struct Batch {
     /// Which sequence each row belongs to, when one sequence is scored over several batches
     /// (the copy task with fewer latents than mirrored bytes); `None`: every row is its own.
     pub sequences: Option<Vec<usize>>,
+    /// An image task's input (then `ids` is empty, `seq_len` 1 and `prefix_len` 0: one target
+    /// per image).
+    pub images: Option<Images>,
 }
 
 impl Batch {
@@ -36,6 +65,7 @@ impl Batch {
         }
     }
 
+    /// Targets per row: the latents of Perceiver AR, every position of masked tokens.
     pub fn latents(&self) -> usize {
         self.seq_len - self.prefix_len
     }
@@ -49,7 +79,8 @@ impl Batch {
             seq_len: self.seq_len,
             prefix_len: self.prefix_len,
             targets: self.targets[rows.start * l..rows.end * l].to_vec(),
-            sequences: self.sequences.as_ref().map(|s| s[rows].to_vec()),
+            sequences: self.sequences.as_ref().map(|s| s[rows.clone()].to_vec()),
+            images: self.images.as_ref().map(|i| i.rows(rows)),
         }
     }
 

@@ -8,7 +8,8 @@
 //! where each pixel is.
 
 use rand::Rng;
-use tensor::Tensor;
+
+use super::{Batch, Images};
 
 /// The shape names, in class order.
 pub const CLASSES: [&str; 8] = ["disc", "square", "frame", "plus", "cross", "hbar", "vbar", "triangle"];
@@ -32,7 +33,7 @@ fn inside(class: usize, y: f32, x: f32) -> bool {
 /// `count` images `[count, size, size, 1]` with values in about `[0, 1]` and their classes.
 /// Each shape has a half-size of a fifth to a third of the image, lies wholly inside it, and
 /// gets Gaussian noise of standard deviation `noise` on every pixel.
-pub fn draw(count: usize, size: usize, noise: f32, rng: &mut impl Rng) -> (Tensor, Vec<usize>) {
+pub fn draw(count: usize, size: usize, noise: f32, rng: &mut impl Rng) -> (Images, Vec<usize>) {
     let mut pixels = Vec::with_capacity(count * size * size);
     let mut labels = Vec::with_capacity(count);
     let s = size as f32;
@@ -50,7 +51,21 @@ pub fn draw(count: usize, size: usize, noise: f32, rng: &mut impl Rng) -> (Tenso
         }
         labels.push(class);
     }
-    (Tensor::from_vec(pixels, &[count, size, size, 1]).expect("shape matches"), labels)
+    (Images { pixels, shape: [count, size, size, 1] }, labels)
+}
+
+/// A batch of `count` drawn images, each with its class as the one target.
+pub fn batch(count: usize, size: usize, noise: f32, rng: &mut impl Rng) -> Batch {
+    let (images, targets) = draw(count, size, noise, rng);
+    Batch {
+        ids: Vec::new(),
+        batch: count,
+        seq_len: 1,
+        prefix_len: 0,
+        targets,
+        sequences: None,
+        images: Some(images),
+    }
 }
 
 #[cfg(test)]
@@ -68,7 +83,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let (train, labels) = draw(800, 16, 0.0, &mut rng);
         let (test, test_labels) = draw(400, 16, 0.0, &mut rng);
-        let (train, test) = (train.to_vec().unwrap(), test.to_vec().unwrap());
+        let (train, test) = (train.pixels, test.pixels);
         let n = 16 * 16;
         let mut counts = [0usize; CLASSES.len()];
         for (i, &c) in labels.iter().enumerate() {

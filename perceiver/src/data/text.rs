@@ -61,7 +61,7 @@ impl TextData {
             ids.extend(crop[..len].iter().map(|&b| b as usize));
             targets.extend(crop[len - latents + 1..].iter().map(|&b| b as usize));
         }
-        Batch { ids, batch, seq_len: len, prefix_len: len - latents, targets, sequences: None }
+        Batch { ids, batch, seq_len: len, prefix_len: len - latents, targets, sequences: None, images: None }
     }
 
     /// Windows over `data` of length `seq_len` with `latents` latents, stepping by `stride`
@@ -97,6 +97,7 @@ impl TextData {
                     })
                     .collect(),
                 sequences: None,
+                images: None,
             }
         };
         let mut out = Vec::new();

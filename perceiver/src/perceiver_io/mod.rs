@@ -100,6 +100,11 @@ pub struct PerceiverIoConfig {
 }
 
 impl PerceiverIoConfig {
+    /// Whether this is the Perceiver of the shapes task: an image in, classes out.
+    pub fn is_image_classifier(&self) -> bool {
+        matches!(self.input, InputConfig::Image { .. })
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.cross_layers == 0 || self.self_blocks == 0 || self.cross_layers > self.self_blocks {
