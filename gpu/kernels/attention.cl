@@ -3,8 +3,11 @@
 // online softmax, so no [B, H, L, N] buffer exists. q, k, v, out and d_out are [B, H, T, D]
 // layouts; outputs are contiguous [B, H, T, D] and lse [B, H, L].
 // Visibility: `causal` with `offset` (query i at position offset + i), key positions
-// (`pos_rows` 0: key j at j; 1: one row for all; else per batch row), hidden keys likewise.
-// ATTENTION_MAX_DIM is a define from gpu/src/program.rs.
+// (`pos_rows` 0: key j at j; 1: one row for all; else per batch row), hidden keys likewise,
+// and sparse patterns (`pattern_rows` 0: none; 1: one for all heads; else one per head), each
+// SPARSE_MAX_PARTS parts of (kind, a, b): 1 local window a, 2 columns of stride a, 3 same
+// block of a, 4 the last b positions of blocks of a (tensor/src/sparse_pattern.rs), 0 unused.
+// ATTENTION_MAX_DIM and SPARSE_MAX_PARTS are defines from gpu/src/program.rs.
 
 typedef struct {
     int causal;
@@ -12,13 +15,34 @@ typedef struct {
     int pos_rows;
     int hidden_rows;
     int keys;
+    int pattern_rows;
 } Visibility;
 
-inline int key_sees(Visibility vis, __global const int* pos, __global const int* hidden, int b, int i, int j) {
+inline int part_allows(__global const int* part, int p, int k) {
+    int a = part[1], d = p - k;
+    switch (part[0]) {
+        case 1: return d < a;
+        case 2: return d % a == 0;
+        case 3: return k / a == p / a;
+        case 4: return k % a >= a - part[2];
+        default: return 0;
+    }
+}
+
+inline int key_sees(Visibility vis, __global const int* pos, __global const int* hidden,
+                    __global const int* pattern, int b, int h, int i, int j) {
     if (vis.hidden_rows > 0 && hidden[(vis.hidden_rows == 1 ? 0 : b) * vis.keys + j]) return 0;
-    if (!vis.causal) return 1;
-    int p = vis.pos_rows > 0 ? pos[(vis.pos_rows == 1 ? 0 : b) * vis.keys + j] : j;
-    return p <= vis.offset + i;
+    int p = vis.offset + i;
+    int k = vis.pos_rows > 0 ? pos[(vis.pos_rows == 1 ? 0 : b) * vis.keys + j] : j;
+    if (vis.causal && k > p) return 0;
+    if (vis.pattern_rows == 0) return 1;
+    if (k > p) return 0;
+    if (k == p) return 1;  // a query always sees its own position
+    __global const int* parts = pattern + (vis.pattern_rows == 1 ? 0 : h) * SPARSE_MAX_PARTS * 3;
+    for (int r = 0; r < SPARSE_MAX_PARTS; ++r) {
+        if (part_allows(parts + 3 * r, p, k)) return 1;
+    }
+    return 0;
 }
 
 // Storage position of element (b, h, t, 0) of a [B, H, T, D] layout; columns step by strides[3].
@@ -34,7 +58,7 @@ inline float dot_rows(Layout la, __global const float* a, int ra, Layout lb, __g
 
 __kernel void attention_forward(Layout lq, __global const float* q, Layout lk, __global const float* k,
                                 Layout lv, __global const float* v, Visibility vis,
-                                __global const int* pos, __global const int* hidden,
+                                __global const int* pos, __global const int* hidden, __global const int* pattern,
                                 __global float* out, __global float* lse, int rows) {
     int row = get_global_id(0);
     if (row >= rows) return;
@@ -45,7 +69,7 @@ __kernel void attention_forward(Layout lq, __global const float* q, Layout lk, _
     float m = -INFINITY, l = 0.0f, acc[ATTENTION_MAX_DIM];
     for (int c = 0; c < dv; ++c) acc[c] = 0.0f;
     for (int j = 0; j < vis.keys; ++j) {
-        float s = key_sees(vis, pos, hidden, b, i, j) ? dot_rows(lq, q, rq, lk, k, head_row(lk, b, h, j), dk) : -FLT_MAX;
+        float s = key_sees(vis, pos, hidden, pattern, b, h, i, j) ? dot_rows(lq, q, rq, lk, k, head_row(lk, b, h, j), dk) : -FLT_MAX;
         float m_new = fmax(m, s);
         float corr = m == -INFINITY ? 0.0f : exp(m - m_new);
         float p = exp(s - m_new);
@@ -73,7 +97,7 @@ __kernel void attention_backward_dq(Layout lq, __global const float* q, Layout l
                                     Layout lv, __global const float* v, Layout lo, __global const float* o,
                                     Layout llse, __global const float* lse, Layout lg, __global const float* g,
                                     Visibility vis, __global const int* pos, __global const int* hidden,
-                                    __global float* dq, __global float* delta, int rows) {
+                                    __global const int* pattern, __global float* dq, __global float* delta, int rows) {
     int row = get_global_id(0);
     if (row >= rows) return;
     int heads = lq.shape[1], queries = lq.shape[2], dk = lq.shape[3], dv = lv.shape[3];
@@ -86,7 +110,7 @@ __kernel void attention_backward_dq(Layout lq, __global const float* q, Layout l
     for (int c = 0; c < dk; ++c) acc[c] = 0.0f;
     if (m != -INFINITY) {
         for (int j = 0; j < vis.keys; ++j) {
-            if (!key_sees(vis, pos, hidden, b, i, j)) continue;
+            if (!key_sees(vis, pos, hidden, pattern, b, h, i, j)) continue;
             int rk = head_row(lk, b, h, j);
             float p = exp(dot_rows(lq, q, rq, lk, k, rk, dk) - m);
             float ds = p * (dot_rows(lg, g, rg, lv, v, head_row(lv, b, h, j), dv) - d);
@@ -101,7 +125,7 @@ __kernel void attention_backward_dkv(Layout lq, __global const float* q, Layout 
                                      Layout lv, __global const float* v, Layout llse, __global const float* lse,
                                      Layout lg, __global const float* g, __global const float* delta,
                                      Visibility vis, __global const int* pos, __global const int* hidden,
-                                     __global float* dkey, __global float* dval, int rows) {
+                                     __global const int* pattern, __global float* dkey, __global float* dval, int rows) {
     int row = get_global_id(0);
     if (row >= rows) return;
     int heads = lq.shape[1], queries = lq.shape[2], dk = lq.shape[3], dv = lv.shape[3];
@@ -119,7 +143,7 @@ __kernel void attention_backward_dkv(Layout lq, __global const float* q, Layout 
             for (int c = 0; c < dv; ++c) av[c] += g[rg + c * lg.strides[3]] / vis.keys;
             continue;
         }
-        if (!key_sees(vis, pos, hidden, b, i, j)) continue;
+        if (!key_sees(vis, pos, hidden, pattern, b, h, i, j)) continue;
         int rq = head_row(lq, b, h, i);
         float p = exp(dot_rows(lq, q, rq, lk, k, rk, dk) - m);
         float ds = p * (dot_rows(lg, g, rg, lv, v, rv, dv) - delta[(b * heads + h) * queries + i]);

@@ -82,6 +82,7 @@ pub struct VisibilityArg {
     pos_rows: i32,
     hidden_rows: i32,
     keys: i32,
+    pattern_rows: i32,
 }
 
 // SAFETY: a plain `repr(C)` struct of i32s with no padding, the same layout as the OpenCL C
@@ -98,6 +99,7 @@ impl VisibilityArg {
             pos_rows: rows(vis.key_positions.as_ref().map(|p| p.len()))?,
             hidden_rows: rows(vis.hidden_keys.as_ref().map(|h| h.len()))?,
             keys: int("opencl", keys)?,
+            pattern_rows: int("opencl", vis.pattern.as_ref().map_or(0, |p| p.len()))?,
         })
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Nothing is kept in step by hand: `apply_unary` and `apply_binary` (one `case` per op, with
 //! the codes of `UnaryOp::code` and `BinaryOp::code`) are written from the tables in
-//! `tensor::op_table`, and `MAX_RANK`, `ROW_GROUP`, `TILE`, `ATTENTION_MAX_DIM` and the
+//! `tensor::op_table`, and `MAX_RANK`, `ROW_GROUP`, `TILE`, `ATTENTION_MAX_DIM`, `SPARSE_MAX_PARTS` and the
 //! reduction codes exist only
 //! here, as Rust constants, reaching the kernels as `-D NAME=value`.
 
@@ -18,6 +18,8 @@ pub const ROW_GROUP: usize = 64;
 pub const TILE: usize = 16;
 /// The largest head dimension the attention kernels hold in registers.
 pub const ATTENTION_MAX_DIM: usize = 128;
+/// The most parts a sparse attention pattern may have on OpenCL (the paper's patterns have 2).
+pub const SPARSE_MAX_PARTS: usize = 4;
 
 /// The kernel files, in compile order (the common header first).
 const FILES: [&str; 8] = [
@@ -53,6 +55,7 @@ pub fn compiler_options() -> String {
         format!("-D ROW_GROUP={ROW_GROUP}"),
         format!("-D TILE={TILE}"),
         format!("-D ATTENTION_MAX_DIM={ATTENTION_MAX_DIM}"),
+        format!("-D SPARSE_MAX_PARTS={SPARSE_MAX_PARTS}"),
     ];
     for &op in ReduceOp::ALL {
         defines.push(format!("-D REDUCE_{}={}", op.name().to_uppercase(), op as i32));

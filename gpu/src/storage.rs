@@ -11,14 +11,14 @@ use tensor::backend::{
     AttentionGrads, AttentionOutput, AttentionSaved, LayerNormGrads, LayerNormOutput, LayerNormSaved,
 };
 use tensor::{
-    BackendStorage, BinaryOp, Device, KeyVisibility, Layout, MatmulSpec, Operand, ReduceOp, Result, Storage,
-    UnaryOp,
+    BackendStorage, BinaryOp, Device, KeyVisibility, Layout, MatmulSpec, Operand, ReduceOp, Result,
+    SparsePart, Storage, UnaryOp,
 };
 
 use crate::device::{cl_err, OpenClDevice};
 use crate::layout_arg::{fiber_starts, i32_of, rows, LayoutArg, VisibilityArg};
 
-use crate::program::{ATTENTION_MAX_DIM, ROW_GROUP, TILE};
+use crate::program::{ATTENTION_MAX_DIM, ROW_GROUP, SPARSE_MAX_PARTS, TILE};
 
 /// `len` f32 in an OpenCL buffer (allocated with at least one element: OpenCL has no empty
 /// buffers).
@@ -316,13 +316,14 @@ impl BackendStorage for OpenClStorage {
         let (rows, keys) = (sq[0] * sq[2] * sq[1], k.layout().shape()[2]);
         check_head_dims(sq[3], sv[3])?;
         let (out, lse) = (Self::alloc(&s.device, rows * sv[3])?, Self::alloc(&s.device, rows)?);
-        let (pos, hidden, va) = s.visibility_buffers(vis, keys)?;
+        let vb = s.visibility_buffers(vis, keys)?;
         let (lq, lk, lv) =
             (LayoutArg::of(q.layout())?, LayoutArg::of(k.layout())?, LayoutArg::of(v.layout())?);
         let rows_i = i32_of(rows)?;
         s.run("attention_forward", rows, |kb| {
             kb.arg(lq).arg(&s.buffer).arg(lk).arg(&k.storage().buffer).arg(lv).arg(&v.storage().buffer);
-            kb.arg(va).arg(&pos).arg(&hidden).arg(&out.buffer).arg(&lse.buffer).arg(rows_i);
+            kb.arg(vb.scalars).arg(&vb.pos).arg(&vb.hidden).arg(&vb.pattern);
+            kb.arg(&out.buffer).arg(&lse.buffer).arg(rows_i);
         })?;
         Ok(AttentionOutput { out, lse })
     }
@@ -342,7 +343,7 @@ impl BackendStorage for OpenClStorage {
         let dq = Self::alloc(&s.device, q_rows * dk)?;
         let delta = Self::alloc(&s.device, q_rows)?;
         let (dkey, dval) = (Self::alloc(&s.device, k_rows * dk)?, Self::alloc(&s.device, k_rows * dv)?);
-        let (pos, hidden, va) = s.visibility_buffers(vis, keys)?;
+        let vb = s.visibility_buffers(vis, keys)?;
         let (lq, lk, lv) =
             (LayoutArg::of(q.layout())?, LayoutArg::of(k.layout())?, LayoutArg::of(v.layout())?);
         let (lo, llse, lg) =
@@ -351,7 +352,8 @@ impl BackendStorage for OpenClStorage {
         let (q_rows_i, k_rows_i) = (i32_of(q_rows)?, i32_of(k_rows)?);
         s.run("attention_backward_dq", q_rows, |kb| {
             kb.arg(lq).arg(&s.buffer).arg(lk).arg(kbuf).arg(lv).arg(vbuf).arg(lo).arg(&out.storage().buffer);
-            kb.arg(llse).arg(&lse.storage().buffer).arg(lg).arg(gbuf).arg(va).arg(&pos).arg(&hidden);
+            kb.arg(llse).arg(&lse.storage().buffer).arg(lg).arg(gbuf);
+            kb.arg(vb.scalars).arg(&vb.pos).arg(&vb.hidden).arg(&vb.pattern);
             kb.arg(&dq.buffer).arg(&delta.buffer).arg(q_rows_i);
         })?;
         s.run("attention_backward_dkv", k_rows, |kb| {
@@ -363,7 +365,8 @@ impl BackendStorage for OpenClStorage {
                 .arg(vbuf)
                 .arg(llse)
                 .arg(&lse.storage().buffer);
-            kb.arg(lg).arg(gbuf).arg(&delta.buffer).arg(va).arg(&pos).arg(&hidden);
+            kb.arg(lg).arg(gbuf).arg(&delta.buffer);
+            kb.arg(vb.scalars).arg(&vb.pos).arg(&vb.hidden).arg(&vb.pattern);
             kb.arg(&dkey.buffer).arg(&dval.buffer).arg(k_rows_i);
         })?;
         Ok(AttentionGrads { dq, dk: dkey, dv: dval })
@@ -521,15 +524,39 @@ fn check_head_dims(dk: usize, dv: usize) -> Result<()> {
 
 impl OpenClStorage {
     /// The key-position and hidden-key tables of `vis` as device buffers, and its scalars.
-    fn visibility_buffers(
-        &self,
-        vis: &KeyVisibility,
-        keys: usize,
-    ) -> Result<(Buffer<i32>, Buffer<i32>, VisibilityArg)> {
+    /// The key positions, hidden-key flags and sparse patterns of `vis` as buffers, and its
+    /// scalars.
+    fn visibility_buffers(&self, vis: &KeyVisibility, keys: usize) -> Result<VisibilityBuffers> {
         let pos = self.int_buffer(vis.key_positions.as_deref().unwrap_or(&[]))?;
         let flags: Vec<usize> =
             vis.hidden_keys.as_deref().unwrap_or(&[]).iter().map(|&h| h as usize).collect();
-        Ok((pos, self.int_buffer(&flags)?, VisibilityArg::new(vis, keys)?))
+        let mut parts = Vec::new();
+        for pattern in vis.pattern.as_deref().unwrap_or(&[]) {
+            if pattern.parts.len() > SPARSE_MAX_PARTS {
+                return Err(tensor::Error::new(
+                    "attention",
+                    format!(
+                        "a sparse pattern of {} parts: the OpenCL kernels take at most {SPARSE_MAX_PARTS}",
+                        pattern.parts.len()
+                    ),
+                ));
+            }
+            for r in 0..SPARSE_MAX_PARTS {
+                parts.extend(match pattern.parts.get(r) {
+                    None => [0, 0, 0],
+                    Some(SparsePart::Local { window }) => [1, *window, 0],
+                    Some(SparsePart::Columns { stride }) => [2, *stride, 0],
+                    Some(SparsePart::SameBlock { block }) => [3, *block, 0],
+                    Some(SparsePart::Summary { block, summary }) => [4, *block, *summary],
+                });
+            }
+        }
+        Ok(VisibilityBuffers {
+            pos,
+            hidden: self.int_buffer(&flags)?,
+            pattern: self.int_buffer(&parts)?,
+            scalars: VisibilityArg::new(vis, keys)?,
+        })
     }
 
     fn unary_raw(&self, layout: &Layout, op: UnaryOp) -> Result<OpenClStorage> {
@@ -542,4 +569,13 @@ impl OpenClStorage {
         })?;
         Ok(out)
     }
+}
+
+/// What the attention kernels read of a [`KeyVisibility`].
+struct VisibilityBuffers {
+    pos: Buffer<i32>,
+    hidden: Buffer<i32>,
+    /// `SPARSE_MAX_PARTS` parts of `(kind, a, b)` per pattern.
+    pattern: Buffer<i32>,
+    scalars: VisibilityArg,
 }

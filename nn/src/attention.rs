@@ -198,7 +198,7 @@ impl Attention {
                 let mask = match (opts.mask, opts.visibility) {
                     (Some(m), _) => Some(m),
                     (None, Some(vis)) => {
-                        dense = dense_mask(vis, b, l, k.shape()[2])?;
+                        dense = dense_mask(vis, b, self.heads, l, k.shape()[2])?;
                         Some(&dense)
                     }
                     (None, None) => None,
@@ -222,13 +222,24 @@ pub fn attend_composed(ctx: &Ctx, q: &Var, k: &Var, v: &Var, mask: Option<&Tenso
     Ok(probs.matmul(v)?)
 }
 
-/// `[B, 1, L, N]` dense mask of a [`KeyVisibility`]: 1 where query `i` of row `b` does not see
-/// key `j`.
-pub fn dense_mask(vis: &KeyVisibility, batch: usize, queries: usize, keys: usize) -> Result<Tensor> {
+/// The dense mask of a [`KeyVisibility`] for `heads` heads: 1 where query `i` of row `b` does
+/// not see key `j`; `[B, 1, L, N]` when every head sees alike, `[B, H, L, N]` when sparse
+/// patterns differ by head.
+pub fn dense_mask(
+    vis: &KeyVisibility,
+    batch: usize,
+    heads: usize,
+    queries: usize,
+    keys: usize,
+) -> Result<Tensor> {
+    let mask_heads = if vis.pattern.as_ref().is_some_and(|p| p.len() > 1) { heads } else { 1 };
     let data = (0..batch)
         .flat_map(|b| {
-            (0..queries).flat_map(move |i| (0..keys).map(move |j| (!vis.sees(b, i, j, keys)) as u8 as f32))
+            (0..mask_heads).flat_map(move |h| {
+                (0..queries)
+                    .flat_map(move |i| (0..keys).map(move |j| (!vis.sees(b, h, i, j, keys)) as u8 as f32))
+            })
         })
         .collect();
-    Ok(Tensor::from_vec(data, &[batch, 1, queries, keys])?)
+    Ok(Tensor::from_vec(data, &[batch, mask_heads, queries, keys])?)
 }

@@ -15,13 +15,15 @@
 //! Masking ([`KeyVisibility`]) matches the composition `masked_fill(MASKED)` + softmax it
 //! replaces (and is tested against): a hidden score is the most negative f32, so a query that
 //! sees at least one key gives hidden keys exactly zero weight, and a query that sees none
-//! averages every value uniformly. Whole blocks of keys a query block cannot see are skipped.
+//! averages every value uniformly. Whole blocks of keys a query block cannot see are skipped,
+//! which for a sparse pattern ([`crate::SparsePattern`]) is most of them.
 //! Scaling by `D^-½` and rotary are applied to `q` and `k` before the op, as in the reference.
 
 use std::sync::Arc;
 
 use crate::bail;
 use crate::error::{fmt_shape, Result};
+use crate::sparse_pattern::SparsePattern;
 use crate::tensor::Tensor;
 
 /// Which keys each query may see: computed from positions, never stored as a dense mask.
@@ -38,6 +40,9 @@ pub struct KeyVisibility {
     /// Keys hidden from every query of their row (padding, dropped keys), `[rows, keys]` with
     /// `rows` 1 or the batch.
     pub hidden_keys: Option<Arc<[bool]>>,
+    /// A sparse pattern on positions (the Sparse Transformer's), one for all heads or one per
+    /// head (interleaved heads). A query sits at position `causal + i` (`i` without `causal`).
+    pub pattern: Option<Arc<[SparsePattern]>>,
 }
 
 impl KeyVisibility {
@@ -71,14 +76,48 @@ impl KeyVisibility {
         }
     }
 
-    /// Whether query `i` of batch row `b` sees key `j` (of `n`).
-    #[inline]
-    pub fn sees(&self, b: usize, i: usize, j: usize, n: usize) -> bool {
-        !self.is_hidden(b, j, n) && self.causal.is_none_or(|offset| self.key_position(b, j, n) <= offset + i)
+    /// A sparse pattern for every head.
+    pub fn sparse(pattern: SparsePattern) -> Self {
+        KeyVisibility { causal: Some(0), pattern: Some(Arc::from(vec![pattern])), ..Default::default() }
     }
 
-    /// Checks the per-key tables against `batch` rows of `keys` keys.
-    fn check(&self, batch: usize, keys: usize) -> Result<()> {
+    /// The position of query `i`.
+    #[inline]
+    pub fn query_position(&self, i: usize) -> usize {
+        self.causal.unwrap_or(0) + i
+    }
+
+    /// The sparse pattern of head `h`, if any.
+    #[inline]
+    pub fn pattern_of(&self, h: usize) -> Option<&SparsePattern> {
+        self.pattern.as_deref().map(|p| if p.len() == 1 { &p[0] } else { &p[h] })
+    }
+
+    /// Whether query `i` of batch row `b`, head `h`, sees key `j` (of `n`).
+    #[inline]
+    pub fn sees(&self, b: usize, h: usize, i: usize, j: usize, n: usize) -> bool {
+        if self.is_hidden(b, j, n) {
+            return false;
+        }
+        let (p, k) = (self.query_position(i), self.key_position(b, j, n));
+        self.causal.is_none_or(|_| k <= p) && self.pattern_of(h).is_none_or(|pattern| pattern.allows(p, k))
+    }
+
+    /// Checks the per-key tables against `batch` rows of `keys` keys, and the patterns against
+    /// `heads` heads.
+    fn check(&self, batch: usize, heads: usize, keys: usize) -> Result<()> {
+        if let Some(patterns) = &self.pattern {
+            if patterns.len() != 1 && patterns.len() != heads {
+                bail!(
+                    "attention",
+                    "{} sparse patterns for {heads} heads (need 1 or {heads})",
+                    patterns.len()
+                );
+            }
+            if let Some(problem) = patterns.iter().find_map(SparsePattern::problem) {
+                bail!("attention", "sparse pattern: {problem}");
+            }
+        }
         let rows_ok = |len: usize| len == keys || len == batch * keys;
         if let Some(p) = &self.key_positions {
             if !rows_ok(p.len()) {
@@ -135,7 +174,7 @@ fn check_sizes(q: &Tensor, k: &Tensor, v: &Tensor, vis: &KeyVisibility) -> Resul
     if sq[3] == 0 || sv[3] == 0 {
         bail!(op, "q {} and v {} need at least one channel", fmt_shape(sq), fmt_shape(sv));
     }
-    vis.check(sq[0], sk[2])?;
+    vis.check(sq[0], sq[1], sk[2])?;
     Ok(Sizes { batch: sq[0], heads: sq[1], queries: sq[2], keys: sk[2], dv: sv[3] })
 }
 

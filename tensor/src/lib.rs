@@ -25,6 +25,7 @@ pub mod op_table;
 pub mod ops;
 pub mod reference;
 pub mod rotary;
+pub mod sparse_pattern;
 pub mod tensor;
 pub mod view;
 
@@ -37,4 +38,5 @@ pub use error::{Error, Result};
 pub use layout::Layout;
 pub use op_table::Domain;
 pub use ops::LayerNormParts;
+pub use sparse_pattern::{Reach, SparsePart, SparsePattern};
 pub use tensor::Tensor;

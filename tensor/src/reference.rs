@@ -140,7 +140,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, vis: &crate::attention::Key
             for i in 0..l {
                 let scores: Vec<f64> = (0..n)
                     .map(|j| {
-                        if !vis.sees(bi, i, j, n) {
+                        if !vis.sees(bi, hi, i, j, n) {
                             return -f32::MAX as f64;
                         }
                         (0..d)

@@ -17,7 +17,7 @@ use perceiver::PerceiverArConfig;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tensor::{Device, KeyVisibility, Result, Tensor};
+use tensor::{Device, KeyVisibility, Result, SparsePattern, Tensor};
 
 /// How a base tensor becomes the input an op sees.
 #[derive(Clone, Debug)]
@@ -278,6 +278,28 @@ pub fn visibility(
                 Some(Arc::from((0..batch * n).map(|i| i < n || rng.gen_bool(0.2)).collect::<Vec<_>>()))
         }
     }
+    vis
+}
+
+/// `vis` with a sparse pattern of kind `kind` for `heads` heads: 0 none, 1 the strided pattern
+/// (merged heads), 2 the fixed pattern (merged), 3 interleaved heads (head `h` takes part
+/// `h mod 2` of a strided or fixed pattern), with random sizes.
+pub fn with_pattern(mut vis: KeyVisibility, heads: usize, kind: u8, seed: u64) -> KeyVisibility {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005b_a25e);
+    let stride = rng.gen_range(1..7);
+    let block = rng.gen_range(1..9);
+    let summary = rng.gen_range(1..=block);
+    let merged = match rng.gen_bool(0.5) {
+        true => SparsePattern::strided(stride),
+        false => SparsePattern::fixed(block, summary),
+    };
+    let patterns = match kind {
+        0 => return vis,
+        1 => vec![SparsePattern::strided(stride)],
+        2 => vec![SparsePattern::fixed(block, summary)],
+        _ => (0..heads).map(|h| SparsePattern::only(merged.parts[h % 2])).collect(),
+    };
+    vis.pattern = Some(Arc::from(patterns));
     vis
 }
 

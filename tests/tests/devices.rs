@@ -134,9 +134,10 @@ proptest! {
     #[test]
     fn fused_attention(
         b in 1usize..3, h in 1usize..3, l in 1usize..40, n in 1usize..150, d in 1usize..9,
-        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, seed in any::<u64>(),
+        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, pattern in 0u8..4,
+        seed in any::<u64>(),
     ) {
-        let vis = tests::visibility(b, l, n, causal, positions, hidden, seed);
+        let vis = tests::with_pattern(tests::visibility(b, l, n, causal, positions, hidden, seed), h, pattern, seed);
         let q = Viewed { base: uniform(&[b, l, h, d], -1.5, 1.5, seed), recipe: tests::Recipe::Transposed(1, 2), shape: vec![b, h, l, d] };
         let k = Viewed { base: uniform(&[b, h, n, d], -1.5, 1.5, seed + 1), recipe: tests::Recipe::Contiguous, shape: vec![b, h, n, d] };
         let v = Viewed { base: uniform(&[b, h, n, d], -1.0, 1.0, seed + 2), recipe: tests::Recipe::Contiguous, shape: vec![b, h, n, d] };

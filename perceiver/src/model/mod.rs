@@ -307,6 +307,7 @@ impl PerceiverAr {
             causal: Some(seen + keys - l),
             key_positions: None,
             hidden_keys: kept.dropped.map(Arc::from),
+            pattern: None,
         };
         let layer = &self.cross;
         let queries = layer.q_norm.forward(ctx, &latents)?;

@@ -6,9 +6,9 @@
 //! the same memory and no per-task buffers are needed. Per task,
 //! queries go in blocks of [`QUERY_BLOCK`] rows and keys in blocks of [`KEY_BLOCK`]: the score
 //! block `[QUERY_BLOCK, KEY_BLOCK]` stays in cache and the `[L, N]` scores never exist. A key
-//! block that no query of the block can see (in the causal future, or all hidden) is skipped;
-//! one that every query sees fully needs no masking; only blocks on the diagonal are masked
-//! element by element.
+//! block that no query of the block can see (in the causal future, all hidden, or never reached
+//! by a sparse pattern) is skipped; one that every query sees fully needs no masking; only
+//! blocks on the diagonal (or partly reached by a pattern) are masked element by element.
 
 use rayon::prelude::*;
 
@@ -16,6 +16,7 @@ use super::few_rows::{self, Strided as Matrix, FEW_ROWS};
 use super::math;
 use crate::attention::KeyVisibility;
 use crate::layout::Layout;
+use crate::sparse_pattern::Reach;
 
 /// Query rows per block.
 pub const QUERY_BLOCK: usize = 128;
@@ -103,7 +104,7 @@ enum Block {
 
 fn classify(
     vis: &KeyVisibility,
-    b: usize,
+    (b, h): (usize, usize),
     (i0, i1): (usize, usize),
     (j0, j1): (usize, usize),
     n: usize,
@@ -114,6 +115,15 @@ fn classify(
     };
     if hidden == j1 - j0 {
         return Block::Hidden;
+    }
+    // Key positions do not decrease along a row: the block's first and last bound them.
+    let queries = (vis.query_position(i0), vis.query_position(i1 - 1));
+    let keys = (vis.key_position(b, j0, n), vis.key_position(b, j1 - 1, n));
+    let pattern = vis.pattern_of(h).map(|p| p.reach(queries, keys));
+    match pattern {
+        Some(Reach::None) => return Block::Hidden,
+        Some(Reach::Some) => return Block::Mixed,
+        Some(Reach::All) | None => {}
     }
     match vis.causal {
         // Key positions do not decrease along a row: the first key is the earliest.
@@ -128,7 +138,7 @@ fn classify(
 /// the query cannot see to `value`.
 fn mask_block(
     vis: &KeyVisibility,
-    b: usize,
+    (b, h): (usize, usize),
     (i0, j0): (usize, usize),
     n: usize,
     (block, bk): (&mut [f32], usize),
@@ -136,7 +146,7 @@ fn mask_block(
 ) {
     for (r, row) in block.chunks_mut(bk).enumerate() {
         for (c, x) in row.iter_mut().enumerate() {
-            if !vis.sees(b, i0 + r, j0 + c, n) {
+            if !vis.sees(b, h, i0 + r, j0 + c, n) {
                 *x = value;
             }
         }
@@ -162,14 +172,14 @@ fn forward_head(
         let acc = &mut out[i0 * dv..(i0 + bq) * dv];
         for j0 in (0..n).step_by(KEY_BLOCK) {
             let bk = KEY_BLOCK.min(n - j0);
-            let kind = classify(vis, b, (i0, i0 + bq), (j0, j0 + bk), n);
+            let kind = classify(vis, (b, h), (i0, i0 + bq), (j0, j0 + bk), n);
             if kind == Block::Hidden {
                 continue;
             }
             let s = &mut scores[..bq * bk];
             gemm((bq, bk, d), q.matrix(b, h, i0), k.matrix(b, h, j0).t(), 0.0, (s, bk));
             if kind == Block::Mixed {
-                mask_block(vis, b, (i0, j0), n, (s, bk), MASKED);
+                mask_block(vis, (b, h), (i0, j0), n, (s, bk), MASKED);
             }
             let p = &mut probs[..bq * bk];
             for r in 0..bq {
@@ -268,7 +278,7 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
         let bq = QUERY_BLOCK.min(l - i0);
         for j0 in (0..n).step_by(KEY_BLOCK) {
             let bk = KEY_BLOCK.min(n - j0);
-            let kind = classify(vis, b, (i0, i0 + bq), (j0, j0 + bk), n);
+            let kind = classify(vis, (b, h), (i0, i0 + bq), (j0, j0 + bk), n);
             if kind == Block::Hidden {
                 continue;
             }
@@ -284,7 +294,7 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
                 }
             }
             if kind == Block::Mixed {
-                mask_block(vis, b, (i0, j0), n, (p, bk), 0.0);
+                mask_block(vis, (b, h), (i0, j0), n, (p, bk), 0.0);
             }
             let p = &probs[..bq * bk];
             // dv_j += Σ_i p_ij do_i.
