@@ -97,9 +97,14 @@ impl SelfAttentionLayer {
 
     /// `[B, N, C] → [B, N, C]`, every latent seeing every latent.
     pub fn forward(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
-        let visibility = KeyVisibility::all();
+        self.forward_seeing(ctx, x, &KeyVisibility::all())
+    }
+
+    /// [`SelfAttentionLayer::forward`] with position `i` seeing the positions `visibility`
+    /// allows (causal, or a sparse pattern: a decoder layer of the Sparse Transformer).
+    pub fn forward_seeing(&self, ctx: &Ctx, x: &Var, visibility: &KeyVisibility) -> Result<Var> {
         let opts =
-            AttendOptions { visibility: Some(&visibility), dropout: self.dropout, ..Default::default() };
+            AttendOptions { visibility: Some(visibility), dropout: self.dropout, ..Default::default() };
         let normed = self.norm.forward(ctx, x)?;
         let h = x.add(&self.attention.forward(ctx, &normed, &normed, &opts)?)?;
         Ok(h.add(&self.mlp.forward(ctx, &h)?)?)

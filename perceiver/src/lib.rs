@@ -20,6 +20,7 @@ pub mod plot;
 pub mod presets;
 pub mod run_dir;
 pub mod snapshot;
+pub mod sparse_transformer;
 pub mod train;
 pub mod verify;
 

@@ -6,6 +6,7 @@
 //! | [`PerceiverAr`] | a prefix and latents of token ids | the token after each latent | copy, text |
 //! | [`PerceiverIo`] with a token input | token ids, some masked | every position's original token | masked bytes |
 //! | [`PerceiverIo`] with an image input (the Perceiver) | images | one class per image | shapes |
+//! | [`SparseTransformer`] (or the dense decoder) | token ids | the token after each scored position | copy, text |
 //!
 //! In every case the logits have one row per entry of `batch.targets`, so one cross-entropy
 //! and one scoring routine serve all of them.
@@ -19,15 +20,17 @@ use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::PerceiverAr;
 use crate::perceiver_io::{ModelInput, PerceiverIo, PerceiverIoConfig};
+use crate::sparse_transformer::{AttentionPattern, SparseTransformer, SparseTransformerConfig};
 
-/// A model's hyperparameters, tagged by family: `{"perceiver_ar": {...}}` or
-/// `{"perceiver_io": {...}}`. Checkpoints written before there were several families hold a
+/// A model's hyperparameters, tagged by family: `{"perceiver_ar": {...}}`,
+/// `{"perceiver_io": {...}}` or `{"sparse_transformer": {...}}`. Checkpoints written before there were several families hold a
 /// bare Perceiver AR config, which still reads as one.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelConfig {
     PerceiverAr(PerceiverArConfig),
     PerceiverIo(PerceiverIoConfig),
+    SparseTransformer(SparseTransformerConfig),
 }
 
 impl<'de> Deserialize<'de> for ModelConfig {
@@ -42,9 +45,12 @@ impl<'de> Deserialize<'de> for ModelConfig {
             Some((tag, inner)) if tag == "perceiver_io" => {
                 serde_json::from_value(inner.clone()).map(ModelConfig::PerceiverIo)
             }
+            Some((tag, inner)) if tag == "sparse_transformer" => {
+                serde_json::from_value(inner.clone()).map(ModelConfig::SparseTransformer)
+            }
             Some((tag, _)) => {
                 return Err(D::Error::custom(format!(
-                    "unknown model family `{tag}` (expected perceiver_ar or perceiver_io)"
+                    "unknown model family `{tag}` (expected perceiver_ar, perceiver_io or sparse_transformer)"
                 )))
             }
             // The layout of checkpoints from before the families: a bare Perceiver AR config.
@@ -59,6 +65,17 @@ impl ModelConfig {
         match self {
             ModelConfig::PerceiverAr(c) => c.validate(),
             ModelConfig::PerceiverIo(c) => c.validate(),
+            ModelConfig::SparseTransformer(c) => c.validate(),
+        }
+    }
+
+    /// The longest window and the positions scored in training, for the autoregressive
+    /// families (`None` for the encoder-decoder ones).
+    pub fn sequence(&self) -> Option<(usize, usize)> {
+        match self {
+            ModelConfig::PerceiverAr(c) => Some((c.max_seq_len, c.max_latents)),
+            ModelConfig::SparseTransformer(c) => Some((c.max_seq_len, c.max_latents)),
+            ModelConfig::PerceiverIo(_) => None,
         }
     }
 
@@ -68,6 +85,8 @@ impl ModelConfig {
             ModelConfig::PerceiverAr(_) => "perceiver-ar",
             ModelConfig::PerceiverIo(c) if c.is_image_classifier() => "perceiver",
             ModelConfig::PerceiverIo(_) => "perceiver-io",
+            ModelConfig::SparseTransformer(c) if c.pattern == AttentionPattern::Dense => "dense-decoder",
+            ModelConfig::SparseTransformer(_) => "sparse-transformer",
         }
     }
 
@@ -97,6 +116,10 @@ impl ModelConfig {
                     c.self_blocks
                 )
             }
+            ModelConfig::SparseTransformer(c) => format!(
+                "context {}, scored {}, channels {}, heads {}, layers {}, {:?} attention, {:?} heads",
+                c.max_seq_len, c.max_latents, c.channels, c.heads, c.layers, c.pattern, c.head_layout
+            ),
         }
     }
 
@@ -121,6 +144,7 @@ impl ModelConfig {
 pub enum Model {
     PerceiverAr(Box<PerceiverAr>),
     PerceiverIo(Box<PerceiverIo>),
+    SparseTransformer(Box<SparseTransformer>),
 }
 
 impl Model {
@@ -129,6 +153,9 @@ impl Model {
         Ok(match config {
             ModelConfig::PerceiverAr(c) => Model::PerceiverAr(Box::new(PerceiverAr::new(c.clone(), seed)?)),
             ModelConfig::PerceiverIo(c) => Model::PerceiverIo(Box::new(PerceiverIo::new(c.clone(), seed)?)),
+            ModelConfig::SparseTransformer(c) => {
+                Model::SparseTransformer(Box::new(SparseTransformer::new(c.clone(), seed)?))
+            }
         })
     }
 
@@ -136,6 +163,7 @@ impl Model {
         match self {
             Model::PerceiverAr(m) => &m.params,
             Model::PerceiverIo(m) => &m.params,
+            Model::SparseTransformer(m) => &m.params,
         }
     }
 
@@ -143,6 +171,7 @@ impl Model {
         match self {
             Model::PerceiverAr(m) => &mut m.params,
             Model::PerceiverIo(m) => &mut m.params,
+            Model::SparseTransformer(m) => &mut m.params,
         }
     }
 
@@ -155,6 +184,7 @@ impl Model {
     pub fn logits(&self, ctx: &Ctx, batch: &Batch) -> Result<Var> {
         match self {
             Model::PerceiverAr(m) => m.forward(ctx, &batch.input()),
+            Model::SparseTransformer(m) => m.forward(ctx, &batch.input()),
             Model::PerceiverIo(m) => {
                 let images;
                 let input = match &batch.images {
@@ -182,6 +212,10 @@ impl Model {
             Model::PerceiverIo(m) => Err(Error::Input(format!(
                 "{what} needs a Perceiver AR checkpoint; this one holds a {} model",
                 ModelConfig::PerceiverIo(m.config).family()
+            ))),
+            Model::SparseTransformer(m) => Err(Error::Input(format!(
+                "{what} needs a Perceiver AR checkpoint; this one holds a {} model",
+                ModelConfig::SparseTransformer(m.config).family()
             ))),
         }
     }

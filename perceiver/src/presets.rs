@@ -13,6 +13,7 @@ use crate::config::{CrossAttendDropout, PerceiverArConfig};
 use crate::data::{copy, masked, shapes, text};
 use crate::models::ModelConfig;
 use crate::perceiver_io::{AttentionConfig, InputConfig, OutputConfig, PerceiverIoConfig};
+use crate::sparse_transformer::{AttentionPattern, HeadLayout, SparseTransformerConfig};
 use crate::train::{TaskConfig, TrainConfig};
 
 /// Bytes the default copy task mirrors (the paper's copy task, section 5.1, at a size solved
@@ -233,6 +234,48 @@ impl Preset {
         self.run_config(TaskConfig::Shapes { size, noise }, ModelConfig::PerceiverIo(model), seed)
     }
 
+    /// A decoder-only transformer on the copy task or text (`data`): the Sparse Transformer
+    /// with `pattern` spread over heads by `layout`, or the dense decoder. It has one layer
+    /// more than the preset's self-attention layers, so that its parameters match Perceiver
+    /// AR's (whose cross-attention layer is one more layer), and it scores the same last
+    /// positions of each window.
+    pub fn decoder_config(
+        &self,
+        pattern: AttentionPattern,
+        head_layout: HeadLayout,
+        data: Option<PathBuf>,
+        copy_bytes: usize,
+        seed: u64,
+    ) -> TrainConfig {
+        let model = SparseTransformerConfig {
+            vocab_size: self.vocab_size,
+            max_seq_len: self.context,
+            max_latents: self.latents,
+            channels: self.channels,
+            heads: self.heads,
+            layers: self.self_attention_layers + 1,
+            widening: 4,
+            pattern,
+            head_layout,
+            dropout: 0.0,
+            init_scale: 0.02,
+        };
+        self.run_config(self.sequence_task(data, copy_bytes), ModelConfig::SparseTransformer(model), seed)
+    }
+
+    /// The copy task, or text from `data` with crops of at least a `min_crop_divisor`-th of the
+    /// context.
+    fn sequence_task(&self, data: Option<PathBuf>, copy_bytes: usize) -> TaskConfig {
+        match data {
+            Some(path) => TaskConfig::Text {
+                path,
+                valid_fraction: self.valid_fraction,
+                min_len: (self.context / self.min_crop_divisor.max(1)).max(1),
+            },
+            None => TaskConfig::Copy { k: copy_bytes },
+        }
+    }
+
     /// The run this preset describes, for `task` (a text file or the copy task).
     pub fn train_config(
         &self,
@@ -253,15 +296,7 @@ impl Preset {
             CrossAttendDropout::KeepCount => self.cross_attend_dropout,
             CrossAttendDropout::Bernoulli => 0.0,
         };
-        let task = match data {
-            Some(path) => TaskConfig::Text {
-                path,
-                valid_fraction: self.valid_fraction,
-                min_len: (n / self.min_crop_divisor.max(1)).max(1),
-            },
-            None => TaskConfig::Copy { k: copy_bytes },
-        };
-        self.run_config(task, ModelConfig::PerceiverAr(model), seed)
+        self.run_config(self.sequence_task(data, copy_bytes), ModelConfig::PerceiverAr(model), seed)
     }
 
     /// The optimiser, schedule and bookkeeping of this preset around `task` and `model`.

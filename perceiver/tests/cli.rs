@@ -181,6 +181,37 @@ fn the_encoder_decoder_models_train_and_evaluate_from_the_command_line() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `--model sparse-transformer` and `--model dense-decoder` train on the copy task and
+/// evaluate; options of other models are refused by name.
+#[test]
+fn the_decoders_train_and_evaluate_from_the_command_line() {
+    let out = std::env::temp_dir().join(format!("perceiver-cli-decoders-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let small = ["--copy-bytes", "4", "--channels", "32", "--heads", "2", "--layers", "1", "--steps", "4"];
+    for (model, extra) in [
+        (
+            "sparse-transformer",
+            &["--pattern", "fixed", "--stride", "4", "--summary", "1", "--head-layout", "split"][..],
+        ),
+        ("dense-decoder", &[][..]),
+    ] {
+        let run = out.join(model);
+        let args = [&["train", "--model", model, "--out", run.to_str().unwrap()][..], &small, extra].concat();
+        let (ok, stdout, stderr) = perceiver(&args);
+        assert!(ok, "{model}: {stdout}\n{stderr}");
+        assert!(stderr.contains(&format!("copy task (k = 4), {model}")), "{stderr}");
+        let (ok, stdout, stderr) = perceiver(&["eval", "--checkpoint", run.to_str().unwrap(), "--json"]);
+        assert!(ok, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+        assert!(v["sequence_accuracy"].as_f64().is_some(), "{v}");
+    }
+    let (ok, _, stderr) = perceiver(&["train", "--model", "dense-decoder", "--stride", "3"]);
+    assert!(!ok && stderr.contains("--stride does not apply"), "{stderr}");
+    let (ok, _, stderr) = perceiver(&["train", "--model", "sparse-transformer", "--summary", "2"]);
+    assert!(!ok && stderr.contains("--summary applies to --pattern fixed only"), "{stderr}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn bench_reports_json_on_its_last_line() {
     let (ok, stdout, stderr) = perceiver(&[

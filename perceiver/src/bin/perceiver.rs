@@ -10,10 +10,11 @@ use perceiver::config::AbsolutePositions;
 use perceiver::data::copy;
 use perceiver::distributed::Collective;
 use perceiver::generate::{generate, Prediction, Sampling};
-use perceiver::models::{Model, ModelConfig};
+use perceiver::models::Model;
 use perceiver::presets;
 use perceiver::run_dir::RunDir;
 use perceiver::snapshot::TextTokenizer;
+use perceiver::sparse_transformer::{AttentionPattern, HeadLayout};
 use perceiver::train::{self, Event, Metric, TaskConfig, TrainConfig, Trainer};
 use perceiver::Result;
 
@@ -57,6 +58,29 @@ enum Family {
     PerceiverIo,
     /// The Perceiver: classifying drawn shapes (no data needed).
     Perceiver,
+    /// The Sparse Transformer: a decoder with factorized sparse attention, on the copy task or
+    /// --data text.
+    SparseTransformer,
+    /// The dense decoder of the same size (every earlier position seen), on the same tasks.
+    DenseDecoder,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum PatternKind {
+    /// The latest `stride` positions and every `stride`-th one before them.
+    Strided,
+    /// The query's block and the last `summary` positions of every block.
+    Fixed,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Layout {
+    /// Every head attends to both parts of the pattern.
+    Merged,
+    /// Alternate layers take one part each.
+    Interleaved,
+    /// Alternate heads take one part each.
+    Split,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -190,6 +214,20 @@ struct TrainArgs {
     /// perceiver: the standard deviation of the Gaussian noise on every pixel [default: 0.25].
     #[arg(long, value_parser = parse::non_negative)]
     noise: Option<f32>,
+    /// sparse-transformer: the attention pattern [default: strided].
+    #[arg(long, value_enum)]
+    pattern: Option<PatternKind>,
+    /// sparse-transformer: the pattern's stride (strided) or block (fixed) [default: about
+    /// the square root of the context].
+    #[arg(long, value_parser = parse::count)]
+    stride: Option<usize>,
+    /// sparse-transformer, fixed pattern: summary positions per block [default: an eighth of
+    /// the block, at least 1].
+    #[arg(long, value_parser = parse::count)]
+    summary: Option<usize>,
+    /// sparse-transformer: how the pattern's two parts are spread over heads [default: merged].
+    #[arg(long, value_enum)]
+    head_layout: Option<Layout>,
     /// Copy task: number of random bytes to mirror [default: 16].
     #[arg(long, value_parser = parse::copy_bytes)]
     copy_bytes: Option<usize>,
@@ -442,13 +480,19 @@ fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
         ("--positions", a.positions.is_some()),
         ("--cross-dropout", a.cross_dropout.is_some()),
     ];
-    match family {
-        Family::PerceiverAr => {}
-        Family::PerceiverIo | Family::Perceiver => {
-            let name = if family == Family::Perceiver { "perceiver" } else { "perceiver-io" };
-            if let Some((option, _)) = ar_only.iter().find(|(_, given)| *given) {
-                return refuse(option, name);
-            }
+    let name = match family {
+        Family::PerceiverAr => None,
+        Family::PerceiverIo => Some("perceiver-io"),
+        Family::Perceiver => Some("perceiver"),
+        Family::SparseTransformer => Some("sparse-transformer"),
+        Family::DenseDecoder => Some("dense-decoder"),
+    };
+    // The copy task's size applies to the decoders too; the rest is Perceiver AR's.
+    let decoder = matches!(family, Family::SparseTransformer | Family::DenseDecoder);
+    if let Some(name) = name {
+        let given = ar_only.iter().skip(usize::from(decoder)).find(|(_, given)| *given);
+        if let Some((option, _)) = given {
+            return refuse(option, name);
         }
     }
     if family != Family::PerceiverIo && a.mask_rate.is_some() {
@@ -457,10 +501,23 @@ fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
     if family != Family::Perceiver && a.noise.is_some() {
         return refuse("--noise", "other than perceiver");
     }
+    let sparse_options = [
+        ("--pattern", a.pattern.is_some()),
+        ("--stride", a.stride.is_some()),
+        ("--summary", a.summary.is_some()),
+        ("--head-layout", a.head_layout.is_some()),
+    ];
+    if family != Family::SparseTransformer {
+        if let Some((option, _)) = sparse_options.iter().find(|(_, given)| *given) {
+            return refuse(option, "other than sparse-transformer");
+        }
+    }
     let copy_bytes = a.copy_bytes.unwrap_or(presets::DEFAULT_COPY_BYTES);
     let mut preset = match (family, &a.data) {
-        (Family::PerceiverAr, Some(_)) => presets::text(),
-        (Family::PerceiverAr, None) => presets::copy_task(copy_bytes),
+        (Family::PerceiverAr | Family::SparseTransformer | Family::DenseDecoder, Some(_)) => presets::text(),
+        (Family::PerceiverAr | Family::SparseTransformer | Family::DenseDecoder, None) => {
+            presets::copy_task(copy_bytes)
+        }
         (Family::PerceiverIo, _) => presets::masked_text(),
         (Family::Perceiver, Some(_)) => return refuse("--data", "perceiver (its shapes are drawn)"),
         (Family::Perceiver, None) => presets::shapes(),
@@ -489,6 +546,33 @@ fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
             preset.masked_text_config(data, a.mask_rate.unwrap_or(0.15), seed)
         }
         Family::Perceiver => preset.shapes_config(a.noise.unwrap_or(0.25), seed),
+        Family::DenseDecoder => preset.decoder_config(
+            AttentionPattern::Dense,
+            HeadLayout::Merged,
+            a.data.clone(),
+            copy_bytes,
+            seed,
+        ),
+        Family::SparseTransformer => {
+            let side = ((preset.context as f64).sqrt().round() as usize).max(1);
+            let stride = a.stride.unwrap_or(side);
+            let pattern = match a.pattern.unwrap_or(PatternKind::Strided) {
+                PatternKind::Strided if a.summary.is_some() => {
+                    return Err(perceiver::Error::Input("--summary applies to --pattern fixed only".into()))
+                }
+                PatternKind::Strided => AttentionPattern::Strided { stride },
+                PatternKind::Fixed => AttentionPattern::Fixed {
+                    block: stride,
+                    summary: a.summary.unwrap_or((stride / 8).max(1)),
+                },
+            };
+            let layout = match a.head_layout.unwrap_or(Layout::Merged) {
+                Layout::Merged => HeadLayout::Merged,
+                Layout::Interleaved => HeadLayout::Interleaved,
+                Layout::Split => HeadLayout::Split,
+            };
+            preset.decoder_config(pattern, layout, a.data.clone(), copy_bytes, seed)
+        }
         Family::PerceiverAr => {
             let variant = match a.variant.unwrap_or(Variant::PerceiverIo) {
                 Variant::PerceiverIo => presets::Variant::PerceiverIo,
@@ -521,6 +605,10 @@ fn apply_resume_options(a: &TrainArgs, trainer: &mut Trainer, say: impl Fn(Strin
         ("--data", a.data.is_some()),
         ("--mask-rate", a.mask_rate.is_some()),
         ("--noise", a.noise.is_some()),
+        ("--pattern", a.pattern.is_some()),
+        ("--stride", a.stride.is_some()),
+        ("--summary", a.summary.is_some()),
+        ("--head-layout", a.head_layout.is_some()),
         ("--copy-bytes", a.copy_bytes.is_some()),
         ("--variant", a.variant.is_some()),
         ("--positions", a.positions.is_some()),
@@ -735,7 +823,9 @@ fn train_leader(device: &tensor::Device, mut trainer: Trainer, run: RunDir) -> R
     let title = match trainer.config.model.family() {
         "perceiver-ar" => "Perceiver AR training",
         "perceiver-io" => "Perceiver IO training (masked bytes)",
-        _ => "Perceiver training (drawn shapes)",
+        "perceiver" => "Perceiver training (drawn shapes)",
+        "sparse-transformer" => "Sparse Transformer training",
+        _ => "Dense decoder training",
     };
     let drawn = perceiver::plot::loss_curve(&out.join("metrics.jsonl"), &svg, title)?;
     if let Some(r) = &result {
@@ -788,9 +878,9 @@ fn eval_command(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
         config.eval_batches = n;
     }
     // Text defaults to the paper's stride, half the latents; the copy task has no stride.
-    let latents = match &config.model {
-        ModelConfig::PerceiverAr(m) => Some(a.latents.unwrap_or(m.max_latents)),
-        _ => a.latents,
+    let latents = match config.model.sequence() {
+        Some((_, max_latents)) => Some(a.latents.unwrap_or(max_latents)),
+        None => a.latents,
     };
     let stride = match (a.stride, latents) {
         (Some(s), _) => Some(s),

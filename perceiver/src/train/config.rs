@@ -65,7 +65,10 @@ impl TaskConfig {
     pub fn check_model(&self, model: &ModelConfig) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         match (self, model) {
-            (TaskConfig::Copy { .. } | TaskConfig::Text { .. }, ModelConfig::PerceiverAr(_)) => Ok(()),
+            (
+                TaskConfig::Copy { .. } | TaskConfig::Text { .. },
+                ModelConfig::PerceiverAr(_) | ModelConfig::SparseTransformer(_),
+            ) => Ok(()),
             (TaskConfig::MaskedText { .. }, ModelConfig::PerceiverIo(c)) => {
                 use crate::data::masked::VOCAB;
                 let InputConfig::Tokens { vocab_size, max_seq_len, .. } = c.input else {
@@ -206,6 +209,8 @@ impl TrainConfig {
                 let logits = b * l * m.vocab_size as u128;
                 4 * (4 * m.parameter_count() + scores + logits)
             }
+            // The fused attention saves no scores: the logits of the scored positions.
+            ModelConfig::SparseTransformer(m) => 4 * b * m.max_latents as u128 * m.vocab_size as u128,
             ModelConfig::PerceiverIo(c) => {
                 let inputs = match c.input {
                     InputConfig::Tokens { max_seq_len, .. } => max_seq_len,

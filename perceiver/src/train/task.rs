@@ -37,10 +37,11 @@ impl Task {
     /// The task of `config`, for `model` (checked to be one that can learn it).
     pub fn load(config: &TaskConfig, model: &ModelConfig) -> Result<Task> {
         config.check_model(model)?;
+        let (max_seq_len, _) = model.sequence().unwrap_or((0, 0));
         match (config, model) {
-            (TaskConfig::Copy { k }, ModelConfig::PerceiverAr(model)) => {
+            (TaskConfig::Copy { k }, _) => {
                 let task = CopyTask { k: *k };
-                if *k == 0 || task.seq_len() > model.max_seq_len {
+                if *k == 0 || task.seq_len() > max_seq_len {
                     return Err(Error::Config(format!(
                         "the copy task with k = {k} needs k >= 1 and max_seq_len >= {}",
                         task.seq_len()
@@ -48,14 +49,13 @@ impl Task {
                 }
                 Ok(Task::Copy(task))
             }
-            (TaskConfig::Text { path, valid_fraction, min_len }, ModelConfig::PerceiverAr(model)) => {
-                if *min_len == 0 || *min_len > model.max_seq_len {
+            (TaskConfig::Text { path, valid_fraction, min_len }, _) => {
+                if *min_len == 0 || *min_len > max_seq_len {
                     return Err(Error::Config(format!(
-                        "min crop length {min_len} must be in 1..={}",
-                        model.max_seq_len
+                        "min crop length {min_len} must be in 1..={max_seq_len}"
                     )));
                 }
-                Ok(Task::Text(TextData::load(path, *valid_fraction, model.max_seq_len)?))
+                Ok(Task::Text(TextData::load(path, *valid_fraction, max_seq_len)?))
             }
             (TaskConfig::MaskedText { path, valid_fraction, rate }, ModelConfig::PerceiverIo(model)) => {
                 let InputConfig::Tokens { max_seq_len: len, .. } = model.input else {
@@ -83,10 +83,10 @@ impl Task {
     pub(super) fn train_batch(&self, config: &TrainConfig, rng: &mut ChaCha8Rng) -> Result<Batch> {
         let b = config.batch_size;
         Ok(match (self, &config.task) {
-            (Task::Copy(t), _) => t.batch(b, config.model.perceiver_ar("the copy task")?.max_latents, rng),
+            (Task::Copy(t), _) => t.batch(b, sequence(config)?.1, rng),
             (Task::Text(t), TaskConfig::Text { min_len, .. }) => {
-                let m = config.model.perceiver_ar("text")?;
-                t.batch(b, *min_len, m.max_seq_len, m.max_latents, rng)
+                let (max_seq_len, max_latents) = sequence(config)?;
+                t.batch(b, *min_len, max_seq_len, max_latents, rng)
             }
             (Task::MaskedText { data, len, rate }, _) => {
                 let starts: Vec<usize> = (0..b).map(|_| rng.gen_range(0..=data.train.len() - len)).collect();
@@ -132,13 +132,10 @@ impl Task {
                     .collect())
             }
             Task::Copy(_) | Task::Text(_) => {
-                let m = config.model.perceiver_ar("this task")?;
-                let latents = latents.unwrap_or(m.max_latents);
-                if latents == 0 || latents > m.max_seq_len {
-                    return Err(Error::Input(format!(
-                        "latents must be in 1..={}, got {latents}",
-                        m.max_seq_len
-                    )));
+                let (max_seq_len, max_latents) = sequence(config)?;
+                let latents = latents.unwrap_or(max_latents);
+                if latents == 0 || latents > max_seq_len {
+                    return Err(Error::Input(format!("latents must be in 1..={max_seq_len}, got {latents}")));
                 }
                 let stride = stride.unwrap_or(latents);
                 if stride == 0 || stride > latents {
@@ -154,7 +151,7 @@ impl Task {
                         config.seed ^ HELD_OUT_SEED,
                     ),
                     Task::Text(t) => {
-                        in_batches(TextData::eval_windows(&t.valid, m.max_seq_len, latents, stride, rows))
+                        in_batches(TextData::eval_windows(&t.valid, max_seq_len, latents, stride, rows))
                     }
                     _ => unreachable!("matched above"),
                 })
@@ -165,6 +162,11 @@ impl Task {
     pub fn is_text(&self) -> bool {
         matches!(self, Task::Text(_))
     }
+}
+
+/// The longest window and the scored positions of an autoregressive run's model.
+fn sequence(config: &TrainConfig) -> Result<(usize, usize)> {
+    config.model.sequence().ok_or_else(|| Error::Config("this task needs an autoregressive model".into()))
 }
 
 /// One batch of the rows of `group` (token batches of one shape).
