@@ -247,6 +247,19 @@ fn bench_reports_json_on_its_last_line() {
     assert!(v["step_s"].as_f64().unwrap() > 0.0 && v["ratio"].as_f64().unwrap() > 0.0, "{last}");
     let (ok, _, stderr) = perceiver(&["bench", "huge"]);
     assert!(!ok && stderr.contains("unknown bench preset \"huge\""), "{stderr}");
+    // The attention curves: five patterns, two contexts each, and their fitted exponents.
+    let args = ["bench", "attention", "--context", "2048", "--channels", "16", "--steps", "1", "--json"];
+    let (ok, stdout, stderr) = perceiver(&args);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).expect("JSON");
+    let curves = v["curves"].as_array().expect("curves");
+    assert_eq!(curves.len(), 5, "{v}");
+    for c in curves {
+        assert_eq!(c["points"].as_array().unwrap().len(), 2, "{c}");
+        assert!(c["exponent"].as_f64().unwrap().is_finite(), "{c}");
+    }
+    let (ok, _, stderr) = perceiver(&["bench", "attention", "--context", "1024"]);
+    assert!(!ok && stderr.contains("at least two contexts"), "{stderr}");
 }
 
 /// The model card's usage, translated: a Hugging Face snapshot with its tokenizer, the library's

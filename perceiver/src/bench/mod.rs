@@ -9,7 +9,8 @@
 //! rectangle, `2·2·B·L·keys·C` per layer), and a step is three forward passes.
 //!
 //! `perceiver bench generate` ([`generate`]) times generation instead: cached against
-//! uncached tokens per second at the `step-2k` model shape.
+//! uncached tokens per second at the `step-2k` model shape; `perceiver bench attention`
+//! ([`attention`]) times one attention against the context for dense and sparse patterns.
 
 use std::time::Instant;
 
@@ -27,6 +28,7 @@ use crate::distributed::{share, sum_over_ranks, Collective};
 use crate::error::{Error, Result};
 use crate::model::{Input, PerceiverAr};
 
+pub mod attention;
 pub mod generate;
 
 /// The shape of a benchmark step.

@@ -344,7 +344,9 @@ enum Rule {
 struct BenchArgs {
     /// step-2k (context 2048, 256 latents, batch 8) or long-131k (context 131072, 512
     /// latents, batch 1): a training step; generate: the step-2k model generating, cached
-    /// and uncached. The options below change the shape.
+    /// and uncached; attention: one attention against the context (up to --context, default
+    /// 65536; --channels 64 split over --heads 1), dense and sparse. The options below change
+    /// the shape.
     #[arg(default_value = "step-2k")]
     preset: String,
     #[command(flatten)]
@@ -406,8 +408,42 @@ fn bench_generate(a: &BenchArgs, shape: &perceiver::bench::BenchShape) -> Result
     Ok(true)
 }
 
+/// `perceiver bench attention`: one attention's forward + backward against the context, for
+/// the dense, strided and fixed patterns.
+fn bench_attention(a: &BenchArgs) -> Result<bool> {
+    let given = &a.shape;
+    let (heads, channels) = (given.heads.unwrap_or(1), given.channels.unwrap_or(64));
+    if !channels.is_multiple_of(heads) {
+        return Err(perceiver::Error::Input(format!("--heads {heads} must divide --channels {channels}")));
+    }
+    let max_context = given.context.unwrap_or(65_536);
+    eprintln!(
+        "bench attention: contexts 1024..={max_context}, {heads} heads of {}, batch 1, forward + backward, median of {} on {} threads",
+        channels / heads,
+        a.steps,
+        rayon::current_num_threads()
+    );
+    let result =
+        perceiver::bench::attention::run(max_context, heads, channels / heads, a.steps, |name, n, t| {
+            eprintln!("{name:>8} n = {n:>6}: {t:.4} s")
+        })?;
+    for curve in &result.curves {
+        println!(
+            "{}: time grows as n^{:.2} (fitted over n = 1024..={max_context})",
+            curve.pattern, curve.exponent
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&result).expect("serialisable"));
+    }
+    Ok(true)
+}
+
 fn bench_command(a: &BenchArgs) -> Result<bool> {
     use perceiver::bench::{self, BenchShape};
+    if a.preset == "attention" {
+        return bench_attention(a);
+    }
     let mut shape = BenchShape::preset(&a.preset)?;
     let given = &a.shape;
     shape.context = given.context.unwrap_or(shape.context);
