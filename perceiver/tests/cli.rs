@@ -15,7 +15,7 @@ fn perceiver(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["train", "eval", "generate", "verify"] {
+    for sub in ["train", "eval", "generate", "verify", "bench", "compare", "devices"] {
         let (ok, stdout, _) = perceiver(&[sub, "--help"]);
         assert!(ok && stdout.contains("Usage: perceiver"), "{sub} --help:\n{stdout}");
     }
@@ -205,6 +205,14 @@ fn the_decoders_train_and_evaluate_from_the_command_line() {
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
         assert!(v["sequence_accuracy"].as_f64().is_some(), "{v}");
     }
+    // Both runs in one chart, labelled by model.
+    let svg = out.join("compare.svg");
+    let (a, b) = (out.join("sparse-transformer"), out.join("dense-decoder"));
+    let (ok, _, stderr) =
+        perceiver(&["compare", a.to_str().unwrap(), b.to_str().unwrap(), "--out", svg.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.contains("sparse-transformer (") && drawn.contains("dense-decoder ("), "{drawn}");
     let (ok, _, stderr) = perceiver(&["train", "--model", "dense-decoder", "--stride", "3"]);
     assert!(!ok && stderr.contains("--stride does not apply"), "{stderr}");
     let (ok, _, stderr) = perceiver(&["train", "--model", "sparse-transformer", "--summary", "2"]);

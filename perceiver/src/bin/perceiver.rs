@@ -41,6 +41,17 @@ enum Command {
     Generate(GenerateArgs),
     /// Time training steps at a benchmark shape: step-2k, long-131k, or a custom one.
     Bench(BenchArgs),
+    /// Draw several runs' held-out results against training time into one SVG.
+    Compare {
+        /// Run directories (each with metrics.jsonl and a checkpoint naming its model).
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<PathBuf>,
+        /// The SVG to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "Held-out results against training time")]
+        title: String,
+    },
     /// List the devices this build can compute on.
     Devices,
     /// Load a perceiver-io reference dump and compare logits, loss, gradients and greedy tokens.
@@ -880,6 +891,20 @@ fn train_leader(device: &tensor::Device, mut trainer: Trainer, run: RunDir) -> R
     Ok(true)
 }
 
+/// `perceiver compare`: each run labelled by its model family and parameter count.
+fn compare_command(runs: &[PathBuf], out: &Path, title: &str) -> Result<bool> {
+    let mut labelled = Vec::new();
+    for run in runs {
+        let ck = perceiver::checkpoint::load(run)?;
+        let params: usize = ck.params.values().map(|t| t.numel()).sum();
+        let label = format!("{} ({:.2}M)", ck.config.model.family(), params as f64 / 1e6);
+        labelled.push((label, run.clone()));
+    }
+    perceiver::plot::compare_runs(&labelled, out, title)?;
+    println!("{}", out.display());
+    Ok(true)
+}
+
 /// Loads the model of a checkpoint or run, warning when its `latest` was unusable.
 fn load_model(path: &Path) -> Result<(Model, TrainConfig)> {
     let (dir, note) = perceiver::checkpoint::resolve(path)?;
@@ -1145,6 +1170,7 @@ fn run(cli: &Cli) -> ExitCode {
         Command::Eval(a) => eval_command(a, &device),
         Command::Generate(a) => generate_command(a, &device),
         Command::Bench(a) => bench_command(a),
+        Command::Compare { runs, out, title } => compare_command(runs, out, title),
         Command::Devices => perceiver::devices::describe().map(|lines| {
             lines.iter().for_each(|l| println!("{l}"));
             true
