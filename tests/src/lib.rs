@@ -303,6 +303,56 @@ pub fn with_pattern(mut vis: KeyVisibility, heads: usize, kind: u8, seed: u64) -
     vis
 }
 
+/// Finite differences on every element of every parameter of a model: `loss` runs the model
+/// with `params` bound to the checker's variables and returns a scalar.
+pub fn check_every_parameter(
+    params: &nn::ParamStore,
+    config: &autograd::GradCheck,
+    loss: impl Fn(&nn::Ctx) -> perceiver::Result<Var>,
+) -> Result<autograd::GradCheckReport> {
+    let ids: Vec<_> = params.iter().map(|p| p.id).collect();
+    let values: Vec<Tensor> = params.iter().map(|p| p.value.clone()).collect();
+    autograd::check_gradients(
+        |vars| {
+            let tape = vars[0].tape().unwrap_or_else(autograd::Tape::inference);
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let mut ctx = nn::Ctx::new(&tape, params, false, &mut rng);
+            for (id, v) in ids.iter().zip(vars) {
+                ctx.bind(*id, v.clone());
+            }
+            loss(&ctx).map_err(|e| tensor::Error::new("model", e.to_string()))
+        },
+        &values,
+        config,
+    )
+}
+
+/// Trains `config` for `total` steps straight; then again for `first` steps, saves a
+/// checkpoint into `out`, resumes from it in a new trainer and trains the rest. Panics unless
+/// both end with bit-identical parameters.
+pub fn assert_resumes_exactly(config: TrainConfig, total: u64, first: u64, out: &std::path::Path) {
+    use perceiver::train::Trainer;
+    let params_of = |t: &Trainer| -> Vec<(String, Vec<f32>)> {
+        t.model.params().iter().map(|p| (p.name.clone(), p.value.to_vec().unwrap())).collect()
+    };
+    let mut straight = Trainer::new(config.clone()).unwrap();
+    for _ in 0..total {
+        straight.step().unwrap();
+    }
+    let mut interrupted = Trainer::new(config).unwrap();
+    for _ in 0..first {
+        interrupted.step().unwrap();
+    }
+    interrupted.save(&perceiver::run_dir::RunDir::create(out, false).unwrap()).unwrap();
+    drop(interrupted);
+    let mut resumed = Trainer::resume(out).unwrap();
+    assert_eq!(resumed.state.step, first);
+    for _ in first..total {
+        resumed.step().unwrap();
+    }
+    assert!(params_of(&resumed) == params_of(&straight), "parameters differ after resuming");
+}
+
 /// A proptest config with `default` cases, or `PROPTEST_CASES` when set (an explicit count in a
 /// test's config would otherwise override the variable): `PROPTEST_CASES=1000 cargo test`
 /// stresses every property.

@@ -107,10 +107,6 @@ fn the_perceiver_learns_the_drawn_shapes_far_above_chance() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
-fn params_of(trainer: &Trainer) -> Vec<(String, Vec<f32>)> {
-    trainer.model.params().iter().map(|p| (p.name.clone(), p.value.to_vec().unwrap())).collect()
-}
-
 #[test]
 fn both_resume_exactly_where_an_uninterrupted_run_would_be() {
     let dir = scratch("resume");
@@ -119,23 +115,7 @@ fn both_resume_exactly_where_an_uninterrupted_run_would_be() {
         if let ModelConfig::PerceiverIo(c) = &mut config.model {
             c.dropout = 0.1; // the dropout stream is part of what resumes
         }
-        let mut straight = Trainer::new(config.clone()).unwrap();
-        for _ in 0..12 {
-            straight.step().unwrap();
-        }
-        let out = dir.join(name);
-        let mut first = Trainer::new(config).unwrap();
-        for _ in 0..5 {
-            first.step().unwrap();
-        }
-        first.save(&RunDir::create(&out, false).unwrap()).unwrap();
-        drop(first);
-        let mut resumed = Trainer::resume(&out).unwrap();
-        assert_eq!(resumed.state.step, 5);
-        for _ in 0..7 {
-            resumed.step().unwrap();
-        }
-        assert!(params_of(&resumed) == params_of(&straight), "{name}: parameters differ after resuming");
+        tests::assert_resumes_exactly(config, 12, 5, &dir.join(name));
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

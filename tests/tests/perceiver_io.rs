@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use autograd::{check_gradients, GradCheck, Tape};
+use autograd::{GradCheck, Tape};
 use nn::loss::{cross_entropy, CrossEntropy};
 use nn::Ctx;
 use perceiver::perceiver_io::{
@@ -100,28 +100,16 @@ fn finite_differences_on_every_parameter() {
         let padding = [false, false, false, false, false, false, false, false, true, true];
         let targets: Vec<usize> =
             if image { vec![2, 0] } else { vec![2, 6, 0, 2, 3, 4, 1, 0, usize::MAX, usize::MAX] };
-        let params: Vec<_> = model.params.iter().map(|p| (p.id, p.value.clone())).collect();
-        let values: Vec<Tensor> = params.iter().map(|(_, v)| v.clone()).collect();
-        let report = check_gradients(
-            |vars| {
-                let tape = vars[0].tape().unwrap_or_else(Tape::inference);
-                let mut rng = ChaCha8Rng::seed_from_u64(0);
-                let mut ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-                for ((id, _), v) in params.iter().zip(vars) {
-                    ctx.bind(*id, v.clone());
-                }
-                let input = match image {
-                    true => ModelInput::Image(&images),
-                    false => ModelInput::Tokens { ids: &ids, batch: 2, len: 5, padding: Some(&padding) },
-                };
-                let logits =
-                    model.forward(&ctx, &input).map_err(|e| tensor::Error::new("forward", e.to_string()))?;
-                let opts = CrossEntropy { ignore_index: Some(usize::MAX), z_loss: 0.0 };
-                cross_entropy(&logits, &targets, opts).map_err(|e| tensor::Error::new("loss", e.to_string()))
-            },
-            &values,
-            &GradCheck { eps: 5e-3, atol: 2e-3, rtol: 2e-2, seed: 1 },
-        )
+        let check = GradCheck { eps: 5e-3, atol: 2e-3, rtol: 2e-2, seed: 1 };
+        let report = tests::check_every_parameter(&model.params, &check, |ctx| {
+            let input = match image {
+                true => ModelInput::Image(&images),
+                false => ModelInput::Tokens { ids: &ids, batch: 2, len: 5, padding: Some(&padding) },
+            };
+            let logits = model.forward(ctx, &input)?;
+            let opts = CrossEntropy { ignore_index: Some(usize::MAX), z_loss: 0.0 };
+            Ok(cross_entropy(&logits, &targets, opts)?)
+        })
         .unwrap_or_else(|e| panic!("image={image}: {e}"));
         assert_eq!(report.checked, model.params.numel(), "image={image}");
     }

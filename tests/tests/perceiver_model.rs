@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use autograd::{check_gradients, GradCheck, Tape, Var};
+use autograd::{GradCheck, Tape, Var};
 use nn::attention::{causal_mask, AttendOptions, Attention, AttentionBiases};
 use nn::loss::{cross_entropy, CrossEntropy};
 use nn::mlp::Activation;
@@ -161,25 +161,12 @@ fn whole_model_gradients_match_finite_differences() {
         let model = PerceiverAr::new(config, 5).unwrap();
         let ids = [1, 4, 2, 6, 0, 3, 5, 5, 1, 2, 3, 4];
         let targets = [2, 6, 0, 2, 3, 4];
-        let params: Vec<_> = model.params.iter().map(|p| (p.id, p.value.clone())).collect();
-        let values: Vec<Tensor> = params.iter().map(|(_, v)| v.clone()).collect();
-        let report = check_gradients(
-            |vars| {
-                let tape = vars[0].tape().unwrap_or_else(Tape::inference);
-                let mut rng = ChaCha8Rng::seed_from_u64(0);
-                let mut ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-                for ((id, _), v) in params.iter().zip(vars) {
-                    ctx.bind(*id, v.clone());
-                }
-                let input = Input { ids: &ids, batch: 2, seq_len: 6, prefix_len: 3 };
-                let logits =
-                    model.forward(&ctx, &input).map_err(|e| tensor::Error::new("forward", e.to_string()))?;
-                cross_entropy(&logits, &targets, CrossEntropy { ignore_index: None, z_loss: 1e-3 })
-                    .map_err(|e| tensor::Error::new("loss", e.to_string()))
-            },
-            &values,
-            &GradCheck { eps: 1e-2, atol: 2e-3, rtol: 2e-2, seed: 1 },
-        )
+        let check = GradCheck { eps: 1e-2, atol: 2e-3, rtol: 2e-2, seed: 1 };
+        let report = tests::check_every_parameter(&model.params, &check, |ctx| {
+            let input = Input { ids: &ids, batch: 2, seq_len: 6, prefix_len: 3 };
+            let logits = model.forward(ctx, &input)?;
+            Ok(cross_entropy(&logits, &targets, CrossEntropy { ignore_index: None, z_loss: 1e-3 })?)
+        })
         .unwrap_or_else(|e| panic!("paper={paper}: {e}"));
         assert!(
             report.checked == model.params.numel(),

@@ -3,7 +3,7 @@
 //! training through the same `Trainer` as Perceiver AR: the copy task is learned and the
 //! checkpoint reloads to the same held-out result.
 
-use autograd::{check_gradients, GradCheck, Tape};
+use autograd::{GradCheck, Tape};
 use nn::loss::{cross_entropy, CrossEntropy};
 use nn::Ctx;
 use perceiver::models::{Model, ModelConfig};
@@ -16,7 +16,6 @@ use perceiver::Input;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tensor::Tensor;
 
 fn small(pattern: AttentionPattern, head_layout: HeadLayout) -> SparseTransformerConfig {
     SparseTransformerConfig {
@@ -56,27 +55,12 @@ fn finite_differences_on_every_parameter() {
             let ids = [1, 4, 2, 6, 0, 3, 5, 5, 1, 2, 3, 0, 6, 1, 2, 4, 4, 0, 1, 5];
             let targets: Vec<usize> = ids.iter().map(|&t| (t + 1) % 7).collect();
             let targets = [&targets[2..10], &targets[12..]].concat();
-            let params: Vec<_> = model.params.iter().map(|p| (p.id, p.value.clone())).collect();
-            let values: Vec<Tensor> = params.iter().map(|(_, v)| v.clone()).collect();
-            let report = check_gradients(
-                |vars| {
-                    let tape = vars[0].tape().unwrap_or_else(Tape::inference);
-                    let mut rng = ChaCha8Rng::seed_from_u64(0);
-                    let mut ctx = Ctx::new(&tape, &model.params, false, &mut rng);
-                    for ((id, _), v) in params.iter().zip(vars) {
-                        ctx.bind(*id, v.clone());
-                    }
-                    let input = Input { ids: &ids, batch: 2, seq_len: 10, prefix_len: 2 };
-                    let logits = model
-                        .forward(&ctx, &input)
-                        .map_err(|e| tensor::Error::new("forward", e.to_string()))?;
-                    let opts = CrossEntropy { ignore_index: None, z_loss: 0.0 };
-                    cross_entropy(&logits, &targets, opts)
-                        .map_err(|e| tensor::Error::new("loss", e.to_string()))
-                },
-                &values,
-                &GradCheck { eps: 5e-3, atol: 2e-3, rtol: 2e-2, seed: 1 },
-            )
+            let check = GradCheck { eps: 5e-3, atol: 2e-3, rtol: 2e-2, seed: 1 };
+            let report = tests::check_every_parameter(&model.params, &check, |ctx| {
+                let input = Input { ids: &ids, batch: 2, seq_len: 10, prefix_len: 2 };
+                let logits = model.forward(ctx, &input)?;
+                Ok(cross_entropy(&logits, &targets, CrossEntropy { ignore_index: None, z_loss: 0.0 })?)
+            })
             .unwrap_or_else(|e| panic!("{pattern:?} {layout:?}: {e}"));
             assert_eq!(report.checked, model.params.numel());
         }
@@ -135,4 +119,20 @@ fn bad_configs_are_refused_by_name() {
     c.heads = 1;
     let e = SparseTransformer::new(c, 0).err().unwrap().to_string();
     assert!(e.contains("split heads need at least 2 heads"), "{e}");
+}
+
+#[test]
+fn resumes_exactly_where_an_uninterrupted_run_would_be() {
+    let out = std::env::temp_dir().join(format!("perceiver-sparse-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut preset = perceiver::presets::copy_task(6);
+    (preset.channels, preset.heads, preset.self_attention_layers) = (32, 2, 1);
+    let pattern = AttentionPattern::Fixed { block: 4, summary: 1 };
+    let mut config = preset.decoder_config(pattern, HeadLayout::Split, None, 6, 2);
+    config.stop_when_solved = false;
+    if let ModelConfig::SparseTransformer(c) = &mut config.model {
+        c.dropout = 0.1; // the dropout stream is part of what resumes
+    }
+    tests::assert_resumes_exactly(config, 10, 4, &out);
+    std::fs::remove_dir_all(&out).unwrap();
 }

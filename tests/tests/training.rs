@@ -142,10 +142,6 @@ fn a_checkpoint_round_trip_gives_the_same_logits() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
-fn params_of(trainer: &Trainer) -> Vec<(String, Vec<f32>)> {
-    trainer.model.params().iter().map(|p| (p.name.clone(), p.value.to_vec().unwrap())).collect()
-}
-
 #[test]
 fn resuming_matches_an_uninterrupted_run_exactly() {
     let out = scratch("resume");
@@ -153,22 +149,7 @@ fn resuming_matches_an_uninterrupted_run_exactly() {
     config.stop_when_solved = false;
     ar(&mut config).cross_attend_dropout = 0.3; // exercises the dropout random stream too
     ar(&mut config).attention_dropout = 0.1;
-    let mut straight = Trainer::new(config.clone()).unwrap();
-    for _ in 0..24 {
-        straight.step().unwrap();
-    }
-    let mut first = Trainer::new(config).unwrap();
-    for _ in 0..10 {
-        first.step().unwrap();
-    }
-    first.save(&RunDir::create(&out, false).unwrap()).unwrap();
-    drop(first);
-    let mut resumed = Trainer::resume(&out).unwrap();
-    assert_eq!(resumed.state.step, 10);
-    for _ in 0..14 {
-        resumed.step().unwrap();
-    }
-    assert!(params_of(&resumed) == params_of(&straight), "parameters differ after resuming");
+    tests::assert_resumes_exactly(config, 24, 10, &out);
     std::fs::remove_dir_all(&out).unwrap();
 }
 
