@@ -124,14 +124,6 @@ impl ModelConfig {
     }
 
     /// The Perceiver AR config, or an error saying that `what` needs one.
-    pub fn perceiver_ar(&self, what: &str) -> Result<&PerceiverArConfig> {
-        match self {
-            ModelConfig::PerceiverAr(c) => Ok(c),
-            other => Err(Error::Config(format!("{what} needs a Perceiver AR model, not {}", other.family()))),
-        }
-    }
-
-    /// [`ModelConfig::perceiver_ar`], mutable.
     pub fn perceiver_ar_mut(&mut self, what: &str) -> Result<&mut PerceiverArConfig> {
         match self {
             ModelConfig::PerceiverAr(c) => Ok(c),
