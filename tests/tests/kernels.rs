@@ -93,11 +93,14 @@ proptest! {
     #[test]
     fn layer_norm_matches_reference(x in shape(1..=3, 1..=9).prop_flat_map(|s| viewed_no_broadcast(s, -3.0, 3.0)), seed in any::<u64>()) {
         // Broadcast inputs can make a row constant; see `layer_norm_of_a_constant_row_is_the_bias`.
+        // A short row whose values nearly agree is ill-conditioned (the output's relative error is
+        // the inputs' rounding times mean² / variance), hence the relative tolerance as well: a
+        // row of two channels differed from the f64 reference by 3e-5 relative.
         let t = x.tensor();
         let c = t.shape()[t.rank() - 1];
         let w = uniform(&[c], 0.5, 1.5, seed);
         let b = uniform(&[c], -0.5, 0.5, seed ^ 1);
-        assert_close(&t.layer_norm(&w, &b, 1e-5).unwrap(), &reference::layer_norm(&t, &w, &b, 1e-5), 2e-5, 0.0);
+        assert_close(&t.layer_norm(&w, &b, 1e-5).unwrap(), &reference::layer_norm(&t, &w, &b, 1e-5), 2e-5, 1e-4);
     }
 
     #[test]
