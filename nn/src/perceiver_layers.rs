@@ -103,10 +103,30 @@ impl SelfAttentionLayer {
     /// [`SelfAttentionLayer::forward`] with position `i` seeing the positions `visibility`
     /// allows (causal, or a sparse pattern: a decoder layer of the Sparse Transformer).
     pub fn forward_seeing(&self, ctx: &Ctx, x: &Var, visibility: &KeyVisibility) -> Result<Var> {
+        self.forward_through(ctx, x, visibility, |k, v| Ok((k, v)))
+    }
+
+    /// [`SelfAttentionLayer::forward_seeing`] with the new positions' keys and values `[B, H,
+    /// N, D]` passed through `keys_values` before the attention, which may put earlier
+    /// positions' keys and values before them (a key/value cache: `visibility` then places
+    /// the queries after the cached positions).
+    pub fn forward_through<E>(
+        &self,
+        ctx: &Ctx,
+        x: &Var,
+        visibility: &KeyVisibility,
+        keys_values: impl FnOnce(Var, Var) -> std::result::Result<(Var, Var), E>,
+    ) -> std::result::Result<Var, E>
+    where
+        E: From<crate::error::Error> + From<tensor::Error>,
+    {
         let opts =
             AttendOptions { visibility: Some(visibility), dropout: self.dropout, ..Default::default() };
         let normed = self.norm.forward(ctx, x)?;
-        let h = x.add(&self.attention.forward(ctx, &normed, &normed, &opts)?)?;
+        let q = self.attention.queries(ctx, &normed, None)?;
+        let (k, v) = self.attention.keys_values(ctx, &normed, None)?;
+        let (k, v) = keys_values(k, v)?;
+        let h = x.add(&self.attention.attend(ctx, &q, &k, &v, &opts)?)?;
         Ok(h.add(&self.mlp.forward(ctx, &h)?)?)
     }
 }

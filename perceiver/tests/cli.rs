@@ -204,6 +204,20 @@ fn the_decoders_train_and_evaluate_from_the_command_line() {
         assert!(ok, "{stderr}");
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
         assert!(v["sequence_accuracy"].as_f64().is_some(), "{v}");
+        // Generation through the decoder's cache, and without it: the same greedy tokens while
+        // the window (BOS, 4 prompt bytes, 3 new) fits the context of 9.
+        let generate = |cache: bool| {
+            let mut args = vec!["generate", "--checkpoint", run.to_str().unwrap(), "--prompt", "abcd"];
+            args.extend(["--tokens", "3", "--temperature", "0", "--json"]);
+            if !cache {
+                args.push("--no-cache");
+            }
+            let (ok, stdout, stderr) = perceiver(&args);
+            assert!(ok, "{model}: {stderr}");
+            let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).expect("JSON");
+            v["output_ids"].clone()
+        };
+        assert_eq!(generate(true), generate(false), "{model}");
     }
     // Both runs in one chart, labelled by model.
     let svg = out.join("compare.svg");

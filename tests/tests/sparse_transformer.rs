@@ -136,3 +136,29 @@ fn resumes_exactly_where_an_uninterrupted_run_would_be() {
     tests::assert_resumes_exactly(config, 10, 4, &out);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// Every cached step's logits equal the full forward pass over the window it stands for
+/// (`tokens[start..]`), through refills when the window fills: 30 steps past a context of 12.
+#[test]
+fn cached_generation_equals_full_passes_through_refills() {
+    for pattern in PATTERNS {
+        for layout in [HeadLayout::Merged, HeadLayout::Split] {
+            let model = SparseTransformer::new(small(pattern, layout), 4).unwrap();
+            let mut generator = perceiver::generate::DecoderGenerator::new(&model).unwrap();
+            let mut tokens = vec![1, 3, 5];
+            let mut cached = generator.prompt(&tokens).unwrap();
+            let mut starts = Vec::new();
+            for step in 0..30 {
+                let start = generator.start();
+                starts.push(start);
+                let full = logits(&model, &tokens[start..], tokens.len() - start - 1);
+                let diff = cached.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(diff < 1e-5, "{pattern:?} {layout:?} step {step}: {diff}");
+                let next = (step * 3 + 1) % 7;
+                tokens.push(next);
+                cached = generator.push(next).unwrap();
+            }
+            assert!(starts.iter().any(|&s| s > 0), "the window restarted: {starts:?}");
+        }
+    }
+}

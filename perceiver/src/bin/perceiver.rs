@@ -979,29 +979,43 @@ struct Generation {
     default_rule: Rule,
 }
 
+/// What a checkpoint generates with.
+enum Loaded {
+    PerceiverAr(Box<Generation>),
+    /// A Sparse Transformer or dense decoder; `copy_task` as in [`Generation`].
+    Decoder {
+        model: Box<perceiver::sparse_transformer::SparseTransformer>,
+        copy_task: bool,
+    },
+}
+
 /// A Hugging Face snapshot (by its files) or one of this project's checkpoints.
-fn load_for_generation(path: &Path) -> Result<Generation> {
+fn load_for_generation(path: &Path) -> Result<Loaded> {
     if perceiver::snapshot::is_snapshot(path) {
         let snap = perceiver::snapshot::load(path)?;
         let max_latents = snap.model.config.max_latents;
-        return Ok(Generation {
+        return Ok(Loaded::PerceiverAr(Box::new(Generation {
             model: snap.model,
             tokenizer: snap.tokenizer,
             copy_task: false,
             default_prefix_len: Box::new(move |len| len - len.min(max_latents)),
             default_rule: Rule::Library,
-        });
+        })));
     }
     let (model, config) = load_model(path)?;
+    let copy_task = matches!(config.task, TaskConfig::Copy { .. });
+    if let Model::SparseTransformer(model) = model {
+        return Ok(Loaded::Decoder { model, copy_task });
+    }
     let model = model.into_perceiver_ar("generate")?;
     let (task, model_config) = (config.task.clone(), model.config.clone());
-    Ok(Generation {
+    Ok(Loaded::PerceiverAr(Box::new(Generation {
         model,
         tokenizer: None,
-        copy_task: matches!(config.task, TaskConfig::Copy { .. }),
+        copy_task,
         default_prefix_len: Box::new(move |len| task.prefix_len(len, &model_config)),
         default_rule: Rule::Paper,
-    })
+    })))
 }
 
 /// A Hugging Face snapshot on the whole of `--data`, tokenized by its tokenizer (bytes without
@@ -1047,9 +1061,75 @@ fn eval_snapshot(a: &EvalArgs, device: &tensor::Device) -> Result<bool> {
     Ok(true)
 }
 
+/// `generate` with a decoder (Sparse Transformer or dense decoder): through its key/value
+/// cache, or a full pass per token with `--no-cache`.
+fn generate_with_decoder(
+    a: &GenerateArgs,
+    device: &tensor::Device,
+    mut model: Box<perceiver::sparse_transformer::SparseTransformer>,
+    copy_task: bool,
+) -> Result<bool> {
+    let given = [("--latents", a.latents.is_some()), ("--rule", a.rule.is_some())];
+    if let Some((option, _)) = given.iter().find(|(_, g)| *g) {
+        return Err(perceiver::Error::Input(format!("{option} applies to Perceiver AR checkpoints only")));
+    }
+    model.params.to_device(device)?;
+    let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
+    emit_generation(a, None, copy_task, |prompt, on_token| {
+        perceiver::generate::generate_with_decoder(
+            &model,
+            prompt,
+            a.tokens,
+            sampling,
+            a.seed,
+            !a.no_cache,
+            on_token,
+        )
+    })
+}
+
+/// Encodes the prompt, runs `run` on it, and prints the text as tokens arrive (and the JSON
+/// object at the end with `--json`).
+fn emit_generation(
+    a: &GenerateArgs,
+    tokenizer: Option<&TextTokenizer>,
+    copy_task: bool,
+    run: impl FnOnce(&[usize], &mut dyn FnMut(usize)) -> Result<Vec<usize>>,
+) -> Result<bool> {
+    let mut prompt = match tokenizer {
+        Some(t) => t.encode(&a.prompt)?,
+        None => a.prompt.bytes().map(usize::from).collect(),
+    };
+    if copy_task {
+        prompt.insert(0, copy::BOS);
+    }
+    // Text is printed as it is generated; a closed pipe (`| head`) ends the program quietly,
+    // like other command-line tools.
+    let mut out = TextOut { tokenizer, ids: prompt.clone(), shown: String::new(), ended: false };
+    out.show()?;
+    let mut failure = None;
+    let tokens = run(&prompt, &mut |t| {
+        if failure.is_none() {
+            failure = out.push(t, copy_task).err();
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    println!();
+    if a.json {
+        let v = serde_json::json!({ "output_ids": tokens, "output_text": out.text()? });
+        println!("{v}");
+    }
+    Ok(true)
+}
+
 fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
-    let Generation { mut model, tokenizer, copy_task, default_prefix_len, default_rule } =
-        load_for_generation(&a.checkpoint)?;
+    let loaded = load_for_generation(&a.checkpoint)?;
+    let Generation { mut model, tokenizer, copy_task, default_prefix_len, default_rule } = match loaded {
+        Loaded::PerceiverAr(g) => *g,
+        Loaded::Decoder { model, copy_task } => return generate_with_decoder(a, device, model, copy_task),
+    };
     model.to_device(device)?;
     let context = model.config.max_seq_len;
     if let Some(m) = a.latents.filter(|&m| m > context) {
@@ -1067,34 +1147,10 @@ fn generate_command(a: &GenerateArgs, device: &tensor::Device) -> Result<bool> {
         (false, Rule::Paper) => Prediction::Cached { latents: a.latents.unwrap_or(model.config.max_latents) },
         (false, Rule::Library) => Prediction::Library { latents: a.latents.unwrap_or(1) },
     };
-    let mut prompt = match &tokenizer {
-        Some(t) => t.encode(&a.prompt)?,
-        None => a.prompt.bytes().map(usize::from).collect(),
-    };
-    if copy_task {
-        prompt.insert(0, copy::BOS);
-    }
     let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
-    // Text is printed as it is generated; a closed pipe (`| head`) ends the program quietly,
-    // like other command-line tools.
-    let mut out =
-        TextOut { tokenizer: tokenizer.as_ref(), ids: prompt.clone(), shown: String::new(), ended: false };
-    out.show()?;
-    let mut failure = None;
-    let tokens = generate(&model, &prompt, a.tokens, sampling, a.seed, prediction, |t| {
-        if failure.is_none() {
-            failure = out.push(t, copy_task).err();
-        }
-    })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    println!();
-    if a.json {
-        let v = serde_json::json!({ "output_ids": tokens, "output_text": out.text()? });
-        println!("{v}");
-    }
-    Ok(true)
+    emit_generation(a, tokenizer.as_ref(), copy_task, |prompt, on_token| {
+        generate(&model, prompt, a.tokens, sampling, a.seed, prediction, on_token)
+    })
 }
 
 /// Generated text on its way to stdout: ids decoded by the tokenizer (the whole sequence each

@@ -10,6 +10,9 @@
 //!
 //! The perceiver-io library's rule ([`LibraryGenerator`], the default for Hugging Face
 //! snapshots): cached too, with the library's sliding caches, so that outputs match its own.
+//!
+//! The decoders (the Sparse Transformer, the dense decoder) generate through their own cache
+//! ([`DecoderGenerator`], [`generate_with_decoder`]).
 
 use autograd::Tape;
 use nn::Ctx;
@@ -21,8 +24,10 @@ use crate::error::{Error, Result};
 use crate::model::{Input, KvCache, PerceiverAr};
 
 mod cached;
+mod decoder;
 mod library;
 pub use cached::{CachedGenerator, Split, Step};
+pub use decoder::DecoderGenerator;
 pub use library::LibraryGenerator;
 
 /// How to pick a token from logits.
@@ -198,6 +203,43 @@ pub fn generate(
             })
         }
     }
+}
+
+/// Extends `prompt` by `count` tokens with a decoder: through its cache, or (`cached` false)
+/// with a full forward pass over the last `max_seq_len` tokens per token.
+pub fn generate_with_decoder(
+    model: &crate::sparse_transformer::SparseTransformer,
+    prompt: &[usize],
+    count: usize,
+    sampling: Sampling,
+    seed: u64,
+    cached: bool,
+    on_token: impl FnMut(usize),
+) -> Result<Vec<usize>> {
+    sampling.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Input("generation needs a prompt of at least one token".into()));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    if cached {
+        let mut generator = DecoderGenerator::new(model)?;
+        return step_by_step(prompt, count, sampling, &mut rng, on_token, |step| match step {
+            None => generator.prompt(prompt),
+            Some(token) => generator.push(token),
+        });
+    }
+    let mut tokens = prompt.to_vec();
+    step_by_step(prompt, count, sampling, &mut rng, on_token, |step| {
+        if let Some(token) = step {
+            tokens.push(token);
+        }
+        let window = &tokens[tokens.len().saturating_sub(model.config.max_seq_len)..];
+        let tape = Tape::inference();
+        let mut dropout_rng = ChaCha8Rng::seed_from_u64(0);
+        let ctx = Ctx::new(&tape, &model.params, false, &mut dropout_rng);
+        let input = Input { ids: window, batch: 1, seq_len: window.len(), prefix_len: window.len() - 1 };
+        Ok(model.forward(&ctx, &input)?.value().to_vec()?)
+    })
 }
 
 /// Extends `prompt` by `count` tokens from a stateful predictor: `predict(None)` gives the

@@ -105,7 +105,7 @@ impl KvBuffer {
 
 /// Without a cache, the keys and values just computed; with one, they are appended and all
 /// the cache holds is returned (as constants: a cache serves inference, not training).
-pub(super) fn through_cache(cache: Option<&mut KvBuffer>, k: Var, v: Var) -> Result<(Var, Var)> {
+pub fn through_cache(cache: Option<&mut KvBuffer>, k: Var, v: Var) -> Result<(Var, Var)> {
     match cache {
         None => Ok((k, v)),
         Some(cache) => {

@@ -32,8 +32,7 @@ use crate::config::{AbsolutePositions, CrossAttendDropout, LatentKeyNorm, Percei
 use crate::error::{Error, Result};
 
 mod cache;
-use cache::through_cache;
-pub use cache::{KvBuffer, KvCache};
+pub use cache::{through_cache, KvBuffer, KvCache};
 
 /// Token ids of a batch, row-major `[batch, seq_len]`, split into prefix and latents.
 #[derive(Clone, Copy, Debug)]

@@ -17,6 +17,10 @@
 //!
 //! Backward is the tape's; the attention's is the fused kernel's, which visits only the key
 //! blocks the pattern reaches.
+//!
+//! Generation keeps each layer's keys and values ([`SparseTransformer::forward_cached`]): a new
+//! token then costs one position per layer. Positions are learned and absolute, so when the
+//! window is full the cache is rebuilt from the last half of it (see `crate::generate`).
 
 use std::sync::Arc;
 
@@ -33,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tensor::{KeyVisibility, SparsePattern};
 
 use crate::error::{Error, Result};
-use crate::model::Input;
+use crate::model::{through_cache, Input, KvBuffer};
 
 /// Which keys a position sees, besides being causal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,8 +188,38 @@ impl SparseTransformer {
     /// Logits of the last `seq_len - prefix_len` positions: `[B, L, V]`. Every position is
     /// computed (each layer needs all earlier ones); only the scored ones reach the head.
     pub fn forward(&self, ctx: &Ctx, input: &Input) -> Result<Var> {
+        self.forward_cached(ctx, input, None)
+    }
+
+    /// Empty key/value caches, one per layer, for `batch` sequences of up to `max_seq_len`.
+    pub fn new_cache(&self, batch: usize) -> Result<Vec<KvBuffer>> {
+        let device = self.params.iter().next().map_or(tensor::Device::Cpu, |p| p.value.device());
+        self.layers
+            .iter()
+            .map(|layer| KvBuffer::new(self.config.max_seq_len, batch, &layer.attention, &device))
+            .collect()
+    }
+
+    /// [`SparseTransformer::forward`] for positions that follow those whose keys and values
+    /// `caches` (one per layer) hold: the input's positions are numbered after them, its keys
+    /// and values are appended, and its queries attend to everything cached. On empty caches
+    /// this is the forward pass that also fills them; with one token it is a generation step
+    /// costing one position per layer.
+    pub fn forward_cached(
+        &self,
+        ctx: &Ctx,
+        input: &Input,
+        mut caches: Option<&mut [KvBuffer]>,
+    ) -> Result<Var> {
         let c = &self.config;
         let Input { ids, batch, seq_len: n, prefix_len } = *input;
+        let first = caches.as_ref().map_or(0, |caches| caches[0].len());
+        if first + n > c.max_seq_len {
+            return Err(Error::Input(format!(
+                "{n} positions after {first} cached exceed max_seq_len {}",
+                c.max_seq_len
+            )));
+        }
         if batch == 0 || n == 0 || ids.len() != batch * n || n > c.max_seq_len || prefix_len >= n {
             return Err(Error::Input(format!(
                 "{} token ids as a batch of {batch} x {n} with {prefix_len} unscored (at most {} long, at least one scored)",
@@ -200,14 +234,16 @@ impl SparseTransformer {
             )));
         }
         let mut x = self.token_embedding.forward(ctx, ids, &[batch, n])?;
-        x = x.add(&self.position_embedding.rows(ctx, 0, n)?)?;
+        x = x.add(&self.position_embedding.rows(ctx, first, n)?)?;
         for (i, layer) in self.layers.iter().enumerate() {
+            // Query j sits at position first + j; the keys are positions 0.. (cached, then new).
             let visibility = KeyVisibility {
-                causal: Some(0),
+                causal: Some(first),
                 pattern: c.patterns(i).map(Arc::from),
                 ..Default::default()
             };
-            x = layer.forward_seeing(ctx, &x, &visibility)?;
+            let cache = caches.as_mut().map(|caches| &mut caches[i]);
+            x = layer.forward_through(ctx, &x, &visibility, |k, v| through_cache(cache, k, v))?;
         }
         let scored = x.narrow(1, prefix_len, n - prefix_len)?;
         let h = self.out_norm.forward(ctx, &scored)?;
