@@ -201,14 +201,16 @@ impl Model {
     pub fn into_perceiver_ar(self, what: &str) -> Result<PerceiverAr> {
         match self {
             Model::PerceiverAr(m) => Ok(*m),
-            Model::PerceiverIo(m) => Err(Error::Input(format!(
-                "{what} needs a Perceiver AR checkpoint; this one holds a {} model",
-                ModelConfig::PerceiverIo(m.config).family()
-            ))),
-            Model::SparseTransformer(m) => Err(Error::Input(format!(
-                "{what} needs a Perceiver AR checkpoint; this one holds a {} model",
-                ModelConfig::SparseTransformer(m.config).family()
-            ))),
+            other => {
+                let family = match other {
+                    Model::PerceiverIo(m) => ModelConfig::PerceiverIo(m.config).family(),
+                    Model::SparseTransformer(m) => ModelConfig::SparseTransformer(m.config).family(),
+                    Model::PerceiverAr(_) => unreachable!("matched above"),
+                };
+                Err(Error::Input(format!(
+                    "{what} needs a Perceiver AR checkpoint; this one holds a {family} model"
+                )))
+            }
         }
     }
 }

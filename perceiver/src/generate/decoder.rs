@@ -65,11 +65,19 @@ impl<'a> DecoderGenerator<'a> {
 
     /// Runs `ids` after the cached positions; the last one's logits.
     fn run(&mut self, ids: &[usize]) -> Result<Vec<f32>> {
-        let tape = Tape::inference();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let ctx = Ctx::new(&tape, &self.model.params, false, &mut rng);
-        let input = Input { ids, batch: 1, seq_len: ids.len(), prefix_len: ids.len() - 1 };
-        let logits = self.model.forward_cached(&ctx, &input, Some(&mut self.caches))?;
-        Ok(logits.value().to_vec()?)
+        last_position_logits(self.model, ids, Some(&mut self.caches))
     }
+}
+
+/// The logits after the last of `ids` (numbered after what `caches` hold, if given).
+pub(super) fn last_position_logits(
+    model: &SparseTransformer,
+    ids: &[usize],
+    caches: Option<&mut [KvBuffer]>,
+) -> Result<Vec<f32>> {
+    let tape = Tape::inference();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let ctx = Ctx::new(&tape, &model.params, false, &mut rng);
+    let input = Input { ids, batch: 1, seq_len: ids.len(), prefix_len: ids.len() - 1 };
+    Ok(model.forward_cached(&ctx, &input, caches)?.value().to_vec()?)
 }

@@ -234,11 +234,7 @@ pub fn generate_with_decoder(
             tokens.push(token);
         }
         let window = &tokens[tokens.len().saturating_sub(model.config.max_seq_len)..];
-        let tape = Tape::inference();
-        let mut dropout_rng = ChaCha8Rng::seed_from_u64(0);
-        let ctx = Ctx::new(&tape, &model.params, false, &mut dropout_rng);
-        let input = Input { ids: window, batch: 1, seq_len: window.len(), prefix_len: window.len() - 1 };
-        Ok(model.forward(&ctx, &input)?.value().to_vec()?)
+        decoder::last_position_logits(model, window, None)
     })
 }
 

@@ -111,26 +111,21 @@ impl Task {
         if !matches!(self, Task::Text(_)) && stride.is_some() {
             return Err(Error::Input("a stride applies to text evaluation only".into()));
         }
+        if !matches!(self, Task::Copy(_) | Task::Text(_)) && latents.is_some() {
+            return Err(Error::Input("latents apply to Perceiver AR only".into()));
+        }
         let rows = config.eval_batches.saturating_mul(config.batch_size);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ HELD_OUT_SEED);
         let in_batches = |rows: Vec<Batch>| rows.chunks(config.batch_size).map(stack).collect();
         match self {
             Task::MaskedText { data, len, rate } => {
-                if latents.is_some() {
-                    return Err(Error::Input("latents apply to Perceiver AR only".into()));
-                }
                 let starts: Vec<usize> = (0..=data.valid.len() - len).step_by(*len).take(rows).collect();
                 let windows = starts.iter().map(|&s| masked::batch(&data.valid, &[s], *len, *rate, &mut rng));
                 Ok(in_batches(windows.collect()))
             }
-            &Task::Shapes { size, noise } => {
-                if latents.is_some() {
-                    return Err(Error::Input("latents apply to Perceiver AR only".into()));
-                }
-                Ok((0..config.eval_batches)
-                    .map(|_| shapes::batch(config.batch_size, size, noise, &mut rng))
-                    .collect())
-            }
+            &Task::Shapes { size, noise } => Ok((0..config.eval_batches)
+                .map(|_| shapes::batch(config.batch_size, size, noise, &mut rng))
+                .collect()),
             Task::Copy(_) | Task::Text(_) => {
                 let (max_seq_len, max_latents) = sequence(config)?;
                 let latents = latents.unwrap_or(max_latents);
