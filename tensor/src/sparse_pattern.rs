@@ -17,7 +17,10 @@
 //! Kernels never build the `[n, n]` mask. For a block of queries and a block of keys,
 //! [`SparsePattern::reach`] says from the blocks' position ranges alone whether no pair, every
 //! pair or only some pairs are allowed, so a kernel skips the blocks a pattern never reaches
-//! and masks element by element only the blocks it partly reaches.
+//! and masks element by element only the blocks it partly reaches. That suffices for the
+//! parts near the diagonal; the far parts (columns, summaries) touch every key block, so the
+//! CPU kernel gathers their keys into blocks of their own (`cpu/attention/sparse.rs`) and the
+//! OpenCL kernels walk each part's positions directly: either way a query costs `O(√n)`.
 
 /// One rule of a sparse pattern; see the module's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

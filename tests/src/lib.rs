@@ -283,7 +283,8 @@ pub fn visibility(
 
 /// `vis` with a sparse pattern of kind `kind` for `heads` heads: 0 none, 1 the strided pattern
 /// (merged heads), 2 the fixed pattern (merged), 3 interleaved heads (head `h` takes part
-/// `h mod 2` of a strided or fixed pattern), with random sizes.
+/// `h mod 2` of a strided or fixed pattern), 4 every part of both at once (two near parts and
+/// two far ones, which the kernel must keep disjoint), with random sizes.
 pub fn with_pattern(mut vis: KeyVisibility, heads: usize, kind: u8, seed: u64) -> KeyVisibility {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005b_a25e);
     let stride = rng.gen_range(1..7);
@@ -297,7 +298,11 @@ pub fn with_pattern(mut vis: KeyVisibility, heads: usize, kind: u8, seed: u64) -
         0 => return vis,
         1 => vec![SparsePattern::strided(stride)],
         2 => vec![SparsePattern::fixed(block, summary)],
-        _ => (0..heads).map(|h| SparsePattern::only(merged.parts[h % 2])).collect(),
+        3 => (0..heads).map(|h| SparsePattern::only(merged.parts[h % 2])).collect(),
+        _ => {
+            let (strided, fixed) = (SparsePattern::strided(stride), SparsePattern::fixed(block, summary));
+            vec![SparsePattern { parts: [strided.parts, fixed.parts].concat() }]
+        }
     };
     vis.pattern = Some(Arc::from(patterns));
     vis

@@ -33,7 +33,7 @@ proptest! {
     #[test]
     fn fused_forward_matches_the_definition(
         b in 1usize..3, h in 1usize..3, l in 1usize..300, n in 1usize..600, d in 1usize..6, dv in 1usize..5,
-        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, pattern in 0u8..4,
+        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, pattern in 0u8..5,
         seed in any::<u64>(),
     ) {
         let [q, k, v] = inputs(b, h, l, n, d, dv, seed);
@@ -46,7 +46,7 @@ proptest! {
     #[test]
     fn fused_gradients_match_the_composition(
         b in 1usize..3, h in 1usize..3, l in 1usize..200, n in 1usize..550, d in 1usize..5,
-        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, pattern in 0u8..4,
+        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, pattern in 0u8..5,
         seed in any::<u64>(),
     ) {
         let [q, k, v] = inputs(b, h, l, n, d, d, seed);
@@ -75,7 +75,7 @@ proptest! {
     /// output before `t`, whatever the pattern (self-attention, queries at positions `0..n`).
     #[test]
     fn sparse_attention_never_looks_ahead(
-        h in 1usize..4, n in 2usize..400, d in 1usize..5, pattern in 1u8..4, t in any::<prop::sample::Index>(),
+        h in 1usize..4, n in 2usize..400, d in 1usize..5, pattern in 1u8..5, t in any::<prop::sample::Index>(),
         seed in any::<u64>(),
     ) {
         let t = t.index(n);
@@ -100,7 +100,7 @@ proptest! {
     #[test]
     fn fused_attention_has_exact_gradients(
         b in 1usize..3, h in 1usize..3, l in 1usize..5, n in 1usize..6, d in 1usize..4,
-        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..2, pattern in 0u8..4,
+        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..2, pattern in 0u8..5,
         seed in any::<u64>(),
     ) {
         let [q, k, v] = inputs(b, h, l, n, d, d, seed);

@@ -134,7 +134,7 @@ proptest! {
     #[test]
     fn fused_attention(
         b in 1usize..3, h in 1usize..3, l in 1usize..40, n in 1usize..150, d in 1usize..9,
-        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, pattern in 0u8..4,
+        causal in any::<bool>(), positions in any::<bool>(), hidden in 0u8..3, pattern in 0u8..5,
         seed in any::<u64>(),
     ) {
         let vis = tests::with_pattern(tests::visibility(b, l, n, causal, positions, hidden, seed), h, pattern, seed);

@@ -1,0 +1,267 @@
+//! Fused attention on the CPU: blocks of queries against blocks of keys, with `sgemm` for the
+//! block products and the `wide` exp for the softmax (the math is in [`crate::attention`]).
+//!
+//! Work is split across threads by (batch, head): each task streams its queries over its keys
+//! and writes its own rows of the head-major outputs (`[B, H, T, D]`), so no two threads write
+//! the same memory. Per task, queries go in blocks of [`QUERY_BLOCK`] rows and keys in blocks
+//! of [`KEY_BLOCK`] ([`sweep`]): the score block `[QUERY_BLOCK, KEY_BLOCK]` stays in cache and
+//! the `[L, N]` scores never exist. A key block that no query of the block can see (in the
+//! causal future, all hidden, or never reached by a sparse pattern) is skipped; one that every
+//! query sees fully needs no masking; only blocks on the diagonal (or partly reached by a
+//! pattern) are masked element by element.
+//!
+//! A head with a sparse pattern takes more than one sweep ([`sparse`]): one over the keys near
+//! the diagonal, and one per group of far keys gathered so that the kernel visits only blocks
+//! it mostly uses; their partial softmaxes merge into the one the pattern defines.
+
+mod sparse;
+mod sweep;
+
+use rayon::prelude::*;
+
+use super::few_rows::Strided as Matrix;
+use crate::attention::KeyVisibility;
+use crate::layout::Layout;
+use crate::sparse_pattern::{Reach, SparsePart};
+use sparse::{Gathered, Split};
+use sweep::{Block, Grads, Rows, Rule, Scratch, Upstream};
+pub use sweep::{KEY_BLOCK, QUERY_BLOCK};
+
+/// A `[B, H, T, D]` operand: its data and layout.
+#[derive(Clone, Copy)]
+pub(crate) struct Heads<'a> {
+    pub data: &'a [f32],
+    pub layout: &'a Layout,
+}
+
+impl<'a> Heads<'a> {
+    fn dim(&self, axis: usize) -> usize {
+        self.layout.shape()[axis]
+    }
+    /// Storage position of row `t` of head `(b, h)`, and the row and column strides.
+    fn matrix(&self, b: usize, h: usize, t: usize) -> Matrix<'a> {
+        let s = self.layout.strides();
+        Matrix {
+            data: self.data,
+            offset: self.layout.offset() + b * s[0] + h * s[1] + t * s[2],
+            row_stride: s[2],
+            col_stride: s[3],
+        }
+    }
+}
+
+/// The rows of head `(b, h)`: every query against every key.
+fn head_rows<'a>((q, k, v): (Heads<'a>, Heads<'a>, Heads<'a>), (b, h): (usize, usize)) -> Rows<'a> {
+    Rows {
+        q: q.matrix(b, h, 0),
+        k: k.matrix(b, h, 0),
+        v: v.matrix(b, h, 0),
+        queries: q.dim(2),
+        keys: k.dim(2),
+        d: q.dim(3),
+        dv: v.dim(3),
+    }
+}
+
+/// The [`Rule`] of a head's own rows: the key visibility, limited to `p − k < band` when the
+/// head's pattern is split (its far pairs are other sweeps').
+struct HeadRule<'a> {
+    vis: &'a KeyVisibility,
+    b: usize,
+    h: usize,
+    n: usize,
+    band: Option<usize>,
+}
+
+impl HeadRule<'_> {
+    /// The block under the visibility alone.
+    fn classify(&self, (i0, i1): (usize, usize), (j0, j1): (usize, usize)) -> Block {
+        let (vis, b, n) = (self.vis, self.b, self.n);
+        let hidden = match vis.hidden_keys {
+            Some(_) => (j0..j1).filter(|&j| vis.is_hidden(b, j, n)).count(),
+            None => 0,
+        };
+        if hidden == j1 - j0 {
+            return Block::Hidden;
+        }
+        // Key positions do not decrease along a row: the block's first and last bound them.
+        let queries = (vis.query_position(i0), vis.query_position(i1 - 1));
+        let keys = (vis.key_position(b, j0, n), vis.key_position(b, j1 - 1, n));
+        match vis.pattern_of(self.h).map(|p| p.reach(queries, keys)) {
+            Some(Reach::None) => return Block::Hidden,
+            Some(Reach::Some) => return Block::Mixed,
+            Some(Reach::All) | None => {}
+        }
+        match vis.causal {
+            Some(offset) if keys.0 > offset + i1 - 1 => Block::Hidden,
+            Some(offset) if keys.1 > offset + i0 => Block::Mixed,
+            _ if hidden > 0 => Block::Mixed,
+            _ => Block::Visible,
+        }
+    }
+}
+
+impl Rule for HeadRule<'_> {
+    fn block(&self, queries: (usize, usize), keys: (usize, usize)) -> Block {
+        let Some(window) = self.band else { return self.classify(queries, keys) };
+        let (vis, b, n) = (self.vis, self.b, self.n);
+        let positions = (vis.query_position(queries.0), vis.query_position(queries.1 - 1));
+        let key_positions = (vis.key_position(b, keys.0, n), vis.key_position(b, keys.1 - 1, n));
+        let band = SparsePart::Local { window };
+        match band.reach(positions, key_positions) {
+            Reach::None => Block::Hidden,
+            Reach::All => self.classify(queries, keys),
+            Reach::Some => match self.classify(queries, keys) {
+                Block::Hidden => Block::Hidden,
+                _ => Block::Mixed,
+            },
+        }
+    }
+    fn sees(&self, i: usize, j: usize) -> bool {
+        let (vis, b, n) = (self.vis, self.b, self.n);
+        vis.sees(b, self.h, i, j, n)
+            && self.band.is_none_or(|w| vis.query_position(i) - vis.key_position(b, j, n) < w)
+    }
+}
+
+/// One (batch, head) of the forward, into its rows of `out` `[L, Dv]` and `lse` `[L]`.
+fn forward_head(
+    (q, k, v): (Heads, Heads, Heads),
+    vis: &KeyVisibility,
+    (b, h): (usize, usize),
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let rows = head_rows((q, k, v), (b, h));
+    let mut scratch = Scratch::new(rows.queries, rows.keys);
+    let split = Split::of(vis, h);
+    let rule = HeadRule { vis, b, h, n: rows.keys, band: split.as_ref().map(|s| s.band) };
+    sweep::forward(rows, &rule, &mut scratch, out, lse);
+    if let Some(split) = &split {
+        for group in split.groups(vis, b, rows.queries, rows.keys) {
+            let gathered = Gathered::of(&group, rows);
+            let (mut part_out, mut part_lse) =
+                (vec![0.0; group.queries.len() * rows.dv], vec![0.0; group.queries.len()]);
+            let group_rows = gathered.rows(&group, rows);
+            sweep::forward(group_rows, &group.rule(split), &mut scratch, &mut part_out, &mut part_lse);
+            sparse::merge((out, lse), &group.queries, (&part_out, &part_lse), rows.dv);
+        }
+    }
+    // A query that sees no key: the composition's softmax over all-equal scores averages every
+    // value.
+    for (row, _) in out.chunks_mut(rows.dv).zip(lse.iter()).filter(|(_, &m)| m == f32::NEG_INFINITY) {
+        uniform_average(v, b, h, row);
+    }
+}
+
+/// The mean of every value row of head `(b, h)`, into `row`.
+fn uniform_average(v: Heads, b: usize, h: usize, row: &mut [f32]) {
+    let n = v.dim(2);
+    row.fill(0.0);
+    for j in 0..n {
+        let m = v.matrix(b, h, j);
+        for (c, x) in row.iter_mut().enumerate() {
+            *x += m.data[m.offset + c * m.col_stride];
+        }
+    }
+    row.iter_mut().for_each(|x| *x /= n as f32);
+}
+
+/// The forward: `out` `[B, H, L, Dv]` and `lse` `[B, H, L]`, each (batch, head) computed by
+/// one task into its own rows (so the tasks never share memory).
+pub(crate) fn forward(q: Heads, k: Heads, v: Heads, vis: &KeyVisibility) -> (Vec<f32>, Vec<f32>) {
+    let (batch, heads, l, dv) = (q.dim(0), q.dim(1), q.dim(2), v.dim(3));
+    let mut out = super::pool::uninit(batch * heads * l * dv);
+    let mut lse = super::pool::uninit(batch * heads * l);
+    if l > 0 {
+        out.par_chunks_mut((l * dv).max(1))
+            .zip(lse.par_chunks_mut(l))
+            .enumerate()
+            .for_each(|(bh, (o, s))| forward_head((q, k, v), vis, (bh / heads, bh % heads), o, s));
+    }
+    (out, lse)
+}
+
+/// The saved forward of one attention, as the backward reads it.
+#[derive(Clone, Copy)]
+pub(crate) struct Saved<'a> {
+    pub q: Heads<'a>,
+    pub k: Heads<'a>,
+    pub v: Heads<'a>,
+    pub out: Heads<'a>,
+    /// `[B, H, L]`.
+    pub lse: (&'a [f32], &'a Layout),
+}
+
+/// One (batch, head) of the backward, into its rows of `dq` `[L, D]`, `dk` `[N, D]` and
+/// `dv` `[N, Dv]` (which arrive zeroed).
+fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, usize), grads: Grads) {
+    let rows = head_rows((s.q, s.k, s.v), (b, h));
+    let (l, dv) = (rows.queries, rows.dv);
+    let (lse_data, lse_layout) = s.lse;
+    let ls = lse_layout.strides();
+    let lse: Vec<f32> =
+        (0..l).map(|i| lse_data[lse_layout.offset() + b * ls[0] + h * ls[1] + i * ls[2]]).collect();
+    // Δ_i = do_i · o_i.
+    let delta: Vec<f32> = (0..l)
+        .map(|i| {
+            let (o, g) = (s.out.matrix(b, h, i), d_out.matrix(b, h, i));
+            (0..dv).map(|c| o.data[o.offset + c * o.col_stride] * g.data[g.offset + c * g.col_stride]).sum()
+        })
+        .collect();
+    let d_out_rows = d_out.matrix(b, h, 0);
+    let mut scratch = Scratch::new(l, rows.keys);
+    let split = Split::of(vis, h);
+    let rule = HeadRule { vis, b, h, n: rows.keys, band: split.as_ref().map(|s| s.band) };
+    let up = Upstream { d_out: d_out_rows, lse: &lse, delta: &delta };
+    let Grads { dq, dk, dv: dv_acc } = grads;
+    sweep::backward(rows, up, &rule, &mut scratch, Grads { dq: &mut *dq, dk: &mut *dk, dv: &mut *dv_acc });
+    if let Some(split) = &split {
+        for group in split.groups(vis, b, l, rows.keys) {
+            let gathered = Gathered::of(&group, rows);
+            let group_rows = gathered.rows(&group, rows);
+            let g_out = sparse::gather(d_out_rows, &group.queries, dv);
+            let g_lse: Vec<f32> = group.queries.iter().map(|&i| lse[i]).collect();
+            let g_delta: Vec<f32> = group.queries.iter().map(|&i| delta[i]).collect();
+            let up = Upstream { d_out: Matrix::contiguous(&g_out, dv), lse: &g_lse, delta: &g_delta };
+            let (gq, gk) = (group.queries.len(), group.keys.len());
+            let (mut g_dq, mut g_dk, mut g_dv) =
+                (vec![0.0; gq * rows.d], vec![0.0; gk * rows.d], vec![0.0; gk * dv]);
+            let g_grads = Grads { dq: &mut g_dq, dk: &mut g_dk, dv: &mut g_dv };
+            sweep::backward(group_rows, up, &group.rule(split), &mut scratch, g_grads);
+            sparse::scatter_add(&g_dq, &group.queries, rows.d, dq);
+            sparse::scatter_add(&g_dk, &group.keys, rows.d, dk);
+            sparse::scatter_add(&g_dv, &group.keys, dv, dv_acc);
+        }
+    }
+    // A query that sees no key averaged every value: dv_j += do_i / N.
+    let n = rows.keys;
+    for i in (0..l).filter(|&i| lse[i] == f32::NEG_INFINITY) {
+        let g = d_out.matrix(b, h, i);
+        for j in 0..n {
+            for c in 0..dv {
+                dv_acc[j * dv + c] += g.data[g.offset + c * g.col_stride] / n as f32;
+            }
+        }
+    }
+}
+
+/// The backward: `dq` `[B, H, L, D]`, `dk` `[B, H, N, D]`, `dv` `[B, H, N, Dv]`, each
+/// (batch, head) computed by one task into its own rows.
+pub(crate) fn backward(s: Saved, d_out: Heads, vis: &KeyVisibility) -> [Vec<f32>; 3] {
+    let (batch, heads, l, d, n, dv) =
+        (s.q.dim(0), s.q.dim(1), s.q.dim(2), s.q.dim(3), s.k.dim(2), s.v.dim(3));
+    let zeroed = super::pool::zeroed;
+    let (mut dq, mut dk, mut dvs) =
+        (zeroed(batch * heads * l * d), zeroed(batch * heads * n * d), zeroed(batch * heads * n * dv));
+    if l * d > 0 && n * d > 0 && n * dv > 0 {
+        dq.par_chunks_mut(l * d)
+            .zip(dk.par_chunks_mut(n * d))
+            .zip(dvs.par_chunks_mut(n * dv))
+            .enumerate()
+            .for_each(|(bh, ((dq, dk), dv))| {
+                backward_head(s, d_out, vis, (bh / heads, bh % heads), Grads { dq, dk, dv })
+            });
+    }
+    [dq, dk, dvs]
+}
