@@ -356,6 +356,13 @@ impl BackendStorage for OpenClStorage {
             kb.arg(vb.scalars).arg(&vb.pos).arg(&vb.hidden).arg(&vb.pattern);
             kb.arg(&dq.buffer).arg(&delta.buffer).arg(q_rows_i);
         })?;
+        let uniform_rows = batch * heads * dv;
+        let uniform = Self::alloc(&s.device, uniform_rows)?;
+        let (keys_i, uniform_rows_i) = (i32_of(keys)?, i32_of(uniform_rows)?);
+        s.run("attention_uniform_grad", uniform_rows, |kb| {
+            kb.arg(llse).arg(&lse.storage().buffer).arg(lg).arg(gbuf);
+            kb.arg(keys_i).arg(&uniform.buffer).arg(uniform_rows_i);
+        })?;
         s.run("attention_backward_dkv", k_rows, |kb| {
             kb.arg(lq)
                 .arg(&s.buffer)
@@ -365,7 +372,7 @@ impl BackendStorage for OpenClStorage {
                 .arg(vbuf)
                 .arg(llse)
                 .arg(&lse.storage().buffer);
-            kb.arg(lg).arg(gbuf).arg(&delta.buffer);
+            kb.arg(lg).arg(gbuf).arg(&delta.buffer).arg(&uniform.buffer);
             kb.arg(vb.scalars).arg(&vb.pos).arg(&vb.hidden).arg(&vb.pattern);
             kb.arg(&dkey.buffer).arg(&dval.buffer).arg(k_rows_i);
         })?;

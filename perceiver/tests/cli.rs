@@ -274,6 +274,7 @@ fn bench_reports_json_on_its_last_line() {
     let (ok, stdout, stderr) = perceiver(&args);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).expect("JSON");
+    assert_eq!(v["device"], "cpu", "{v}");
     let curves = v["curves"].as_array().expect("curves");
     assert_eq!(curves.len(), 5, "{v}");
     for c in curves {
@@ -282,6 +283,10 @@ fn bench_reports_json_on_its_last_line() {
     }
     let (ok, _, stderr) = perceiver(&["bench", "attention", "--context", "1024"]);
     assert!(!ok && stderr.contains("at least two contexts"), "{stderr}");
+    // The step and generation benches run on the CPU: another device is refused, not ignored.
+    // (Without the opencl feature, parsing the device already refuses it.)
+    let (ok, _, stderr) = perceiver(&["--device", "opencl", "bench", "step-2k"]);
+    assert!(!ok && stderr.contains("opencl"), "{stderr}");
 }
 
 /// The model card's usage, translated: a Hugging Face snapshot with its tokenizer, the library's

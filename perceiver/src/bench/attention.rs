@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use serde::Serialize;
-use tensor::{KeyVisibility, SparsePattern, Tensor};
+use tensor::{Device, KeyVisibility, SparsePattern, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -30,6 +30,8 @@ pub struct Curve {
 #[derive(Clone, Debug, Serialize)]
 pub struct AttentionBenchResult {
     pub preset: String,
+    /// Where it ran (`cpu`, or the OpenCL device's name).
+    pub device: String,
     pub heads: usize,
     pub head_dim: usize,
     pub curves: Vec<Curve>,
@@ -64,8 +66,10 @@ pub fn fitted_exponent(points: &[(usize, f64)]) -> f64 {
 }
 
 /// Times forward + backward of one attention at every context from 1024 to `max_context`
-/// (doubling), each the median of `repeats` after one untimed run; `on_point` hears each.
+/// (doubling) on `device`, each the median of `repeats` after one untimed run; `on_point`
+/// hears each.
 pub fn run(
+    device: &Device,
     max_context: usize,
     heads: usize,
     head_dim: usize,
@@ -89,10 +93,10 @@ pub fn run(
         let shape = [1, heads, n, head_dim];
         let scale = 1.0 / (head_dim as f32).sqrt();
         let (q, k, v, d_out) = (
-            Tensor::randn(&shape, scale, &mut rng),
-            Tensor::randn(&shape, 1.0, &mut rng),
-            Tensor::randn(&shape, 1.0, &mut rng),
-            Tensor::randn(&shape, 1.0, &mut rng),
+            Tensor::randn(&shape, scale, &mut rng).to_device(device)?,
+            Tensor::randn(&shape, 1.0, &mut rng).to_device(device)?,
+            Tensor::randn(&shape, 1.0, &mut rng).to_device(device)?,
+            Tensor::randn(&shape, 1.0, &mut rng).to_device(device)?,
         );
         for (curve, (name, pattern)) in curves.iter_mut().zip(patterns(n)) {
             let vis = KeyVisibility {
@@ -103,8 +107,13 @@ pub fn run(
             let once = || -> Result<f64> {
                 let start = Instant::now();
                 let parts = q.attention_with_stats(&k, &v, &vis)?;
-                let grads = q.attention_backward(&k, &v, &parts, &d_out, &vis)?;
-                drop(grads);
+                let (dq, dk, dv) = q.attention_backward(&k, &v, &parts, &d_out, &vis)?;
+                // A device computes in the background: reading the results back waits for it.
+                if *device != Device::Cpu {
+                    for t in [&parts.out, &dq, &dk, &dv] {
+                        t.to_vec()?;
+                    }
+                }
                 Ok(start.elapsed().as_secs_f64())
             };
             once()?;
@@ -119,6 +128,7 @@ pub fn run(
     }
     Ok(AttentionBenchResult {
         preset: "attention".into(),
+        device: device.name(),
         heads,
         head_dim,
         curves,

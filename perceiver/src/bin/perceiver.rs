@@ -421,7 +421,7 @@ fn bench_generate(a: &BenchArgs, shape: &perceiver::bench::BenchShape) -> Result
 
 /// `perceiver bench attention`: one attention's forward + backward against the context, for
 /// the dense, strided and fixed patterns.
-fn bench_attention(a: &BenchArgs) -> Result<bool> {
+fn bench_attention(a: &BenchArgs, device: &tensor::Device) -> Result<bool> {
     let given = &a.shape;
     let (heads, channels) = (given.heads.unwrap_or(1), given.channels.unwrap_or(64));
     if !channels.is_multiple_of(heads) {
@@ -429,15 +429,22 @@ fn bench_attention(a: &BenchArgs) -> Result<bool> {
     }
     let max_context = given.context.unwrap_or(65_536);
     eprintln!(
-        "bench attention: contexts 1024..={max_context}, {heads} heads of {}, batch 1, forward + backward, median of {} on {} threads",
+        "bench attention: contexts 1024..={max_context}, {heads} heads of {}, batch 1, forward + backward, median of {} on {}",
         channels / heads,
         a.steps,
-        rayon::current_num_threads()
+        match device {
+            tensor::Device::Cpu => format!("{} CPU threads", rayon::current_num_threads()),
+            other => other.name(),
+        }
     );
-    let result =
-        perceiver::bench::attention::run(max_context, heads, channels / heads, a.steps, |name, n, t| {
-            eprintln!("{name:>8} n = {n:>6}: {t:.4} s")
-        })?;
+    let result = perceiver::bench::attention::run(
+        device,
+        max_context,
+        heads,
+        channels / heads,
+        a.steps,
+        |name, n, t| eprintln!("{name:>8} n = {n:>6}: {t:.4} s"),
+    )?;
     for curve in &result.curves {
         println!(
             "{}: time grows as n^{:.2} (fitted over n = 1024..={max_context})",
@@ -450,10 +457,16 @@ fn bench_attention(a: &BenchArgs) -> Result<bool> {
     Ok(true)
 }
 
-fn bench_command(a: &BenchArgs) -> Result<bool> {
+fn bench_command(a: &BenchArgs, device: &tensor::Device) -> Result<bool> {
     use perceiver::bench::{self, BenchShape};
     if a.preset == "attention" {
-        return bench_attention(a);
+        return bench_attention(a, device);
+    }
+    if *device != tensor::Device::Cpu {
+        return Err(perceiver::Error::Input(format!(
+            "--device {device}: bench {} runs on the CPU only (bench attention takes any device)",
+            a.preset
+        )));
     }
     let mut shape = BenchShape::preset(&a.preset)?;
     let given = &a.shape;
@@ -1225,7 +1238,7 @@ fn run(cli: &Cli) -> ExitCode {
         Command::Train(a) => train_command(a, &device),
         Command::Eval(a) => eval_command(a, &device),
         Command::Generate(a) => generate_command(a, &device),
-        Command::Bench(a) => bench_command(a),
+        Command::Bench(a) => bench_command(a, &device),
         Command::Compare { runs, out, title } => compare_command(runs, out, title),
         Command::Devices => perceiver::devices::describe().map(|lines| {
             lines.iter().for_each(|l| println!("{l}"));
