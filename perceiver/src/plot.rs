@@ -1,6 +1,7 @@
 //! Draws the loss curves of a run (`metrics.jsonl`) as an SVG: training loss (a moving
-//! average) and held-out loss against the step; and several runs' held-out results against
-//! training time, to compare models. Plain SVG text, no drawing library.
+//! average) and held-out loss against the step; several runs' held-out results against
+//! training time, to compare models; and copy-task runs' minutes to solve against the number
+//! of copied bytes. Plain SVG text, no drawing library.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -29,8 +30,8 @@ pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<b
         .collect();
     let eval = series(&lines, "eval", "loss");
     let lines = [
-        Line { label: "training (moving average)".into(), color: "steelblue", points: smooth },
-        Line { label: "held out".into(), color: "darkorange", points: eval },
+        Line { label: "training (moving average)".into(), color: "steelblue", points: smooth, dots: false },
+        Line { label: "held out".into(), color: "darkorange", points: eval, dots: false },
     ];
     match chart(title, "step", "loss (nats)", &lines) {
         Some(svg) => {
@@ -41,31 +42,118 @@ pub fn loss_curve(metrics_path: &Path, svg_path: &Path, title: &str) -> Result<b
     }
 }
 
+/// Colours of the lines of a comparison, in order.
+const COLORS: [&str; 6] = ["steelblue", "darkorange", "seagreen", "crimson", "purple", "gray"];
+
+/// The held-out lines of a run's metrics file.
+fn eval_lines(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("eval"))
+        .collect())
+}
+
 /// Held-out results of several runs against their training time, one line per run: for
 /// comparing models trained for the same minutes on the same data. `runs` are
-/// `(label, run directory)`; the value drawn is bits per byte where the runs report it, else
-/// the held-out loss.
+/// `(label, run directory)`; the value drawn is the first the runs all report of bits per
+/// byte, bits per masked byte, accuracy (copy task, classes) and loss.
 pub fn compare_runs(runs: &[(String, std::path::PathBuf)], svg_path: &Path, title: &str) -> Result<()> {
-    const COLORS: [&str; 6] = ["steelblue", "darkorange", "seagreen", "crimson", "purple", "gray"];
-    let mut lines = Vec::new();
-    let mut bits = true;
-    for (i, (label, dir)) in runs.iter().enumerate() {
-        let path = dir.join("metrics.jsonl");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let values: Vec<serde_json::Value> =
-            text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let mut points = series_by(&values, "eval", "elapsed_secs", "bits_per_byte");
-        if points.is_empty() {
-            bits = false;
-            points = series_by(&values, "eval", "elapsed_secs", "loss");
-        }
-        let points = points.into_iter().map(|(t, v)| (t / 60.0, v)).collect();
-        lines.push(Line { label: label.clone(), color: COLORS[i % COLORS.len()], points });
-    }
-    let y_label = if bits { "held-out bits per byte" } else { "held-out loss (nats)" };
+    let evals: Vec<Vec<serde_json::Value>> =
+        runs.iter().map(|(_, dir)| eval_lines(dir)).collect::<Result<_>>()?;
+    let measures = [
+        ("bits_per_byte", "held-out bits per byte", 1.0),
+        ("bits_per_masked_byte", "held-out bits per masked byte", 1.0),
+        ("accuracy", "held-out accuracy (%)", 100.0),
+        ("loss", "held-out loss (nats)", 1.0),
+    ];
+    let reported =
+        |field: &str| evals.iter().all(|e| !series_by(e, "eval", "elapsed_secs", field).is_empty());
+    let Some(&(field, y_label, scale)) = measures.iter().find(|(field, ..)| reported(field)) else {
+        return Err(Error::Input("the runs have no held-out results to draw".into()));
+    };
+    let lines: Vec<Line> = runs
+        .iter()
+        .zip(&evals)
+        .enumerate()
+        .map(|(i, ((label, _), e))| Line {
+            label: label.clone(),
+            color: COLORS[i % COLORS.len()],
+            points: series_by(e, "eval", "elapsed_secs", field)
+                .into_iter()
+                .map(|(t, v)| (t / 60.0, v * scale))
+                .collect(),
+            dots: false,
+        })
+        .collect();
     let svg = chart(title, "training minutes", y_label, &lines)
         .ok_or_else(|| Error::Input("the runs have no held-out results to draw".into()))?;
     Ok(nn::checkpoint::write_atomic(svg_path, svg.as_bytes())?)
+}
+
+/// One copy-task run as [`copy_solve_times`] reads it.
+pub struct CopyRun {
+    /// The model, as the legend names it; runs of one model make one line.
+    pub model: String,
+    /// Bytes copied.
+    pub k: usize,
+    pub dir: std::path::PathBuf,
+}
+
+/// Copy-task runs: the minutes each took until every held-out sequence was copied exactly,
+/// against the number of bytes `k`, one line per model. A run that never got there is left off
+/// its line. Returns one sentence per run, in order, saying when it solved the task or how far
+/// it got.
+pub fn copy_solve_times(runs: &[CopyRun], svg_path: &Path, title: &str) -> Result<Vec<String>> {
+    let mut lines: Vec<Line> = Vec::new();
+    let mut notes = Vec::new();
+    for run in runs {
+        let evals = eval_lines(&run.dir)?;
+        let at = |v: &serde_json::Value, field: &str| v.get(field).and_then(|x| x.as_f64());
+        let solved = evals.iter().find(|v| at(v, "sequence_accuracy") == Some(1.0));
+        let index = match lines.iter().position(|l| l.label == run.model) {
+            Some(i) => i,
+            None => {
+                let color = COLORS[lines.len() % COLORS.len()];
+                lines.push(Line { label: run.model.clone(), color, points: Vec::new(), dots: true });
+                lines.len() - 1
+            }
+        };
+        let last = evals.last();
+        let minutes =
+            |v: Option<&serde_json::Value>| v.and_then(|v| at(v, "elapsed_secs")).unwrap_or(0.0) / 60.0;
+        notes.push(match solved {
+            Some(v) => {
+                lines[index].points.push((run.k as f64, minutes(Some(v))));
+                format!(
+                    "{} k = {}: solved at step {} after {:.2} minutes",
+                    run.model,
+                    run.k,
+                    at(v, "step").unwrap_or(0.0),
+                    minutes(Some(v))
+                )
+            }
+            None => format!(
+                "{} k = {}: not solved; after {:.2} minutes {:.1} % of held-out tokens, {:.1} % of sequences",
+                run.model,
+                run.k,
+                minutes(last),
+                last.and_then(|v| at(v, "accuracy")).unwrap_or(0.0) * 100.0,
+                last.and_then(|v| at(v, "sequence_accuracy")).unwrap_or(0.0) * 100.0
+            ),
+        });
+    }
+    for line in &mut lines {
+        line.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let svg = chart(title, "bytes copied (k)", "minutes until every held-out sequence is exact", &lines)
+        .ok_or_else(|| {
+            Error::Input(format!("none of the runs solved the copy task: {}", notes.join("; ")))
+        })?;
+    nn::checkpoint::write_atomic(svg_path, svg.as_bytes())?;
+    Ok(notes)
 }
 
 /// Reads `(x, y)` pairs of the fields `x` and `y` from lines of `kind`.
@@ -82,6 +170,8 @@ struct Line {
     label: String,
     color: &'static str,
     points: Vec<(f64, f64)>,
+    /// Whether each point gets a dot (few points, each a separate run).
+    dots: bool,
 }
 
 /// An SVG line chart from zero on both axes, with a legend; `None` when there are no points.
@@ -155,6 +245,17 @@ fn chart(title: &str, x_label: &str, y_label: &str, lines: &[Line]) -> Option<St
             line.color,
             path.join(" ")
         );
+        if line.dots {
+            for &(s, v) in &line.points {
+                let _ = writeln!(
+                    svg,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{}"/>"#,
+                    x(s),
+                    y(v),
+                    line.color
+                );
+            }
+        }
         let _ = writeln!(
             svg,
             r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
@@ -170,4 +271,50 @@ fn chart(title: &str, x_label: &str, y_label: &str, lines: &[Line]) -> Option<St
     }
     svg.push_str("</svg>\n");
     Some(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run directory whose metrics hold the held-out lines `evals` (step, seconds, sequence
+    /// accuracy).
+    fn run_with(dir: &Path, evals: &[(u64, f64, f64)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let lines: Vec<String> = evals
+            .iter()
+            .map(|&(step, secs, seqs)| {
+                format!(
+                    r#"{{"kind":"eval","step":{step},"elapsed_secs":{secs},"accuracy":{seqs},"sequence_accuracy":{seqs},"loss":1.0}}"#
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("metrics.jsonl"), lines.join("\n")).unwrap();
+    }
+
+    #[test]
+    fn copy_solve_times_draw_the_first_exact_evaluation_of_each_run() {
+        let root = std::env::temp_dir().join(format!("perceiver-plot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        run_with(&root.join("a8"), &[(50, 30.0, 0.5), (100, 60.0, 1.0), (150, 90.0, 1.0)]);
+        run_with(&root.join("a16"), &[(50, 30.0, 0.0), (100, 240.0, 0.25)]);
+        run_with(&root.join("b8"), &[(100, 120.0, 1.0)]);
+        let run = |model: &str, k: usize, dir: &str| CopyRun { model: model.into(), k, dir: root.join(dir) };
+        let svg = root.join("solve.svg");
+        let runs = [run("a", 8, "a8"), run("a", 16, "a16"), run("b", 8, "b8")];
+        let notes = copy_solve_times(&runs, &svg, "t").unwrap();
+        assert_eq!(notes[0], "a k = 8: solved at step 100 after 1.00 minutes");
+        assert_eq!(
+            notes[1],
+            "a k = 16: not solved; after 4.00 minutes 25.0 % of held-out tokens, 25.0 % of sequences"
+        );
+        assert_eq!(notes[2], "b k = 8: solved at step 100 after 2.00 minutes");
+        let drawn = std::fs::read_to_string(&svg).unwrap();
+        assert_eq!(drawn.matches("<circle").count(), 2, "{drawn}");
+        assert!(drawn.contains(">a</text>") && drawn.contains(">b</text>"), "{drawn}");
+        // Nothing solved: no chart, and the error says how far each run got.
+        let e = copy_solve_times(&runs[1..2], &root.join("none.svg"), "t").unwrap_err().to_string();
+        assert!(e.contains("none of the runs solved") && e.contains("a k = 16: not solved"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -227,6 +227,17 @@ fn the_decoders_train_and_evaluate_from_the_command_line() {
     assert!(ok, "{stderr}");
     let drawn = std::fs::read_to_string(&svg).unwrap();
     assert!(drawn.contains("sparse-transformer (") && drawn.contains("dense-decoder ("), "{drawn}");
+    // Minutes to solve against k: four steps solve nothing, and the error says how far each got.
+    let (ok, _, stderr) = perceiver(&[
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--solve-times",
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("none of the runs solved the copy task"), "{stderr}");
+    assert!(stderr.contains("sparse-transformer k = 4: not solved"), "{stderr}");
     let (ok, _, stderr) = perceiver(&["train", "--model", "dense-decoder", "--stride", "3"]);
     assert!(!ok && stderr.contains("--stride does not apply"), "{stderr}");
     let (ok, _, stderr) = perceiver(&["train", "--model", "sparse-transformer", "--summary", "2"]);

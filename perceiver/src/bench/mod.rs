@@ -133,6 +133,9 @@ pub struct BenchResult {
     pub ratio: f64,
     /// Peak resident memory of the process (`VmHWM`), if the system reports it.
     pub peak_rss_bytes: Option<u64>,
+    /// The most bytes live CPU tensors held at once (parameters, optimiser state, activations
+    /// and gradients; not the buffer cache): what the step itself needs.
+    pub peak_tensor_bytes: u64,
     pub threads: usize,
     /// Processes sharing each batch (data-parallel ranks under `mpirun`).
     pub ranks: usize,
@@ -210,6 +213,7 @@ pub fn run(
         return Err(Error::Input("bench needs at least one timed step".into()));
     }
     let sgemm = sgemm_gflops(1024, 15);
+    tensor::cpu::pool::reset_peak_live_bytes();
     let config = shape.model_config();
     let mut model = PerceiverAr::new(config, 0)?;
     let mut optimizer = AdamW::new(AdamWConfig::default());
@@ -260,6 +264,7 @@ pub fn run(
         // Each rank has its own threads: the machine's sgemm capacity is every rank's.
         ratio: gflops / (sgemm * ranks as f64),
         peak_rss_bytes: peak_rss_bytes(),
+        peak_tensor_bytes: tensor::cpu::pool::peak_live_bytes() as u64,
         threads: rayon::current_num_threads(),
         ranks,
         shape: shape.clone(),

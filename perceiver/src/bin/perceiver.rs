@@ -49,8 +49,13 @@ enum Command {
         /// The SVG to write.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "Held-out results against training time")]
-        title: String,
+        /// Title of the chart [default: what it draws].
+        #[arg(long)]
+        title: Option<String>,
+        /// Copy-task runs: draw each model's minutes until every held-out sequence is exact
+        /// against the bytes copied, instead of held-out results against time.
+        #[arg(long)]
+        solve_times: bool,
     },
     /// List the devices this build can compute on.
     Devices,
@@ -512,7 +517,7 @@ fn bench_command(a: &BenchArgs, device: &tensor::Device) -> Result<bool> {
         n => format!(" over {n} ranks"),
     };
     println!(
-        "{}{ranks}: {:.3} s per step (median of {}), {:.1} GFLOP per step, {:.1} GFLOP/s; sgemm {:.1} GFLOP/s; ratio {:.3}; peak memory {}",
+        "{}{ranks}: {:.3} s per step (median of {}), {:.1} GFLOP per step, {:.1} GFLOP/s; sgemm {:.1} GFLOP/s; ratio {:.3}; peak memory {} (live tensors {:.2} GiB)",
         result.preset,
         result.step_s,
         a.steps,
@@ -520,7 +525,8 @@ fn bench_command(a: &BenchArgs, device: &tensor::Device) -> Result<bool> {
         result.gflops,
         result.sgemm_gflops,
         result.ratio,
-        result.peak_rss_bytes.map_or("unknown".into(), |b| format!("{:.2} GiB", gib(b)))
+        result.peak_rss_bytes.map_or("unknown".into(), |b| format!("{:.2} GiB", gib(b))),
+        gib(result.peak_tensor_bytes)
     );
     if a.json {
         println!("{}", serde_json::to_string(&result).expect("serialisable"));
@@ -905,15 +911,38 @@ fn train_leader(device: &tensor::Device, mut trainer: Trainer, run: RunDir) -> R
 }
 
 /// `perceiver compare`: each run labelled by its model family and parameter count.
-fn compare_command(runs: &[PathBuf], out: &Path, title: &str) -> Result<bool> {
+fn compare_command(runs: &[PathBuf], out: &Path, title: Option<&str>, solve_times: bool) -> Result<bool> {
     let mut labelled = Vec::new();
+    let mut copy_runs = Vec::new();
     for run in runs {
         let ck = perceiver::checkpoint::load(run)?;
         let params: usize = ck.params.values().map(|t| t.numel()).sum();
         let label = format!("{} ({:.2}M)", ck.config.model.family(), params as f64 / 1e6);
+        if solve_times {
+            let TaskConfig::Copy { k } = ck.config.task else {
+                return Err(perceiver::Error::Input(format!(
+                    "{}: --solve-times compares copy-task runs, this one is {}",
+                    run.display(),
+                    ck.config.task.describe()
+                )));
+            };
+            let model = ck.config.model.family().to_string();
+            copy_runs.push(perceiver::plot::CopyRun { model, k, dir: run.clone() });
+        }
         labelled.push((label, run.clone()));
     }
-    perceiver::plot::compare_runs(&labelled, out, title)?;
+    if solve_times {
+        let title = title.unwrap_or("The copy task: minutes until solved against bytes copied");
+        for note in perceiver::plot::copy_solve_times(&copy_runs, out, title)? {
+            println!("{note}");
+        }
+    } else {
+        perceiver::plot::compare_runs(
+            &labelled,
+            out,
+            title.unwrap_or("Held-out results against training time"),
+        )?;
+    }
     println!("{}", out.display());
     Ok(true)
 }
@@ -1239,7 +1268,9 @@ fn run(cli: &Cli) -> ExitCode {
         Command::Eval(a) => eval_command(a, &device),
         Command::Generate(a) => generate_command(a, &device),
         Command::Bench(a) => bench_command(a, &device),
-        Command::Compare { runs, out, title } => compare_command(runs, out, title),
+        Command::Compare { runs, out, title, solve_times } => {
+            compare_command(runs, out, title.as_deref(), *solve_times)
+        }
         Command::Devices => perceiver::devices::describe().map(|lines| {
             lines.iter().for_each(|l| println!("{l}"));
             true

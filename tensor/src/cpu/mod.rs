@@ -25,20 +25,29 @@ use crate::backend::{
 use crate::error::Result;
 use crate::layout::Layout;
 
-/// Tensor data in main memory. Large buffers go back to the [`pool`] when dropped.
-#[derive(Clone, Debug, Default)]
+/// Tensor data in main memory. Large buffers go back to the [`pool`] when dropped; every
+/// buffer is counted in the pool's live bytes while a tensor holds it.
+#[derive(Debug, Default)]
 pub struct CpuStorage {
     data: Vec<f32>,
 }
 
+impl Clone for CpuStorage {
+    fn clone(&self) -> Self {
+        CpuStorage::new(self.data.clone())
+    }
+}
+
 impl Drop for CpuStorage {
     fn drop(&mut self) {
+        pool::count_freed(self.data.capacity() * 4);
         pool::recycle(std::mem::take(&mut self.data));
     }
 }
 
 impl CpuStorage {
     pub fn new(data: Vec<f32>) -> Self {
+        pool::count_live(data.capacity() * 4);
         CpuStorage { data }
     }
     pub fn as_slice(&self) -> &[f32] {

@@ -10,8 +10,13 @@
 //! `uninit` buffers hold old values: only kernels that overwrite every element use them.
 //! Kernels that accumulate use `zeroed`. The cache keeps at most [`POOL_MAX_BYTES`];
 //! [`release_cached_memory`] empties it.
+//!
+//! Apart from the cache, the bytes held by live CPU tensors are counted ([`live_bytes`]), with
+//! their high-water mark ([`peak_live_bytes`]): what a step needs at its peak, which the
+//! process's resident memory exceeds by what the cache and the allocator keep.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Buffers shorter than this many f32 (256 KiB) go straight to the system allocator.
@@ -94,6 +99,36 @@ pub(crate) fn recycle(v: Vec<f32>) {
             p.free.entry(cap).or_default().push(v);
         }
     });
+}
+
+/// Bytes of the buffers of live CPU tensors, and their high-water mark.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a buffer of `bytes` taken by a tensor.
+pub(crate) fn count_live(bytes: usize) {
+    let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+/// Counts a tensor's buffer of `bytes` given back.
+pub(crate) fn count_freed(bytes: usize) {
+    LIVE.fetch_sub(bytes, Ordering::Relaxed);
+}
+
+/// Bytes held by live CPU tensors now.
+pub fn live_bytes() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// The most bytes live CPU tensors have held at once since the last [`reset_peak_live_bytes`].
+pub fn peak_live_bytes() -> usize {
+    PEAK.load(Ordering::Relaxed)
+}
+
+/// Starts a new high-water mark from what is live now.
+pub fn reset_peak_live_bytes() {
+    PEAK.store(live_bytes(), Ordering::Relaxed);
 }
 
 /// Bytes currently held by the cache.
