@@ -14,8 +14,8 @@
 //! the diagonal, and one per group of far keys gathered so that the kernel visits only blocks
 //! it mostly uses; their partial softmaxes merge into the one the pattern defines.
 
-mod sparse;
-mod sweep;
+pub mod sparse;
+pub mod sweep;
 
 use rayon::prelude::*;
 

@@ -3,7 +3,7 @@
 //!
 //! A sweep does not know where its rows come from: they are the rows of one (batch, head) of
 //! the operands, or rows gathered from them into contiguous buffers (the far keys of a sparse
-//! pattern, see [`super::sparse`]). Which pairs it may use is a [`Rule`]: per block of queries
+//! pattern, see [`super::sparse`]). Which pairs it may use is a `Rule`: per block of queries
 //! and block of keys, whether no pair, every pair or some pairs are seen, and per pair whether
 //! it is. Blocks no pair of which is seen are skipped; only mixed blocks are masked.
 
