@@ -45,3 +45,21 @@ __kernel void rotate_pairs(Layout lx, __global const float* x, Layout lc, __glob
     if ((c & 1) == 0) dst[i] = x0 * cs[ti] + -x1 * sn[si];
     else dst[i] = x1 * cs[ti + lc.strides[last]] + x0 * sn[si + ls.strides[last]];
 }
+
+// One AdamW step (tensor/src/adamw.rs has the math, in this order): the new parameter and
+// moments from contiguous x, g, m, v at their offsets.
+__kernel void adamw_step(__global const float* x, int ox, __global const float* g, int og,
+                         __global const float* m, int om, __global const float* v, int ov,
+                         __global float* x_out, __global float* m_out, __global float* v_out,
+                         float lr, float beta1, float beta2, float eps, float decay, float c1, float c2, int n) {
+    int i = get_global_id(0);
+    if (i >= n) return;
+    float gi = g[og + i];
+    float mi = m[om + i] * beta1 + gi * (1.0f - beta1);
+    float vi = v[ov + i] * beta2 + gi * gi * (1.0f - beta2);
+    float xi = decay == 1.0f ? x[ox + i] : x[ox + i] * decay;
+    float denom = sqrt(vi / c2) + eps;
+    x_out[i] = xi - mi / c1 / denom * lr;
+    m_out[i] = mi;
+    v_out[i] = vi;
+}

@@ -11,8 +11,8 @@ use tensor::backend::{
     AttentionGrads, AttentionOutput, AttentionSaved, LayerNormGrads, LayerNormOutput, LayerNormSaved,
 };
 use tensor::{
-    BackendStorage, BinaryOp, Device, KeyVisibility, Layout, MatmulSpec, Operand, ReduceOp, Result,
-    SparsePart, Storage, UnaryOp,
+    AdamWStep, BackendStorage, BinaryOp, Device, KeyVisibility, Layout, MatmulSpec, Operand, ReduceOp,
+    Result, SparsePart, Storage, UnaryOp,
 };
 
 use crate::device::{cl_err, OpenClDevice};
@@ -507,6 +507,25 @@ impl BackendStorage for OpenClStorage {
             start += len;
         }
         Ok(out)
+    }
+
+    fn adamw_step(operands: [Operand<Self>; 4], step: &AdamWStep) -> Result<[Self; 3]> {
+        let [x, g, m, v] = operands;
+        let (s, n) = (x.storage(), x.layout().numel());
+        let outs = [Self::alloc(&s.device, n)?, Self::alloc(&s.device, n)?, Self::alloc(&s.device, n)?];
+        // Contiguous operands (the Tensor layer made them so): only their offsets differ.
+        let offsets = [x, g, m, v].map(|o| i32_of(o.layout().offset()));
+        let [ox, og, om, ov] = offsets;
+        let (ox, og, om, ov) = (ox?, og?, om?, ov?);
+        let AdamWStep { lr, beta1, beta2, eps, decay, c1, c2 } = *step;
+        let n_i = i32_of(n)?;
+        s.run("adamw_step", n, |k| {
+            k.arg(&s.buffer).arg(ox).arg(&g.storage().buffer).arg(og);
+            k.arg(&m.storage().buffer).arg(om).arg(&v.storage().buffer).arg(ov);
+            k.arg(&outs[0].buffer).arg(&outs[1].buffer).arg(&outs[2].buffer);
+            k.arg(lr).arg(beta1).arg(beta2).arg(eps).arg(decay).arg(c1).arg(c2).arg(n_i);
+        })?;
+        Ok(outs)
     }
 
     fn write(&mut self, dst: &Layout, src: Operand<Self>) -> Result<()> {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use autograd::{Gradients, ParamId};
 use serde::{Deserialize, Serialize};
-use tensor::Tensor;
+use tensor::{AdamWStep, Tensor};
 
 use crate::error::{Error, Result};
 use crate::params::ParamStore;
@@ -39,7 +39,8 @@ impl AdamW {
         AdamW { config, step: 0, moments: HashMap::new() }
     }
 
-    /// One update of every parameter that has a gradient.
+    /// One update of every parameter that has a gradient, each in one fused pass
+    /// ([`Tensor::adamw_step`]: no temporaries the size of the parameter).
     pub fn update(&mut self, params: &mut ParamStore, grads: &Gradients, lr: f32) -> Result<()> {
         self.step += 1;
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
@@ -53,14 +54,9 @@ impl AdamW {
                     Some(mv) => mv,
                     None => (p.value.zeros_like()?, p.value.zeros_like()?),
                 };
-                let m = m.mul_scalar(beta1)?.add(&g.mul_scalar(1.0 - beta1)?)?;
-                let v = v.mul_scalar(beta2)?.add(&g.square()?.mul_scalar(1.0 - beta2)?)?;
-                let mut x = p.value.clone();
-                if p.decay && weight_decay > 0.0 {
-                    x = x.mul_scalar(1.0 - lr * weight_decay)?;
-                }
-                let denom = v.div_scalar(c2)?.sqrt()?.add_scalar(eps)?;
-                let x = x.sub(&m.div_scalar(c1)?.div(&denom)?.mul_scalar(lr)?)?;
+                let decay = if p.decay && weight_decay > 0.0 { 1.0 - lr * weight_decay } else { 1.0 };
+                let step = AdamWStep { lr, beta1, beta2, eps, decay, c1, c2 };
+                let [x, m, v] = p.value.adamw_step(g, &m, &v, &step)?;
                 self.moments.insert(p.id, (m, v));
                 Ok((p.id, x))
             })

@@ -25,6 +25,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::adamw::AdamWStep;
 use crate::attention::KeyVisibility;
 use crate::bail;
 use crate::cpu::CpuStorage;
@@ -292,6 +293,9 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     fn scatter_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self>;
     /// Concatenates `parts` along `axis`.
     fn cat(parts: &[Operand<Self>], axis: usize) -> Result<Self>;
+    /// One AdamW step (see [`crate::adamw`]) of the contiguous, equally shaped parameter,
+    /// gradient and moments `[x, g, m, v]`: the new `[x, m, v]`.
+    fn adamw_step(operands: [Operand<Self>; 4], step: &AdamWStep) -> Result<[Self; 3]>;
     /// The one op that writes into existing storage: `self[dst] = src`, where `dst` has
     /// `src`'s shape, lies inside `self` and reaches no position twice. The `Tensor` layer
     /// calls it only on storage that no other tensor shares.
@@ -332,6 +336,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
     fn gather(&self, x: Operand, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Storage>;
     fn scatter_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
     fn cat(&self, parts: &[Operand], axis: usize) -> Result<Storage>;
+    fn adamw_step(&self, operands: [Operand; 4], step: &AdamWStep) -> Result<[Storage; 3]>;
     fn write(&mut self, dst: &Layout, src: Operand) -> Result<()>;
 }
 
@@ -432,6 +437,11 @@ impl<S: BackendStorage> DynStorage for S {
     fn cat(&self, parts: &[Operand], axis: usize) -> Result<Storage> {
         let typed = parts.iter().map(|p| p.typed()).collect::<Result<Vec<Operand<S>>>>()?;
         Ok(S::cat(&typed, axis)?.into_storage())
+    }
+    fn adamw_step(&self, operands: [Operand; 4], step: &AdamWStep) -> Result<[Storage; 3]> {
+        let [x, g, m, v] = operands;
+        let typed = [x.typed()?, g.typed()?, m.typed()?, v.typed()?];
+        Ok(S::adamw_step(typed, step)?.map(BackendStorage::into_storage))
     }
     fn write(&mut self, dst: &Layout, src: Operand) -> Result<()> {
         BackendStorage::write(self, dst, src.typed()?)

@@ -15,6 +15,7 @@
 //! 6. [`reference`](mod@reference): naive kernels written from the definitions, which the tests hold the fast
 //!    ones to.
 
+pub mod adamw;
 pub mod attention;
 pub mod backend;
 pub mod cpu;
@@ -29,6 +30,7 @@ pub mod sparse_pattern;
 pub mod tensor;
 pub mod view;
 
+pub use adamw::AdamWStep;
 pub use attention::{AttentionParts, KeyVisibility};
 pub use backend::{
     BackendDevice, BackendStorage, BinaryOp, Device, DynStorage, MatmulSpec, Operand, ReduceOp, Storage,

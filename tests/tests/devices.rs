@@ -55,6 +55,14 @@ proptest! {
             }
             agree(&d, "where", &[&x, &b], 0.0, |t| t[0].sub_scalar(1.5)?.gt(&Tensor::scalar(0.0).to_device(&t[0].device())?)?.where_cond(&t[0], &t[1]));
             agree(&d, "contiguous", &[&x], 0.0, |t| t[0].contiguous());
+            // One AdamW step (x, m and v from the same input, shifted apart; v kept positive).
+            let step = tensor::AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, decay: 0.999, c1: 0.19, c2: 0.002 };
+            for (i, name) in ["adamw x", "adamw m", "adamw v"].iter().enumerate() {
+                agree(&d, name, &[&x], 1e-6, |t| {
+                    let (g, m, v) = (t[0].sub_scalar(1.0)?, t[0].mul_scalar(0.1)?, t[0].mul_scalar(0.01)?);
+                    Ok(t[0].adamw_step(&g, &m, &v, &step)?[i].clone())
+                });
+            }
         }
     }
 

@@ -38,6 +38,34 @@ proptest! {
         }
     }
 
+    /// The fused AdamW step equals its composition from elementwise ops bit for bit, with and
+    /// without weight decay, early (large bias corrections) and late, on strided inputs.
+    #[test]
+    fn adamw_step_matches_its_composition(
+        x in shape(1..=3, 1..=40).prop_flat_map(|s| viewed(s, -2.0, 2.0)),
+        seed in any::<u64>(), decay in any::<bool>(), t in 1i32..2000,
+    ) {
+        let x = x.tensor();
+        let like = |s: u64, lo: f32| uniform(x.shape(), lo, 1.0, s);
+        // Moments as a run would have them: m of either sign, v not negative.
+        let (m, v) = (like(seed + 1, -1.0).mul_scalar(0.1).unwrap(), like(seed + 2, 0.0).mul_scalar(0.01).unwrap());
+        // The gradient a strided view: the last entries of a wider tensor's rows.
+        let last = x.rank() - 1;
+        let mut wide = x.shape().to_vec();
+        wide[last] += 1;
+        let g = uniform(&wide, -1.0, 1.0, seed).narrow(last, 1, x.shape()[last]).unwrap();
+        let step = tensor::AdamWStep {
+            lr: 3e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8,
+            decay: if decay { 1.0 - 3e-3 * 0.01 } else { 1.0 },
+            c1: 1.0 - 0.9f32.powi(t), c2: 1.0 - 0.999f32.powi(t),
+        };
+        let fused = x.adamw_step(&g, &m, &v, &step).unwrap();
+        let composed = x.adamw_step_composed(&g, &m, &v, &step).unwrap();
+        for (f, c) in fused.iter().zip(&composed) {
+            assert_close(f, c, 0.0, 0.0);
+        }
+    }
+
     /// Rotary's one-pass pair rotation equals its composition bit for bit, on strided inputs
     /// and broadcast tables (rows shared across the leading axes), rotating part or all of the
     /// channels.

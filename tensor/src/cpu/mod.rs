@@ -3,6 +3,7 @@
 //!
 //! Each submodule is one family of kernels; this file only routes the device trait to them.
 
+pub mod adamw;
 pub mod attention;
 pub mod elementwise;
 pub mod few_rows;
@@ -184,6 +185,14 @@ impl BackendStorage for CpuStorage {
     fn cat(parts_: &[Operand<Self>], axis: usize) -> Result<Self> {
         let slices: Vec<(&[f32], &Layout)> = parts_.iter().map(parts).collect();
         out(index::cat(&slices, axis))
+    }
+    fn adamw_step(operands: [Operand<Self>; 4], step: &crate::adamw::AdamWStep) -> Result<[Self; 3]> {
+        // The Tensor layer made every operand contiguous.
+        let slices = operands.map(|o| {
+            let (data, layout) = parts(&o);
+            &data[layout.offset()..layout.offset() + layout.numel()]
+        });
+        Ok(adamw::step(slices, step).map(CpuStorage::new))
     }
     fn write(&mut self, dst: &Layout, src: Operand<Self>) -> Result<()> {
         let (data, layout) = parts(&src);
