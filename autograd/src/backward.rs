@@ -157,6 +157,20 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                 start += size;
             }
         }
+        // The written entries came from `src`: their gradient goes there (copied out first, so
+        // that zeroing them in `g` for `x` happens in place), the rest to `x`.
+        Op::Overwrite { x, src, axis, start, len } => {
+            if let Some(n) = src {
+                out.push((n, g.narrow(axis, start, len)?.unary(tensor::UnaryOp::Identity)?));
+            }
+            if let Some(n) = x {
+                let mut gx = g;
+                let mut zeros_shape = gx.shape().to_vec();
+                zeros_shape[axis] = len;
+                gx.write_narrow(axis, start, &Tensor::zeros(&zeros_shape).to_device(&gx.device())?)?;
+                out.push((n, gx));
+            }
+        }
         // The adjoints of picking are adding back into place.
         Op::IndexSelect { x, axis, indices, size } => out.push((x, g.index_add(axis, &indices, size)?)),
         Op::Gather { x, axis, indices, size } => out.push((x, g.scatter_add(axis, &indices, size)?)),

@@ -110,6 +110,14 @@ pub(crate) enum Op {
         axis: usize,
         sizes: Vec<usize>,
     },
+    /// `x` with entries `start..start + len` of `axis` replaced by `src`.
+    Overwrite {
+        x: Option<NodeId>,
+        src: Option<NodeId>,
+        axis: usize,
+        start: usize,
+        len: usize,
+    },
     IndexSelect {
         x: NodeId,
         axis: usize,

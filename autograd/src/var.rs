@@ -314,6 +314,19 @@ impl Var {
         Var::record(parts, value, |inputs| Op::Cat { inputs, axis, sizes })
     }
 
+    /// `self` with entries `start..start + len` of `axis` replaced by `src` (`len` its size
+    /// there): `cat(self[..start], src, self[start + len..])` without copying the kept parts.
+    /// Consumes `self`, so that when nothing else holds its value (a fresh op output, as
+    /// usual), the write happens in place.
+    pub fn overwrite_narrow(self, axis: usize, start: usize, src: &Var) -> Result<Var> {
+        let len = src.value.dim(axis)?;
+        let Var { mut value, tracked } = self;
+        value.write_narrow(axis, start, &src.value)?;
+        // `self`'s place on the tape, without its value.
+        let target = Var { value: Tensor::scalar(0.0), tracked };
+        Var::record(&[&target, src], value, |n| Op::Overwrite { x: n[0], src: n[1], axis, start, len })
+    }
+
     pub fn index_select(&self, axis: usize, indices: &[usize]) -> Result<Var> {
         let size = self.value.dim(axis)?;
         let value = self.value.index_select(axis, indices)?;

@@ -202,6 +202,19 @@ proptest! {
         check(&[&a, &b], &default(), |v| Var::cat(&[&v[0], &v[1], &v[0]], axis))?;
     }
 
+    /// Part of one tensor overwritten by another (the keys of Perceiver AR's cross layer): the
+    /// written entries' gradient reaches `src`, the rest `x`; on fresh outputs (in place) and
+    /// on views (copied first), with `x` scaled so it is an op's output.
+    #[test]
+    fn overwrite_narrow(a in small().prop_flat_map(|s| (viewed(s.clone(), -1.0, 1.0), viewed(s, -1.0, 1.0))), axis in 0usize..3, start in 0usize..3) {
+        let (a, b) = a;
+        let axis = axis % a.shape.len();
+        let size = a.shape[axis];
+        let (start, len) = (start % size, (size - start % size).min(2));
+        check(&[&a, &b], &default(), |v| v[0].mul_scalar(1.5)?.overwrite_narrow(axis, start, &v[1].narrow(axis, 0, len)?))?;
+        check(&[&a, &b], &default(), |v| v[0].clone().overwrite_narrow(axis, start, &v[1].narrow(axis, 0, len)?))?;
+    }
+
     #[test]
     fn index_select_embedding_and_gather(x in shape(2..=2, 2..=5).prop_flat_map(|s| viewed(s, -1.0, 1.0)), picks in prop::collection::vec(0usize..8, 1..6)) {
         let (rows, cols) = (x.shape[0], x.shape[1]);

@@ -106,6 +106,8 @@ impl SelfLayer {
 struct KeptKeys {
     /// The prefix as the cross layer's keys see it: `[B, P', C]`.
     prefix: Var,
+    /// Whether `prefix` is every prefix position, in order (nothing gathered).
+    whole: bool,
     /// Absolute positions of the keys (cached ones, kept prefix, then latents), one row per
     /// batch element, or one row shared by all when nothing was dropped: for rotary.
     positions: Vec<Vec<usize>>,
@@ -310,13 +312,23 @@ impl PerceiverAr {
         };
         let layer = &self.cross;
         let queries = layer.q_norm.forward(ctx, &latents)?;
-        let kv_latents = match c.latent_key_norm {
-            LatentKeyNorm::Query => queries.clone(),
-            LatentKeyNorm::Kv => layer.kv_norm.forward(ctx, &latents)?,
-        };
-        let kv = match kept.prefix.shape()[1] {
-            0 => kv_latents,
-            _ => Var::cat(&[&layer.kv_norm.forward(ctx, &kept.prefix)?, &kv_latents], 1)?, // [B, keys, C]
+        let kv = if kept.whole && p > 0 {
+            // Every prefix position is a key: normalise the whole input at once, then put the
+            // latents' own keys in place, so no concatenated copy of the prefix is made.
+            let normed = layer.kv_norm.forward(ctx, x)?; // [B, N, C]
+            match c.latent_key_norm {
+                LatentKeyNorm::Query => normed.overwrite_narrow(1, p, &queries)?,
+                LatentKeyNorm::Kv => normed,
+            }
+        } else {
+            let kv_latents = match c.latent_key_norm {
+                LatentKeyNorm::Query => queries.clone(),
+                LatentKeyNorm::Kv => layer.kv_norm.forward(ctx, &latents)?,
+            };
+            match kept.prefix.shape()[1] {
+                0 => kv_latents,
+                _ => Var::cat(&[&layer.kv_norm.forward(ctx, &kept.prefix)?, &kv_latents], 1)?, // [B, keys, C]
+            }
         };
         let rotary = tables.as_ref().filter(|_| c.rotary_cross);
         let opts = AttendOptions {
@@ -342,8 +354,12 @@ impl PerceiverAr {
     fn cross_attend_dropout(&self, ctx: &Ctx, prefix: Var, first: usize, n: usize) -> Result<KeptKeys> {
         let c = &self.config;
         let (batch, p) = (prefix.shape()[0], prefix.shape()[1]);
-        let all =
-            KeptKeys { prefix: prefix.clone(), positions: vec![(0..first + n).collect()], dropped: None };
+        let all = KeptKeys {
+            prefix: prefix.clone(),
+            whole: true,
+            positions: vec![(0..first + n).collect()],
+            dropped: None,
+        };
         if !(ctx.train && p > 0 && c.cross_attend_dropout > 0.0) {
             return Ok(all);
         }
@@ -363,7 +379,7 @@ impl PerceiverAr {
                 let ch = c.channels;
                 let prefix =
                     prefix.reshape(&[batch * p, ch])?.index_select(0, &flat)?.reshape(&[batch, keep, ch])?;
-                Ok(KeptKeys { prefix, positions, dropped: None })
+                Ok(KeptKeys { prefix, whole: false, positions, dropped: None })
             }
             CrossAttendDropout::Bernoulli => {
                 // Each prefix key dropped with probability `rate`, before the softmax.
