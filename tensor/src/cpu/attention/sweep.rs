@@ -122,7 +122,7 @@ pub(super) fn gemm(
 
 /// Sets the entries of a block (rows of `cols`, query `i0 + r` against key `j0 + c`) whose
 /// pair the rule refuses to `value`.
-fn mask_block(rule: &dyn Rule, (i0, j0): (usize, usize), (block, cols): (&mut [f32], usize), value: f32) {
+fn mask_block(rule: &impl Rule, (i0, j0): (usize, usize), (block, cols): (&mut [f32], usize), value: f32) {
     for (r, row) in block.chunks_mut(cols).enumerate() {
         for (c, x) in row.iter_mut().enumerate() {
             if !rule.sees(i0 + r, j0 + c) {
@@ -135,7 +135,7 @@ fn mask_block(rule: &dyn Rule, (i0, j0): (usize, usize), (block, cols): (&mut [f
 /// The forward of one sweep: each query's softmax-weighted average of the values it sees,
 /// into `out` `[queries, dv]`, and its log-sum-exp into `lse` `[queries]`. A query that sees no
 /// key of the sweep gets a zero row and `lse = −∞` (its caller decides what that means).
-pub(super) fn forward(x: Rows, rule: &dyn Rule, scratch: &mut Scratch, out: &mut [f32], lse: &mut [f32]) {
+pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mut [f32], lse: &mut [f32]) {
     let (l, n, d, dv) = (x.queries, x.keys, x.d, x.dv);
     out.fill(0.0);
     for i0 in (0..l).step_by(QUERY_BLOCK) {
@@ -199,7 +199,7 @@ pub(super) struct Grads<'a> {
 
 /// The backward of one sweep, added into `grads`: with `p = e^{s − lse}` over the pairs the
 /// rule allows, `dv += pᵀ do`, `ds = p (do vᵀ − Δ)`, `dq += ds k`, `dk += dsᵀ q`.
-pub(super) fn backward(x: Rows, up: Upstream, rule: &dyn Rule, scratch: &mut Scratch, grads: Grads) {
+pub(super) fn backward(x: Rows, up: Upstream, rule: &impl Rule, scratch: &mut Scratch, grads: Grads) {
     let (l, n, d, dv) = (x.queries, x.keys, x.d, x.dv);
     let Grads { dq, dk, dv: dv_acc } = grads;
     for i0 in (0..l).step_by(QUERY_BLOCK) {
