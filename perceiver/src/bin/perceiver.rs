@@ -238,7 +238,8 @@ struct TrainArgs {
     #[arg(long, value_parser = parse::count)]
     stride: Option<usize>,
     /// sparse-transformer, fixed pattern: summary positions per block [default: an eighth of
-    /// the block, at least 1].
+    /// the block, from 1 to 8 (the paper's 8 for blocks of 128); a summary growing with the
+    /// block would make the summary keys a fixed fraction of all keys].
     #[arg(long, value_parser = parse::count)]
     summary: Option<usize>,
     /// sparse-transformer: how the pattern's two parts are spread over heads [default: merged].
@@ -629,7 +630,7 @@ fn train_config(a: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
                 PatternKind::Strided => AttentionPattern::Strided { stride },
                 PatternKind::Fixed => AttentionPattern::Fixed {
                     block: stride,
-                    summary: a.summary.unwrap_or((stride / 8).max(1)),
+                    summary: a.summary.unwrap_or((stride / 8).clamp(1, 8)),
                 },
             };
             let layout = match a.head_layout.unwrap_or(Layout::Merged) {
