@@ -174,6 +174,19 @@ struct Line {
     dots: bool,
 }
 
+/// A round step for about five ticks up to `max` (1, 2, 2.5 or 5 times a power of ten), and
+/// the decimals its labels need.
+fn tick_step(max: f64) -> (f64, usize) {
+    let rough = max / 5.0;
+    let power = 10f64.powf(rough.log10().floor());
+    let step =
+        [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|f| f * power).find(|&s| s >= rough).unwrap_or(10.0 * power);
+    // 2.5 times a power of ten below 10 needs one decimal more than the step's magnitude.
+    let quarter = (step / power - 2.5).abs() < 1e-9 && step < 10.0;
+    let digits = (-step.log10().floor()).max(0.0) as usize + usize::from(quarter);
+    (step, digits)
+}
+
 /// An SVG line chart from zero on both axes, with a legend; `None` when there are no points.
 fn chart(title: &str, x_label: &str, y_label: &str, lines: &[Line]) -> Option<String> {
     let all: Vec<&(f64, f64)> = lines.iter().flat_map(|l| &l.points).collect();
@@ -181,8 +194,12 @@ fn chart(title: &str, x_label: &str, y_label: &str, lines: &[Line]) -> Option<St
         return None;
     }
     let (w, h, m) = (720.0, 420.0, 60.0);
-    let x_max = all.iter().map(|p| p.0).fold(1e-9, f64::max);
-    let y_max = all.iter().map(|p| p.1).fold(0.0, f64::max) * 1.05;
+    // Each axis ends at the first round tick at or past its largest value.
+    let (x_step, x_digits) = tick_step(all.iter().map(|p| p.0).fold(1e-9, f64::max));
+    let (y_step, y_digits) = tick_step(all.iter().map(|p| p.1).fold(1e-9, f64::max));
+    let x_ticks = (all.iter().map(|p| p.0).fold(1e-9, f64::max) / x_step).ceil().max(1.0) as usize;
+    let y_ticks = (all.iter().map(|p| p.1).fold(1e-9, f64::max) / y_step).ceil().max(1.0) as usize;
+    let (x_max, y_max) = (x_step * x_ticks as f64, y_step * y_ticks as f64);
     let y_min = 0.0;
     let x = |s: f64| m + (s / x_max) * (w - 2.0 * m);
     let y = |v: f64| h - m - (v - y_min) / (y_max - y_min).max(1e-9) * (h - 2.0 * m);
@@ -204,21 +221,22 @@ fn chart(title: &str, x_label: &str, y_label: &str, lines: &[Line]) -> Option<St
         h - m,
         h - m
     );
-    let x_digits = if x_max < 10.0 { 1 } else { 0 };
-    for i in 0..=5 {
-        let (sv, vv) = (x_max * i as f64 / 5.0, y_min + (y_max - y_min) * i as f64 / 5.0);
+    for i in 0..=x_ticks {
+        let sv = x_step * i as f64;
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{sv:.x_digits$}</text>"#,
             x(sv),
             h - m + 18.0,
         );
+    }
+    for i in 0..=y_ticks {
+        let vv = y_min + y_step * i as f64;
         let _ = writeln!(
             svg,
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{:.2}</text><line x1="{m}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="lightgray"/>"#,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{vv:.y_digits$}</text><line x1="{m}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="lightgray"/>"#,
             m - 6.0,
             y(vv) + 4.0,
-            vv,
             y(vv),
             w - m,
             y(vv)
@@ -290,6 +308,18 @@ mod tests {
             })
             .collect();
         std::fs::write(dir.join("metrics.jsonl"), lines.join("\n")).unwrap();
+    }
+
+    #[test]
+    fn ticks_are_round() {
+        let ticks = |max: f64| tick_step(max);
+        assert_eq!(ticks(1.0), (0.2, 1));
+        assert_eq!(ticks(3.08), (1.0, 0));
+        assert_eq!(ticks(256.0), (100.0, 0));
+        assert_eq!(ticks(11.0), (2.5, 1));
+        assert_eq!(ticks(1.2), (0.25, 2));
+        assert_eq!(ticks(3000.0), (1000.0, 0));
+        assert_eq!(ticks(120.0), (25.0, 0));
     }
 
     #[test]
