@@ -57,9 +57,8 @@ __kernel void adamw_step(__global const float* x, int ox, __global const float* 
     float gi = g[og + i];
     float mi = m[om + i] * beta1 + gi * (1.0f - beta1);
     float vi = v[ov + i] * beta2 + gi * gi * (1.0f - beta2);
-    float xi = decay == 1.0f ? x[ox + i] : x[ox + i] * decay;
     float denom = sqrt(vi / c2) + eps;
-    x_out[i] = xi - mi / c1 / denom * lr;
+    x_out[i] = x[ox + i] * decay - mi / c1 / denom * lr;
     m_out[i] = mi;
     v_out[i] = vi;
 }

@@ -69,22 +69,21 @@ pub fn compare_runs(runs: &[(String, std::path::PathBuf)], svg_path: &Path, titl
         ("accuracy", "held-out accuracy (%)", 100.0),
         ("loss", "held-out loss (nats)", 1.0),
     ];
-    let reported =
-        |field: &str| evals.iter().all(|e| !series_by(e, "eval", "elapsed_secs", field).is_empty());
-    let Some(&(field, y_label, scale)) = measures.iter().find(|(field, ..)| reported(field)) else {
+    // The first measure every run reports: one series of (seconds, value) per run.
+    let Some((y_label, scale, series)) = measures.iter().find_map(|&(field, y_label, scale)| {
+        let series: Vec<_> = evals.iter().map(|e| series_by(e, "eval", "elapsed_secs", field)).collect();
+        series.iter().all(|s| !s.is_empty()).then_some((y_label, scale, series))
+    }) else {
         return Err(Error::Input("the runs have no held-out results to draw".into()));
     };
     let lines: Vec<Line> = runs
         .iter()
-        .zip(&evals)
+        .zip(series)
         .enumerate()
-        .map(|(i, ((label, _), e))| Line {
+        .map(|(i, ((label, _), points))| Line {
             label: label.clone(),
             color: COLORS[i % COLORS.len()],
-            points: series_by(e, "eval", "elapsed_secs", field)
-                .into_iter()
-                .map(|(t, v)| (t / 60.0, v * scale))
-                .collect(),
+            points: points.into_iter().map(|(t, v)| (t / 60.0, v * scale)).collect(),
             dots: false,
         })
         .collect();
@@ -195,10 +194,12 @@ fn chart(title: &str, x_label: &str, y_label: &str, lines: &[Line]) -> Option<St
     }
     let (w, h, m) = (720.0, 420.0, 60.0);
     // Each axis ends at the first round tick at or past its largest value.
-    let (x_step, x_digits) = tick_step(all.iter().map(|p| p.0).fold(1e-9, f64::max));
-    let (y_step, y_digits) = tick_step(all.iter().map(|p| p.1).fold(1e-9, f64::max));
-    let x_ticks = (all.iter().map(|p| p.0).fold(1e-9, f64::max) / x_step).ceil().max(1.0) as usize;
-    let y_ticks = (all.iter().map(|p| p.1).fold(1e-9, f64::max) / y_step).ceil().max(1.0) as usize;
+    let axis = |largest: f64| {
+        let (step, digits) = tick_step(largest);
+        (step, digits, (largest / step).ceil().max(1.0) as usize)
+    };
+    let (x_step, x_digits, x_ticks) = axis(all.iter().map(|p| p.0).fold(1e-9, f64::max));
+    let (y_step, y_digits, y_ticks) = axis(all.iter().map(|p| p.1).fold(1e-9, f64::max));
     let (x_max, y_max) = (x_step * x_ticks as f64, y_step * y_ticks as f64);
     let y_min = 0.0;
     let x = |s: f64| m + (s / x_max) * (w - 2.0 * m);

@@ -20,7 +20,8 @@ pub struct AdamWStep {
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
-    /// What `x` is multiplied by first: `1 − lr·λ` for a decayed parameter, else 1.
+    /// What `x` is multiplied by first: `1 − lr·λ` for a decayed parameter, else 1 (which
+    /// leaves every value as it is).
     pub decay: f32,
     /// `1 − β₁ᵗ`.
     pub c1: f32,
@@ -34,9 +35,8 @@ impl AdamWStep {
     pub fn apply(&self, x: f32, g: f32, m: f32, v: f32) -> [f32; 3] {
         let m = m * self.beta1 + g * (1.0 - self.beta1);
         let v = v * self.beta2 + g * g * (1.0 - self.beta2);
-        let x = if self.decay == 1.0 { x } else { x * self.decay };
         let denom = (v / self.c2).sqrt() + self.eps;
-        [x - m / self.c1 / denom * self.lr, m, v]
+        [x * self.decay - m / self.c1 / denom * self.lr, m, v]
     }
 }
 
@@ -73,7 +73,7 @@ impl Tensor {
     ) -> Result<[Tensor; 3]> {
         let m = m.mul_scalar(step.beta1)?.add(&g.mul_scalar(1.0 - step.beta1)?)?;
         let v = v.mul_scalar(step.beta2)?.add(&g.square()?.mul_scalar(1.0 - step.beta2)?)?;
-        let x = if step.decay == 1.0 { self.clone() } else { self.mul_scalar(step.decay)? };
+        let x = self.mul_scalar(step.decay)?;
         let denom = v.div_scalar(step.c2)?.sqrt()?.add_scalar(step.eps)?;
         let x = x.sub(&m.div_scalar(step.c1)?.div(&denom)?.mul_scalar(step.lr)?)?;
         Ok([x, m, v])

@@ -917,20 +917,20 @@ fn compare_command(runs: &[PathBuf], out: &Path, title: Option<&str>, solve_time
     let mut copy_runs = Vec::new();
     for run in runs {
         let ck = perceiver::checkpoint::load(run)?;
-        let params: usize = ck.params.values().map(|t| t.numel()).sum();
-        let label = format!("{} ({:.2}M)", ck.config.model.family(), params as f64 / 1e6);
-        if solve_times {
-            let TaskConfig::Copy { k } = ck.config.task else {
-                return Err(perceiver::Error::Input(format!(
-                    "{}: --solve-times compares copy-task runs, this one is {}",
-                    run.display(),
-                    ck.config.task.describe()
-                )));
-            };
-            let model = ck.config.model.family().to_string();
-            copy_runs.push(perceiver::plot::CopyRun { model, k, dir: run.clone() });
+        let family = ck.config.model.family();
+        if !solve_times {
+            let params: usize = ck.params.values().map(|t| t.numel()).sum();
+            labelled.push((format!("{family} ({:.2}M)", params as f64 / 1e6), run.clone()));
+            continue;
         }
-        labelled.push((label, run.clone()));
+        let TaskConfig::Copy { k } = ck.config.task else {
+            return Err(perceiver::Error::Input(format!(
+                "{}: --solve-times compares copy-task runs, this one is {}",
+                run.display(),
+                ck.config.task.describe()
+            )));
+        };
+        copy_runs.push(perceiver::plot::CopyRun { model: family.to_string(), k, dir: run.clone() });
     }
     if solve_times {
         let title = title.unwrap_or("The copy task: minutes until solved against bytes copied");

@@ -106,8 +106,6 @@ impl SelfLayer {
 struct KeptKeys {
     /// The prefix as the cross layer's keys see it: `[B, P', C]`.
     prefix: Var,
-    /// Whether `prefix` is every prefix position, in order (nothing gathered).
-    whole: bool,
     /// Absolute positions of the keys (cached ones, kept prefix, then latents), one row per
     /// batch element, or one row shared by all when nothing was dropped: for rotary.
     positions: Vec<Vec<usize>>,
@@ -312,9 +310,10 @@ impl PerceiverAr {
         };
         let layer = &self.cross;
         let queries = layer.q_norm.forward(ctx, &latents)?;
-        let kv = if kept.whole && p > 0 {
-            // Every prefix position is a key: normalise the whole input at once, then put the
-            // latents' own keys in place, so no concatenated copy of the prefix is made.
+        let kv = if p > 0 && kept.prefix.shape()[1] == p {
+            // Every prefix position is a key (a kept set as large as the prefix is all of it,
+            // in order): normalise the whole input at once, then put the latents' own keys in
+            // place, so no concatenated copy of the prefix is made.
             let normed = layer.kv_norm.forward(ctx, x)?; // [B, N, C]
             match c.latent_key_norm {
                 LatentKeyNorm::Query => normed.overwrite_narrow(1, p, &queries)?,
@@ -354,12 +353,8 @@ impl PerceiverAr {
     fn cross_attend_dropout(&self, ctx: &Ctx, prefix: Var, first: usize, n: usize) -> Result<KeptKeys> {
         let c = &self.config;
         let (batch, p) = (prefix.shape()[0], prefix.shape()[1]);
-        let all = KeptKeys {
-            prefix: prefix.clone(),
-            whole: true,
-            positions: vec![(0..first + n).collect()],
-            dropped: None,
-        };
+        let all =
+            KeptKeys { prefix: prefix.clone(), positions: vec![(0..first + n).collect()], dropped: None };
         if !(ctx.train && p > 0 && c.cross_attend_dropout > 0.0) {
             return Ok(all);
         }
@@ -379,7 +374,7 @@ impl PerceiverAr {
                 let ch = c.channels;
                 let prefix =
                     prefix.reshape(&[batch * p, ch])?.index_select(0, &flat)?.reshape(&[batch, keep, ch])?;
-                Ok(KeptKeys { prefix, whole: false, positions, dropped: None })
+                Ok(KeptKeys { prefix, positions, dropped: None })
             }
             CrossAttendDropout::Bernoulli => {
                 // Each prefix key dropped with probability `rate`, before the softmax.

@@ -23,7 +23,7 @@ use super::few_rows::Strided as Matrix;
 use crate::attention::KeyVisibility;
 use crate::layout::Layout;
 use crate::sparse_pattern::{Reach, SparsePart};
-use sparse::{Gathered, Split};
+use sparse::{zeros, Gathered, Split};
 use sweep::{Block, Grads, Rows, Rule, Scratch, Upstream};
 pub use sweep::{KEY_BLOCK, QUERY_BLOCK};
 
@@ -138,13 +138,14 @@ fn forward_head(
     let rule = HeadRule { vis, b, h, n: rows.keys, band: split.as_ref().map(|s| s.band) };
     sweep::forward(rows, &rule, &mut scratch, out, lse);
     if let Some(split) = &split {
+        // Buffers refilled for each group: a head of ℓ column groups allocates them once.
+        let (mut gathered, mut out_buf, mut lse_buf) = (Gathered::default(), Vec::new(), Vec::new());
         for group in split.groups(vis, b, rows.queries, rows.keys) {
-            let gathered = Gathered::of(&group, rows);
-            let (mut part_out, mut part_lse) =
-                (vec![0.0; group.queries.len() * rows.dv], vec![0.0; group.queries.len()]);
-            let group_rows = gathered.rows(&group, rows);
-            sweep::forward(group_rows, &group.rule(split), &mut scratch, &mut part_out, &mut part_lse);
-            sparse::merge((out, lse), &group.queries, (&part_out, &part_lse), rows.dv);
+            let gq = group.queries.len();
+            let (part_out, part_lse) = (zeros(&mut out_buf, gq * rows.dv), zeros(&mut lse_buf, gq));
+            let group_rows = gathered.refill(&group, rows);
+            sweep::forward(group_rows, &group.rule(split), &mut scratch, part_out, part_lse);
+            sparse::merge((out, lse), &group.queries, (part_out, part_lse), rows.dv);
         }
     }
     // A query that sees no key: the composition's softmax over all-equal scores averages every
@@ -217,17 +218,24 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
     let Grads { dq, dk, dv: dv_acc } = grads;
     sweep::backward(rows, up, &rule, &mut scratch, Grads { dq: &mut *dq, dk: &mut *dk, dv: &mut *dv_acc });
     if let Some(split) = &split {
+        // Buffers refilled for each group: a head of ℓ column groups allocates them once.
+        let mut gathered = Gathered::default();
+        let (mut g_out, mut g_lse, mut g_delta) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut g_dq, mut g_dk, mut g_dv) = (Vec::new(), Vec::new(), Vec::new());
         for group in split.groups(vis, b, l, rows.keys) {
-            let gathered = Gathered::of(&group, rows);
-            let group_rows = gathered.rows(&group, rows);
-            let g_out = sparse::gather(d_out_rows, &group.queries, dv);
-            let g_lse: Vec<f32> = group.queries.iter().map(|&i| lse[i]).collect();
-            let g_delta: Vec<f32> = group.queries.iter().map(|&i| delta[i]).collect();
+            let group_rows = gathered.refill(&group, rows);
+            sparse::gather_into(d_out_rows, &group.queries, dv, &mut g_out);
+            g_lse.clear();
+            g_lse.extend(group.queries.iter().map(|&i| lse[i]));
+            g_delta.clear();
+            g_delta.extend(group.queries.iter().map(|&i| delta[i]));
             let up = Upstream { d_out: Matrix::contiguous(&g_out, dv), lse: &g_lse, delta: &g_delta };
             let (gq, gk) = (group.queries.len(), group.keys.len());
-            let (mut g_dq, mut g_dk, mut g_dv) =
-                (vec![0.0; gq * rows.d], vec![0.0; gk * rows.d], vec![0.0; gk * dv]);
-            let g_grads = Grads { dq: &mut g_dq, dk: &mut g_dk, dv: &mut g_dv };
+            let g_grads = Grads {
+                dq: zeros(&mut g_dq, gq * rows.d),
+                dk: zeros(&mut g_dk, gk * rows.d),
+                dv: zeros(&mut g_dv, gk * dv),
+            };
             sweep::backward(group_rows, up, &group.rule(split), &mut scratch, g_grads);
             sparse::scatter_add(&g_dq, &group.queries, rows.d, dq);
             sparse::scatter_add(&g_dk, &group.keys, rows.d, dk);

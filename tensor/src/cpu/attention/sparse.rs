@@ -57,8 +57,8 @@ impl Split {
     pub fn groups(&self, vis: &KeyVisibility, b: usize, l: usize, n: usize) -> Vec<Group> {
         let visible_keys = (0..n).filter(|&j| !vis.is_hidden(b, j, n));
         let mut groups = Vec::new();
-        for (f, &part) in self.far.iter().enumerate() {
-            let earlier = f;
+        // A group of the f-th far part leaves to the f parts before it what they allow.
+        for (earlier, &part) in self.far.iter().enumerate() {
             match part {
                 SparsePart::Columns { stride } => {
                     let mut by_residue: Vec<Group> = (0..stride).map(|_| Group::new(earlier)).collect();
@@ -160,14 +160,21 @@ impl Rule for GroupRule<'_> {
     }
 }
 
-/// Rows `rows` of `m` (`cols` columns each), copied into a row-major buffer.
-pub(super) fn gather(m: Matrix, rows: &[usize], cols: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows.len() * cols);
+/// Rows `rows` of `m` (`cols` columns each), copied into `out` (row-major, its old contents
+/// dropped; its allocation is reused from group to group).
+pub(super) fn gather_into(m: Matrix, rows: &[usize], cols: usize, out: &mut Vec<f32>) {
+    out.clear();
     for &r in rows {
         let start = m.offset + r * m.row_stride;
         out.extend((0..cols).map(|c| m.data[start + c * m.col_stride]));
     }
-    out
+}
+
+/// `buf` as `len` zeros, reusing its allocation.
+pub(super) fn zeros(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.clear();
+    buf.resize(len, 0.0);
+    buf
 }
 
 /// Adds row `t` of `part` (`cols` columns) into row `rows[t]` of `into`.
@@ -177,7 +184,9 @@ pub(super) fn scatter_add(part: &[f32], rows: &[usize], cols: usize, into: &mut 
     }
 }
 
-/// Gathered rows of one group, as a sweep reads them.
+/// The gathered `q`, `k` and `v` rows of one group at a time, as a sweep reads them; a head
+/// refills one `Gathered` for each of its groups.
+#[derive(Default)]
 pub(super) struct Gathered {
     q: Vec<f32>,
     k: Vec<f32>,
@@ -185,15 +194,11 @@ pub(super) struct Gathered {
 }
 
 impl Gathered {
-    /// The group's rows of the head's `q`, `k` and `v`.
-    pub fn of(group: &Group, head: Rows) -> Self {
-        Gathered {
-            q: gather(head.q, &group.queries, head.d),
-            k: gather(head.k, &group.keys, head.d),
-            v: gather(head.v, &group.keys, head.dv),
-        }
-    }
-    pub fn rows(&self, group: &Group, head: Rows) -> Rows<'_> {
+    /// Takes the group's rows of the head's `q`, `k` and `v`, and gives them as a sweep's rows.
+    pub fn refill(&mut self, group: &Group, head: Rows) -> Rows<'_> {
+        gather_into(head.q, &group.queries, head.d, &mut self.q);
+        gather_into(head.k, &group.keys, head.d, &mut self.k);
+        gather_into(head.v, &group.keys, head.dv, &mut self.v);
         Rows {
             q: Matrix::contiguous(&self.q, head.d),
             k: Matrix::contiguous(&self.k, head.d),

@@ -56,18 +56,27 @@ pub(super) fn from_row(m: Matrix, t: usize) -> Matrix {
     Matrix { offset: m.offset + t * m.row_stride, ..m }
 }
 
-/// Score and probability blocks, reused by every sweep of a head.
+/// Score and probability blocks and the forward's running maximum and sum per query row,
+/// reused by every sweep of a head.
 pub(super) struct Scratch {
     scores: Vec<f32>,
     probs: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
 }
 
 impl Scratch {
     /// Room for the blocks of any sweep of at most `queries` queries and `keys` keys (a
     /// generation step of one query gets a block of one row).
     pub fn new(queries: usize, keys: usize) -> Self {
-        let size = QUERY_BLOCK.min(queries).max(1) * KEY_BLOCK.min(keys).max(1);
-        Scratch { scores: vec![0.0; size], probs: vec![0.0; size] }
+        let rows = QUERY_BLOCK.min(queries).max(1);
+        let size = rows * KEY_BLOCK.min(keys).max(1);
+        Scratch {
+            scores: vec![0.0; size],
+            probs: vec![0.0; size],
+            max: vec![0.0; rows],
+            sum: vec![0.0; rows],
+        }
     }
 }
 
@@ -140,7 +149,9 @@ pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mu
     out.fill(0.0);
     for i0 in (0..l).step_by(QUERY_BLOCK) {
         let bq = QUERY_BLOCK.min(l - i0);
-        let (mut max, mut sum) = (vec![f32::NEG_INFINITY; bq], vec![0.0f32; bq]);
+        let (max, sum) = (&mut scratch.max[..bq], &mut scratch.sum[..bq]);
+        max.fill(f32::NEG_INFINITY);
+        sum.fill(0.0);
         let acc = &mut out[i0 * dv..(i0 + bq) * dv];
         for j0 in (0..n).step_by(KEY_BLOCK) {
             let bk = KEY_BLOCK.min(n - j0);
