@@ -101,12 +101,14 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
         }
 
         // An orthogonal rotation: its adjoint rotates by the opposite angle.
-        Op::RotatePairs { x, cos, sin } => out.push((x, g.rotate_pairs(&cos, &sin.neg()?)?)),
+        // (Written over `g` where nothing else holds it.)
+        Op::RotatePairs { x, cos, sin } => out.push((x, g.rotate_pairs_owned(&cos, &sin.neg()?)?)),
 
         // Fused: p recomputed from the saved log-sum-exp; dv = pᵀ g, ds = p ⊙ (g vᵀ − Δ),
-        // dq = ds k, dk = dsᵀ q (tensor/src/attention.rs).
+        // dq = ds k, dk = dsᵀ q (tensor/src/attention.rs). The node is consumed, so the keys
+        // and values are handed over: where nothing else holds them, dk and dv take their place.
         Op::Attention { q, k, v, values: [qv, kv, vv], parts, visibility } => {
-            let (dq, dk, dv) = qv.attention_backward(&kv, &vv, &parts, &g, &visibility)?;
+            let (dq, dk, dv) = qv.attention_backward_over_keys(kv, vv, &parts, &g, &visibility)?;
             for (n, t) in [(q, dq), (k, dk), (v, dv)] {
                 if let Some(n) = n {
                     out.push((n, t));

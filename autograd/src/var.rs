@@ -106,24 +106,25 @@ impl Var {
     /// This var's node on `tape`, `None` if untracked; an error if it belongs to another tape
     /// or to one whose backward has already run.
     pub(crate) fn node_on(&self, tape: &Tape) -> Result<Option<NodeId>> {
-        match &self.tracked {
-            None => Ok(None),
-            Some(t) if !t.tape.same(tape) => {
-                bail!("autograd", "a value from another tape was used")
-            }
-            Some(t) if t.generation != tape.generation() => {
-                bail!("autograd", "a value from a tape whose backward already ran was used")
-            }
-            Some(t) => Ok(Some(t.node)),
-        }
+        node_on(self.tracked.as_ref(), tape)
     }
 
     /// Records `make(input nodes)` with output `value` if any input is tracked.
     fn record(inputs: &[&Var], value: Tensor, make: impl FnOnce(Vec<Option<NodeId>>) -> Op) -> Result<Var> {
-        let Some(tape) = inputs.iter().find_map(|v| v.tracked.as_ref().map(|t| t.tape.clone())) else {
+        let tracked: Vec<Option<&Tracked>> = inputs.iter().map(|v| v.tracked.as_ref()).collect();
+        Var::record_tracked(&tracked, value, make)
+    }
+
+    /// [`Var::record`] from the inputs' tape entries (for ops that consumed their inputs).
+    fn record_tracked(
+        inputs: &[Option<&Tracked>],
+        value: Tensor,
+        make: impl FnOnce(Vec<Option<NodeId>>) -> Op,
+    ) -> Result<Var> {
+        let Some(tape) = inputs.iter().flatten().next().map(|t| t.tape.clone()) else {
             return Ok(Var::constant(value));
         };
-        let nodes = inputs.iter().map(|v| v.node_on(&tape)).collect::<Result<Vec<_>>>()?;
+        let nodes = inputs.iter().map(|t| node_on(*t, &tape)).collect::<Result<Vec<_>>>()?;
         let node = tape.push(make(nodes), value.shape().to_vec());
         Ok(Var::on_tape(value, tape, node))
     }
@@ -250,6 +251,18 @@ impl Var {
         self.record1(value, |x| Op::RotatePairs { x, cos: cos.clone(), sin: sin.clone() })
     }
 
+    /// [`Var::rotate_pairs`] taking `self` by value: when nothing else holds its value (the
+    /// rotation's backward needs none), the rotation is written over it.
+    pub fn rotate_pairs_owned(self, cos: &Tensor, sin: &Tensor) -> Result<Var> {
+        let Var { value, tracked } = self;
+        let value = value.rotate_pairs_owned(cos, sin)?;
+        Var::record_tracked(&[tracked.as_ref()], value, |n| Op::RotatePairs {
+            x: n[0].expect("single tracked input"),
+            cos: cos.clone(),
+            sin: sin.clone(),
+        })
+    }
+
     /// Fused attention of queries `self` `[B, H, L, D]` to keys `k` `[B, H, N, D]` and values
     /// `v` `[B, H, N, Dv]`, seeing the keys `visibility` allows: `[B, H, L, Dv]`, one node on
     /// the tape, with no `[B, H, L, N]` tensor in the forward or the backward.
@@ -350,5 +363,20 @@ impl Var {
         let size = self.value.dim(axis)?;
         let value = self.value.gather(axis, indices, index_shape)?;
         self.record1(value, |x| Op::Gather { x, axis, indices: indices.to_vec(), size })
+    }
+}
+
+/// The node of a tape entry on `tape`, `None` if untracked; an error if it belongs to another
+/// tape or to one whose backward has already run.
+fn node_on(tracked: Option<&Tracked>, tape: &Tape) -> Result<Option<NodeId>> {
+    match tracked {
+        None => Ok(None),
+        Some(t) if !t.tape.same(tape) => {
+            bail!("autograd", "a value from another tape was used")
+        }
+        Some(t) if t.generation != tape.generation() => {
+            bail!("autograd", "a value from a tape whose backward already ran was used")
+        }
+        Some(t) => Ok(Some(t.node)),
     }
 }

@@ -168,7 +168,7 @@ impl Attention {
         let scale = (self.head_dim as f32).powf(-0.5);
         let q = self.split_heads(&self.q_proj.forward(ctx, x_q)?, self.head_dim)?.mul_scalar(scale)?;
         match rotary {
-            Some(r) => r.apply(&q),
+            Some(r) => r.apply(q),
             None => Ok(q),
         }
     }
@@ -179,7 +179,7 @@ impl Attention {
         let k = self.split_heads(&self.k_proj.forward(ctx, x_kv)?, self.head_dim)?;
         let v = self.split_heads(&self.v_proj.forward(ctx, x_kv)?, self.v_head_dim)?;
         let k = match rotary {
-            Some(r) => r.apply(&k)?,
+            Some(r) => r.apply(k)?,
             None => k,
         };
         Ok((k, v))

@@ -79,7 +79,8 @@ impl RotaryTables {
     }
 
     /// Rotates `x` `[B, H, L, D]` by the last `L` positions of the table.
-    pub fn apply(&self, x: &Var) -> Result<Var> {
+    /// Taken by value: where nothing else holds `x`, the rotation is written over it.
+    pub fn apply(&self, x: Var) -> Result<Var> {
         let (l, d) = (x.shape()[2], x.shape()[3]);
         let n = self.len();
         if l > n || self.dims > d {
@@ -92,6 +93,6 @@ impl RotaryTables {
         let device = x.value().device();
         let cos = self.cos.narrow(2, n - l, l)?.to_device(&device)?;
         let sin = self.sin.narrow(2, n - l, l)?.to_device(&device)?;
-        Ok(x.rotate_pairs(&cos, &sin)?)
+        Ok(x.rotate_pairs_owned(&cos, &sin)?)
     }
 }

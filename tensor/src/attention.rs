@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::Owned;
 use crate::bail;
 use crate::error::{fmt_shape, Result};
 use crate::sparse_pattern::SparsePattern;
@@ -178,6 +179,31 @@ fn check_sizes(q: &Tensor, k: &Tensor, v: &Tensor, vis: &KeyVisibility) -> Resul
     Ok(Sizes { batch: sq[0], heads: sq[1], queries: sq[2], keys: sk[2], dv: sv[3] })
 }
 
+/// The sizes of a backward, after checking the saved forward and `d_out` against them.
+fn check_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    parts: &AttentionParts,
+    d_out: &Tensor,
+    vis: &KeyVisibility,
+) -> Result<Sizes> {
+    let s = check_sizes(q, k, v, vis)?;
+    let op = "attention_backward";
+    let out_shape = [s.batch, s.heads, s.queries, s.dv];
+    for (name, t, shape) in [
+        ("out", &parts.out, &out_shape[..]),
+        ("d_out", d_out, &out_shape[..]),
+        ("lse", &parts.lse, &[s.batch, s.heads, s.queries][..]),
+    ] {
+        q.same_device(op, t)?;
+        if t.shape() != shape {
+            bail!(op, "{name} has shape {}, expected {}", fmt_shape(t.shape()), fmt_shape(shape));
+        }
+    }
+    Ok(s)
+}
+
 impl Tensor {
     /// Attention of queries `self` `[B, H, L, D]` to keys `k` `[B, H, N, D]` and values `v`
     /// `[B, H, N, Dv]`: `softmax(q kᵀ) v` with the keys `vis` allows, `[B, H, L, Dv]`.
@@ -211,20 +237,7 @@ impl Tensor {
         d_out: &Tensor,
         vis: &KeyVisibility,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let s = check_sizes(self, k, v, vis)?;
-        let (b, h, l, n) = (s.batch, s.heads, s.queries, s.keys);
-        let op = "attention_backward";
-        let out_shape = [b, h, l, s.dv];
-        for (name, t, shape) in [
-            ("out", &parts.out, &out_shape[..]),
-            ("d_out", d_out, &out_shape[..]),
-            ("lse", &parts.lse, &[b, h, l][..]),
-        ] {
-            self.same_device(op, t)?;
-            if t.shape() != shape {
-                bail!(op, "{name} has shape {}, expected {}", fmt_shape(t.shape()), fmt_shape(shape));
-            }
-        }
+        let s = check_backward(self, k, v, parts, d_out, vis)?;
         let saved = crate::backend::AttentionSaved {
             q: self.operand()?,
             k: k.operand()?,
@@ -233,11 +246,46 @@ impl Tensor {
             lse: parts.lse.operand()?,
         };
         let g = self.kernels().attention_backward(saved, d_out.operand()?, vis)?;
-        let dk_dim = self.shape()[3];
+        let (b, h, l, n, d) = (s.batch, s.heads, s.queries, s.keys, self.shape()[3]);
         Ok((
-            Tensor::from_output(g.dq, &[b, h, l, dk_dim]),
-            Tensor::from_output(g.dk, &[b, h, n, dk_dim]),
+            Tensor::from_output(g.dq, &[b, h, l, d]),
+            Tensor::from_output(g.dk, &[b, h, n, d]),
             Tensor::from_output(g.dv, &[b, h, n, s.dv]),
         ))
+    }
+
+    /// [`Tensor::attention_backward`] taking `k` and `v` by value: when no other tensor shares
+    /// their storage, `dk` and `dv` are written over them (the same numbers, in `k`'s and
+    /// `v`'s layouts), so the backward's peak holds two key-sized tensors fewer. A tape that
+    /// is done with the forward's keys hands them over this way.
+    pub fn attention_backward_over_keys(
+        &self,
+        mut k: Tensor,
+        mut v: Tensor,
+        parts: &AttentionParts,
+        d_out: &Tensor,
+        vis: &KeyVisibility,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let private = |t: &mut Tensor| t.layout.is_one_to_one() && Arc::get_mut(&mut t.storage).is_some();
+        if !(private(&mut k) && private(&mut v)) {
+            return self.attention_backward(&k, &v, parts, d_out, vis);
+        }
+        let s = check_backward(self, &k, &v, parts, d_out, vis)?;
+        let dq = {
+            let Tensor { storage: ks, layout: kl } = &mut k;
+            let Tensor { storage: vs, layout: vl } = &mut v;
+            let (Some(ks), Some(vs)) = (Arc::get_mut(ks), Arc::get_mut(vs)) else {
+                unreachable!("both storages were just found private")
+            };
+            let saved = crate::backend::AttentionSavedOwned {
+                q: self.operand()?,
+                k: Owned::of(ks, kl)?,
+                v: Owned::of(vs, vl)?,
+                out: parts.out.operand()?,
+                lse: parts.lse.operand()?,
+            };
+            self.kernels().attention_backward_over_keys(saved, d_out.operand()?, vis)?
+        };
+        Ok((Tensor::from_output(dq, &[s.batch, s.heads, s.queries, self.shape()[3]]), k, v))
     }
 }

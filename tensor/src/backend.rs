@@ -116,6 +116,62 @@ impl<'a> Operand<'a> {
     }
 }
 
+/// A storage an op may write over, with the layout of the tensor it holds: storage that no
+/// other tensor shares, read and written through a layout that lies inside it and reaches no
+/// position twice. Only this crate makes one (from a tensor it owns), checked when the op starts.
+pub struct Owned<'a, S: ?Sized = Storage> {
+    storage: &'a mut S,
+    layout: &'a Layout,
+}
+
+impl<'a, S: ?Sized> Owned<'a, S> {
+    /// The storage, for reading.
+    pub fn storage(&self) -> &S {
+        self.storage
+    }
+    /// The storage, for writing (only through [`Owned::layout`]'s positions).
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.storage
+    }
+    /// The layout: inside the storage, every position reached once.
+    pub fn layout(&self) -> &'a Layout {
+        self.layout
+    }
+    /// The current contents as an operand.
+    pub fn operand(&self) -> Operand<'_, S> {
+        Operand { storage: self.storage, layout: self.layout }
+    }
+}
+
+impl<'a> Owned<'a> {
+    /// `storage` (which the caller owns) through `layout`, after checking that the layout lies
+    /// inside it and reaches no position twice.
+    pub(crate) fn of(storage: &'a mut Storage, layout: &'a Layout) -> Result<Owned<'a>> {
+        let len = storage.backend().len();
+        if layout.checked_extent().is_none_or(|e| e > len) || !layout.is_one_to_one() {
+            bail!(
+                "owned operand",
+                "layout {} (strides {:?}, offset {}) cannot be written over in a storage of {len} elements",
+                fmt_shape(layout.shape()),
+                layout.strides(),
+                layout.offset()
+            );
+        }
+        Ok(Owned { storage, layout })
+    }
+
+    /// The same storage as the device's own type (see [`Operand`]'s `typed`).
+    fn typed<S: BackendStorage>(self) -> Result<Owned<'a, S>> {
+        let device = self.storage.device();
+        match self.storage.backend_mut().as_any_mut().downcast_mut::<S>() {
+            Some(storage) => Ok(Owned { storage, layout: self.layout }),
+            None => {
+                Err(Error::new("operand", format!("an operand on {device} reached another device's kernel")))
+            }
+        }
+    }
+}
+
 /// The fused layer norm forward's outputs: `y`, plus the per-row `mean` and reciprocal
 /// standard deviation `rstd` that the backward needs (shape: the input's without its last
 /// axis).
@@ -147,6 +203,16 @@ pub struct AttentionSaved<'a, S: ?Sized = Storage> {
     pub q: Operand<'a, S>,
     pub k: Operand<'a, S>,
     pub v: Operand<'a, S>,
+    pub out: Operand<'a, S>,
+    pub lse: Operand<'a, S>,
+}
+
+/// [`AttentionSaved`] with `k` and `v` owned by the backward, which writes `dk` and `dv` over
+/// them (see [`BackendStorage::attention_backward_over_keys`]).
+pub struct AttentionSavedOwned<'a, S: ?Sized = Storage> {
+    pub q: Operand<'a, S>,
+    pub k: Owned<'a, S>,
+    pub v: Owned<'a, S>,
     pub out: Operand<'a, S>,
     pub lse: Operand<'a, S>,
 }
@@ -199,7 +265,7 @@ impl Device {
     }
     pub fn zeros(&self, len: usize) -> Result<Storage> {
         match self {
-            Device::Cpu => Ok(Storage::Cpu(CpuStorage::new(vec![0.0; len]))),
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::new(crate::cpu::pool::zeroed(len)))),
             Device::Ext(d) => d.zeros(len),
         }
     }
@@ -277,9 +343,38 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
         d_out: Operand<Self>,
         vis: &KeyVisibility,
     ) -> Result<AttentionGrads<Self>>;
+    /// The fused attention backward with `dk` written over `k` and `dv` over `v`, each in its
+    /// own layout; returns `dq` (contiguous). At long contexts the keys and values are the
+    /// biggest tensors of a step, and their gradients need not take two more of their size.
+    /// By default: [`BackendStorage::attention_backward`], then the gradients copied over.
+    fn attention_backward_over_keys(
+        saved: AttentionSavedOwned<Self>,
+        d_out: Operand<Self>,
+        vis: &KeyVisibility,
+    ) -> Result<Self> {
+        let AttentionSavedOwned { q, mut k, mut v, out, lse } = saved;
+        let grads = {
+            let saved = AttentionSaved { q, k: k.operand(), v: v.operand(), out, lse };
+            Self::attention_backward(saved, d_out, vis)?
+        };
+        for (owned, grad) in [(&mut k, &grads.dk), (&mut v, &grads.dv)] {
+            let contiguous = Layout::contiguous(owned.layout.shape());
+            let layout = owned.layout;
+            owned.storage.write(layout, Operand { storage: grad, layout: &contiguous })?;
+        }
+        Ok(grads.dq)
+    }
     /// Rotary's pair rotation (see [`crate::rotary`]): `cos` and `sin` are broadcast to `x`'s
     /// shape but for their last axis, the `dims` rotated channels.
     fn rotate_pairs(x: Operand<Self>, cos: Operand<Self>, sin: Operand<Self>) -> Result<Self>;
+    /// [`BackendStorage::rotate_pairs`] written over `x` (channels past the tables' count stay
+    /// as they are). By default: the rotation, then a copy over `x`.
+    fn rotate_pairs_in_place(x: Owned<Self>, cos: Operand<Self>, sin: Operand<Self>) -> Result<()> {
+        let rotated = Self::rotate_pairs(x.operand(), cos, sin)?;
+        let contiguous = Layout::contiguous(x.layout.shape());
+        let layout = x.layout;
+        x.storage.write(layout, Operand { storage: &rotated, layout: &contiguous })
+    }
     /// Picks entries `indices` along `axis`: the output has `indices.len()` entries there.
     fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self>;
     /// The adjoint of `index_select`: zeros with `size` entries along `axis`, and
@@ -312,6 +407,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
         self.len() == 0
     }
     fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
     fn to_host(&self, x: Operand) -> Result<Vec<f32>>;
     fn unary(&self, x: Operand, op: UnaryOp) -> Result<Storage>;
     fn binary(&self, a: Operand, b: Operand, op: BinaryOp) -> Result<Storage>;
@@ -330,7 +426,14 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
         d_out: Operand,
         vis: &KeyVisibility,
     ) -> Result<AttentionGrads>;
+    fn attention_backward_over_keys(
+        &self,
+        saved: AttentionSavedOwned,
+        d_out: Operand,
+        vis: &KeyVisibility,
+    ) -> Result<Storage>;
     fn rotate_pairs(&self, x: Operand, cos: Operand, sin: Operand) -> Result<Storage>;
+    fn rotate_pairs_in_place(&self, x: Owned, cos: Operand, sin: Operand) -> Result<()>;
     fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage>;
     fn index_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
     fn gather(&self, x: Operand, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Storage>;
@@ -348,6 +451,9 @@ impl<S: BackendStorage> DynStorage for S {
         BackendStorage::len(self)
     }
     fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
     fn to_host(&self, x: Operand) -> Result<Vec<f32>> {
@@ -419,8 +525,26 @@ impl<S: BackendStorage> DynStorage for S {
         let g = S::attention_backward(saved, d_out.typed()?, vis)?;
         Ok(AttentionGrads { dq: g.dq.into_storage(), dk: g.dk.into_storage(), dv: g.dv.into_storage() })
     }
+    fn attention_backward_over_keys(
+        &self,
+        saved: AttentionSavedOwned,
+        d_out: Operand,
+        vis: &KeyVisibility,
+    ) -> Result<Storage> {
+        let saved = AttentionSavedOwned {
+            q: saved.q.typed()?,
+            k: saved.k.typed()?,
+            v: saved.v.typed()?,
+            out: saved.out.typed()?,
+            lse: saved.lse.typed()?,
+        };
+        Ok(S::attention_backward_over_keys(saved, d_out.typed()?, vis)?.into_storage())
+    }
     fn rotate_pairs(&self, x: Operand, cos: Operand, sin: Operand) -> Result<Storage> {
         Ok(S::rotate_pairs(x.typed()?, cos.typed()?, sin.typed()?)?.into_storage())
+    }
+    fn rotate_pairs_in_place(&self, x: Owned, cos: Operand, sin: Operand) -> Result<()> {
+        S::rotate_pairs_in_place(x.typed()?, cos.typed()?, sin.typed()?)
     }
     fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage> {
         Ok(S::index_select(x.typed()?, axis, indices)?.into_storage())

@@ -117,6 +117,30 @@ impl Layout {
         last.checked_add(1)
     }
 
+    /// True when no two indices reach the same storage position (no broadcast axis, no axes
+    /// that interleave), so writing through the layout sets each element once. Checked
+    /// sufficiently: ordered by stride, each axis must step past everything the axes with
+    /// smaller strides span.
+    pub fn is_one_to_one(&self) -> bool {
+        let mut axes: Vec<(usize, usize)> =
+            self.strides.iter().copied().zip(self.shape.iter().copied()).filter(|&(_, d)| d > 1).collect();
+        if self.shape.contains(&0) {
+            return true;
+        }
+        axes.sort_unstable();
+        let mut span = 0usize; // the largest position offset the smaller axes reach
+        for (stride, d) in axes {
+            if stride <= span {
+                return false;
+            }
+            match (d - 1).checked_mul(stride).and_then(|x| x.checked_add(span)) {
+                Some(s) => span = s,
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// Storage position of a multi-index. The caller has checked the index is in bounds.
     pub fn position(&self, index: &[usize]) -> usize {
         self.offset + index.iter().zip(&self.strides).map(|(i, s)| i * s).sum::<usize>()
@@ -285,5 +309,47 @@ impl Layout {
         out.shape.remove(axis);
         out.strides.remove(axis);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute force: every index's position, all distinct.
+    fn distinct_positions(l: &Layout) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        let n = l.numel();
+        (0..n).all(|mut i| {
+            let mut index = vec![0; l.rank()];
+            for d in (0..l.rank()).rev() {
+                index[d] = i % l.shape()[d];
+                i /= l.shape()[d];
+            }
+            seen.insert(l.position(&index))
+        })
+    }
+
+    #[test]
+    fn one_to_one_layouts_are_told_from_overlapping_ones() {
+        let c = Layout::contiguous(&[2, 3, 4]);
+        let cases = [
+            (c.clone(), true),
+            (c.permute(&[2, 0, 1]).unwrap(), true),
+            (c.narrow(2, 1, 2).unwrap(), true),
+            (Layout::contiguous(&[3, 1]).broadcast_to(&[3, 5]).unwrap(), false),
+            (Layout::from_parts(vec![3, 4], vec![2, 1], 0), false), // rows overlap
+            (Layout::from_parts(vec![3, 2], vec![1, 3], 0), true),  // interleaved but disjoint
+            (Layout::from_parts(vec![2, 2], vec![1, 1], 0), false),
+            (Layout::from_parts(vec![0, 5], vec![0, 0], 0), true),
+        ];
+        for (l, want) in cases {
+            assert_eq!(l.is_one_to_one(), want, "{:?} {:?}", l.shape(), l.strides());
+            if want {
+                assert!(distinct_positions(&l));
+            } else {
+                assert!(!distinct_positions(&l));
+            }
+        }
     }
 }

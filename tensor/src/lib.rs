@@ -33,8 +33,8 @@ pub mod view;
 pub use adamw::AdamWStep;
 pub use attention::{AttentionParts, KeyVisibility};
 pub use backend::{
-    BackendDevice, BackendStorage, BinaryOp, Device, DynStorage, MatmulSpec, Operand, ReduceOp, Storage,
-    UnaryOp,
+    BackendDevice, BackendStorage, BinaryOp, Device, DynStorage, MatmulSpec, Operand, Owned, ReduceOp,
+    Storage, UnaryOp,
 };
 pub use error::{Error, Result};
 pub use layout::Layout;

@@ -8,8 +8,12 @@
 //! `g.rotate_pairs(cos, −sin)`, which needs no saved activations (see `autograd`). Devices do
 //! it in one pass; [`Tensor::rotate_pairs_composed`] is the same from elementwise ops.
 
+use std::sync::Arc;
+
+use crate::backend::Owned;
 use crate::bail;
 use crate::error::{fmt_shape, Result};
+use crate::layout::Layout;
 use crate::tensor::Tensor;
 
 impl Tensor {
@@ -17,7 +21,31 @@ impl Tensor {
     /// angles whose cos and sin are `cos` and `sin` (both broadcastable to `self` with that
     /// many channels); the other channels pass through.
     pub fn rotate_pairs(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let op = "rotate_pairs";
+        let (lc, ls) = self.rotary_tables("rotate_pairs", cos, sin)?;
+        let s = self.kernels().rotate_pairs(self.operand()?, cos.operand_as(&lc)?, sin.operand_as(&ls)?)?;
+        Ok(Tensor::from_output(s, self.shape()))
+    }
+
+    /// [`Tensor::rotate_pairs`] taking `self` by value: when no other tensor shares its storage,
+    /// the rotation is written over it (same numbers, `self`'s layout), so no second tensor of
+    /// its size is made. Keys at long contexts are rotated this way, forward and backward.
+    pub fn rotate_pairs_owned(mut self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if !(self.layout.is_one_to_one() && Arc::get_mut(&mut self.storage).is_some()) {
+            return self.rotate_pairs(cos, sin);
+        }
+        let (lc, ls) = self.rotary_tables("rotate_pairs", cos, sin)?;
+        {
+            let Tensor { storage, layout } = &mut self;
+            let x = Owned::of(Arc::get_mut(storage).expect("found private above"), layout)?;
+            // `self`'s storage is borrowed for writing; the tables (same device) pick the kernel.
+            cos.kernels().rotate_pairs_in_place(x, cos.operand_as(&lc)?, sin.operand_as(&ls)?)?;
+        }
+        Ok(self)
+    }
+
+    /// Checks the tables against `self` and broadcasts their layouts to its shape (keeping
+    /// their own channel count last).
+    fn rotary_tables(&self, op: &'static str, cos: &Tensor, sin: &Tensor) -> Result<(Layout, Layout)> {
         let (Some(&d), Some(&dims)) = (self.shape().last(), cos.shape().last()) else {
             bail!(op, "needs at least one axis");
         };
@@ -36,9 +64,7 @@ impl Tensor {
         // The tables broadcast to x's shape, keeping their own channel count last.
         let mut table_shape = self.shape().to_vec();
         *table_shape.last_mut().expect("rank checked") = dims;
-        let (lc, ls) = (cos.layout.broadcast_to(&table_shape)?, sin.layout.broadcast_to(&table_shape)?);
-        let s = self.kernels().rotate_pairs(self.operand()?, cos.operand_as(&lc)?, sin.operand_as(&ls)?)?;
-        Ok(Tensor::from_output(s, self.shape()))
+        Ok((cos.layout.broadcast_to(&table_shape)?, sin.layout.broadcast_to(&table_shape)?))
     }
 
     /// [`Tensor::rotate_pairs`] composed from elementwise ops, as the reference the one-pass
@@ -65,4 +91,34 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
     let p = x.reshape(&pairs)?;
     let (even, odd) = (p.narrow(r, 0, 1)?, p.narrow(r, 1, 1)?);
     Tensor::cat(&[&odd.neg()?, &even], r)?.reshape(&shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(shape: &[usize], seed: u32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let data = (0..n).map(|i| ((i as u32 * 2654435761).wrapping_add(seed) % 997) as f32 / 498.0 - 1.0);
+        Tensor::from_vec(data.collect(), shape).unwrap()
+    }
+
+    /// Rotated in place (a private tensor read through a permuted layout) or into a new tensor
+    /// (one whose storage is shared): the same numbers as `rotate_pairs`, and a shared input
+    /// keeps its own values.
+    #[test]
+    fn owned_rotation_equals_the_rotation() {
+        let (cos, sin) = (values(&[1, 1, 5, 4], 7), values(&[1, 1, 5, 4], 9));
+        // [B, T, H, D] storage read as heads [B, H, T, D]; 6 channels, the first 4 rotated.
+        let x = values(&[2, 5, 3, 6], 1).permute(&[0, 2, 1, 3]).unwrap();
+        let want = x.rotate_pairs(&cos, &sin).unwrap().to_vec().unwrap();
+        let before = x.to_vec().unwrap();
+        let shared = x.clone().rotate_pairs_owned(&cos, &sin).unwrap();
+        assert_eq!(shared.to_vec().unwrap(), want);
+        assert_eq!(x.to_vec().unwrap(), before, "a shared input is left as it was");
+        let ptr = Arc::as_ptr(&x.storage);
+        let private = x.rotate_pairs_owned(&cos, &sin).unwrap();
+        assert_eq!(Arc::as_ptr(&private.storage), ptr, "a private input is rotated in place");
+        assert_eq!(private.to_vec().unwrap(), want);
+    }
 }

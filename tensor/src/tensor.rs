@@ -86,7 +86,9 @@ impl Tensor {
 
     pub fn full(value: f32, shape: &[usize]) -> Tensor {
         let n = shape.iter().product();
-        Tensor::from_output(Storage::Cpu(CpuStorage::new(vec![value; n])), shape)
+        let mut data = crate::cpu::pool::uninit(n);
+        data.fill(value);
+        Tensor::from_output(Storage::Cpu(CpuStorage::new(data)), shape)
     }
 
     pub fn zeros(shape: &[usize]) -> Tensor {

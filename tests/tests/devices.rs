@@ -134,6 +134,12 @@ proptest! {
     }
 }
 
+/// A copy of heads `x` `[B, H, T, D]` that no other tensor shares, stored `[B, T, H, D]` (as a
+/// model's projections are) and read through a permuted layout.
+fn private_heads(x: &Tensor) -> tensor::Result<Tensor> {
+    x.permute(&[0, 2, 1, 3])?.unary(tensor::UnaryOp::Identity)?.permute(&[0, 2, 1, 3])
+}
+
 proptest! {
     #![proptest_config(tests::proptest_config(12))]
 
@@ -158,7 +164,19 @@ proptest! {
                 let table = |s: u64| Viewed { base: uniform(&[b, 1, l, 2 * half], -1.0, 1.0, s), recipe: tests::Recipe::Contiguous, shape: vec![b, 1, l, 2 * half] };
                 let (cos, sin) = (table(seed + 4), table(seed + 5));
                 agree(&dev, "rotate_pairs", &[&q, &cos, &sin], 1e-6, |t| t[0].rotate_pairs(&t[1], &t[2]));
+                // Written over a private copy, read as heads from [B, L, H, D] storage.
+                agree(&dev, "rotate_pairs_owned", &[&q, &cos, &sin], 1e-6, |t| {
+                    private_heads(&t[0])?.rotate_pairs_owned(&t[1], &t[2])
+                });
             }
+            // The backward that writes dk and dv over private keys and values.
+            agree(&dev, "attention_backward_over_keys", &[&q, &k, &v], 1e-5, |t| {
+                let parts = t[0].attention_with_stats(&t[1], &t[2], &vis)?;
+                let g = weights.to_device(&t[0].device())?;
+                let (dq, dk, dv) =
+                    t[0].attention_backward_over_keys(private_heads(&t[1])?, private_heads(&t[2])?, &parts, &g, &vis)?;
+                Tensor::cat(&[&dq.flatten()?, &dk.flatten()?, &dv.flatten()?], 0)
+            });
             for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
                 agree(&dev, name, &[&q, &k, &v], 1e-5, |t| {
                     let tape = Tape::new();

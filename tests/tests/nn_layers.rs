@@ -140,7 +140,7 @@ fn rotary_scores_depend_only_on_relative_position() {
         let mut data = vec![0.0; 12 * 8];
         data[p * 8..(p + 1) * 8].copy_from_slice(&t.to_vec().unwrap());
         let seq = Var::constant(Tensor::from_vec(data, &[1, 1, 12, 8]).unwrap());
-        tables.apply(&seq).unwrap().value().narrow(2, p, 1).unwrap().to_vec().unwrap()
+        tables.apply(seq.clone()).unwrap().value().narrow(2, p, 1).unwrap().to_vec().unwrap()
     };
     let dot = |a: Vec<f32>, b: Vec<f32>| a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>();
     let (near, far) = (dot(at(&q, 3), at(&k, 1)), dot(at(&q, 10), at(&k, 8)));
@@ -158,7 +158,7 @@ fn rotary_and_masked_attention_have_exact_gradients() {
     let tables = rotary.tables(&positions, 1, 5).unwrap();
     let x = uniform(&[2, 2, 5, 6], -1.0, 1.0, 3);
     check_gradients(
-        |v| tables.apply(&v[0]).map_err(|e| tensor::Error::new("rotary", e.to_string())),
+        |v| tables.apply(v[0].clone()).map_err(|e| tensor::Error::new("rotary", e.to_string())),
         &[x],
         &GradCheck::default(),
     )

@@ -445,7 +445,7 @@ impl PerceiverAr {
 /// perceiver-io library's generation) then rotates its keys by their current positions.
 fn rotated(k: Var, rotary: Option<&RotaryTables>) -> Result<Var> {
     match rotary {
-        Some(r) => Ok(r.apply(&k)?),
+        Some(r) => Ok(r.apply(k)?),
         None => Ok(k),
     }
 }

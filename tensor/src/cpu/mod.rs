@@ -20,14 +20,14 @@ pub mod walk;
 
 use crate::attention::KeyVisibility;
 use crate::backend::{
-    AttentionGrads, AttentionOutput, AttentionSaved, BackendStorage, BinaryOp, Device, LayerNormGrads,
-    LayerNormOutput, LayerNormSaved, MatmulSpec, Operand, ReduceOp, Storage, UnaryOp,
+    AttentionGrads, AttentionOutput, AttentionSaved, AttentionSavedOwned, BackendStorage, BinaryOp, Device,
+    LayerNormGrads, LayerNormOutput, LayerNormSaved, MatmulSpec, Operand, Owned, ReduceOp, Storage, UnaryOp,
 };
 use crate::error::Result;
 use crate::layout::Layout;
 
 /// Tensor data in main memory. Large buffers go back to the [`pool`] when dropped; every
-/// buffer is counted in the pool's live bytes while a tensor holds it.
+/// buffer is counted in the pool's live bytes while a tensor (or a kernel, for scratch) holds it.
 #[derive(Debug, Default)]
 pub struct CpuStorage {
     data: Vec<f32>,
@@ -53,6 +53,10 @@ impl CpuStorage {
     }
     pub fn as_slice(&self) -> &[f32] {
         &self.data
+    }
+    /// For kernels that hold a big scratch buffer as storage, so that it counts as live.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data
     }
 }
 
@@ -163,8 +167,29 @@ impl BackendStorage for CpuStorage {
         let [dq, dk, dv] = attention::backward(s, heads(&d_out), vis);
         Ok(AttentionGrads { dq: CpuStorage::new(dq), dk: CpuStorage::new(dk), dv: CpuStorage::new(dv) })
     }
+    fn attention_backward_over_keys(
+        saved: AttentionSavedOwned<Self>,
+        d_out: Operand<Self>,
+        vis: &KeyVisibility,
+    ) -> Result<Self> {
+        let AttentionSavedOwned { q, mut k, mut v, out, lse } = saved;
+        let (k_layout, v_layout) = (k.layout(), v.layout());
+        let dq = attention::backward_over_keys(
+            (heads(&q), heads(&out), parts(&lse)),
+            (&mut k.storage_mut().data, k_layout),
+            (&mut v.storage_mut().data, v_layout),
+            heads(&d_out),
+            vis,
+        );
+        Ok(CpuStorage::new(dq))
+    }
     fn rotate_pairs(x: Operand<Self>, cos: Operand<Self>, sin: Operand<Self>) -> Result<Self> {
         out(rotary::rotate_pairs(parts(&x), parts(&cos), parts(&sin)))
+    }
+    fn rotate_pairs_in_place(mut x: Owned<Self>, cos: Operand<Self>, sin: Operand<Self>) -> Result<()> {
+        let layout = x.layout();
+        rotary::rotate_pairs_in_place((&mut x.storage_mut().data, layout), parts(&cos), parts(&sin));
+        Ok(())
     }
     fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self> {
         let (data, layout) = parts(&x);

@@ -11,6 +11,15 @@
 //! Kernels that accumulate use `zeroed`. The cache keeps at most [`POOL_MAX_BYTES`];
 //! [`release_cached_memory`] empties it.
 //!
+//! What the process holds should be what its tensors need at their peak, so the cache is kept
+//! from sitting beside that peak: taking a big buffer ([`TRIM_MIN`]), or a kernel taking
+//! scratch, first frees cached buffers until live and cached bytes together are at most the
+//! most that tensors have ever held ([`footprint_limit`]). At a long-context step's peak the
+//! cache is then nearly empty; below it, it keeps what the step freed for the next one. And
+//! glibc's allocator, which otherwise serves freed sizes from its heap and keeps that memory,
+//! is told to map every pooled size on its own, so a buffer the pool frees goes back to the
+//! system.
+//!
 //! Apart from the cache, the bytes held by live CPU tensors are counted ([`live_bytes`]), with
 //! their high-water mark ([`peak_live_bytes`]): what a step needs at its peak, which the
 //! process's resident memory exceeds by what the cache and the allocator keep.
@@ -21,6 +30,10 @@ use std::sync::Mutex;
 
 /// Buffers shorter than this many f32 (256 KiB) go straight to the system allocator.
 pub const POOLED_MIN: usize = 1 << 16;
+/// Taking a buffer of this many f32 (32 MiB) or more trims the cache to the footprint limit.
+/// Such buffers are what bring a process to its peak; smaller ones come and go every layer,
+/// and evicting for them would make each step fault its small buffers in again.
+pub const TRIM_MIN: usize = 1 << 23;
 /// The most memory the cache holds on to.
 pub const POOL_MAX_BYTES: usize = 2 << 30;
 
@@ -33,7 +46,23 @@ static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 
 fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> R {
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    f(guard.get_or_insert_with(|| Pool { free: HashMap::new(), bytes: 0 }))
+    f(guard.get_or_insert_with(|| {
+        map_pooled_sizes_alone();
+        Pool { free: HashMap::new(), bytes: 0 }
+    }))
+}
+
+/// Tells glibc to serve every allocation of a pooled size with a mapping of its own, returned
+/// to the system when freed. By default glibc raises that threshold each time it unmaps a
+/// buffer (up to 32 MiB), after which such buffers come from its heap, whose freed holes stay
+/// resident: at 131k positions that kept a tenth of the process's memory.
+fn map_pooled_sizes_alone() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets an allocator parameter; M_MMAP_THRESHOLD takes a byte count,
+    // and setting it is allowed at any time (it applies to later allocations).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, (POOLED_MIN * 4) as libc::c_int);
+    }
 }
 
 /// `len` rounded up to its size class: a multiple of an eighth of its power of two.
@@ -52,11 +81,16 @@ fn take(len: usize) -> Option<Vec<f32>> {
         return None;
     }
     let cap = class(len);
-    let mut v = with_pool(|p| {
+    let v = with_pool(|p| {
         let v = p.free.get_mut(&cap)?.pop()?;
         p.bytes -= cap * 4;
         Some(v)
-    })?;
+    });
+    // Big buffers bring a step to its peak: make the cache fit beside it first.
+    if cap >= TRIM_MIN {
+        drop(trim(cap * 4));
+    }
+    let mut v = v?;
     v.resize(len, 0.0);
     Some(v)
 }
@@ -87,6 +121,39 @@ pub(crate) fn zeroed(len: usize) -> Vec<f32> {
     }
 }
 
+/// The most bytes tensors have held at once in this process: what live and cached buffers
+/// together may hold.
+pub fn footprint_limit() -> usize {
+    HIGH.load(Ordering::Relaxed)
+}
+
+/// Frees cached buffers until `bytes` more fit beside the live tensors within the footprint
+/// limit: for a kernel about to take scratch at a step's peak (where the cache would otherwise
+/// sit beside it), whatever the scratch's size.
+pub(crate) fn make_room(bytes: usize) {
+    drop(trim(bytes));
+}
+
+/// Takes cached buffers out of the cache, smallest classes first (freeing no more than it
+/// must), until it fits beside the live tensors and `taking` bytes about to become live
+/// within [`footprint_limit`]; the caller frees them outside the lock.
+fn trim(taking: usize) -> Vec<Vec<f32>> {
+    let live = LIVE.load(Ordering::Relaxed) + taking;
+    let room = footprint_limit().max(live);
+    with_pool(|p| {
+        let mut out = Vec::new();
+        while live + p.bytes > room {
+            let Some((&cap, list)) = p.free.iter_mut().filter(|(_, l)| !l.is_empty()).min_by_key(|(&c, _)| c)
+            else {
+                break;
+            };
+            out.push(list.pop().expect("non-empty"));
+            p.bytes -= cap * 4;
+        }
+        out
+    })
+}
+
 /// Gives a buffer back for reuse (or frees it when small, of no class, or the cache is full).
 pub(crate) fn recycle(v: Vec<f32>) {
     let cap = v.capacity();
@@ -104,11 +171,14 @@ pub(crate) fn recycle(v: Vec<f32>) {
 /// Bytes of the buffers of live CPU tensors, and their high-water mark.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// The high-water mark of `LIVE` over the whole process (never reset).
+static HIGH: AtomicUsize = AtomicUsize::new(0);
 
 /// Counts a buffer of `bytes` taken by a tensor.
 pub(crate) fn count_live(bytes: usize) {
     let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
     PEAK.fetch_max(now, Ordering::Relaxed);
+    HIGH.fetch_max(now, Ordering::Relaxed);
 }
 
 /// Counts a tensor's buffer of `bytes` given back.

@@ -20,6 +20,7 @@ pub mod sweep;
 use rayon::prelude::*;
 
 use super::few_rows::Strided as Matrix;
+use super::CpuStorage;
 use crate::attention::KeyVisibility;
 use crate::layout::Layout;
 use crate::sparse_pattern::{Reach, SparsePart};
@@ -272,4 +273,182 @@ pub(crate) fn backward(s: Saved, d_out: Heads, vis: &KeyVisibility) -> [Vec<f32>
             });
     }
     [dq, dk, dvs]
+}
+
+/// Key and value gradients of at least this many f32 (128 MiB) are computed in waves.
+const WAVES_MIN: usize = 1 << 25;
+
+/// The backward with `dk` and `dv` written over the saved `k` and `v` (each in its own
+/// layout, which reaches no position twice); returns `dq` `[B, H, L, D]`.
+///
+/// A head's task reads its keys and values until it ends, and in `[B, N, H, D]` storage every
+/// head's rows interleave with the others', so no head can be written while another still
+/// reads. Heads therefore go in waves of one per thread: each computes its `dk` and `dv` into
+/// a buffer of its own (`[N, D]`, reused by the next wave), and once the wave has joined, the
+/// buffers are copied over the heads they came from. The peak holds one head's gradients per
+/// thread instead of every head's.
+pub(crate) fn backward_over_keys(
+    (q, out, lse): (Heads, Heads, (&[f32], &Layout)),
+    (k, k_layout): (&mut [f32], &Layout),
+    (v, v_layout): (&mut [f32], &Layout),
+    d_out: Heads,
+    vis: &KeyVisibility,
+) -> Vec<f32> {
+    let (batch, heads, l, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
+    let (n, dv) = (k_layout.shape()[2], v_layout.shape()[3]);
+    if l * d == 0 || n * d == 0 || n * dv == 0 {
+        return super::pool::zeroed(batch * heads * l * d);
+    }
+    let waves = batch * heads * n * (d + dv) >= WAVES_MIN;
+    over_keys((q, out, lse), (k, k_layout), (v, v_layout), d_out, vis, waves)
+}
+
+/// [`backward_over_keys`] in waves, or (smaller keys, where waves would cost a join per wave
+/// to save little) every head at once into fresh buffers copied over.
+fn over_keys(
+    (q, out, lse): (Heads, Heads, (&[f32], &Layout)),
+    (k, k_layout): (&mut [f32], &Layout),
+    (v, v_layout): (&mut [f32], &Layout),
+    d_out: Heads,
+    vis: &KeyVisibility,
+    waves: bool,
+) -> Vec<f32> {
+    let (batch, heads, l, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
+    let (n, dv) = (k_layout.shape()[2], v_layout.shape()[3]);
+    if !waves {
+        let saved = Saved {
+            q,
+            k: Heads { data: k, layout: k_layout },
+            v: Heads { data: v, layout: v_layout },
+            out,
+            lse,
+        };
+        let [dq, dk, dvs] = backward(saved, d_out, vis);
+        for (bh, (dk, dv_head)) in dk.chunks_exact(n * d).zip(dvs.chunks_exact(n * dv)).enumerate() {
+            write_head((k, k_layout), (bh / heads, bh % heads), dk, d);
+            write_head((v, v_layout), (bh / heads, bh % heads), dv_head, dv);
+        }
+        super::pool::recycle(dk);
+        super::pool::recycle(dvs);
+        return dq;
+    }
+    let mut dq = super::pool::zeroed(batch * heads * l * d);
+    let threads = rayon::current_num_threads().max(1);
+    // This runs at the peak of a long-context step: the cache gives back what it holds beyond
+    // it. The buffers are held as storage, so the pool counts them as live memory.
+    super::pool::make_room(threads.min(batch * heads) * n * (d + dv) * 4);
+    let scratch = |len| CpuStorage::new(super::pool::uninit(len));
+    let mut buffers: Vec<(CpuStorage, CpuStorage)> = Vec::new();
+    for (wave, dq_wave) in dq.chunks_mut(threads * l * d).enumerate() {
+        let first = wave * threads;
+        let count = dq_wave.len() / (l * d);
+        buffers.resize_with(count.max(buffers.len()), || (scratch(n * d), scratch(n * dv)));
+        let saved = Saved {
+            q,
+            k: Heads { data: k, layout: k_layout },
+            v: Heads { data: v, layout: v_layout },
+            out,
+            lse,
+        };
+        dq_wave.par_chunks_mut(l * d).zip(buffers[..count].par_iter_mut()).enumerate().for_each(
+            |(i, (dq, (dk, dv)))| {
+                let (dk, dv) = (dk.as_mut_slice(), dv.as_mut_slice());
+                dk.fill(0.0);
+                dv.fill(0.0);
+                let bh = first + i;
+                backward_head(saved, d_out, vis, (bh / heads, bh % heads), Grads { dq, dk, dv });
+            },
+        );
+        for (i, (dk, dv_head)) in buffers[..count].iter().enumerate() {
+            let (b, h) = ((first + i) / heads, (first + i) % heads);
+            write_head((k, k_layout), (b, h), dk.as_slice(), d);
+            write_head((v, v_layout), (b, h), dv_head.as_slice(), dv);
+        }
+    }
+    dq
+}
+
+/// Copies head `(b, h)`'s rows `[N, width]` (contiguous in `rows`) to their places in `data`.
+fn write_head((data, layout): (&mut [f32], &Layout), (b, h): (usize, usize), rows: &[f32], width: usize) {
+    let s = layout.strides();
+    let base = layout.offset() + b * s[0] + h * s[1];
+    for (t, row) in rows.chunks_exact(width).enumerate() {
+        let start = base + t * s[2];
+        if s[3] == 1 {
+            data[start..start + width].copy_from_slice(row);
+        } else {
+            for (c, &x) in row.iter().enumerate() {
+                data[start + c * s[3]] = x;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layout;
+
+    /// Head-major `[B, H, T, D]` read from `[B, T, H, D]` storage, as a model's projections are.
+    fn split_heads(b: usize, h: usize, t: usize, d: usize) -> Layout {
+        Layout::contiguous(&[b, t, h, d]).permute(&[0, 2, 1, 3]).unwrap()
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// Writing dk and dv over k and v, in waves or all at once, gives exactly the gradients of
+    /// the plain backward, in k's and v's own layouts.
+    #[test]
+    fn gradients_over_the_keys_equal_the_plain_backward() {
+        let (b, h, l, n, d) = (2, 3, 5, 37, 4);
+        let causal =
+            KeyVisibility { causal: Some(n - l), key_positions: None, hidden_keys: None, pattern: None };
+        for vis in [KeyVisibility::default(), causal] {
+            let (lq, lk, lo) = (
+                Layout::contiguous(&[b, h, l, d]),
+                split_heads(b, h, n, d),
+                Layout::contiguous(&[b, h, l, d]),
+            );
+            let (q, k, v, g) = (
+                values(b * h * l * d, 1),
+                values(b * h * n * d, 2),
+                values(b * h * n * d, 3),
+                values(b * h * l * d, 4),
+            );
+            let heads = |data, layout| Heads { data, layout };
+            let (out, lse) = forward(heads(&q, &lq), heads(&k, &lk), heads(&v, &lk), &vis);
+            let ll = Layout::contiguous(&[b, h, l]);
+            let saved = Saved {
+                q: heads(&q, &lq),
+                k: heads(&k, &lk),
+                v: heads(&v, &lk),
+                out: heads(&out, &lo),
+                lse: (&lse, &ll),
+            };
+            let [dq, dk, dv] = backward(saved, heads(&g, &lo), &vis);
+            for waves in [false, true] {
+                let (mut k2, mut v2) = (k.clone(), v.clone());
+                let dq2 = over_keys(
+                    (heads(&q, &lq), heads(&out, &lo), (&lse, &ll)),
+                    (&mut k2, &lk),
+                    (&mut v2, &lk),
+                    heads(&g, &lo),
+                    &vis,
+                    waves,
+                );
+                assert_eq!(dq2, dq, "dq, waves={waves}");
+                // dk is contiguous [B, H, N, D]; k2 holds it through k's layout.
+                let at = |data: &[f32], i: usize| {
+                    let (bb, hh, t, c) = (i / (h * n * d), i / (n * d) % h, i / d % n, i % d);
+                    data[lk.position(&[bb, hh, t, c])]
+                };
+                assert!((0..dk.len()).all(|i| at(&k2, i) == dk[i]), "dk, waves={waves}");
+                assert!((0..dv.len()).all(|i| at(&v2, i) == dv[i]), "dv, waves={waves}");
+            }
+        }
+    }
 }
