@@ -99,7 +99,8 @@ mod tests {
 
     fn values(shape: &[usize], seed: u32) -> Tensor {
         let n: usize = shape.iter().product();
-        let data = (0..n).map(|i| ((i as u32 * 2654435761).wrapping_add(seed) % 997) as f32 / 498.0 - 1.0);
+        let data = (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 997) as f32 / 498.0 - 1.0);
         Tensor::from_vec(data.collect(), shape).unwrap()
     }
 
