@@ -100,9 +100,22 @@ fn fresh(len: usize) -> Vec<f32> {
     if len < POOLED_MIN {
         return vec![0.0; len];
     }
-    let mut v = Vec::with_capacity(class(len));
-    v.resize(len, 0.0);
-    v
+    // Zeroed by the system: a fresh mapping's pages are zero until written, so nothing is
+    // written here, and each page is faulted in by the kernel thread that first writes it
+    // (in parallel) rather than by a memset on this thread.
+    let cap = class(len);
+    let layout = std::alloc::Layout::array::<f32>(cap).expect("a buffer class fits in memory");
+    // SAFETY: `layout` has non-zero size (cap >= POOLED_MIN). `alloc_zeroed` returns memory
+    // for `cap` f32 that is all zero bits, which is a valid 0.0 for each element, so the first
+    // `len <= cap` elements are initialised. The pointer comes from the global allocator with
+    // the layout of `cap` f32, which is what `Vec` frees with, so `from_raw_parts` owns it.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut f32;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(ptr, len, cap)
+    }
 }
 
 /// A buffer of `len` elements with unspecified (old) contents; the caller overwrites all of it.

@@ -20,6 +20,7 @@ pub mod sweep;
 use rayon::prelude::*;
 
 use super::few_rows::Strided as Matrix;
+use super::parallel::SendPtr;
 use super::CpuStorage;
 use crate::attention::KeyVisibility;
 use crate::layout::Layout;
@@ -324,10 +325,11 @@ fn over_keys(
             lse,
         };
         let [dq, dk, dvs] = backward(saved, d_out, vis);
-        for (bh, (dk, dv_head)) in dk.chunks_exact(n * d).zip(dvs.chunks_exact(n * dv)).enumerate() {
-            write_head((k, k_layout), (bh / heads, bh % heads), dk, d);
-            write_head((v, v_layout), (bh / heads, bh % heads), dv_head, dv);
+        fn of(grads: &[f32], rows: usize, heads: usize) -> Vec<((usize, usize), &[f32])> {
+            grads.chunks_exact(rows).enumerate().map(|(bh, g)| ((bh / heads, bh % heads), g)).collect()
         }
+        write_heads((k, k_layout), &of(&dk, n * d, heads), d);
+        write_heads((v, v_layout), &of(&dvs, n * dv, heads), dv);
         super::pool::recycle(dk);
         super::pool::recycle(dvs);
         return dq;
@@ -359,29 +361,51 @@ fn over_keys(
                 backward_head(saved, d_out, vis, (bh / heads, bh % heads), Grads { dq, dk, dv });
             },
         );
-        for (i, (dk, dv_head)) in buffers[..count].iter().enumerate() {
-            let (b, h) = ((first + i) / heads, (first + i) % heads);
-            write_head((k, k_layout), (b, h), dk.as_slice(), d);
-            write_head((v, v_layout), (b, h), dv_head.as_slice(), dv);
-        }
+        let head = |i: usize| ((first + i) / heads, (first + i) % heads);
+        let dks: Vec<_> =
+            buffers[..count].iter().enumerate().map(|(i, (g, _))| (head(i), g.as_slice())).collect();
+        let dvs: Vec<_> =
+            buffers[..count].iter().enumerate().map(|(i, (_, g))| (head(i), g.as_slice())).collect();
+        write_heads((k, k_layout), &dks, d);
+        write_heads((v, v_layout), &dvs, dv);
     }
     dq
 }
 
-/// Copies head `(b, h)`'s rows `[N, width]` (contiguous in `rows`) to their places in `data`.
-fn write_head((data, layout): (&mut [f32], &Layout), (b, h): (usize, usize), rows: &[f32], width: usize) {
+/// Copies each listed head's rows `[N, width]` (contiguous) to their places in `data`, whose
+/// layout lies inside it and reaches no position twice, in parallel over blocks of rows.
+fn write_heads((data, layout): (&mut [f32], &Layout), heads: &[((usize, usize), &[f32])], width: usize) {
+    const ROWS_PER_TASK: usize = 512;
+    assert!(layout.checked_extent().is_some_and(|e| e <= data.len()), "write_heads: layout outside storage");
     let s = layout.strides();
-    let base = layout.offset() + b * s[0] + h * s[1];
-    for (t, row) in rows.chunks_exact(width).enumerate() {
-        let start = base + t * s[2];
-        if s[3] == 1 {
-            data[start..start + width].copy_from_slice(row);
-        } else {
-            for (c, &x) in row.iter().enumerate() {
-                data[start + c * s[3]] = x;
+    let base = SendPtr(data.as_mut_ptr());
+    let tasks: Vec<(usize, usize)> = heads
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, rows))| (0..rows.len() / width).step_by(ROWS_PER_TASK).map(move |t| (i, t)))
+        .collect();
+    tasks.into_par_iter().for_each(|(i, first)| {
+        let ((b, h), rows) = heads[i];
+        let head = layout.offset() + b * s[0] + h * s[1];
+        let p = base.get();
+        for (t, row) in rows.chunks_exact(width).enumerate().skip(first).take(ROWS_PER_TASK) {
+            let start = head + t * s[2];
+            // SAFETY: position `start + c·s[3]` is the layout's position of index (b, h, t, c),
+            // which is inside `data` (asserted above); `data` is borrowed mutably for the whole
+            // call. The layout reaches each position once (the `Owned` contract of the
+            // storage), and each (b, h, t) row belongs to one task, so no two tasks write the
+            // same element and nothing reads `data` meanwhile.
+            unsafe {
+                if s[3] == 1 {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), p.add(start), width);
+                } else {
+                    for (c, &x) in row.iter().enumerate() {
+                        *p.add(start + c * s[3]) = x;
+                    }
+                }
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
