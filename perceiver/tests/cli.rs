@@ -278,6 +278,12 @@ fn bench_reports_json_on_its_last_line() {
     }
     assert_eq!(v["preset"], "step-2k (custom)");
     assert!(v["step_s"].as_f64().unwrap() > 0.0 && v["ratio"].as_f64().unwrap() > 0.0, "{last}");
+    // One ratio per timed step (each against the sgemm measured just before it); `ratio` is
+    // their median.
+    let ratios: Vec<f64> =
+        v["ratios"].as_array().expect("ratios").iter().map(|r| r.as_f64().unwrap()).collect();
+    assert_eq!(ratios.len(), 2, "{last}");
+    assert!(ratios.contains(&v["ratio"].as_f64().unwrap()), "{last}");
     let (ok, _, stderr) = perceiver(&["bench", "huge"]);
     assert!(!ok && stderr.contains("unknown bench preset \"huge\""), "{stderr}");
     // The attention curves: five patterns, two contexts each, and their fitted exponents.

@@ -1,7 +1,8 @@
 //! `perceiver bench`: the time of one training step of a Perceiver AR at the shapes of
 //! `../shared/bench/README.md`, as a FLOP rate and as a fraction of the sgemm rate measured in
-//! the same process on the same threads just before (the figure that compares across machines),
-//! and the process's peak resident memory.
+//! the same process on the same threads just before each step (the figure that compares across
+//! machines; per step, because a shared machine's speed changes from second to second), and
+//! the process's peak resident memory.
 //!
 //! A step is what PyTorch's reference script times: forward over random bytes, mean
 //! cross-entropy of the latents' next bytes, backward, AdamW. FLOPs follow the README's
@@ -127,9 +128,14 @@ pub struct BenchResult {
     pub gflop_per_step: f64,
     /// Model FLOP rate of the median step.
     pub gflops: f64,
-    /// 1024-square sgemm on the same threads, measured just before.
+    /// 1024-square sgemm on the same threads: the median of the rates measured just before
+    /// each timed step.
     pub sgemm_gflops: f64,
-    /// `gflops / (sgemm_gflops · ranks)`: every rank has threads of its own.
+    /// Each timed step's FLOP rate over `ranks` times the sgemm rate measured just before it
+    /// (every rank has threads of its own). On a shared machine whose speed changes from
+    /// second to second, a step is compared with the machine as it was then.
+    pub ratios: Vec<f64>,
+    /// The median of `ratios`.
     pub ratio: f64,
     /// Peak resident memory of the process (`VmHWM`), if the system reports it.
     pub peak_rss_bytes: Option<u64>,
@@ -212,7 +218,6 @@ pub fn run(
     if steps == 0 {
         return Err(Error::Input("bench needs at least one timed step".into()));
     }
-    let sgemm = sgemm_gflops(1024, 15);
     tensor::cpu::pool::reset_peak_live_bytes();
     let config = shape.model_config();
     let mut model = PerceiverAr::new(config, 0)?;
@@ -230,8 +235,10 @@ pub fn run(
     let ids = &ids[rows.start * n..rows.end * n];
     let targets = &targets[rows.start * l..rows.end * l];
     let input = Input { ids, batch: rows.len(), seq_len: n, prefix_len: n - l };
-    let mut times = Vec::with_capacity(steps);
+    let flops = shape.step_flops();
+    let (mut times, mut sgemms, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + steps {
+        let sgemm = (i >= warmup).then(|| sgemm_gflops(1024, 7));
         let t = Instant::now();
         let tape = Tape::new();
         let ctx = Ctx::new(&tape, &model.params, true, &mut rng);
@@ -245,14 +252,15 @@ pub fn run(
         }
         optimizer.update(&mut model.params, &grads, 1e-4)?;
         let seconds = t.elapsed().as_secs_f64();
-        if i >= warmup {
+        if let Some(sgemm) = sgemm {
             times.push(seconds);
+            sgemms.push(sgemm);
+            ratios.push(flops / seconds / 1e9 / (sgemm * ranks as f64));
         }
         on_step(i, seconds);
     }
     let steps_s = times.clone();
     let step_s = median(&mut times);
-    let flops = shape.step_flops();
     let gflops = flops / step_s / 1e9;
     Ok(BenchResult {
         preset: shape.preset.clone(),
@@ -260,9 +268,9 @@ pub fn run(
         steps_s,
         gflop_per_step: flops / 1e9,
         gflops,
-        sgemm_gflops: sgemm,
-        // Each rank has its own threads: the machine's sgemm capacity is every rank's.
-        ratio: gflops / (sgemm * ranks as f64),
+        sgemm_gflops: median(&mut sgemms),
+        ratio: median(&mut ratios.clone()),
+        ratios,
         peak_rss_bytes: peak_rss_bytes(),
         peak_tensor_bytes: tensor::cpu::pool::peak_live_bytes() as u64,
         threads: rayon::current_num_threads(),

@@ -518,7 +518,7 @@ fn bench_command(a: &BenchArgs, device: &tensor::Device) -> Result<bool> {
         n => format!(" over {n} ranks"),
     };
     println!(
-        "{}{ranks}: {:.3} s per step (median of {}), {:.1} GFLOP per step, {:.1} GFLOP/s; sgemm {:.1} GFLOP/s; ratio {:.3}; peak memory {} (live tensors {:.2} GiB)",
+        "{}{ranks}: {:.3} s per step (median of {}), {:.1} GFLOP per step, {:.1} GFLOP/s; sgemm {:.1} GFLOP/s; ratio {:.3} (each step against the sgemm just before it); peak memory {} (live tensors {:.2} GiB)",
         result.preset,
         result.step_s,
         a.steps,
