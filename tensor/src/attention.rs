@@ -266,21 +266,18 @@ impl Tensor {
         d_out: &Tensor,
         vis: &KeyVisibility,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let private = |t: &mut Tensor| t.layout.is_one_to_one() && Arc::get_mut(&mut t.storage).is_some();
-        if !(private(&mut k) && private(&mut v)) {
+        let s = check_backward(self, &k, &v, parts, d_out, vis)?;
+        if Owned::of(&mut k).is_none() || Owned::of(&mut v).is_none() {
             return self.attention_backward(&k, &v, parts, d_out, vis);
         }
-        let s = check_backward(self, &k, &v, parts, d_out, vis)?;
         let dq = {
-            let Tensor { storage: ks, layout: kl } = &mut k;
-            let Tensor { storage: vs, layout: vl } = &mut v;
-            let (Some(ks), Some(vs)) = (Arc::get_mut(ks), Arc::get_mut(vs)) else {
-                unreachable!("both storages were just found private")
+            let (Some(k), Some(v)) = (Owned::of(&mut k), Owned::of(&mut v)) else {
+                unreachable!("both were just found private")
             };
             let saved = crate::backend::AttentionSavedOwned {
                 q: self.operand()?,
-                k: Owned::of(ks, kl)?,
-                v: Owned::of(vs, vl)?,
+                k,
+                v,
                 out: parts.out.operand()?,
                 lse: parts.lse.operand()?,
             };

@@ -144,20 +144,13 @@ impl<'a, S: ?Sized> Owned<'a, S> {
 }
 
 impl<'a> Owned<'a> {
-    /// `storage` (which the caller owns) through `layout`, after checking that the layout lies
-    /// inside it and reaches no position twice.
-    pub(crate) fn of(storage: &'a mut Storage, layout: &'a Layout) -> Result<Owned<'a>> {
-        let len = storage.backend().len();
-        if layout.checked_extent().is_none_or(|e| e > len) || !layout.is_one_to_one() {
-            bail!(
-                "owned operand",
-                "layout {} (strides {:?}, offset {}) cannot be written over in a storage of {len} elements",
-                fmt_shape(layout.shape()),
-                layout.strides(),
-                layout.offset()
-            );
-        }
-        Ok(Owned { storage, layout })
+    /// `tensor`'s storage to write over through its layout: `None` when another tensor shares
+    /// the storage, or the layout reaches some position twice (or, malformed, leaves it).
+    pub(crate) fn of(tensor: &'a mut Tensor) -> Option<Owned<'a>> {
+        let Tensor { storage, layout } = tensor;
+        let storage = Arc::get_mut(storage)?;
+        let fits = layout.checked_extent().is_some_and(|e| e <= storage.backend().len());
+        (fits && layout.is_one_to_one()).then_some(Owned { storage, layout })
     }
 
     /// The same storage as the device's own type (see [`Operand`]'s `typed`).

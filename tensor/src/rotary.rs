@@ -8,8 +8,6 @@
 //! `g.rotate_pairs(cos, −sin)`, which needs no saved activations (see `autograd`). Devices do
 //! it in one pass; [`Tensor::rotate_pairs_composed`] is the same from elementwise ops.
 
-use std::sync::Arc;
-
 use crate::backend::Owned;
 use crate::bail;
 use crate::error::{fmt_shape, Result};
@@ -30,16 +28,12 @@ impl Tensor {
     /// the rotation is written over it (same numbers, `self`'s layout), so no second tensor of
     /// its size is made. Keys at long contexts are rotated this way, forward and backward.
     pub fn rotate_pairs_owned(mut self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        if !(self.layout.is_one_to_one() && Arc::get_mut(&mut self.storage).is_some()) {
-            return self.rotate_pairs(cos, sin);
-        }
         let (lc, ls) = self.rotary_tables("rotate_pairs", cos, sin)?;
-        {
-            let Tensor { storage, layout } = &mut self;
-            let x = Owned::of(Arc::get_mut(storage).expect("found private above"), layout)?;
-            // `self`'s storage is borrowed for writing; the tables (same device) pick the kernel.
-            cos.kernels().rotate_pairs_in_place(x, cos.operand_as(&lc)?, sin.operand_as(&ls)?)?;
-        }
+        let Some(x) = Owned::of(&mut self) else {
+            return self.rotate_pairs(cos, sin);
+        };
+        // `self`'s storage is borrowed for writing; the tables (same device) pick the kernel.
+        cos.kernels().rotate_pairs_in_place(x, cos.operand_as(&lc)?, sin.operand_as(&ls)?)?;
         Ok(self)
     }
 
@@ -95,6 +89,8 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn values(shape: &[usize], seed: u32) -> Tensor {

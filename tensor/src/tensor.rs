@@ -86,8 +86,14 @@ impl Tensor {
 
     pub fn full(value: f32, shape: &[usize]) -> Tensor {
         let n = shape.iter().product();
-        let mut data = crate::cpu::pool::uninit(n);
-        data.fill(value);
+        // Zeros come from the pool already zero (fresh pages) without a pass over them here.
+        let data = if value.to_bits() == 0 {
+            crate::cpu::pool::zeroed(n)
+        } else {
+            let mut data = crate::cpu::pool::uninit(n);
+            data.fill(value);
+            data
+        };
         Tensor::from_output(Storage::Cpu(CpuStorage::new(data)), shape)
     }
 

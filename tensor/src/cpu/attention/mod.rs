@@ -295,12 +295,8 @@ pub(crate) fn backward_over_keys(
     d_out: Heads,
     vis: &KeyVisibility,
 ) -> Vec<f32> {
-    let (batch, heads, l, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
-    let (n, dv) = (k_layout.shape()[2], v_layout.shape()[3]);
-    if l * d == 0 || n * d == 0 || n * dv == 0 {
-        return super::pool::zeroed(batch * heads * l * d);
-    }
-    let waves = batch * heads * n * (d + dv) >= WAVES_MIN;
+    let keys = k_layout.shape()[0] * k_layout.shape()[1] * k_layout.shape()[2];
+    let waves = keys * (k_layout.shape()[3] + v_layout.shape()[3]) >= WAVES_MIN;
     over_keys((q, out, lse), (k, k_layout), (v, v_layout), d_out, vis, waves)
 }
 
@@ -316,6 +312,9 @@ fn over_keys(
 ) -> Vec<f32> {
     let (batch, heads, l, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
     let (n, dv) = (k_layout.shape()[2], v_layout.shape()[3]);
+    if l * d == 0 || n * d == 0 || n * dv == 0 {
+        return super::pool::zeroed(batch * heads * l * d);
+    }
     if !waves {
         let saved = Saved {
             q,
