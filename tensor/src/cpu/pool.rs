@@ -47,21 +47,36 @@ static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 fn with_pool<R>(f: impl FnOnce(&mut Pool) -> R) -> R {
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
     f(guard.get_or_insert_with(|| {
-        map_pooled_sizes_alone();
+        fix_malloc_thresholds();
         Pool { free: HashMap::new(), bytes: 0 }
     }))
 }
 
-/// Tells glibc to serve every allocation of a pooled size with a mapping of its own, returned
-/// to the system when freed. By default glibc raises that threshold each time it unmaps a
-/// buffer (up to 32 MiB), after which such buffers come from its heap, whose freed holes stay
-/// resident: at 131k positions that kept a tenth of the process's memory.
-fn map_pooled_sizes_alone() {
+/// Allocations of at least this many bytes (2 MiB) get a mapping of their own from glibc.
+/// `sgemm`'s packing buffer (at most `kc · (mc + nc)` f32, 1.1 MB), allocated and freed by
+/// every product, stays below it: from the heap it is reused at once, where as a mapping each
+/// product would fault it in afresh and unmap it, stopping the other threads to flush their
+/// TLBs (6 % of a `step-2k` step when the threshold was 256 KiB).
+const MMAP_MIN_BYTES: usize = 2 << 20;
+
+/// Free memory at the top of a glibc heap is given back to the system only beyond this many
+/// bytes (32 MiB). At glibc's default (128 KiB once the mmap threshold is fixed) each freed
+/// packing buffer at the top of a thread's heap was given back and faulted in again by the
+/// next product: 24k page faults per `step-2k` step, against 4k now.
+const TRIM_MIN_BYTES: usize = 32 << 20;
+
+/// Fixes glibc's mmap threshold at [`MMAP_MIN_BYTES`] and its trim threshold at
+/// [`TRIM_MIN_BYTES`]. By default glibc raises the mmap threshold each time it unmaps a buffer
+/// (up to 32 MiB), after which large buffers come from its heap, whose freed holes stay
+/// resident: at 131k positions that kept a tenth of the process's memory. Fixed, only buffers
+/// below 2 MiB come from the heap.
+fn fix_malloc_thresholds() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets an allocator parameter; M_MMAP_THRESHOLD takes a byte count,
-    // and setting it is allowed at any time (it applies to later allocations).
+    // SAFETY: `mallopt` only sets allocator parameters; both thresholds take a byte count, and
+    // setting them is allowed at any time (they apply to later allocations and frees).
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, (POOLED_MIN * 4) as libc::c_int);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_MIN_BYTES as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_MIN_BYTES as libc::c_int);
     }
 }
 

@@ -1,14 +1,16 @@
-//! Fused attention on the CPU: blocks of queries against blocks of keys, with `sgemm` for the
-//! block products and the `wide` exp for the softmax (the math is in [`crate::attention`]).
+//! Fused attention on the CPU: blocks of queries against blocks of keys, with register tiles
+//! for the block products ([`tile`]; `sgemm` where they do not apply) and the softmax's exp on
+//! sixteen lanes (the math is in [`crate::attention`]).
 //!
 //! Work is split across threads by (batch, head): each task streams its queries over its keys
 //! and writes its own rows of the head-major outputs (`[B, H, T, D]`), so no two threads write
-//! the same memory. Per task, queries go in blocks of [`QUERY_BLOCK`] rows and keys in blocks
-//! of [`KEY_BLOCK`] ([`sweep`]): the score block `[QUERY_BLOCK, KEY_BLOCK]` stays in cache and
-//! the `[L, N]` scores never exist. A key block that no query of the block can see (in the
-//! causal future, all hidden, or never reached by a sparse pattern) is skipped; one that every
-//! query sees fully needs no masking; only blocks on the diagonal (or partly reached by a
-//! pattern) are masked element by element.
+//! the same memory. Per task, keys go in blocks of [`KEY_BLOCK`] rows and, for each, queries in
+//! blocks of [`QUERY_BLOCK`] ([`sweep`]): the score block `[QUERY_BLOCK, KEY_BLOCK]` stays in
+//! cache and the `[L, N]` scores never exist. A key block that no query of the block can see
+//! (in the causal future, all hidden, or never reached by a sparse pattern) is skipped; one
+//! that every query sees fully needs no masking; on a causal diagonal each query uses the run of
+//! keys up to its position and the products stop at the block's last visible key; only blocks a
+//! pattern, hidden keys or dropped keys reach in part are masked element by element.
 //!
 //! A head with a sparse pattern takes more than one sweep ([`sparse`]): one over the keys near
 //! the diagonal, and one per group of far keys gathered so that the kernel visits only blocks
@@ -16,6 +18,7 @@
 
 pub mod sparse;
 pub mod sweep;
+pub mod tile;
 
 use rayon::prelude::*;
 
@@ -123,6 +126,24 @@ impl Rule for HeadRule<'_> {
         let (vis, b, n) = (self.vis, self.b, self.n);
         vis.sees(b, self.h, i, j, n)
             && self.band.is_none_or(|w| vis.query_position(i) - vis.key_position(b, j, n) < w)
+    }
+    /// Under the causal rule alone, a query sees the keys at or before its position: a prefix
+    /// of any block, as key positions do not decrease.
+    fn run(&self, i: usize, (j0, j1): (usize, usize)) -> Option<(usize, usize)> {
+        let (vis, b, n) = (self.vis, self.b, self.n);
+        if vis.hidden_keys.is_some() || vis.pattern.is_some() || self.band.is_some() {
+            return None;
+        }
+        let p = vis.query_position(i);
+        let end = match (vis.causal, &vis.key_positions) {
+            (None, _) => j1,
+            (Some(_), None) => (p + 1).clamp(j0, j1),
+            (Some(_), Some(positions)) => {
+                let row = if positions.len() == n { 0 } else { b * n };
+                j0 + positions[row + j0..row + j1].partition_point(|&k| k <= p)
+            }
+        };
+        Some((j0, end))
     }
 }
 

@@ -158,6 +158,15 @@ impl Rule for GroupRule<'_> {
         let (p, k) = (self.group.query_positions[i], self.group.key_positions[j]);
         k + self.band <= p && !self.earlier.iter().any(|part| part.allows(p, k))
     }
+    /// With no earlier part to leave pairs to, a query sees the gathered keys at least `W`
+    /// before it: a prefix of any block.
+    fn run(&self, i: usize, (j0, j1): (usize, usize)) -> Option<(usize, usize)> {
+        if !self.earlier.is_empty() {
+            return None;
+        }
+        let p = self.group.query_positions[i];
+        Some((j0, j0 + self.group.key_positions[j0..j1].partition_point(|&k| k + self.band <= p)))
+    }
 }
 
 /// Rows `rows` of `m` (`cols` columns each), copied into `out` (row-major, its old contents

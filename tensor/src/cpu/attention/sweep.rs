@@ -6,9 +6,16 @@
 //! pattern, see [`super::sparse`]). Which pairs it may use is a `Rule`: per block of queries
 //! and block of keys, whether no pair, every pair or some pairs are seen, and per pair whether
 //! it is. Blocks no pair of which is seen are skipped; only mixed blocks are masked.
+//!
+//! Within a mixed block, a rule that can say so gives each query its visible keys as one run
+//! `a..b` (a causal query sees a prefix of any key block). Then nothing is masked element by
+//! element: the softmax runs over `a..b` alone and the rest of the row's weights are zero,
+//! and the block's products stop at the last key any of its queries sees, so the causal
+//! future of a diagonal block is never computed.
 
 use super::super::few_rows::{self, Strided as Matrix, FEW_ROWS};
 use super::super::math;
+use super::tile;
 
 /// Query rows per block.
 pub const QUERY_BLOCK: usize = 128;
@@ -34,6 +41,21 @@ pub(super) trait Rule {
     fn block(&self, queries: (usize, usize), keys: (usize, usize)) -> Block;
     /// Whether query `i` sees key `j`.
     fn sees(&self, i: usize, j: usize) -> bool;
+    /// The keys among `j0..j1` that query `i` sees, when they form one run `a..b` (`a == b`:
+    /// none); `None` when they do not, or the rule cannot tell cheaply (then [`Rule::sees`]
+    /// decides per key). Called only for mixed blocks.
+    fn run(&self, _i: usize, _keys: (usize, usize)) -> Option<(usize, usize)> {
+        None
+    }
+}
+
+/// The keys one query row of a block uses, relative to the block's first key: `a..b`, every one
+/// of them seen when `exact`, else each still to be checked with [`Rule::sees`].
+#[derive(Clone, Copy)]
+struct RowRun {
+    a: usize,
+    b: usize,
+    exact: bool,
 }
 
 /// The rows of one sweep: row `t` of a matrix is its `t`-th query (or key, or value).
@@ -56,13 +78,17 @@ pub(super) fn from_row(m: Matrix, t: usize) -> Matrix {
     Matrix { offset: m.offset + t * m.row_stride, ..m }
 }
 
-/// Score and probability blocks and the forward's running maximum and sum per query row,
-/// reused by every sweep of a head.
+/// Score and probability blocks, the forward's running maximum and sum per query, and the
+/// current key block's `Kᵀ` and `Vᵀ` as row-major copies for the tile kernel; reused by every
+/// sweep of a head.
 pub(super) struct Scratch {
     scores: Vec<f32>,
     probs: Vec<f32>,
     max: Vec<f32>,
     sum: Vec<f32>,
+    runs: Vec<RowRun>,
+    keys_t: Transposed,
+    values_t: Transposed,
 }
 
 impl Scratch {
@@ -74,13 +100,72 @@ impl Scratch {
         Scratch {
             scores: vec![0.0; size],
             probs: vec![0.0; size],
-            max: vec![0.0; rows],
-            sum: vec![0.0; rows],
+            max: vec![0.0; queries.max(1)],
+            sum: vec![0.0; queries.max(1)],
+            runs: vec![RowRun { a: 0, b: 0, exact: true }; rows],
+            keys_t: Transposed::default(),
+            values_t: Transposed::default(),
         }
     }
 }
 
-/// `c = a·b + beta·c` for `a` `m×k`, `b` `k×n`, `c` `m×n` row-major with row stride `ldc`.
+/// A key block's keys (or values) transposed into a row-major `[d, bk]` copy, made when the
+/// first query block that sees the key block needs it: the tile kernel's right operand for
+/// `S = Q Kᵀ` and `dP = dO Vᵀ`.
+#[derive(Default)]
+struct Transposed {
+    data: Vec<f32>,
+    /// The block it holds: first key and width (`None`: none yet).
+    block: Option<(usize, usize)>,
+}
+
+impl Transposed {
+    /// `a · mᵀ` into `c` (`rows × width`, row stride `width`), for `m` the rows `j0..j0 + bk`
+    /// of a `[keys, d]` matrix of which the product uses the first `width`: through the tile
+    /// kernel on the transposed block (made on first use), or `sgemm` on the transposed view.
+    fn product(
+        &mut self,
+        (rows, width, d): (usize, usize, usize),
+        a: Matrix,
+        m: Matrix,
+        (j0, bk): (usize, usize),
+        c: &mut [f32],
+    ) {
+        if !tile::AVAILABLE || rows <= FEW_ROWS {
+            gemm((rows, width, d), a, from_row(m, j0).t(), 0.0, (c, width));
+            return;
+        }
+        if self.block != Some((j0, bk)) {
+            transpose_into(from_row(m, j0), (bk, d), &mut self.data);
+            self.block = Some((j0, bk));
+        }
+        let b = Matrix { data: &self.data, offset: 0, row_stride: bk, col_stride: 1 };
+        gemm((rows, width, d), a, b, 0.0, (c, width));
+    }
+}
+
+/// The first `rows` rows of `m` (`cols` columns) transposed into `out`, row-major `[cols, rows]`.
+fn transpose_into(m: Matrix, (rows, cols): (usize, usize), out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(rows * cols, 0.0);
+    if rows * cols == 0 {
+        return;
+    }
+    let src = &m.data[m.offset..m.offset + (rows - 1) * m.row_stride + (cols - 1) * m.col_stride + 1];
+    // Sixteen source rows at a time: each destination row takes a run of sixteen, and the
+    // sixteen source rows (a few cache lines each) stay in cache while every column is read.
+    for (j0, chunk) in (0..rows).step_by(16).map(|j0| (j0, 16.min(rows - j0))) {
+        for (t, dst) in out.chunks_exact_mut(rows).enumerate() {
+            let dst = &mut dst[j0..j0 + chunk];
+            for (j, x) in dst.iter_mut().enumerate() {
+                *x = src[(j0 + j) * m.row_stride + t * m.col_stride];
+            }
+        }
+    }
+}
+
+/// `c = a·b + beta·c` for `a` `m×k`, `b` `k×n`, `c` `m×n` row-major with row stride `ldc`:
+/// few rows without packing, the tile kernel where `b` has contiguous rows, else `sgemm`.
 pub(super) fn gemm(
     (m, n, k): (usize, usize, usize),
     a: Matrix,
@@ -100,6 +185,9 @@ pub(super) fn gemm(
     if m <= FEW_ROWS {
         // One query (a cached generation step): no packing.
         few_rows::product((m, k, n), a, b, beta, (0, c, ldc));
+        return;
+    }
+    if tile::product((m, n, k), a, b, beta, (c, ldc)) {
         return;
     }
     // Bounds of everything sgemm touches, checked here so the call below is sound.
@@ -129,12 +217,39 @@ pub(super) fn gemm(
     }
 }
 
-/// Sets the entries of a block (rows of `cols`, query `i0 + r` against key `j0 + c`) whose
-/// pair the rule refuses to `value`.
-fn mask_block(rule: &impl Rule, (i0, j0): (usize, usize), (block, cols): (&mut [f32], usize), value: f32) {
-    for (r, row) in block.chunks_mut(cols).enumerate() {
-        for (c, x) in row.iter_mut().enumerate() {
-            if !rule.sees(i0 + r, j0 + c) {
+/// Each row's run of used keys in the block of queries `i0..i0 + runs.len()` against keys
+/// `j0..j0 + bk`, and the block's width: the end of the longest run (keys past it are seen by
+/// no query of the block, so its products stop there).
+fn row_runs(
+    rule: &impl Rule,
+    kind: Block,
+    (i0, j0, bk): (usize, usize, usize),
+    runs: &mut [RowRun],
+) -> usize {
+    if kind == Block::Visible {
+        runs.fill(RowRun { a: 0, b: bk, exact: true });
+        return bk;
+    }
+    let mut width = 0;
+    for (r, run) in runs.iter_mut().enumerate() {
+        *run = match rule.run(i0 + r, (j0, j0 + bk)) {
+            Some((a, b)) if a < b => RowRun { a: a - j0, b: b - j0, exact: true },
+            Some(_) => RowRun { a: 0, b: 0, exact: true },
+            None => RowRun { a: 0, b: bk, exact: false },
+        };
+        width = width.max(run.b);
+    }
+    width
+}
+
+/// Sets the entries of row `r` of a block (query `i0 + r`, keys from `j0`) that its run does
+/// not use, or that the rule refuses, to `value`.
+fn mask_row(rule: &impl Rule, (i, j0): (usize, usize), run: RowRun, row: &mut [f32], value: f32) {
+    row[..run.a].fill(value);
+    row[run.b..].fill(value);
+    if !run.exact {
+        for (c, x) in row.iter_mut().enumerate().take(run.b).skip(run.a) {
+            if !rule.sees(i, j0 + c) {
                 *x = value;
             }
         }
@@ -144,49 +259,66 @@ fn mask_block(rule: &impl Rule, (i0, j0): (usize, usize), (block, cols): (&mut [
 /// The forward of one sweep: each query's softmax-weighted average of the values it sees,
 /// into `out` `[queries, dv]`, and its log-sum-exp into `lse` `[queries]`. A query that sees no
 /// key of the sweep gets a zero row and `lse = −∞` (its caller decides what that means).
+///
+/// Key blocks are the outer loop, so each is transposed once and stays in cache while every
+/// query block passes over it; each query keeps its running maximum, sum and output.
 pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mut [f32], lse: &mut [f32]) {
     let (l, n, d, dv) = (x.queries, x.keys, x.d, x.dv);
     out.fill(0.0);
-    for i0 in (0..l).step_by(QUERY_BLOCK) {
-        let bq = QUERY_BLOCK.min(l - i0);
-        let (max, sum) = (&mut scratch.max[..bq], &mut scratch.sum[..bq]);
-        max.fill(f32::NEG_INFINITY);
-        sum.fill(0.0);
-        let acc = &mut out[i0 * dv..(i0 + bq) * dv];
-        for j0 in (0..n).step_by(KEY_BLOCK) {
-            let bk = KEY_BLOCK.min(n - j0);
+    scratch.max[..l].fill(f32::NEG_INFINITY);
+    scratch.sum[..l].fill(0.0);
+    scratch.keys_t.block = None;
+    for j0 in (0..n).step_by(KEY_BLOCK) {
+        let bk = KEY_BLOCK.min(n - j0);
+        for i0 in (0..l).step_by(QUERY_BLOCK) {
+            let bq = QUERY_BLOCK.min(l - i0);
             let kind = rule.block((i0, i0 + bq), (j0, j0 + bk));
             if kind == Block::Hidden {
                 continue;
             }
-            let s = &mut scratch.scores[..bq * bk];
-            gemm((bq, bk, d), from_row(x.q, i0), from_row(x.k, j0).t(), 0.0, (s, bk));
-            if kind == Block::Mixed {
-                mask_block(rule, (i0, j0), (s, bk), MASKED);
+            let runs = &mut scratch.runs[..bq];
+            let width = row_runs(rule, kind, (i0, j0, bk), runs);
+            if width == 0 {
+                continue;
             }
-            let p = &mut scratch.probs[..bq * bk];
-            for r in 0..bq {
-                let row = &s[r * bk..(r + 1) * bk];
-                let m_new = max[r].max(math::max(row));
+            let s = &mut scratch.scores[..bq * width];
+            scratch.keys_t.product((bq, width, d), from_row(x.q, i0), x.k, (j0, bk), s);
+            let p = &mut scratch.probs[..bq * width];
+            let (max, sum) = (&mut scratch.max[i0..i0 + bq], &mut scratch.sum[i0..i0 + bq]);
+            let acc = &mut out[i0 * dv..(i0 + bq) * dv];
+            for (r, &run) in runs.iter().enumerate() {
+                let (row, p_row) = (&mut s[r * width..(r + 1) * width], &mut p[r * width..(r + 1) * width]);
+                if !run.exact {
+                    mask_row(rule, (i0 + r, j0), run, row, MASKED);
+                }
+                let (a, b) = (run.a, run.b);
+                p_row[..a].fill(0.0);
+                p_row[b..].fill(0.0);
+                if a == b {
+                    continue; // this block gives the query nothing
+                }
+                let m_new = max[r].max(math::max(&row[a..b]));
                 // The first block: nothing to rescale (and -inf - -inf would be NaN).
                 let correction = if max[r] == f32::NEG_INFINITY { 0.0 } else { (max[r] - m_new).exp() };
-                sum[r] = sum[r] * correction
-                    + math::sum_exp_shifted(row, m_new, Some(&mut p[r * bk..(r + 1) * bk]));
-                acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= correction);
+                sum[r] =
+                    sum[r] * correction + math::sum_exp_shifted(&row[a..b], m_new, Some(&mut p_row[a..b]));
+                if correction != 1.0 {
+                    acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= correction);
+                }
                 max[r] = m_new;
             }
-            gemm((bq, dv, bk), Matrix::contiguous(p, bk), from_row(x.v, j0), 1.0, (acc, dv));
+            gemm((bq, dv, width), Matrix::contiguous(p, width), from_row(x.v, j0), 1.0, (acc, dv));
         }
-        for r in 0..bq {
-            let row = &mut acc[r * dv..(r + 1) * dv];
-            if max[r] == f32::NEG_INFINITY || max[r] == MASKED {
-                row.fill(0.0);
-                lse[i0 + r] = f32::NEG_INFINITY;
-            } else {
-                let inv = 1.0 / sum[r];
-                row.iter_mut().for_each(|x| *x *= inv);
-                lse[i0 + r] = max[r] + sum[r].ln();
-            }
+    }
+    let (max, sum) = (&scratch.max[..l], &scratch.sum[..l]);
+    for (r, row) in out.chunks_mut(dv).enumerate() {
+        if max[r] == f32::NEG_INFINITY || max[r] == MASKED {
+            row.fill(0.0);
+            lse[r] = f32::NEG_INFINITY;
+        } else {
+            let inv = 1.0 / sum[r];
+            row.iter_mut().for_each(|x| *x *= inv);
+            lse[r] = max[r] + sum[r].ln();
         }
     }
 }
@@ -213,48 +345,62 @@ pub(super) struct Grads<'a> {
 pub(super) fn backward(x: Rows, up: Upstream, rule: &impl Rule, scratch: &mut Scratch, grads: Grads) {
     let (l, n, d, dv) = (x.queries, x.keys, x.d, x.dv);
     let Grads { dq, dk, dv: dv_acc } = grads;
-    for i0 in (0..l).step_by(QUERY_BLOCK) {
-        let bq = QUERY_BLOCK.min(l - i0);
-        for j0 in (0..n).step_by(KEY_BLOCK) {
-            let bk = KEY_BLOCK.min(n - j0);
+    scratch.keys_t.block = None;
+    scratch.values_t.block = None;
+    for j0 in (0..n).step_by(KEY_BLOCK) {
+        let bk = KEY_BLOCK.min(n - j0);
+        for i0 in (0..l).step_by(QUERY_BLOCK) {
+            let bq = QUERY_BLOCK.min(l - i0);
             let kind = rule.block((i0, i0 + bq), (j0, j0 + bk));
             if kind == Block::Hidden {
                 continue;
             }
-            // p = e^{s − lse}, zero where hidden (or where the query sees nothing at all: its
-            // uniform average is the caller's).
-            let (scores, p) = (&mut scratch.scores[..bq * bk], &mut scratch.probs[..bq * bk]);
-            gemm((bq, bk, d), from_row(x.q, i0), from_row(x.k, j0).t(), 0.0, (scores, bk));
-            for r in 0..bq {
-                let (m, row) = (up.lse[i0 + r], &mut p[r * bk..(r + 1) * bk]);
+            let runs = &mut scratch.runs[..bq];
+            let width = row_runs(rule, kind, (i0, j0, bk), runs);
+            if width == 0 {
+                continue;
+            }
+            // p = e^{s − lse} over each row's run, zero elsewhere (and where the query sees
+            // nothing at all: its uniform average is the caller's).
+            let (scores, p) = (&mut scratch.scores[..bq * width], &mut scratch.probs[..bq * width]);
+            scratch.keys_t.product((bq, width, d), from_row(x.q, i0), x.k, (j0, bk), scores);
+            for (r, run) in runs.iter_mut().enumerate() {
+                let (m, row) = (up.lse[i0 + r], &mut p[r * width..(r + 1) * width]);
                 if m == f32::NEG_INFINITY {
-                    row.fill(0.0);
-                } else {
-                    math::sum_exp_shifted(&scores[r * bk..(r + 1) * bk], m, Some(row));
+                    *run = RowRun { a: 0, b: 0, exact: true };
                 }
+                let (a, b) = (run.a, run.b);
+                math::sum_exp_shifted(&scores[r * width + a..r * width + b], m, Some(&mut row[a..b]));
+                mask_row(rule, (i0 + r, j0), *run, row, 0.0);
             }
-            if kind == Block::Mixed {
-                mask_block(rule, (i0, j0), (p, bk), 0.0);
-            }
-            let p = &scratch.probs[..bq * bk];
+            let p = &scratch.probs[..bq * width];
             // dv_j += Σ_i p_ij do_i.
-            let dv_blk = &mut dv_acc[j0 * dv..(j0 + bk) * dv];
-            gemm((bk, dv, bq), Matrix::contiguous(p, bk).t(), from_row(up.d_out, i0), 1.0, (dv_blk, dv));
-            // dp = do vᵀ, then ds = p (dp − Δ).
-            let ds = &mut scratch.scores[..bq * bk];
-            gemm((bq, bk, dv), from_row(up.d_out, i0), from_row(x.v, j0).t(), 0.0, (ds, bk));
-            for r in 0..bq {
+            let dv_blk = &mut dv_acc[j0 * dv..(j0 + width) * dv];
+            gemm(
+                (width, dv, bq),
+                Matrix::contiguous(p, width).t(),
+                from_row(up.d_out, i0),
+                1.0,
+                (dv_blk, dv),
+            );
+            // dp = do vᵀ, then ds = p (dp − Δ) over each row's run (zero elsewhere).
+            let ds = &mut scratch.scores[..bq * width];
+            scratch.values_t.product((bq, width, dv), from_row(up.d_out, i0), x.v, (j0, bk), ds);
+            for (r, run) in runs.iter().enumerate() {
                 let di = up.delta[i0 + r];
-                for c in 0..bk {
-                    ds[r * bk + c] = p[r * bk + c] * (ds[r * bk + c] - di);
+                let (ds_row, p_row) = (&mut ds[r * width..(r + 1) * width], &p[r * width..(r + 1) * width]);
+                ds_row[..run.a].fill(0.0);
+                ds_row[run.b..].fill(0.0);
+                for (x, &pij) in ds_row[run.a..run.b].iter_mut().zip(&p_row[run.a..run.b]) {
+                    *x = pij * (*x - di);
                 }
             }
-            let ds = &scratch.scores[..bq * bk];
+            let ds = &scratch.scores[..bq * width];
             // dq_i += Σ_j ds_ij k_j; dk_j += Σ_i ds_ij q_i.
             let dq_blk = &mut dq[i0 * d..(i0 + bq) * d];
-            gemm((bq, d, bk), Matrix::contiguous(ds, bk), from_row(x.k, j0), 1.0, (dq_blk, d));
-            let dk_blk = &mut dk[j0 * d..(j0 + bk) * d];
-            gemm((bk, d, bq), Matrix::contiguous(ds, bk).t(), from_row(x.q, i0), 1.0, (dk_blk, d));
+            gemm((bq, d, width), Matrix::contiguous(ds, width), from_row(x.k, j0), 1.0, (dq_blk, d));
+            let dk_blk = &mut dk[j0 * d..(j0 + width) * d];
+            gemm((width, d, bq), Matrix::contiguous(ds, width).t(), from_row(x.q, i0), 1.0, (dk_blk, d));
         }
     }
 }

@@ -1,0 +1,218 @@
+//! The attention's block products without packing: `c = beta·c + a·b` on AVX-512 register
+//! tiles, for a right operand whose rows are contiguous.
+//!
+//! Every product of the fused attention has one short side, the head dimension `D` (32 or
+//! 64): `S = Q Kᵀ` is `[bq, D]·[D, bk]`, `O += P V` is `[bq, bk]·[bk, D]`, and the backward's
+//! `dV += Pᵀ dO`, `dP = dO Vᵀ`, `dQ += dS K`, `dK += dSᵀ Q` are alike. `sgemm` first copies
+//! ("packs") both operands into panels, which pays off when each packed element is used many
+//! times; a score block is used only `D` times per product, and packing the score blocks cost
+//! as much as multiplying them (an eighth of a `long-131k` step). So this kernel reads its
+//! operands where they lie:
+//!
+//! * `c` is cut into tiles of [`ROWS`] rows by 32 columns, held in 16 AVX-512 registers;
+//! * for each `t` of the inner dimension a tile loads row `t` of `b` (two vectors) and
+//!   broadcasts `a[r, t]` for each of its rows: 16 fused multiply-adds for 10 loads, all from
+//!   blocks that stay in the first-level cache;
+//! * `a` may have any strides (a transposed score block is broadcast from where it lies), `b`
+//!   needs contiguous rows (the sweep copies `Kᵀ` and `Vᵀ` into row-major blocks, once per key
+//!   block); a tile narrower than 32 columns is masked.
+//!
+//! Each output is a sum over `t` in order, so results agree with `sgemm`'s to rounding. A build
+//! without AVX-512 (or an operand `b` without contiguous rows) multiplies with `sgemm` instead.
+
+use super::super::few_rows::Strided as Matrix;
+
+/// Rows of `c` per register tile.
+pub const ROWS: usize = 8;
+
+/// Whether this build has the kernel (the machine's AVX-512, enabled at compile time).
+pub const AVAILABLE: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx512f"));
+
+/// `c = beta·c + a·b` for `a` `m×k` (any strides), `b` `k×w` with contiguous rows, and `c`
+/// row-major `m×w` with row stride `ldc`; with `beta = 0` the old contents of `c` are never
+/// read. Returns `false`, computing nothing, where the kernel does not apply.
+pub(super) fn product(
+    (m, w, k): (usize, usize, usize),
+    a: Matrix,
+    b: Matrix,
+    beta: f32,
+    (c, ldc): (&mut [f32], usize),
+) -> bool {
+    if !AVAILABLE || b.col_stride != 1 {
+        return false;
+    }
+    if m == 0 || w == 0 {
+        return true;
+    }
+    // Bounds of everything the kernel touches, checked here so the call below is sound.
+    let last =
+        |x: &Matrix, r: usize, cols: usize| x.offset + (r - 1) * x.row_stride + (cols - 1) * x.col_stride;
+    assert!(
+        k == 0 || (last(&a, m, k) < a.data.len() && last(&b, k, w) < b.data.len()),
+        "tile operand out of bounds"
+    );
+    assert!(w <= ldc && (m - 1) * ldc + w <= c.len(), "tile output out of bounds");
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    // SAFETY: the asserts above put `a[r, t]` (r < m, t < k), `b[t, j]` and `c[r, j]` (j < w)
+    // inside their slices, which is all the kernel reads or writes (columns past `w` are masked
+    // off); `c` is borrowed mutably, so nothing else aliases it.
+    unsafe {
+        avx512::product(
+            (m, w, k),
+            (a.data.as_ptr().add(a.offset), a.row_stride, a.col_stride),
+            (b.data.as_ptr().add(b.offset), b.row_stride),
+            beta,
+            (c.as_mut_ptr(), ldc),
+        );
+    }
+    true
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::ROWS;
+
+    /// Columns per tile: two vectors of 16.
+    const COLS: usize = 32;
+
+    /// The mask of the first `n` of 16 lanes.
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
+    /// See [`super::product`].
+    ///
+    /// # Safety
+    /// For `r < m`, `t < k`, `j < w`: `a + r·ars + t·acs` and `b + t·brs + j` are readable,
+    /// `c + r·ldc + j` is writable, and nothing else accesses `c` meanwhile.
+    pub unsafe fn product(
+        (m, w, k): (usize, usize, usize),
+        (a, ars, acs): (*const f32, usize, usize),
+        (b, brs): (*const f32, usize),
+        beta: f32,
+        (c, ldc): (*mut f32, usize),
+    ) {
+        for j0 in (0..w).step_by(COLS) {
+            let cols = COLS.min(w - j0);
+            let masks = (lanes(cols), lanes(cols.saturating_sub(16)));
+            let b = (b.wrapping_add(j0), brs);
+            let mut r0 = 0;
+            while r0 + ROWS <= m {
+                let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
+                tile::<ROWS>(k, (a, ars, acs), b, masks, beta, (c, ldc));
+                r0 += ROWS;
+            }
+            let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
+            let args = ((a, ars, acs), b, masks, beta, (c, ldc));
+            match m - r0 {
+                0 => {}
+                1 => tile::<1>(k, args.0, args.1, args.2, args.3, args.4),
+                2 => tile::<2>(k, args.0, args.1, args.2, args.3, args.4),
+                3 => tile::<3>(k, args.0, args.1, args.2, args.3, args.4),
+                4 => tile::<4>(k, args.0, args.1, args.2, args.3, args.4),
+                5 => tile::<5>(k, args.0, args.1, args.2, args.3, args.4),
+                6 => tile::<6>(k, args.0, args.1, args.2, args.3, args.4),
+                _ => tile::<7>(k, args.0, args.1, args.2, args.3, args.4),
+            }
+        }
+    }
+
+    /// One tile of `R` rows by up to 32 columns (the lanes `masks` keeps).
+    ///
+    /// # Safety
+    /// As [`product`], for the tile's rows and the columns its masks keep; masked-off lanes are
+    /// neither read nor written (AVX-512 masked loads and stores suppress their accesses).
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(
+        k: usize,
+        (a, ars, acs): (*const f32, usize, usize),
+        (b, brs): (*const f32, usize),
+        (m0, m1): (__mmask16, __mmask16),
+        beta: f32,
+        (c, ldc): (*mut f32, usize),
+    ) {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        for t in 0..k {
+            let bt = b.wrapping_add(t * brs);
+            let b0 = _mm512_maskz_loadu_ps(m0, bt);
+            let b1 = _mm512_maskz_loadu_ps(m1, bt.wrapping_add(16));
+            let at = a.wrapping_add(t * acs);
+            for r in 0..R {
+                let x = _mm512_set1_ps(*at.add(r * ars));
+                lo[r] = _mm512_fmadd_ps(x, b0, lo[r]);
+                hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
+            }
+        }
+        let scale = _mm512_set1_ps(beta);
+        for r in 0..R {
+            let cr = c.wrapping_add(r * ldc);
+            let (mut x0, mut x1) = (lo[r], hi[r]);
+            if beta != 0.0 {
+                x0 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m0, cr), x0);
+                x1 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m1, cr.wrapping_add(16)), x1);
+            }
+            _mm512_mask_storeu_ps(cr, m0, x0);
+            _mm512_mask_storeu_ps(cr.wrapping_add(16), m1, x1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shape class (full and partial row tiles, full and masked column tiles, empty inner
+    /// dimension, transposed and strided `a`, `beta` 0 and 1) against the triple loop.
+    #[test]
+    fn tiles_match_the_triple_loop() {
+        if !AVAILABLE {
+            return;
+        }
+        let value = |i: usize| ((i as u64 * 2654435761 % 1000) as f32) / 500.0 - 1.0;
+        for (m, w, k) in [(8, 32, 5), (13, 47, 9), (1, 1, 1), (17, 16, 0), (7, 64, 33), (128, 256, 32)] {
+            for transposed in [false, true] {
+                for beta in [0.0, 1.0] {
+                    // `a` m×k, stored either row-major with a gap or as the transpose of k×m.
+                    let a_data: Vec<f32> = (0..(m + 1) * (k + 3)).map(value).collect();
+                    let a = if transposed {
+                        Matrix { data: &a_data, offset: 1, row_stride: 1, col_stride: m + 1 }
+                    } else {
+                        Matrix { data: &a_data, offset: 2, row_stride: k + 3, col_stride: 1 }
+                    };
+                    let b_data: Vec<f32> = (0..k * (w + 2) + 1).map(|i| value(i + 7)).collect();
+                    let b = Matrix { data: &b_data, offset: 1, row_stride: w + 2, col_stride: 1 };
+                    let ldc = w + 3;
+                    let mut c: Vec<f32> = (0..m * ldc).map(|i| value(i + 11)).collect();
+                    let before = c.clone();
+                    assert!(product((m, w, k), a, b, beta, (&mut c, ldc)));
+                    for r in 0..m {
+                        for j in 0..ldc {
+                            let got = c[r * ldc + j];
+                            if j >= w {
+                                assert_eq!(got, before[r * ldc + j], "column {j} past w written");
+                                continue;
+                            }
+                            let at = |x: &Matrix, r: usize, c: usize| {
+                                x.data[x.offset + r * x.row_stride + c * x.col_stride]
+                            };
+                            let want: f64 =
+                                (0..k).map(|t| at(&a, r, t) as f64 * at(&b, t, j) as f64).sum::<f64>()
+                                    + beta as f64 * before[r * ldc + j] as f64;
+                            assert!(
+                                (got as f64 - want).abs() < 1e-5 * (1.0 + k as f64),
+                                "({m},{w},{k}) [{r},{j}]: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
