@@ -1,79 +1,53 @@
 //! Rotation of interleaved channel pairs in one pass (the arithmetic is in
-//! [`crate::rotary`]): each output row reads its input row and the matching rows of the cos
-//! and sin tables (broadcast layouts), so no intermediate tensor is made.
+//! [`crate::rotary`]): each row of `x` reads the matching rows of the cos and sin tables
+//! (broadcast layouts), so no intermediate tensor is made.
+//!
+//! The three operands are walked together ([`Walk`]): the walk hands out runs of whole rows
+//! with each operand's offset advanced by carrying, not recomputed with a division per row, and
+//! a run whose operands are contiguous rotates plain slices, which the compiler vectorises.
 
 use rayon::prelude::*;
 
-use super::parallel::{for_each_rows, SendPtr, PARALLEL_MIN};
+use super::parallel::{SendPtr, PARALLEL_MIN};
+use super::walk::{Run, Walk};
+use crate::backend::UnaryOp;
 use crate::layout::Layout;
 
-/// Storage position of the first element of row `r` (row-major over all axes but the last).
-fn row_start(layout: &Layout, mut r: usize) -> usize {
-    let (shape, strides) = (layout.shape(), layout.strides());
-    let mut pos = layout.offset();
-    for d in (0..shape.len() - 1).rev() {
-        pos += (r % shape[d]) * strides[d];
-        r /= shape[d];
-    }
-    pos
-}
-
-/// A broadcast table read row by row: its data, layout and channel stride.
-#[derive(Clone, Copy)]
-struct Table<'a> {
-    data: &'a [f32],
-    layout: &'a Layout,
-    stride: usize,
-}
-
-impl<'a> Table<'a> {
-    fn of((data, layout): (&'a [f32], &'a Layout)) -> Self {
-        Table { data, layout, stride: layout.strides()[layout.rank() - 1] }
-    }
-}
-
-/// Rotates the first `dims` channels of row `r`: `read(c)` gives input channel `c`, and
-/// `write(c, y)` stores output channel `c` (after both channels of its pair were read, so the
-/// two may be the same memory).
+/// Rotates one run of channel pairs (`len` even, starting at a pair): operand 0 is `x`, read
+/// and written through `p`; 1 and 2 the cos and sin tables.
+///
+/// # Safety
+/// Positions `offsets[0] + t·strides[0]` (`t < len`) are inside the allocation `p` points into,
+/// and no other thread reads or writes them meanwhile.
 #[inline(always)]
-fn rotate_row(
-    r: usize,
-    dims: usize,
-    (cos, sin): (Table, Table),
-    read: impl Fn(usize) -> f32,
-    mut write: impl FnMut(usize, f32),
-) {
-    let (pc, ps) = (row_start(cos.layout, r), row_start(sin.layout, r));
-    for c in (0..dims).step_by(2) {
-        let (x0, x1) = (read(c), read(c + 1));
-        let (c0, c1) = (cos.data[pc + c * cos.stride], cos.data[pc + (c + 1) * cos.stride]);
-        let (s0, s1) = (sin.data[ps + c * sin.stride], sin.data[ps + (c + 1) * sin.stride]);
-        // Exactly the composition x ⊙ cos + rotate_half(x) ⊙ sin, in the same order.
-        write(c, x0 * c0 + -x1 * s0);
-        write(c + 1, x1 * c1 + x0 * s1);
+unsafe fn rotate_run(p: *mut f32, run: Run<3>, cos: &[f32], sin: &[f32]) {
+    let [ox, oc, os] = run.offsets;
+    let [sx, sc, ss] = run.strides;
+    // Exactly the composition x ⊙ cos + rotate_half(x) ⊙ sin, in the same order.
+    let rotate = |x0: f32, x1: f32, (c0, c1): (f32, f32), (s0, s1): (f32, f32)| {
+        (x0 * c0 + -x1 * s0, x1 * c1 + x0 * s1)
+    };
+    if sx == 1 && sc == 1 && ss == 1 {
+        let x = std::slice::from_raw_parts_mut(p.add(ox), run.len);
+        let (c, s) = (&cos[oc..oc + run.len], &sin[os..os + run.len]);
+        for ((x, c), s) in x.chunks_exact_mut(2).zip(c.chunks_exact(2)).zip(s.chunks_exact(2)) {
+            (x[0], x[1]) = rotate(x[0], x[1], (c[0], c[1]), (s[0], s[1]));
+        }
+    } else {
+        for t in (0..run.len).step_by(2) {
+            let (a, b) = (p.add(ox + t * sx), p.add(ox + (t + 1) * sx));
+            let (c, s) =
+                ((cos[oc + t * sc], cos[oc + (t + 1) * sc]), (sin[os + t * ss], sin[os + (t + 1) * ss]));
+            (*a, *b) = rotate(*a, *b, c, s);
+        }
     }
 }
 
 /// `x` rotated pairwise by `cos`/`sin`, whose layouts are broadcast to `x`'s shape with their
 /// own channel count `dims` (even, at most `x`'s) last; channels from `dims` on pass through.
 pub(crate) fn rotate_pairs(x: (&[f32], &Layout), cos: (&[f32], &Layout), sin: (&[f32], &Layout)) -> Vec<f32> {
-    let (xs, lx) = x;
-    let d = *lx.shape().last().unwrap_or(&0);
-    let tables = (Table::of(cos), Table::of(sin));
-    let dims = *tables.0.layout.shape().last().unwrap_or(&0);
-    let sx = lx.strides()[lx.rank() - 1];
-    let mut out = super::pool::uninit(lx.numel());
-    for_each_rows(&mut out, d.max(1), |first, rows| {
-        for (i, row) in rows.chunks_mut(d.max(1)).enumerate() {
-            let r = first + i;
-            let px = row_start(lx, r);
-            let at = |c: usize| xs[px + c * sx];
-            rotate_row(r, dims, tables, at, |c, y| row[c] = y);
-            for (c, y) in row.iter_mut().enumerate().skip(dims) {
-                *y = at(c);
-            }
-        }
-    });
+    let mut out = super::elementwise::unary(x.0, x.1, UnaryOp::Identity);
+    rotate_pairs_in_place((&mut out, &Layout::contiguous(x.1.shape())), cos, sin);
     out
 }
 
@@ -81,35 +55,39 @@ pub(crate) fn rotate_pairs(x: (&[f32], &Layout), cos: (&[f32], &Layout), sin: (&
 /// position twice (the channels from `dims` on are left as they are).
 pub(crate) fn rotate_pairs_in_place(
     (xs, lx): (&mut [f32], &Layout),
-    cos: (&[f32], &Layout),
-    sin: (&[f32], &Layout),
+    (cos, lc): (&[f32], &Layout),
+    (sin, ls): (&[f32], &Layout),
 ) {
-    let d = *lx.shape().last().unwrap_or(&0);
-    if d == 0 || lx.numel() == 0 {
+    let dims = *lc.shape().last().unwrap_or(&0);
+    if dims == 0 || lx.numel() == 0 {
         return;
     }
     assert!(
         lx.checked_extent().is_some_and(|e| e <= xs.len()),
         "rotate_pairs_in_place: layout outside storage"
     );
-    let tables = (Table::of(cos), Table::of(sin));
-    let dims = *tables.0.layout.shape().last().unwrap_or(&0);
-    let sx = lx.strides()[lx.rank() - 1];
+    let rotated = lx.narrow(lx.rank() - 1, 0, dims).expect("tables checked against x by the caller");
+    let walk = Walk::new([&rotated, lc, ls]);
     let base = SendPtr(xs.as_mut_ptr());
-    let rotate = |r: usize| {
-        let px = row_start(lx, r);
-        let p = base.get();
-        // SAFETY: every position `px + c·sx` (c < d) of row r is inside `xs`, which the layout
-        // lies in (asserted above), and `xs` is borrowed mutably for the whole call. The layout
-        // reaches each position once (the caller's `Owned` contract), so no other row — no
-        // other task — reads or writes these elements; within the row each pair is read before
-        // it is written.
-        unsafe { rotate_row(r, dims, tables, |c| *p.add(px + c * sx), |c, y| *p.add(px + c * sx) = y) }
+    let rotate = |(begin, end): (usize, usize)| {
+        // SAFETY: every position of `rotated` is one of `x`'s, inside `xs` (asserted above),
+        // which is borrowed mutably for the whole call. The layout reaches each position once
+        // (the caller's `Owned` contract) and the tasks cover disjoint ranges of rows, so no
+        // other task touches a run's elements. Runs cover whole pairs: ranges start at a row,
+        // and the walk's innermost axis is the channels (merged with whole rows at most).
+        walk.runs(begin, end, |run| unsafe { rotate_run(base.get(), run, cos, sin) });
     };
-    let rows = lx.numel() / d;
-    if rayon::current_num_threads() <= 1 || lx.numel() < PARALLEL_MIN {
-        (0..rows).for_each(rotate);
+    let total = rotated.numel();
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || total < PARALLEL_MIN {
+        rotate((0, total));
     } else {
-        (0..rows).into_par_iter().with_min_len(64).for_each(rotate);
+        let chunk = (total / dims).div_ceil(threads * 4).max(1) * dims;
+        (0..total)
+            .step_by(chunk)
+            .map(|b| (b, (b + chunk).min(total)))
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(rotate);
     }
 }
