@@ -2,7 +2,7 @@
 //! [`crate::rotary`]): each row of `x` reads the matching rows of the cos and sin tables
 //! (broadcast layouts), so no intermediate tensor is made.
 //!
-//! The three operands are walked together ([`Walk`]): the walk hands out runs of whole rows
+//! The three operands are walked together ([`super::walk`]): the walk hands out runs of whole rows
 //! with each operand's offset advanced by carrying, not recomputed with a division per row, and
 //! a run whose operands are contiguous rotates plain slices, which the compiler vectorises.
 
