@@ -532,6 +532,9 @@ macro_rules! define_unary_ops {
             if op == UnaryOp::Identity {
                 return dst.copy_from_slice(src);
             }
+            if math::map_sixteen(op, src, dst) {
+                return;
+            }
             match op { $(UnaryOp::$name $(($c))? => math::map(src, dst, $simd),)* }
         }
     };

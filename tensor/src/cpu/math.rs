@@ -226,6 +226,27 @@ fn extremum(
     }
 }
 
+/// `dst[i] = op(src[i])` on sixteen lanes, for the ops that have a sixteen-lane kernel (GELU and
+/// its derivative, the MLP's activation); `false` for the others, or without AVX-512.
+pub(crate) fn map_sixteen(op: crate::backend::UnaryOp, src: &[f32], dst: &mut [f32]) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        use crate::backend::UnaryOp;
+        // SAFETY (both calls): the build enables AVX-512 (the cfg), so the machine has it.
+        match op {
+            UnaryOp::Gelu => unsafe { sixteen::map(src, dst, |x| sixteen::gelu(x)) },
+            UnaryOp::GeluDerivative => unsafe { sixteen::map(src, dst, |x| sixteen::gelu_derivative(x)) },
+            _ => return false,
+        }
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    {
+        let _ = (op, src, dst);
+        false
+    }
+}
+
 /// `Σ e^{x - shift}` over a slice, writing `e^{x - shift}` into `out` when given.
 #[inline]
 pub(crate) fn sum_exp_shifted(xs: &[f32], shift: f32, out: Option<&mut [f32]>) -> f32 {
@@ -299,6 +320,83 @@ mod sixteen {
         // NaN stays NaN.
         let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
         _mm512_mask_blend_ps(nan, y, x)
+    }
+
+    /// `|x|` and `x` with the sign of `sign`, on the bits.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn abs(x: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MAX)))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn copysign(x: __m512, sign: __m512) -> __m512 {
+        let bits = _mm512_set1_epi32(i32::MIN);
+        let magnitude = _mm512_andnot_si512(bits, _mm512_castps_si512(x));
+        _mm512_castsi512_ps(_mm512_or_si512(magnitude, _mm512_and_si512(bits, _mm512_castps_si512(sign))))
+    }
+
+    /// [`super::erf`] on sixteen lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn erf(x: __m512) -> __m512 {
+        let splat = _mm512_set1_ps;
+        let one = splat(1.0);
+        let ax = abs(x);
+        let z = _mm512_mul_ps(x, x);
+        let t = splat(7.853_861_4e-5);
+        let t = _mm512_fmadd_ps(t, z, splat(-8.010_193_6e-4));
+        let t = _mm512_fmadd_ps(t, z, splat(5.188_327_7e-3));
+        let t = _mm512_fmadd_ps(t, z, splat(-2.685_381_2e-2));
+        let t = _mm512_fmadd_ps(t, z, splat(1.128_358_5e-1));
+        let t = _mm512_fmadd_ps(t, z, splat(-3.761_262_6e-1));
+        let t = _mm512_fmadd_ps(t, z, splat(std::f32::consts::FRAC_2_SQRT_PI));
+        let small = _mm512_mul_ps(x, t);
+        let s = _mm512_div_ps(one, _mm512_fmadd_ps(splat(0.327_591_1), ax, one));
+        let q = splat(1.061_405_4);
+        let q = _mm512_fmadd_ps(q, s, splat(-1.453_152_1));
+        let q = _mm512_fmadd_ps(q, s, splat(1.421_413_8));
+        let q = _mm512_fmadd_ps(q, s, splat(-0.284_496_72));
+        let q = _mm512_fmadd_ps(q, s, splat(0.254_829_6));
+        let minus_z =
+            _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(z), _mm512_set1_epi32(i32::MIN)));
+        let big = copysign(_mm512_sub_ps(one, _mm512_mul_ps(_mm512_mul_ps(q, s), exp(minus_z))), x);
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(ax, one), big, small)
+    }
+
+    /// [`super::gelu`] on sixteen lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn gelu(x: __m512) -> __m512 {
+        let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
+        let e = erf(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+        _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, e))
+    }
+
+    /// [`super::gelu_derivative`] on sixteen lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn gelu_derivative(x: __m512) -> __m512 {
+        let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
+        let e = erf(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+        let cdf = _mm512_mul_ps(half, _mm512_add_ps(one, e));
+        let minus_half = _mm512_set1_ps(-0.5);
+        let pdf =
+            _mm512_mul_ps(_mm512_set1_ps(0.398_942_3), exp(_mm512_mul_ps(_mm512_mul_ps(minus_half, x), x)));
+        _mm512_fmadd_ps(x, pdf, cdf)
+    }
+
+    /// `dst[i] = f(src[i])`, sixteen lanes at a time (the tail masked).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn map(src: &[f32], dst: &mut [f32], f: impl Fn(__m512) -> __m512) {
+        assert_eq!(src.len(), dst.len());
+        for at in (0..src.len()).step_by(LANES) {
+            let n = LANES.min(src.len() - at);
+            // SAFETY: `dst` is as long as `src` (asserted), so the kept lanes `at..at + n` are
+            // inside it; `dst` is borrowed mutably.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(at), first(n), f(load(src, at, n))) };
+        }
     }
 
     /// The mask of the first `n` lanes.
@@ -457,6 +555,19 @@ mod tests {
         unsafe { sixteen::sum_exp_shifted(&xs, 0.0, Some(&mut sixteen)) };
         for ((x, a), b) in xs.iter().zip(&eight).zip(&sixteen) {
             assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "exp({x}): {a} vs {b}");
+        }
+        for (op, f) in [
+            (crate::backend::UnaryOp::Gelu, gelu as fn(f32x8) -> f32x8),
+            (crate::backend::UnaryOp::GeluDerivative, gelu_derivative),
+        ] {
+            let xs: Vec<f32> =
+                (0..20_001).map(|i| -12.0 + i as f32 * 0.0012).chain([0.0, -0.0, 1.0, -1.0]).collect();
+            let (mut eight, mut sixteen) = (vec![0.0; xs.len()], vec![0.0; xs.len()]);
+            map(&xs, &mut eight, f);
+            assert!(map_sixteen(op, &xs, &mut sixteen));
+            for ((x, a), b) in xs.iter().zip(&eight).zip(&sixteen) {
+                assert_eq!(a.to_bits(), b.to_bits(), "{op:?}({x}): {a} vs {b}");
+            }
         }
         for n in 0..40 {
             let row: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
