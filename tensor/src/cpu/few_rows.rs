@@ -52,6 +52,27 @@ impl<'a> Strided<'a> {
     }
 }
 
+/// Asserts that a product `c = a·b` (`a` `m×k`, `b` `k×n`, `c` row-major `m×n` with row stride
+/// `ldc` in a slice of `c_len`) reads and writes only inside its slices: what a kernel that
+/// works through raw pointers (`sgemm`, the attention's tiles) checks before its `unsafe` call.
+pub(crate) fn assert_product_in_bounds(
+    (m, n, k): (usize, usize, usize),
+    a: &Strided,
+    b: &Strided,
+    (c_len, ldc): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last =
+        |x: &Strided, r: usize, cols: usize| x.offset + (r - 1) * x.row_stride + (cols - 1) * x.col_stride;
+    assert!(
+        k == 0 || (last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len()),
+        "product operand out of bounds"
+    );
+    assert!(n <= ldc && (m - 1) * ldc + n <= c_len, "product output out of bounds");
+}
+
 /// `c[r, j] = beta·c[r, j] + Σ_p a[r, p]·b[p, j0 + j]` for `a` `m×k`, `b` `k×(j0 + n)`, and
 /// `c` row-major `m×n` with row stride `ldc` (the caller may split the columns across threads,
 /// handing each its `j0`). With `beta = 0` the old contents of `c` are never read.

@@ -322,12 +322,14 @@ mod sixteen {
         _mm512_mask_blend_ps(nan, y, x)
     }
 
-    /// `|x|` and `x` with the sign of `sign`, on the bits.
+    /// `|x|`, on the bits.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn abs(x: __m512) -> __m512 {
         _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MAX)))
     }
+
+    /// `x` with the sign of `sign`, on the bits.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn copysign(x: __m512, sign: __m512) -> __m512 {

@@ -83,11 +83,8 @@ pub(crate) fn rotate_pairs_in_place(
         rotate((0, total));
     } else {
         let chunk = (total / dims).div_ceil(threads * 4).max(1) * dims;
-        (0..total)
-            .step_by(chunk)
-            .map(|b| (b, (b + chunk).min(total)))
-            .collect::<Vec<_>>()
+        (0..total.div_ceil(chunk))
             .into_par_iter()
-            .for_each(rotate);
+            .for_each(|i| rotate((i * chunk, ((i + 1) * chunk).min(total))));
     }
 }

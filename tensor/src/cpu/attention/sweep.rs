@@ -191,11 +191,8 @@ pub(super) fn gemm(
         return;
     }
     // Bounds of everything sgemm touches, checked here so the call below is sound.
-    let last =
-        |x: &Matrix, r: usize, cols: usize| x.offset + (r - 1) * x.row_stride + (cols - 1) * x.col_stride;
-    assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len(), "gemm operand out of bounds");
-    assert!(n <= ldc && (m - 1) * ldc + n <= c.len(), "gemm output out of bounds");
-    // SAFETY: the asserts above put every element read from `a` and `b` and every element of
+    few_rows::assert_product_in_bounds((m, n, k), &a, &b, (c.len(), ldc));
+    // SAFETY: the bounds check above puts every element read from `a` and `b` and every element of
     // `c` written inside their slices; `c` is borrowed mutably, so nothing else aliases it.
     unsafe {
         matrixmultiply::sgemm(

@@ -20,7 +20,7 @@
 //! Each output is a sum over `t` in order, so results agree with `sgemm`'s to rounding. A build
 //! without AVX-512 (or an operand `b` without contiguous rows) multiplies with `sgemm` instead.
 
-use super::super::few_rows::Strided as Matrix;
+use super::super::few_rows::{self, Strided as Matrix};
 
 /// Rows of `c` per register tile.
 pub const ROWS: usize = 8;
@@ -45,15 +45,9 @@ pub(super) fn product(
         return true;
     }
     // Bounds of everything the kernel touches, checked here so the call below is sound.
-    let last =
-        |x: &Matrix, r: usize, cols: usize| x.offset + (r - 1) * x.row_stride + (cols - 1) * x.col_stride;
-    assert!(
-        k == 0 || (last(&a, m, k) < a.data.len() && last(&b, k, w) < b.data.len()),
-        "tile operand out of bounds"
-    );
-    assert!(w <= ldc && (m - 1) * ldc + w <= c.len(), "tile output out of bounds");
+    few_rows::assert_product_in_bounds((m, w, k), &a, &b, (c.len(), ldc));
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    // SAFETY: the asserts above put `a[r, t]` (r < m, t < k), `b[t, j]` and `c[r, j]` (j < w)
+    // SAFETY: the bounds check above puts `a[r, t]` (r < m, t < k), `b[t, j]` and `c[r, j]` (j < w)
     // inside their slices, which is all the kernel reads or writes (columns past `w` are masked
     // off); `c` is borrowed mutably, so nothing else aliases it.
     unsafe {
