@@ -212,3 +212,36 @@ fn padded_keys_have_no_influence() {
     assert_eq!(a, b);
     assert!(key_padding_mask(&padding, 2, 4).unwrap_err().to_string().contains("10 flags"));
 }
+
+/// `Linear` multiplies by a transposed view of its `[out, in]` weight; the matmul rule computes
+/// `dW = dyᵀ x` in the weight's own layout, so the gradient arrives contiguous (the optimizer
+/// then copies nothing) and holds the same sums, over every leading axis, as the triple loop.
+#[test]
+fn linear_weight_gradient_arrives_in_the_weights_layout() {
+    let mut store = ParamStore::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let linear = nn::linear::Linear::new(&mut Builder::new(&mut store, &mut rng), 5, 3, true, 0.5).unwrap();
+    let x = uniform(&[2, 4, 5], -1.0, 1.0, 7);
+    let dy = uniform(&[2, 4, 3], -1.0, 1.0, 8);
+    let tape = Tape::new();
+    let mut dropout_rng = ChaCha8Rng::seed_from_u64(0);
+    let ctx = Ctx::new(&tape, &store, true, &mut dropout_rng);
+    let y = linear.forward(&ctx, &Var::constant(x.clone())).unwrap();
+    let loss = y.mul(&Var::constant(dy.clone())).unwrap().sum_all().unwrap();
+    drop(ctx);
+    let grads = tape.backward(&loss).unwrap();
+    let dw = grads.get(linear.weight).unwrap();
+    assert_eq!(dw.shape(), &[3, 5]);
+    assert!(dw.is_contiguous(), "dW has strides {:?}", dw.layout().strides());
+    let (x, dy, dw) = (x.to_vec().unwrap(), dy.to_vec().unwrap(), dw.to_vec().unwrap());
+    for o in 0..3 {
+        for i in 0..5 {
+            let sum: f64 = (0..8).map(|t| dy[t * 3 + o] as f64 * x[t * 5 + i] as f64).sum();
+            assert!(
+                (dw[o * 5 + i] as f64 - sum).abs() < 1e-5,
+                "dW[{o}, {i}] = {}, expected {sum}",
+                dw[o * 5 + i]
+            );
+        }
+    }
+}
