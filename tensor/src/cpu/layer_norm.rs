@@ -7,6 +7,10 @@
 //! `dx = r · (g - mean(g) - x̂ · mean(g ⊙ x̂))`, `dw = Σ_rows dy ⊙ x̂`, `db = Σ_rows dy`.
 //! Rows are split across threads; each chunk of rows sums its own `dw`, `db`, and the
 //! partial sums are added in a fixed order so results do not depend on scheduling.
+//!
+//! The row sums (`σ²`, `mean(g)`, `mean(g ⊙ x̂)`) run in [`LANES`] independent accumulators,
+//! added together at the end of the row: one accumulator would chain every addition on the one
+//! before, and the loop could not be vectorized.
 
 use rayon::prelude::*;
 
@@ -36,7 +40,7 @@ pub(crate) fn forward(src: &[f32], layout: &Layout, w: &[f32], b: &[f32], eps: f
             for (r, yr) in y.chunks_exact_mut(cols).enumerate() {
                 let xr = &x[(c * per + r) * cols..][..cols];
                 let mu = super::math::sum(xr) / cols as f32;
-                let var = xr.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / cols as f32;
+                let var = squared_deviations(xr, mu) / cols as f32;
                 let rs = 1.0 / (var + eps).sqrt();
                 for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
                     *o = (v - mu) * rs * wv + bv;
@@ -92,18 +96,10 @@ pub(crate) fn backward(
                 let xr = &x[row * cols..][..cols];
                 let gr = &dy[row * cols..][..cols];
                 let (mu, rs) = (mean[row], rstd[row]);
-                let mut mean_g = 0.0;
-                let mut mean_gx = 0.0;
-                for i in 0..cols {
-                    xhat[i] = (xr[i] - mu) * rs;
-                    g[i] = gr[i] * w[i];
-                    mean_g += g[i];
-                    mean_gx += g[i] * xhat[i];
-                    dw[i] += gr[i] * xhat[i];
-                    db[i] += gr[i];
-                }
-                mean_g /= cols as f32;
-                mean_gx /= cols as f32;
+                let (sum_g, sum_gx) =
+                    backward_sums((xr, gr, &w[..cols]), (mu, rs), (&mut xhat, &mut g), (&mut dw, &mut db));
+                let mean_g = sum_g / cols as f32;
+                let mean_gx = sum_gx / cols as f32;
                 for i in 0..cols {
                     dxr[i] = rs * (g[i] - mean_g - xhat[i] * mean_gx);
                 }
@@ -120,4 +116,58 @@ pub(crate) fn backward(
         }
     }
     Backward { dx, dw, db }
+}
+
+/// Independent accumulators per row sum (see the module doc).
+const LANES: usize = 16;
+
+/// `Σ (x - μ)²` over a row.
+fn squared_deviations(xr: &[f32], mu: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = xr.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v - mu) * (v - mu);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&v| (v - mu) * (v - mu)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// One row of the backward's first pass: writes `x̂ = (x - μ) r` and `g = dy ⊙ w`, adds
+/// `dy ⊙ x̂` into `dw` and `dy` into `db`, and returns `(Σ g, Σ g ⊙ x̂)`. All slices are one
+/// row long.
+fn backward_sums(
+    (xr, dyr, w): (&[f32], &[f32], &[f32]),
+    (mu, rs): (f32, f32),
+    (xhat, g): (&mut [f32], &mut [f32]),
+    (dw, db): (&mut [f32], &mut [f32]),
+) -> (f32, f32) {
+    let cols = xr.len();
+    let (mut acc_g, mut acc_gx) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let whole = cols - cols % LANES;
+    for at in (0..whole).step_by(LANES) {
+        let span = at..at + LANES;
+        let (xc, dyc, wc) = (&xr[span.clone()], &dyr[span.clone()], &w[span.clone()]);
+        let (xh, gc) = (&mut xhat[span.clone()], &mut g[span.clone()]);
+        let (dwc, dbc) = (&mut dw[span.clone()], &mut db[span]);
+        for l in 0..LANES {
+            xh[l] = (xc[l] - mu) * rs;
+            gc[l] = dyc[l] * wc[l];
+            acc_g[l] += gc[l];
+            acc_gx[l] += gc[l] * xh[l];
+            dwc[l] += dyc[l] * xh[l];
+            dbc[l] += dyc[l];
+        }
+    }
+    let (mut sum_g, mut sum_gx) = (acc_g.iter().sum::<f32>(), acc_gx.iter().sum::<f32>());
+    for i in whole..cols {
+        xhat[i] = (xr[i] - mu) * rs;
+        g[i] = dyr[i] * w[i];
+        sum_g += g[i];
+        sum_gx += g[i] * xhat[i];
+        dw[i] += dyr[i] * xhat[i];
+        db[i] += dyr[i];
+    }
+    (sum_g, sum_gx)
 }
