@@ -166,7 +166,7 @@ macro_rules! unary_op_table {
                 exact: |x| x * phi(x),
                 opencl: "0.5f * x * (1.0f + erf(x * 0.70710678118654752f))",
                 keeps: input,
-                grad: { |g, x, _y| g.mul(&x.gelu_derivative()?) },
+                grad: { |g, x, _y| g.gelu_backward(x) },
                 domain: Domain::REAL, tolerance: 1e-6,
             }
             /// The derivative of exact GELU, `Φ(x) + x φ(x)`; its own derivative is
@@ -255,7 +255,8 @@ macro_rules! unary_op_table {
 /// Every binary op (inputs `a`, `b` of one broadcast shape). Comparisons give `1.0` or `0.0`.
 /// `grad` gives `∂L/∂a` and `∂L/∂b` from `g = ∂L/∂y`, each computed only when needed and
 /// before broadcast dimensions are summed away; `needs_inputs: false` says the rules never read
-/// `a` or `b` (only their shapes), so the tape does not keep them.
+/// `a` or `b` (only their shapes), so the tape does not keep them. Ops are exactly rounded
+/// unless they state a `tolerance`.
 #[macro_export]
 macro_rules! binary_op_table {
     ($callback:ident) => {
@@ -289,6 +290,24 @@ macro_rules! binary_op_table {
             Min minimum {
                 simd: |a, b| a.min(b), exact: |a, b| a.min(b), opencl: "fmin(a, b)", needs_inputs: true,
                 grad: { a: |g, a, b| g.mul(&winner(b, a)?), b: |g, a, b| g.mul(&winner(a, b)?) },
+            }
+            /// `a · GELU'(b)`: GELU's backward in one pass, the incoming gradient `a` times the
+            /// derivative at the input `b` (see `gelu_derivative`), so no tensor of `GELU'(b)`
+            /// is made. `∂ = (GELU'(b), a φ(b) (2 - b²))`. Not exactly rounded (erf and exp):
+            /// within `tolerance` of the definition.
+            GeluBackward gelu_backward {
+                simd: |a, b| a * math::gelu_derivative(b),
+                exact: |a, b| a * (phi(b) + b * normal_density(b)),
+                opencl: "a * (0.5f * (1.0f + erf(b * 0.70710678118654752f)) + b * 0.3989422804014327f * exp(-0.5f * b * b))",
+                needs_inputs: true,
+                grad: {
+                    a: |g, _a, b| g.gelu_backward(b),
+                    b: |g, a, b| {
+                        let density = b.square()?.mul_scalar(-0.5)?.exp()?.mul_scalar(FRAC_1_SQRT_2PI)?;
+                        g.mul(a)?.mul(&density.mul(&b.square()?.scalar_sub(2.0)?)?)
+                    },
+                },
+                tolerance: 1e-6,
             }
             /// `1` where `a > b`, else `0`.
             Gt gt {
@@ -559,7 +578,7 @@ macro_rules! define_binary_ops {
         $(#[$doc:meta])*
         $name:ident $method:ident {
             simd: $simd:expr, exact: $exact:expr, opencl: $opencl:literal, needs_inputs: $needs:literal,
-            grad: $grad:tt $(,)?
+            grad: $grad:tt $(, tolerance: $tolerance:expr)? $(,)?
         }
     )*) => {
         /// Elementwise ops of two inputs of the same (broadcast) shape. Defined in
@@ -586,6 +605,12 @@ macro_rules! define_binary_ops {
             /// The definition, in f64.
             pub fn exact(self, a: f64, b: f64) -> f64 {
                 match self { $(BinaryOp::$name => exact_binary($exact)(a, b),)* }
+            }
+
+            /// How far (absolute and relative) the kernels may be from [`BinaryOp::exact`]:
+            /// zero for the exactly rounded ops, which is all but those that say otherwise.
+            pub fn tolerance(self) -> f32 {
+                match self { $(BinaryOp::$name => [$($tolerance,)? 0.0][0],)* }
             }
 
             /// `(∂L/∂a, ∂L/∂b)` from the output gradient `g` (of the broadcast shape) and the
@@ -622,8 +647,12 @@ macro_rules! define_binary_ops {
             )*
         }
 
-        /// Applies `op` pairwise to two contiguous slices, eight lanes at a time.
+        /// Applies `op` pairwise to two contiguous slices, eight lanes at a time (sixteen for GELU's
+        /// backward on AVX-512).
         pub(crate) fn binary_slice(op: BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) {
+            if math::map2_sixteen(op, a, b, dst) {
+                return;
+            }
             match op { $(BinaryOp::$name => math::map2(a, b, dst, $simd),)* }
         }
     };

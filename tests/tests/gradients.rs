@@ -106,6 +106,14 @@ proptest! {
         check(&[num, den], &default(), |v| v[0].div(&v[1])).map_err(|e| TestCaseError::fail(format!("div: {e}")))?;
     }
 
+    /// GELU's fused backward `g · GELU'(x)`, itself differentiated (a second derivative, as
+    /// in a gradient of a gradient), in both inputs.
+    #[test]
+    fn gelu_backward(a in small().prop_flat_map(|s| (viewed(s.clone(), -2.0, 2.0), viewed(s, -3.0, 3.0)))) {
+        let (g, x) = a;
+        check(&[&g, &x], &default(), |v| v[0].gelu_backward(&v[1])).map_err(|e| TestCaseError::fail(format!("gelu_backward: {e}")))?;
+    }
+
     #[test]
     fn max_and_min_of_two(a in small().prop_flat_map(|s| (viewed(s.clone(), -2.0, 2.0), viewed(s, -2.0, 2.0)))) {
         let (a, b) = a;

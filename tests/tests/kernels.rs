@@ -97,8 +97,9 @@ proptest! {
         rs.drain(..drop.min(rs.len()));
         let rhs = uniform(&rs, 0.5, 2.0, b);
         for &op in BinaryOp::ALL {
-            assert_close(&lhs.binary(&rhs, op).unwrap(), &reference::binary(&lhs, &rhs, op).unwrap(), 0.0, 0.0);
-            assert_close(&rhs.binary(&lhs, op).unwrap(), &reference::binary(&rhs, &lhs, op).unwrap(), 0.0, 0.0);
+            let tol = op.tolerance();
+            assert_close(&lhs.binary(&rhs, op).unwrap(), &reference::binary(&lhs, &rhs, op).unwrap(), tol, tol);
+            assert_close(&rhs.binary(&lhs, op).unwrap(), &reference::binary(&rhs, &lhs, op).unwrap(), tol, tol);
         }
     }
 

@@ -247,6 +247,29 @@ pub(crate) fn map_sixteen(op: crate::backend::UnaryOp, src: &[f32], dst: &mut [f
     }
 }
 
+/// `dst[i] = op(a[i], b[i])` on sixteen lanes, for the binary ops that have a sixteen-lane kernel
+/// (GELU's backward); `false` for the others, or without AVX-512.
+pub(crate) fn map2_sixteen(op: crate::backend::BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        use crate::backend::BinaryOp;
+        use std::arch::x86_64::_mm512_mul_ps;
+        // SAFETY: the build enables AVX-512 (the cfg), so the machine has it.
+        match op {
+            BinaryOp::GeluBackward => unsafe {
+                sixteen::map2(a, b, dst, |g, x| _mm512_mul_ps(g, sixteen::gelu_derivative(x)))
+            },
+            _ => return false,
+        }
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    {
+        let _ = (op, a, b, dst);
+        false
+    }
+}
+
 /// `Σ e^{x - shift}` over a slice, writing `e^{x - shift}` into `out` when given.
 #[inline]
 pub(crate) fn sum_exp_shifted(xs: &[f32], shift: f32, out: Option<&mut [f32]>) -> f32 {
@@ -398,6 +421,21 @@ mod sixteen {
             // SAFETY: `dst` is as long as `src` (asserted), so the kept lanes `at..at + n` are
             // inside it; `dst` is borrowed mutably.
             unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(at), first(n), f(load(src, at, n))) };
+        }
+    }
+
+    /// `dst[i] = f(a[i], b[i])`, sixteen lanes at a time (the tail masked).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn map2(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(__m512, __m512) -> __m512) {
+        assert!(a.len() == dst.len() && b.len() == dst.len());
+        for at in (0..dst.len()).step_by(LANES) {
+            let n = LANES.min(dst.len() - at);
+            // SAFETY: `dst` is as long as `a` and `b` (asserted), so the kept lanes `at..at + n`
+            // are inside it; `dst` is borrowed mutably.
+            unsafe {
+                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(at), first(n), f(load(a, at, n), load(b, at, n)))
+            };
         }
     }
 
@@ -570,6 +608,20 @@ mod tests {
             for ((x, a), b) in xs.iter().zip(&eight).zip(&sixteen) {
                 assert_eq!(a.to_bits(), b.to_bits(), "{op:?}({x}): {a} vs {b}");
             }
+        }
+        // GELU's backward, g · GELU'(x): the same bits as the eight-lane product, and as the two
+        // passes it replaces (the derivative, then the product).
+        let xs: Vec<f32> = (0..20_003).map(|i| -12.0 + i as f32 * 0.0012).collect();
+        let gs: Vec<f32> = (0..xs.len()).map(|i| ((i * 37) % 101) as f32 / 25.0 - 2.0).collect();
+        let (mut eight, mut sixteen, mut derivative) =
+            (vec![0.0; xs.len()], vec![0.0; xs.len()], vec![0.0; xs.len()]);
+        map2(&gs, &xs, &mut eight, |g, x| g * gelu_derivative(x));
+        assert!(map2_sixteen(crate::backend::BinaryOp::GeluBackward, &gs, &xs, &mut sixteen));
+        map(&xs, &mut derivative, gelu_derivative);
+        for i in 0..xs.len() {
+            let two_passes = gs[i] * derivative[i];
+            assert_eq!(eight[i].to_bits(), sixteen[i].to_bits(), "gelu_backward({}, {})", gs[i], xs[i]);
+            assert_eq!(two_passes.to_bits(), sixteen[i].to_bits(), "gelu_backward({}, {})", gs[i], xs[i]);
         }
         for n in 0..40 {
             let row: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
