@@ -8,7 +8,7 @@
 //! Rows are split across threads; each chunk of rows sums its own `dw`, `db`, and the
 //! partial sums are added in a fixed order so results do not depend on scheduling.
 //!
-//! The row sums (`σ²`, `mean(g)`, `mean(g ⊙ x̂)`) run in [`LANES`] independent accumulators,
+//! The row sums (`σ²`, `mean(g)`, `mean(g ⊙ x̂)`) run in sixteen independent accumulators,
 //! added together at the end of the row: one accumulator would chain every addition on the one
 //! before, and the loop could not be vectorized.
 
