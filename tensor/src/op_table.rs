@@ -176,10 +176,7 @@ macro_rules! unary_op_table {
                 exact: |x| phi(x) + x * normal_density(x),
                 opencl: "0.5f * (1.0f + erf(x * 0.70710678118654752f)) + x * 0.3989422804014327f * exp(-0.5f * x * x)",
                 keeps: input,
-                grad: { |g, x, _y| {
-                    let density = x.square()?.mul_scalar(-0.5)?.exp()?.mul_scalar(FRAC_1_SQRT_2PI)?;
-                    g.mul(&density.mul(&x.square()?.scalar_sub(2.0)?)?)
-                } },
+                grad: { |g, x, _y| g.mul(&gelu_second_derivative(x)?) },
                 domain: Domain::REAL, tolerance: 1e-6,
             }
             /// `1` where `x > 0`, else `0` (the derivative of ReLU). Piecewise constant.
@@ -302,10 +299,7 @@ macro_rules! binary_op_table {
                 needs_inputs: true,
                 grad: {
                     a: |g, _a, b| g.gelu_backward(b),
-                    b: |g, a, b| {
-                        let density = b.square()?.mul_scalar(-0.5)?.exp()?.mul_scalar(FRAC_1_SQRT_2PI)?;
-                        g.mul(a)?.mul(&density.mul(&b.square()?.scalar_sub(2.0)?)?)
-                    },
+                    b: |g, a, b| g.mul(a)?.mul(&gelu_second_derivative(b)?),
                 },
                 tolerance: 1e-6,
             }
@@ -366,6 +360,12 @@ fn phi(x: f64) -> f64 {
 /// The standard normal density `φ(x)` in f64.
 fn normal_density(x: f64) -> f64 {
     (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+}
+
+/// GELU's second derivative `φ(x) (2 - x²)`, composed from differentiable ops.
+fn gelu_second_derivative(x: &Tensor) -> Result<Tensor> {
+    let density = x.square()?.mul_scalar(-0.5)?.exp()?.mul_scalar(FRAC_1_SQRT_2PI)?;
+    density.mul(&x.square()?.scalar_sub(2.0)?)
 }
 
 /// `1` where `a > b`, `½` where `a == b`, `0` elsewhere.

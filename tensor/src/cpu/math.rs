@@ -230,17 +230,9 @@ fn extremum(
 /// its derivative, the MLP's activation); `false` for the others, or without AVX-512.
 pub(crate) fn map_sixteen(op: crate::backend::UnaryOp, src: &[f32], dst: &mut [f32]) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        use crate::backend::UnaryOp;
-        // SAFETY (both calls): the build enables AVX-512 (the cfg), so the machine has it.
-        match op {
-            UnaryOp::Gelu => unsafe { sixteen::map(src, dst, |x| sixteen::gelu(x)) },
-            UnaryOp::GeluDerivative => unsafe { sixteen::map(src, dst, |x| sixteen::gelu_derivative(x)) },
-            _ => return false,
-        }
-        true
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    // SAFETY: the build enables AVX-512 (the cfg), so the machine it runs on has it.
+    return unsafe { sixteen::map_op(op, src, dst) };
+    #[allow(unreachable_code)]
     {
         let _ = (op, src, dst);
         false
@@ -251,19 +243,9 @@ pub(crate) fn map_sixteen(op: crate::backend::UnaryOp, src: &[f32], dst: &mut [f
 /// (GELU's backward); `false` for the others, or without AVX-512.
 pub(crate) fn map2_sixteen(op: crate::backend::BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        use crate::backend::BinaryOp;
-        use std::arch::x86_64::_mm512_mul_ps;
-        // SAFETY: the build enables AVX-512 (the cfg), so the machine has it.
-        match op {
-            BinaryOp::GeluBackward => unsafe {
-                sixteen::map2(a, b, dst, |g, x| _mm512_mul_ps(g, sixteen::gelu_derivative(x)))
-            },
-            _ => return false,
-        }
-        true
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    // SAFETY: the build enables AVX-512 (the cfg), so the machine it runs on has it.
+    return unsafe { sixteen::map2_op(op, a, b, dst) };
+    #[allow(unreachable_code)]
     {
         let _ = (op, a, b, dst);
         false
@@ -305,7 +287,7 @@ pub(crate) fn sum_exp_shifted(xs: &[f32], shift: f32, out: Option<&mut [f32]>) -
 /// [`exp`]'s operations in the same order, so each element comes out bit for bit the same; sums
 /// and maxima are the same up to the order of their terms.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-mod sixteen {
+pub(crate) mod sixteen {
     use std::arch::x86_64::*;
 
     const LANES: usize = 16;
@@ -411,6 +393,29 @@ mod sixteen {
         _mm512_fmadd_ps(x, pdf, cdf)
     }
 
+    /// See [`super::map_sixteen`].
+    #[target_feature(enable = "avx512f")]
+    pub fn map_op(op: crate::backend::UnaryOp, src: &[f32], dst: &mut [f32]) -> bool {
+        use crate::backend::UnaryOp;
+        match op {
+            UnaryOp::Gelu => map(src, dst, |x| gelu(x)),
+            UnaryOp::GeluDerivative => map(src, dst, |x| gelu_derivative(x)),
+            _ => return false,
+        }
+        true
+    }
+
+    /// See [`super::map2_sixteen`].
+    #[target_feature(enable = "avx512f")]
+    pub fn map2_op(op: crate::backend::BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) -> bool {
+        use crate::backend::BinaryOp;
+        match op {
+            BinaryOp::GeluBackward => map2(a, b, dst, |g, x| _mm512_mul_ps(g, gelu_derivative(x))),
+            _ => return false,
+        }
+        true
+    }
+
     /// `dst[i] = f(src[i])`, sixteen lanes at a time (the tail masked).
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -439,9 +444,9 @@ mod sixteen {
         }
     }
 
-    /// The mask of the first `n` lanes.
-    fn first(n: usize) -> __mmask16 {
-        ((1u32 << n) - 1) as __mmask16
+    /// The mask of the first `n` lanes (all sixteen for `n ≥ 16`).
+    pub(crate) fn first(n: usize) -> __mmask16 {
+        ((1u32 << n.min(LANES)) - 1) as __mmask16
     }
 
     /// `n ≤ 16` elements of `xs` from `at`, zeros past them.

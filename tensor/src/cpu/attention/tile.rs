@@ -67,18 +67,10 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::ROWS;
+    use crate::cpu::math::sixteen::first;
 
     /// Columns per tile: two vectors of 16.
     const COLS: usize = 32;
-
-    /// The mask of the first `n` of 16 lanes.
-    fn lanes(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            (1u16 << n) - 1
-        }
-    }
 
     /// See [`super::product`].
     ///
@@ -94,7 +86,7 @@ mod avx512 {
     ) {
         for j0 in (0..w).step_by(COLS) {
             let cols = COLS.min(w - j0);
-            let masks = (lanes(cols), lanes(cols.saturating_sub(16)));
+            let masks = (first(cols), first(cols.saturating_sub(16)));
             let b = (b.wrapping_add(j0), brs);
             let mut r0 = 0;
             while r0 + ROWS <= m {
