@@ -1,10 +1,12 @@
-//! Batched matrix product on the CPU through `matrixmultiply::sgemm`.
+//! Batched matrix product on the CPU: one matrix (a linear layer's, its batch axes folded
+//! into rows) through [`gemm`], several through `matrixmultiply::sgemm`.
 //!
 //! `sgemm` takes a row stride and a column stride for each operand, so any 2-D view works as
 //! is: a transposed operand is the same data with its two strides swapped, and a broadcast
 //! batch axis is stride 0. Nothing is copied before the product.
 //!
-//! Work is split with `rayon` around single-threaded `sgemm` calls (matrixmultiply's own
+//! [`gemm`] splits its own work. Otherwise work is split with `rayon` around single-threaded
+//! `sgemm` calls (matrixmultiply's own
 //! threading stays off, so threads are never nested): one task per batch matrix when there are
 //! at least as many batches as threads, otherwise each matrix's rows are cut into blocks so
 //! that every thread gets work. Each task writes its own rows of the output. Products of at
@@ -13,6 +15,7 @@
 use rayon::prelude::*;
 
 use super::few_rows::{self, Strided, FEW_ROWS};
+use super::gemm;
 use super::parallel::SendPtr;
 use crate::backend::MatmulSpec;
 use crate::layout::Layout;
@@ -90,6 +93,12 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
                 few_rows::product((m, k, n), a, b, 0.0, (0, c, n));
             }
         }
+        return out;
+    }
+    if batches == 1 && gemm::AVAILABLE {
+        let a = Strided { data: a, offset: la.offset(), row_stride: sa[rank - 2], col_stride: sa[rank - 1] };
+        let b = Strided { data: b, offset: lb.offset(), row_stride: sb[rank - 2], col_stride: sb[rank - 1] };
+        gemm::product((m, k, n), a, b, &mut out);
         return out;
     }
     let row_blocks = if batches * m * n * k < PARALLEL_MIN_FLOPS || batches >= threads {

@@ -7,6 +7,7 @@ pub mod adamw;
 pub mod attention;
 pub mod elementwise;
 pub mod few_rows;
+pub mod gemm;
 pub mod index;
 pub mod layer_norm;
 pub mod math;
@@ -16,6 +17,7 @@ pub mod pool;
 pub mod reduce;
 pub mod rotary;
 pub mod softmax;
+pub mod tile;
 pub mod walk;
 
 use crate::attention::KeyVisibility;

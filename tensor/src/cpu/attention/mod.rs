@@ -1,5 +1,5 @@
 //! Fused attention on the CPU: blocks of queries against blocks of keys, with register tiles
-//! for the block products ([`tile`]; `sgemm` where they do not apply) and the softmax's exp on
+//! for the block products ([`super::tile`]; `sgemm` where they do not apply) and the softmax's exp on
 //! sixteen lanes (the math is in [`crate::attention`]).
 //!
 //! Work is split across threads by (batch, head): each task streams its queries over its keys
@@ -18,7 +18,6 @@
 
 pub mod sparse;
 pub mod sweep;
-pub mod tile;
 
 use rayon::prelude::*;
 

@@ -15,7 +15,7 @@
 
 use super::super::few_rows::{self, Strided as Matrix, FEW_ROWS};
 use super::super::math;
-use super::tile;
+use super::super::tile;
 
 /// Query rows per block.
 pub const QUERY_BLOCK: usize = 128;

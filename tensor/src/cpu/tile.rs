@@ -1,28 +1,34 @@
-//! The attention's block products without packing: `c = beta·c + a·b` on AVX-512 register
-//! tiles, for a right operand whose rows are contiguous.
+//! Matrix products on AVX-512 register tiles without packing the left operand: `c = beta·c +
+//! a·b` for a right operand whose rows are contiguous. Two users:
 //!
-//! Every product of the fused attention has one short side, the head dimension `D` (32 or
-//! 64): `S = Q Kᵀ` is `[bq, D]·[D, bk]`, `O += P V` is `[bq, bk]·[bk, D]`, and the backward's
-//! `dV += Pᵀ dO`, `dP = dO Vᵀ`, `dQ += dS K`, `dK += dSᵀ Q` are alike. `sgemm` first copies
-//! ("packs") both operands into panels, which pays off when each packed element is used many
-//! times; a score block is used only `D` times per product, and packing the score blocks cost
-//! as much as multiplying them (an eighth of a `long-131k` step). So this kernel reads its
-//! operands where they lie:
+//! * the fused attention's block products. Each has one short side, the head dimension `D`
+//!   (32 or 64): `S = Q Kᵀ` is `[bq, D]·[D, bk]`, `O += P V` is `[bq, bk]·[bk, D]`, and the
+//!   backward's `dV += Pᵀ dO`, `dP = dO Vᵀ`, `dQ += dS K`, `dK += dSᵀ Q` are alike. `sgemm`
+//!   first copies ("packs") both operands into panels, which pays off when each packed element
+//!   is used many times; a score block is used only `D` times per product, and packing the
+//!   score blocks cost as much as multiplying them (an eighth of a `long-131k` step). So these
+//!   products read both operands where they lie (the sweep copies `Kᵀ` and `Vᵀ` into row-major
+//!   blocks, once per key block);
+//! * the linear layers' products ([`super::gemm`]), which pack only the right operand, once,
+//!   into panels 32 columns wide, and read the left one where it lies.
 //!
-//! * `c` is cut into tiles of [`ROWS`] rows by 32 columns, held in 16 AVX-512 registers;
+//! The kernel:
+//!
+//! * `c` is cut into tiles of `R` rows by 32 columns, held in `2R` AVX-512 registers
+//!   ([`ROWS`] = 8 for the attention, [`super::gemm::TILE_ROWS`] = 12 for the linear layers);
 //! * for each `t` of the inner dimension a tile loads row `t` of `b` (two vectors) and
-//!   broadcasts `a[r, t]` for each of its rows: 16 fused multiply-adds for 10 loads, all from
-//!   blocks that stay in the first-level cache;
-//! * `a` may have any strides (a transposed score block is broadcast from where it lies), `b`
-//!   needs contiguous rows (the sweep copies `Kᵀ` and `Vᵀ` into row-major blocks, once per key
-//!   block); a tile narrower than 32 columns is masked.
+//!   broadcasts `a[r, t]` for each of its rows: `2R` fused multiply-adds for `R + 2` loads,
+//!   all from blocks that stay in the first- or second-level cache;
+//! * `a` may have any strides (a transposed matrix is broadcast from where it lies), `b` needs
+//!   contiguous rows; a tile narrower than 32 columns is masked.
 //!
-//! Each output is a sum over `t` in order, so results agree with `sgemm`'s to rounding. A build
-//! without AVX-512 (or an operand `b` without contiguous rows) multiplies with `sgemm` instead.
+//! Each output is a sum over `t` in order, so results agree with `sgemm`'s to rounding, and do
+//! not depend on how the caller splits the work. A build without AVX-512 (or an operand `b`
+//! without contiguous rows) multiplies with `sgemm` instead.
 
-use super::super::few_rows::{self, Strided as Matrix};
+use super::few_rows::{self, Strided as Matrix};
 
-/// Rows of `c` per register tile.
+/// Rows of `c` per register tile in the attention's products.
 pub const ROWS: usize = 8;
 
 /// Whether this build has the kernel (the machine's AVX-512, enabled at compile time).
@@ -30,14 +36,28 @@ pub const AVAILABLE: bool = cfg!(all(target_arch = "x86_64", target_feature = "a
 
 /// `c = beta·c + a·b` for `a` `m×k` (any strides), `b` `k×w` with contiguous rows, and `c`
 /// row-major `m×w` with row stride `ldc`; with `beta = 0` the old contents of `c` are never
-/// read. Returns `false`, computing nothing, where the kernel does not apply.
-pub(super) fn product(
+/// read. Returns `false`, computing nothing, where the kernel does not apply. Tiles of
+/// [`ROWS`] rows.
+pub(crate) fn product(
+    shape: (usize, usize, usize),
+    a: Matrix,
+    b: Matrix,
+    beta: f32,
+    c: (&mut [f32], usize),
+) -> bool {
+    product_in_tiles_of::<ROWS>(shape, a, b, beta, c)
+}
+
+/// [`product`] on tiles of `R` rows (at most 15): taller tiles load `b` fewer times per
+/// multiply-add, as long as their `2R` accumulators fit in the 32 registers.
+pub(crate) fn product_in_tiles_of<const R: usize>(
     (m, w, k): (usize, usize, usize),
     a: Matrix,
     b: Matrix,
     beta: f32,
     (c, ldc): (&mut [f32], usize),
 ) -> bool {
+    const { assert!(R >= 1 && R <= 15, "a tile holds 2R accumulators of the 32 registers") };
     if !AVAILABLE || b.col_stride != 1 {
         return false;
     }
@@ -51,7 +71,7 @@ pub(super) fn product(
     // inside their slices, which is all the kernel reads or writes (columns past `w` are masked
     // off); `c` is borrowed mutably, so nothing else aliases it.
     unsafe {
-        avx512::product(
+        avx512::product::<R>(
             (m, w, k),
             (a.data.as_ptr().add(a.offset), a.row_stride, a.col_stride),
             (b.data.as_ptr().add(b.offset), b.row_stride),
@@ -66,18 +86,17 @@ pub(super) fn product(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::ROWS;
     use crate::cpu::math::sixteen::first;
 
     /// Columns per tile: two vectors of 16.
     const COLS: usize = 32;
 
-    /// See [`super::product`].
+    /// See [`super::product_in_tiles_of`].
     ///
     /// # Safety
     /// For `r < m`, `t < k`, `j < w`: `a + r·ars + t·acs` and `b + t·brs + j` are readable,
     /// `c + r·ldc + j` is writable, and nothing else accesses `c` meanwhile.
-    pub unsafe fn product(
+    pub unsafe fn product<const R: usize>(
         (m, w, k): (usize, usize, usize),
         (a, ars, acs): (*const f32, usize, usize),
         (b, brs): (*const f32, usize),
@@ -89,10 +108,10 @@ mod avx512 {
             let masks = (first(cols), first(cols.saturating_sub(16)));
             let b = (b.wrapping_add(j0), brs);
             let mut r0 = 0;
-            while r0 + ROWS <= m {
+            while r0 + R <= m {
                 let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
-                tile::<ROWS>(k, (a, ars, acs), b, masks, beta, (c, ldc));
-                r0 += ROWS;
+                tile::<R>(k, (a, ars, acs), b, masks, beta, (c, ldc));
+                r0 += R;
             }
             let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
             let args = ((a, ars, acs), b, masks, beta, (c, ldc));
@@ -104,7 +123,14 @@ mod avx512 {
                 4 => tile::<4>(k, args.0, args.1, args.2, args.3, args.4),
                 5 => tile::<5>(k, args.0, args.1, args.2, args.3, args.4),
                 6 => tile::<6>(k, args.0, args.1, args.2, args.3, args.4),
-                _ => tile::<7>(k, args.0, args.1, args.2, args.3, args.4),
+                7 => tile::<7>(k, args.0, args.1, args.2, args.3, args.4),
+                8 => tile::<8>(k, args.0, args.1, args.2, args.3, args.4),
+                9 => tile::<9>(k, args.0, args.1, args.2, args.3, args.4),
+                10 => tile::<10>(k, args.0, args.1, args.2, args.3, args.4),
+                11 => tile::<11>(k, args.0, args.1, args.2, args.3, args.4),
+                12 => tile::<12>(k, args.0, args.1, args.2, args.3, args.4),
+                13 => tile::<13>(k, args.0, args.1, args.2, args.3, args.4),
+                _ => tile::<14>(k, args.0, args.1, args.2, args.3, args.4),
             }
         }
     }
@@ -155,12 +181,15 @@ mod tests {
     use super::*;
 
     /// Every shape class (full and partial row tiles, full and masked column tiles, empty inner
-    /// dimension, transposed and strided `a`, `beta` 0 and 1) against the triple loop.
+    /// dimension, transposed and strided `a`, `beta` 0 and 1), on tiles of 8 and of 12 rows,
+    /// against the triple loop.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     #[test]
     fn tiles_match_the_triple_loop() {
         let value = |i: usize| ((i as u64 * 2654435761 % 1000) as f32) / 500.0 - 1.0;
-        for (m, w, k) in [(8, 32, 5), (13, 47, 9), (1, 1, 1), (17, 16, 0), (7, 64, 33), (128, 256, 32)] {
+        let shapes =
+            [(8, 32, 5), (13, 47, 9), (1, 1, 1), (17, 16, 0), (7, 64, 33), (128, 256, 32), (35, 40, 20)];
+        for ((m, w, k), tall) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             for transposed in [false, true] {
                 for beta in [0.0, 1.0] {
                     // `a` m×k, stored either row-major with a gap or as the transpose of k×m.
@@ -175,7 +204,12 @@ mod tests {
                     let ldc = w + 3;
                     let mut c: Vec<f32> = (0..m * ldc).map(|i| value(i + 11)).collect();
                     let before = c.clone();
-                    assert!(product((m, w, k), a, b, beta, (&mut c, ldc)));
+                    let done = if tall {
+                        product_in_tiles_of::<12>((m, w, k), a, b, beta, (&mut c, ldc))
+                    } else {
+                        product((m, w, k), a, b, beta, (&mut c, ldc))
+                    };
+                    assert!(done);
                     for r in 0..m {
                         for j in 0..ldc {
                             let got = c[r * ldc + j];
