@@ -20,6 +20,27 @@ use tensor::Tensor;
 
 const THREADS: usize = 2;
 
+/// Median seconds of `f` and of `g`, run alternately (so both see the same machine) for at
+/// least 5 rounds and ~`budget` of time.
+fn paired_median_secs(budget: Duration, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
+    f(); // warm-up
+    g();
+    let (mut tf, mut tg) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    while tf.len() < 5 || (start.elapsed() < budget && tf.len() < 200) {
+        let t = Instant::now();
+        f();
+        tf.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        g();
+        tg.push(t.elapsed().as_secs_f64());
+    }
+    for v in [&mut tf, &mut tg] {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    }
+    (tf[tf.len() / 2], tg[tg.len() / 2])
+}
+
 /// Median seconds of `f` over repeated runs (at least 5 runs and ~`budget` of time).
 fn median_secs(budget: Duration, mut f: impl FnMut()) -> f64 {
     f(); // warm-up
@@ -105,10 +126,21 @@ fn raw_sgemm(
     }
 }
 
-fn matmul_case(name: &str, batch: &[usize], m: usize, k: usize, n: usize, transpose_b: bool) -> (f64, f64) {
+/// One product `[m,k] x [k,n]` (per batch); `transpose` says which operands are stored
+/// transposed and multiplied through a transposed view (a linear layer's `x Wᵀ`, its weight
+/// gradient `dyᵀ x`).
+fn matmul_case(
+    name: &str,
+    batch: &[usize],
+    (m, k, n): (usize, usize, usize),
+    transpose: (bool, bool),
+) -> (f64, f64) {
+    let (transpose_a, transpose_b) = transpose;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let batches: usize = batch.iter().product();
-    let a = Tensor::randn(&[batch, &[m, k]].concat(), 1.0, &mut rng);
+    let a_stored = if transpose_a { [batch, &[k, m]].concat() } else { [batch, &[m, k]].concat() };
+    let a_store = Tensor::randn(&a_stored, 1.0, &mut rng);
+    let a = if transpose_a { a_store.t().unwrap() } else { a_store.clone() };
     // The transposed case stores b as [n, k] and multiplies by its transpose view.
     let b_stored = if transpose_b { [batch, &[n, k]].concat() } else { [batch, &[k, n]].concat() };
     let b_store = Tensor::randn(&b_stored, 1.0, &mut rng);
@@ -116,14 +148,15 @@ fn matmul_case(name: &str, batch: &[usize], m: usize, k: usize, n: usize, transp
     let flops = 2.0 * (batches * m * k * n) as f64;
     let budget = Duration::from_millis(1500);
 
-    let api = median_secs(budget, || {
-        black_box(a.matmul(&b).unwrap());
-    });
-    let (ad, bd) = (a.to_vec().unwrap(), b_store.to_vec().unwrap());
-    let am = Mat { rs: k as isize, cs: 1 };
+    let (ad, bd) = (a_store.to_vec().unwrap(), b_store.to_vec().unwrap());
+    let am = if transpose_a { Mat { rs: 1, cs: m as isize } } else { Mat { rs: k as isize, cs: 1 } };
     let bm = if transpose_b { Mat { rs: 1, cs: k as isize } } else { Mat { rs: n as isize, cs: 1 } };
     let mut c = vec![0.0f32; batches * m * n];
-    let raw = median_secs(budget, || raw_sgemm(THREADS, batches, m, k, n, &ad, am, &bd, bm, &mut c));
+    let (api, raw) = paired_median_secs(
+        budget,
+        || drop(black_box(a.matmul(&b).unwrap())),
+        || raw_sgemm(THREADS, batches, m, k, n, &ad, am, &bd, bm, &mut c),
+    );
     let raw1 = median_secs(budget, || raw_sgemm(1, batches, m, k, n, &ad, am, &bd, bm, &mut c));
     let (g_api, g_raw, g_raw1) = (flops / api / 1e9, flops / raw / 1e9, flops / raw1 / 1e9);
     println!(
@@ -139,16 +172,28 @@ fn main() {
     println!("| matmul                           | tensor GFLOP/s | raw sgemm GFLOP/s | tensor/raw | raw 1-thread |");
     println!("|---|---:|---:|---:|---:|");
     let mut worst: f64 = f64::INFINITY;
-    for (name, batch, m, k, n, t) in [
-        ("square 512", vec![], 512, 512, 512, false),
-        ("square 1024", vec![], 1024, 1024, 1024, false),
-        ("4096x256 @ 256x768", vec![], 4096, 256, 768, false),
-        ("4096x768 @ 768x256", vec![], 4096, 768, 256, false),
-        ("[8,8,256,32] @ [8,8,32,256]", vec![8, 8], 256, 32, 256, false),
-        ("1024x1024 @ (1024x1024)ᵀ view", vec![], 1024, 1024, 1024, true),
-        ("[8,8,256,256] @ [8,8,256,32]", vec![8, 8], 256, 256, 32, false),
+    let (plain, b_t, a_t) = ((false, false), (false, true), (true, false));
+    for (name, batch, shape, t) in [
+        ("square 512", vec![], (512, 512, 512), plain),
+        ("square 1024", vec![], (1024, 1024, 1024), plain),
+        ("4096x256 @ 256x768", vec![], (4096, 256, 768), plain),
+        ("4096x768 @ 768x256", vec![], (4096, 768, 256), plain),
+        ("[8,8,256,32] @ [8,8,32,256]", vec![8, 8], (256, 32, 256), plain),
+        ("1024x1024 @ (1024x1024)ᵀ view", vec![], (1024, 1024, 1024), b_t),
+        ("[8,8,256,256] @ [8,8,256,32]", vec![8, 8], (256, 256, 32), plain),
+        // The linear layers of a step-2k step: forward x Wᵀ, input gradient dy W, weight
+        // gradient dyᵀ x, over 2048 latent rows (16384 context rows for the cross k/v).
+        ("q/k/v/o fwd 2048x256 @ (256x256)ᵀ", vec![], (2048, 256, 256), b_t),
+        ("cross k/v fwd 16384x256 @ (256x256)ᵀ", vec![], (16384, 256, 256), b_t),
+        ("fc1 fwd 2048x256 @ (1024x256)ᵀ", vec![], (2048, 256, 1024), b_t),
+        ("fc2 fwd 2048x1024 @ (256x1024)ᵀ", vec![], (2048, 1024, 256), b_t),
+        ("fc1 dx 2048x1024 @ 1024x256", vec![], (2048, 1024, 256), plain),
+        ("q dW (2048x256)ᵀ @ 2048x256", vec![], (256, 2048, 256), a_t),
+        ("cross k dW (16384x256)ᵀ @ 16384x256", vec![], (256, 16384, 256), a_t),
+        ("fc1 dW (2048x1024)ᵀ @ 2048x256", vec![], (1024, 2048, 256), a_t),
+        ("fc2 dW (2048x256)ᵀ @ 2048x1024", vec![], (256, 2048, 1024), a_t),
     ] {
-        let (api, raw) = matmul_case(name, &batch, m, k, n, t);
+        let (api, raw) = matmul_case(name, &batch, shape, t);
         worst = worst.min(api / raw);
     }
     println!("\nworst tensor/raw ratio: {:.1} % (target: at least 90 %)\n", 100.0 * worst);

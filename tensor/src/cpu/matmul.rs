@@ -1,5 +1,6 @@
-//! Batched matrix product on the CPU: one matrix (a linear layer's, its batch axes folded
-//! into rows) through [`gemm`], several through `matrixmultiply::sgemm`.
+//! Batched matrix product on the CPU: a linear layer's `x Wᵀ` and `dy W` (one matrix, its
+//! batch axes folded into rows) through [`gemm`], everything else through
+//! `matrixmultiply::sgemm`.
 //!
 //! `sgemm` takes a row stride and a column stride for each operand, so any 2-D view works as
 //! is: a transposed operand is the same data with its two strides swapped, and a broadcast
@@ -95,10 +96,12 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
         }
         return out;
     }
-    if batches == 1 && gemm::AVAILABLE {
-        let a = Strided { data: a, offset: la.offset(), row_stride: sa[rank - 2], col_stride: sa[rank - 1] };
-        let b = Strided { data: b, offset: lb.offset(), row_stride: sb[rank - 2], col_stride: sb[rank - 1] };
-        gemm::product((m, k, n), a, b, &mut out);
+    let (a_one, b_one) = (
+        Strided { data: a, offset: la.offset(), row_stride: sa[rank - 2], col_stride: sa[rank - 1] },
+        Strided { data: b, offset: lb.offset(), row_stride: sb[rank - 2], col_stride: sb[rank - 1] },
+    );
+    if batches == 1 && gemm::applies((m, k, n), &a_one) {
+        gemm::product((m, k, n), a_one, b_one, &mut out);
         return out;
     }
     let row_blocks = if batches * m * n * k < PARALLEL_MIN_FLOPS || batches >= threads {

@@ -1,5 +1,6 @@
 //! The CPU backend: storage is a `Vec<f32>`, kernels are vectorised with `wide`, split across
-//! threads with `rayon`, and matrix products go through `matrixmultiply::sgemm`.
+//! threads with `rayon`, and matrix products go through AVX-512 register tiles of our own
+//! (the linear layers' and the attention's, [`tile`]) or `matrixmultiply::sgemm`.
 //!
 //! Each submodule is one family of kernels; this file only routes the device trait to them.
 
