@@ -26,6 +26,7 @@
 //! so training stays bit-for-bit reproducible. It agrees with `sgemm` to rounding.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -46,6 +47,8 @@ pub const DEPTH: usize = 256;
 pub const PACKED_MAX: usize = 1 << 18;
 /// Products smaller than this many multiply-adds run on the calling thread alone.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+/// The packing buffer that products reuse (at most [`PACKED_MAX`] floats).
+static PACKED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
 /// Whether [`product`] takes `c = a·b` for these operands: the build has the AVX-512 tile
 /// kernel, `a`'s rows are contiguous, and `b` packs into at most [`PACKED_MAX`] floats.
@@ -74,7 +77,14 @@ pub(crate) fn product((m, k, n): (usize, usize, usize), a: Strided, b: Strided, 
     // About eight blocks per thread, so a slowed thread hands most of its share to the others.
     let block = m.div_ceil(threads * 8).next_multiple_of(TILE_ROWS).clamp(TILE_ROWS, 8 * TILE_ROWS);
     let panels = n.div_ceil(PANEL);
-    let mut packed = super::pool::uninit(k * panels * PANEL);
+    // The packed weight goes into one buffer kept for the next product (concurrent products
+    // take a fresh one). From the tensor pool, whose trimming frees its smallest buffers
+    // first, a buffer this size was often a fresh mapping whose pages the system faulted in
+    // and zeroed on every product (4 % of a step-2k step).
+    let mut kept = PACKED.try_lock().ok();
+    let mut fresh = Vec::new();
+    let packed: &mut Vec<f32> = kept.as_deref_mut().unwrap_or(&mut fresh);
+    packed.resize(k * panels * PANEL, 0.0);
     let job = Product { a, b, k, n };
     let (next_panel, panels_packed, next_block) =
         (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
@@ -126,7 +136,6 @@ pub(crate) fn product((m, k, n): (usize, usize, usize), a: Strided, b: Strided, 
     } else {
         (0..threads).into_par_iter().for_each(|_| work());
     }
-    super::pool::recycle(packed);
 }
 
 /// The operands of one product, `[m, k]·[k, n]`.
