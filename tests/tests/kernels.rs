@@ -24,6 +24,25 @@ fn unary_tolerance(op: UnaryOp) -> (f32, f32) {
     (op.tolerance(), op.tolerance())
 }
 
+/// Products big enough to be split across threads, through each way of splitting: the linear
+/// layers' own GEMM (left operand with contiguous rows), and `sgemm` cut by rows (a transposed
+/// left operand, taller than wide) or by columns (wider than tall, or a right operand too big
+/// for the GEMM to pack), against the triple loop.
+#[test]
+fn products_split_across_threads_match_the_triple_loop() {
+    for (m, k, n, transposed_a) in
+        [(150, 200, 300, false), (300, 200, 100, true), (100, 300, 260, true), (40, 1100, 300, false)]
+    {
+        let a = if transposed_a {
+            uniform(&[k, m], -1.0, 1.0, 1).t().unwrap()
+        } else {
+            uniform(&[m, k], -1.0, 1.0, 1)
+        };
+        let b = uniform(&[n, k], -1.0, 1.0, 2).t().unwrap();
+        assert_close(&a.matmul(&b).unwrap(), &reference::matmul(&a, &b).unwrap(), 1e-5 * k as f32, 0.0);
+    }
+}
+
 proptest! {
     #![proptest_config(cases())]
 

@@ -7,11 +7,11 @@
 //! batch axis is stride 0. Nothing is copied before the product.
 //!
 //! [`gemm`] splits its own work. Otherwise work is split with `rayon` around single-threaded
-//! `sgemm` calls (matrixmultiply's own
-//! threading stays off, so threads are never nested): one task per batch matrix when there are
-//! at least as many batches as threads, otherwise each matrix's rows are cut into blocks so
-//! that every thread gets work. Each task writes its own rows of the output. Products of at
-//! most [`FEW_ROWS`] rows skip `sgemm` and its packing ([`few_rows`]).
+//! `sgemm` calls (matrixmultiply's own threading stays off, so threads are never nested): one
+//! task per batch matrix when there are at least as many batches as threads, otherwise each
+//! matrix's rows (or, where it is wider than tall, its columns) are cut into blocks so that
+//! every thread gets work. Each task writes its own part of the output. Products of at most
+//! [`FEW_ROWS`] rows skip `sgemm` and its packing ([`few_rows`]).
 
 use rayon::prelude::*;
 
@@ -23,7 +23,7 @@ use crate::layout::Layout;
 
 /// Products smaller than this many multiply-adds run on one thread.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
-/// Row blocks are at least this tall, so each `sgemm` still packs full panels.
+/// Row (or column) blocks are at least this tall, so each `sgemm` still packs full panels.
 const MIN_ROWS_PER_TASK: usize = 32;
 
 /// `spec` must be [`MatmulSpec::of`] the two layouts, and each layout must lie inside its
@@ -104,36 +104,51 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
         gemm::product((m, k, n), a_one, b_one, &mut out);
         return out;
     }
-    let row_blocks = if batches * m * n * k < PARALLEL_MIN_FLOPS || batches >= threads {
+    // A single matrix is cut across the threads by rows or by columns. Each task packs its
+    // share of one operand and all of the other: cutting rows, every task packs all of `b`
+    // (`k·n`); cutting columns, all of `a` (`m·k`). So columns are cut where `m < n` (a weight
+    // gradient `[256, 2048]·[2048, 1024]` would otherwise pack the 8 MB `b` once per thread).
+    let split_columns = batches == 1 && m < n;
+    let extent = if split_columns { n } else { m };
+    let blocks = if batches * m * n * k < PARALLEL_MIN_FLOPS || batches >= threads {
         1
     } else {
-        threads.div_ceil(batches).min(m.div_ceil(MIN_ROWS_PER_TASK)).max(1)
+        threads.div_ceil(batches).min(extent.div_ceil(MIN_ROWS_PER_TASK)).max(1)
     };
-    let rows_per_block = m.div_ceil(row_blocks);
+    let per_block = extent.div_ceil(blocks);
+    let per_block = if split_columns { per_block.next_multiple_of(16) } else { per_block };
     let out_ptr = SendPtr(out.as_mut_ptr());
     let task = |t: usize| {
-        let (i, blk) = (t / row_blocks, t % row_blocks);
-        let r0 = blk * rows_per_block;
-        let rows = rows_per_block.min(m - r0.min(m));
-        if rows == 0 {
+        let (i, blk) = (t / blocks, t % blocks);
+        let s0 = blk * per_block;
+        let len = per_block.min(extent - s0.min(extent));
+        if len == 0 {
             return;
         }
         let (oa, ob) = (batch_offset(i, la), batch_offset(i, lb));
+        // This task's rows s0..s0+len (or columns s0..s0+len) of output matrix i.
+        let (rows, cols) = if split_columns { (m, len) } else { (len, n) };
+        let (oa, ob, oc) = if split_columns {
+            (oa, ob + s0 * csb as usize, s0)
+        } else {
+            (oa + s0 * rsa as usize, ob, s0 * n)
+        };
         // SAFETY: both operands are `Operand`s, whose layouts lie inside their storage (checked
         // when the tensor layer made them), and `spec` is `MatmulSpec::of` those layouts, so
         // matrix i of `a` is m x k and of `b` k x n at the strides sgemm is given: every
-        // element it reads (rows r0..r0+rows of matrix i of `a`, all of matrix i of `b`) is in
-        // bounds. Task (i, blk) writes only rows r0..r0+rows of output matrix i, which no
-        // other task writes, and `out` lives until every task has finished (the parallel loop
-        // below joins before we return it). beta = 0, so sgemm never reads `out`.
+        // element it reads (rows s0..s0+len of matrix i of `a` and all of `b`, or all of `a`
+        // and columns s0..s0+len of `b`) is in bounds. Task (i, blk) writes only its rows (or
+        // columns) of output matrix i, which no other task writes, and `out` lives until every
+        // task has finished (the parallel loop below joins before we return it). beta = 0, so
+        // sgemm never reads `out`.
         unsafe {
-            let c = out_ptr.get().add(i * m * n + r0 * n);
+            let c = out_ptr.get().add(i * m * n + oc);
             matrixmultiply::sgemm(
                 rows,
                 k,
-                n,
+                cols,
                 1.0,
-                a.as_ptr().add(oa + r0 * rsa as usize),
+                a.as_ptr().add(oa),
                 rsa,
                 csa,
                 b.as_ptr().add(ob),
@@ -146,7 +161,7 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
             );
         }
     };
-    let tasks = batches * row_blocks;
+    let tasks = batches * blocks;
     if tasks == 1 {
         task(0);
     } else {
