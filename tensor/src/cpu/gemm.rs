@@ -34,12 +34,12 @@ use super::few_rows::{self, Strided};
 use super::parallel::SendPtr;
 use super::tile;
 
-/// Rows per register tile: 24 of the 32 vector registers accumulate, and each row of `b`
-/// loaded serves 24 multiply-adds.
-pub const TILE_ROWS: usize = 12;
+/// Rows per register tile: 28 of the 32 vector registers accumulate, and each row of `b`
+/// loaded serves 28 multiply-adds.
+pub const TILE_ROWS: usize = 14;
 /// Columns per packed panel of `b`: one register tile's width.
 pub const PANEL: usize = 32;
-/// Inner-dimension step: a tile's `12 × 256` floats of `a` (12 KiB) stay in the first-level
+/// Inner-dimension step: a tile's `14 × 256` floats of `a` (14 KiB) stay in the first-level
 /// cache across the panels.
 pub const DEPTH: usize = 256;
 /// The most floats of `b` this path packs (1 MiB, so the panels stay in the second-level
