@@ -257,4 +257,33 @@ mod tests {
         assert!(!applies((256, 2048, 256), &columns));
         assert!(!applies((2048, 2048, 1024), &rows));
     }
+
+    /// Products started from inside parallel loops (nested in the pool's threads, several at
+    /// once, so most find the kept packing buffer taken) give the same bits as one alone.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[test]
+    fn concurrent_and_nested_products_give_the_same_bits() {
+        use rayon::prelude::*;
+        let value = |i: usize| ((i as u64 * 2654435761 % 1000) as f32) / 500.0 - 1.0;
+        let (m, k, n) = (200, 256, 96);
+        let a_data: Vec<f32> = (0..m * k).map(value).collect();
+        let b_data: Vec<f32> = (0..k * n).map(|i| value(i + 3)).collect();
+        let (a, b) = (Strided::contiguous(&a_data, k), Strided::contiguous(&b_data, n));
+        let mut alone = vec![0.0; m * n];
+        product((m, k, n), a, b, &mut alone);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let results: Vec<Vec<f32>> = pool.install(|| {
+            (0..12)
+                .into_par_iter()
+                .map(|_| {
+                    let mut c = vec![0.0; m * n];
+                    product((m, k, n), a, b, &mut c);
+                    c
+                })
+                .collect()
+        });
+        for c in results {
+            assert!(c.iter().zip(&alone).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
 }
