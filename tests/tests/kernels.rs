@@ -43,6 +43,41 @@ fn products_split_across_threads_match_the_triple_loop() {
     }
 }
 
+/// Lookups, their adjoint and concatenations big enough to be split across threads, against
+/// their definitions: rows copied from the table, gradient rows added into their token's row
+/// in order (so bit for bit, repeated tokens included), parts placed side by side.
+#[test]
+fn copies_split_across_threads_match_their_definitions() {
+    let (tokens, width, rows) = (300, 1000, 700);
+    let table = uniform(&[tokens, width], -1.0, 1.0, 3);
+    let ids: Vec<usize> = (0..rows).map(|i| (i * 37) % tokens).collect();
+    let (t, looked_up) = (table.to_vec().unwrap(), table.index_select(0, &ids).unwrap().to_vec().unwrap());
+    for (j, &i) in ids.iter().enumerate() {
+        assert_eq!(&looked_up[j * width..(j + 1) * width], &t[i * width..(i + 1) * width], "row {j}");
+    }
+    let g = uniform(&[rows, width], -1.0, 1.0, 4);
+    let (gv, back) = (g.to_vec().unwrap(), g.index_add(0, &ids, tokens).unwrap().to_vec().unwrap());
+    let mut want = vec![0.0f32; tokens * width];
+    for (j, &i) in ids.iter().enumerate() {
+        for c in 0..width {
+            want[i * width + c] += gv[j * width + c];
+        }
+    }
+    assert!(back.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "index_add");
+    let a = uniform(&[600, 500], -1.0, 1.0, 5).t().unwrap();
+    let b = uniform(&[500, 300], -1.0, 1.0, 6);
+    let (av, bv) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+    let c = Tensor::cat(&[&a, &b], 1).unwrap().to_vec().unwrap();
+    for r in 0..500 {
+        assert_eq!(&c[r * 900..r * 900 + 600], &av[r * 600..(r + 1) * 600], "row {r} of the strided part");
+        assert_eq!(
+            &c[r * 900 + 600..(r + 1) * 900],
+            &bv[r * 300..(r + 1) * 300],
+            "row {r} of the second part"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(cases())]
 

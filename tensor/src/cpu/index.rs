@@ -4,18 +4,61 @@
 //! Each is written against two primitives: copy a strided view into a strided destination,
 //! and add a strided view into one. Whole rows of contiguous data take a `memcpy` fast path.
 
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::parallel::SendPtr;
 use super::walk::Walk;
 use crate::layout::Layout;
 
+/// Copies of at least this many elements are split across threads: alone on the calling
+/// thread, a `step-2k` step's concatenations and embedding lookups left the pool idle for
+/// about 1 % of the step.
+const PARALLEL_COPY_MIN: usize = 1 << 18;
+
 /// `dst[dl] = src[sl]`, where both layouts have one shape.
 pub(crate) fn copy_strided(src: &[f32], sl: &Layout, dst: &mut [f32], dl: &Layout) {
-    Walk::new([dl, sl]).runs(0, sl.numel(), |run| {
+    let numel = sl.numel();
+    let threads = rayon::current_num_threads();
+    if numel < PARALLEL_COPY_MIN || threads <= 1 || !dl.is_one_to_one() {
+        copy_runs(src, sl, (dst.len(), SendPtr(dst.as_mut_ptr())), dl, 0..numel);
+        return;
+    }
+    assert!(dl.checked_extent().is_some_and(|e| e <= dst.len()), "copy_strided: layout outside destination");
+    let chunk = numel.div_ceil(threads * 4);
+    let dst_ptr = SendPtr(dst.as_mut_ptr());
+    (0..numel.div_ceil(chunk)).into_par_iter().for_each(|i| {
+        let range = i * chunk..numel.min((i + 1) * chunk);
+        copy_runs(src, sl, (dst.len(), dst_ptr), dl, range);
+    });
+}
+
+/// `dst[dl] = src[sl]` for the elements `range` (in row-major index order) of the common shape.
+/// `dst` is `(length, pointer)` of a destination slice that the caller holds mutably; several
+/// calls may run at once on disjoint ranges of a one-to-one `dl` (they then write disjoint
+/// elements).
+fn copy_runs(src: &[f32], sl: &Layout, (dst_len, dst): (usize, SendPtr), dl: &Layout, range: Range<usize>) {
+    Walk::new([dl, sl]).runs(range.start, range.end, |run| {
+        if run.len == 0 {
+            return;
+        }
         let ([od, os], [sd, ss]) = (run.offsets, run.strides);
-        if sd == 1 && ss == 1 {
-            dst[od..od + run.len].copy_from_slice(&src[os..os + run.len]);
-        } else {
-            for t in 0..run.len {
-                dst[od + t * sd] = src[os + t * ss];
+        let last = od + (run.len - 1) * sd;
+        assert!(last < dst_len, "copy_strided: destination out of bounds");
+        let from = &src[os..os + (run.len - 1) * ss + 1];
+        // SAFETY: positions od + t·sd (t < run.len) are at most `last`, inside the destination
+        // slice (asserted); the caller holds that slice mutably, and concurrent calls write
+        // disjoint elements (distinct indices of a one-to-one layout), so nothing else reads or
+        // writes these elements meanwhile.
+        unsafe {
+            let p = dst.get();
+            if sd == 1 && ss == 1 {
+                std::ptr::copy_nonoverlapping(from.as_ptr(), p.add(od), run.len);
+            } else {
+                for t in 0..run.len {
+                    *p.add(od + t * sd) = from[t * ss];
+                }
             }
         }
     });
@@ -42,10 +85,19 @@ pub(crate) fn index_select(src: &[f32], layout: &Layout, axis: usize, indices: &
     let mut out = super::pool::uninit(shape.iter().product());
     let inner: usize = layout.shape()[axis + 1..].iter().product();
     if axis == 0 && layout.is_contiguous() {
-        // Embedding lookup: one contiguous row per index.
-        for (row, &i) in out.chunks_exact_mut(inner.max(1)).zip(indices) {
-            let o = layout.offset() + i * inner;
-            row.copy_from_slice(&src[o..o + inner]);
+        // Embedding lookup: one contiguous row per index, blocks of rows across threads.
+        let rows_per_task = (PARALLEL_COPY_MIN / 4 / inner.max(1)).max(1);
+        let lookup = |(block, rows): (usize, &mut [f32])| {
+            let first = block * rows_per_task;
+            for (row, &i) in rows.chunks_exact_mut(inner.max(1)).zip(&indices[first..]) {
+                let o = layout.offset() + i * inner;
+                row.copy_from_slice(&src[o..o + inner]);
+            }
+        };
+        if out.len() < PARALLEL_COPY_MIN {
+            out.chunks_mut(rows_per_task * inner.max(1)).enumerate().for_each(lookup);
+        } else {
+            out.par_chunks_mut(rows_per_task * inner.max(1)).enumerate().for_each(lookup);
         }
         return out;
     }
@@ -68,12 +120,30 @@ pub(crate) fn index_add(
     let mut out = super::pool::zeroed(shape.iter().product());
     let inner: usize = layout.shape()[axis + 1..].iter().product();
     if axis == 0 && layout.is_contiguous() {
-        // Embedding backward: add each gradient row into its token's row.
-        for (j, &i) in indices.iter().enumerate() {
-            let from = &src[layout.offset() + j * inner..][..inner];
-            for (o, &g) in out[i * inner..(i + 1) * inner].iter_mut().zip(from) {
-                *o += g;
+        // Embedding backward: add each gradient row into its token's row. Two rows may share a
+        // token, so threads split the columns, each adding every row's part in order.
+        let threads = rayon::current_num_threads();
+        let columns =
+            if src.len() < PARALLEL_COPY_MIN || threads <= 1 { inner } else { inner.div_ceil(threads) };
+        let (len, out_ptr) = (out.len(), SendPtr(out.as_mut_ptr()));
+        let add_columns = |c0: usize| {
+            let width = columns.min(inner - c0);
+            for (j, &i) in indices.iter().enumerate() {
+                let from = &src[layout.offset() + j * inner + c0..][..width];
+                let at = i * inner + c0;
+                assert!(at + width <= len, "index_add: index {i} out of range");
+                for (x, &g) in from.iter().enumerate() {
+                    // SAFETY: `at + x < len` (asserted), inside `out`, which lives and is not
+                    // otherwise used until the tasks join; each task adds only into its own
+                    // columns c0..c0 + width of every row, so no two tasks touch one element.
+                    unsafe { *out_ptr.get().add(at + x) += g };
+                }
             }
+        };
+        if columns >= inner {
+            add_columns(0);
+        } else {
+            (0..inner.div_ceil(columns)).into_par_iter().for_each(|t| add_columns(t * columns));
         }
         return out;
     }

@@ -142,7 +142,9 @@ pub(crate) fn uninit(len: usize) -> Vec<f32> {
 pub(crate) fn zeroed(len: usize) -> Vec<f32> {
     match take(len) {
         Some(mut v) => {
-            v.fill(0.0);
+            // A big cached buffer is zeroed by all threads: on the calling thread alone, the
+            // attention backward's gradient buffers left the pool idle for 1 % of a step.
+            super::parallel::for_each_chunk(&mut v, 1, |_, chunk| chunk.fill(0.0));
             v
         }
         None => fresh(len),
