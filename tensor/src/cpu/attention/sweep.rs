@@ -155,6 +155,19 @@ fn transpose_into(m: Matrix, (rows, cols): (usize, usize), out: &mut Vec<f32>) {
     // Sixteen source rows at a time: each destination row takes a run of sixteen, and the
     // sixteen source rows (a few cache lines each) stay in cache while every column is read.
     for (j0, chunk) in (0..rows).step_by(16).map(|j0| (j0, 16.min(rows - j0))) {
+        if chunk == 16 && m.col_stride == 1 {
+            // Each source row as a slice of exactly `cols`: with `t < cols` the reads need no
+            // bounds checks, and the sixteen stores of a destination run are one array.
+            let from: [&[f32]; 16] = std::array::from_fn(|j| &src[(j0 + j) * m.row_stride..][..cols]);
+            for t in 0..cols {
+                let to: &mut [f32; 16] =
+                    (&mut out[t * rows + j0..t * rows + j0 + 16]).try_into().expect("16");
+                for (x, row) in to.iter_mut().zip(&from) {
+                    *x = row[t];
+                }
+            }
+            continue;
+        }
         for (t, dst) in out.chunks_exact_mut(rows).enumerate() {
             let dst = &mut dst[j0..j0 + chunk];
             for (j, x) in dst.iter_mut().enumerate() {
