@@ -116,23 +116,17 @@ mod avx512 {
             }
             let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
             let args = ((a, ars, acs), b, masks, beta, (c, ldc));
-            match m - r0 {
-                0 => {}
-                1 => tile::<1>(k, args.0, args.1, args.2, args.3, args.4),
-                2 => tile::<2>(k, args.0, args.1, args.2, args.3, args.4),
-                3 => tile::<3>(k, args.0, args.1, args.2, args.3, args.4),
-                4 => tile::<4>(k, args.0, args.1, args.2, args.3, args.4),
-                5 => tile::<5>(k, args.0, args.1, args.2, args.3, args.4),
-                6 => tile::<6>(k, args.0, args.1, args.2, args.3, args.4),
-                7 => tile::<7>(k, args.0, args.1, args.2, args.3, args.4),
-                8 => tile::<8>(k, args.0, args.1, args.2, args.3, args.4),
-                9 => tile::<9>(k, args.0, args.1, args.2, args.3, args.4),
-                10 => tile::<10>(k, args.0, args.1, args.2, args.3, args.4),
-                11 => tile::<11>(k, args.0, args.1, args.2, args.3, args.4),
-                12 => tile::<12>(k, args.0, args.1, args.2, args.3, args.4),
-                13 => tile::<13>(k, args.0, args.1, args.2, args.3, args.4),
-                _ => tile::<14>(k, args.0, args.1, args.2, args.3, args.4),
+            // The last `m - r0 < R` rows: one tile of that height (a constant for each arm).
+            macro_rules! last_rows {
+                ($($h:literal)*) => {
+                    match m - r0 {
+                        0 => {}
+                        $($h => tile::<$h>(k, args.0, args.1, args.2, args.3, args.4),)*
+                        _ => unreachable!("fewer than R <= 15 rows remain"),
+                    }
+                };
             }
+            last_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14);
         }
     }
 
