@@ -31,7 +31,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::few_rows::{self, Strided};
-use super::parallel::SendPtr;
+use super::parallel::{SendPtr, PARALLEL_MIN_FLOPS};
 use super::tile;
 
 /// Rows per register tile: 28 of the 32 vector registers accumulate, and each row of `b`
@@ -45,8 +45,6 @@ pub const DEPTH: usize = 256;
 /// The most floats of `b` this path packs (1 MiB, so the panels stay in the second-level
 /// cache): every weight of the `step-2k` and `long-131k` models.
 pub const PACKED_MAX: usize = 1 << 18;
-/// Products smaller than this many multiply-adds run on the calling thread alone.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 /// The packing buffer that products reuse (at most [`PACKED_MAX`] floats).
 static PACKED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 

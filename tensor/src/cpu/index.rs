@@ -12,9 +12,10 @@ use super::parallel::SendPtr;
 use super::walk::Walk;
 use crate::layout::Layout;
 
-/// Copies of at least this many elements are split across threads: alone on the calling
-/// thread, a `step-2k` step's concatenations and embedding lookups left the pool idle for
-/// about 1 % of the step.
+/// Strided copies and the embedding's adjoint of at least this many elements are split across
+/// threads (the lookup splits its rows as every row kernel does): alone on the calling thread,
+/// a `step-2k` step's concatenations and embedding lookups left the pool idle for about 1 % of
+/// the step.
 const PARALLEL_COPY_MIN: usize = 1 << 18;
 
 /// `dst[dl] = src[sl]`, where both layouts have one shape.
@@ -86,19 +87,12 @@ pub(crate) fn index_select(src: &[f32], layout: &Layout, axis: usize, indices: &
     let inner: usize = layout.shape()[axis + 1..].iter().product();
     if axis == 0 && layout.is_contiguous() {
         // Embedding lookup: one contiguous row per index, blocks of rows across threads.
-        let rows_per_task = (PARALLEL_COPY_MIN / 4 / inner.max(1)).max(1);
-        let lookup = |(block, rows): (usize, &mut [f32])| {
-            let first = block * rows_per_task;
+        super::parallel::for_each_rows(&mut out, inner, |first, rows| {
             for (row, &i) in rows.chunks_exact_mut(inner.max(1)).zip(&indices[first..]) {
                 let o = layout.offset() + i * inner;
                 row.copy_from_slice(&src[o..o + inner]);
             }
-        };
-        if out.len() < PARALLEL_COPY_MIN {
-            out.chunks_mut(rows_per_task * inner.max(1)).enumerate().for_each(lookup);
-        } else {
-            out.par_chunks_mut(rows_per_task * inner.max(1)).enumerate().for_each(lookup);
-        }
+        });
         return out;
     }
     for (j, &i) in indices.iter().enumerate() {

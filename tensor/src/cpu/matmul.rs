@@ -17,12 +17,10 @@ use rayon::prelude::*;
 
 use super::few_rows::{self, Strided, FEW_ROWS};
 use super::gemm;
-use super::parallel::SendPtr;
+use super::parallel::{SendPtr, PARALLEL_MIN_FLOPS};
 use crate::backend::MatmulSpec;
 use crate::layout::Layout;
 
-/// Products smaller than this many multiply-adds run on one thread.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 /// Row (or column) blocks are at least this tall, so each `sgemm` still packs full panels.
 const MIN_ROWS_PER_TASK: usize = 32;
 
@@ -56,22 +54,23 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
         off
     };
     let threads = rayon::current_num_threads();
-    if m <= FEW_ROWS {
-        let operands = |i: usize| {
-            let a = Strided {
-                data: a,
-                offset: batch_offset(i, la),
-                row_stride: sa[rank - 2],
-                col_stride: sa[rank - 1],
-            };
-            let b = Strided {
-                data: b,
-                offset: batch_offset(i, lb),
-                row_stride: sb[rank - 2],
-                col_stride: sb[rank - 1],
-            };
-            (a, b)
+    // Matrix i of each operand, as a strided view.
+    let operands = |i: usize| {
+        let a = Strided {
+            data: a,
+            offset: batch_offset(i, la),
+            row_stride: sa[rank - 2],
+            col_stride: sa[rank - 1],
         };
+        let b = Strided {
+            data: b,
+            offset: batch_offset(i, lb),
+            row_stride: sb[rank - 2],
+            col_stride: sb[rank - 1],
+        };
+        (a, b)
+    };
+    if m <= FEW_ROWS {
         // Few rows are bound by reading the right operand from memory, which two threads do
         // faster than one once it is a 256 x 256 weight or larger (when the caller runs on a
         // pool thread; waking the pool from outside costs more than that).
@@ -96,10 +95,7 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
         }
         return out;
     }
-    let (a_one, b_one) = (
-        Strided { data: a, offset: la.offset(), row_stride: sa[rank - 2], col_stride: sa[rank - 1] },
-        Strided { data: b, offset: lb.offset(), row_stride: sb[rank - 2], col_stride: sb[rank - 1] },
-    );
+    let (a_one, b_one) = operands(0);
     if batches == 1 && gemm::applies((m, k, n), &a_one) {
         gemm::product((m, k, n), a_one, b_one, &mut out);
         return out;

@@ -9,6 +9,9 @@ use rayon::prelude::*;
 /// Smallest amount of work (in elements) worth splitting across threads.
 pub(crate) const PARALLEL_MIN: usize = 1 << 15;
 
+/// Matrix products smaller than this many multiply-adds run on one thread.
+pub(crate) const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+
 /// Calls `f(start, chunk)` on consecutive chunks of `out`, where `chunk` is
 /// `out[start..start + chunk.len()]`: one call for small outputs, a few per thread otherwise.
 /// `work_per_element` scales the threshold for kernels that do more than one read per output.
