@@ -4,58 +4,51 @@
 //!
 //! The FLOPs counted are those of the block products the kernel runs over the visible
 //! (query, key) pairs: `2·D` per pair for each of the forward's `S = Q Kᵀ` and `O = P V`, and
-//! for each of the backward's five (`S` again, `dV`, `dP`, `dQ`, `dK`). The reference is a
-//! `[4096, 256] · [256, 768]` product through `Tensor::matmul` (a linear layer's shape).
+//! for each of the backward's five (`S` again, `dV`, `dP`, `dQ`, `dK`). The reference is
+//! `sgemm` of `[4096, 256] · [256, 768]` (a linear layer's shape), half the rows on each
+//! thread, into an output allocated once.
 //!
 //! Operands are laid out as in the model: `[B, T, H·D]` projections viewed as `[B, H, T, D]`.
 //! Run with `cargo bench -p tensor --bench attention`.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tensor::{KeyVisibility, Tensor};
 
+mod common;
+use common::{paired_median_secs, raw_sgemm, Mat};
+
 const THREADS: usize = 2;
 const HEADS: usize = 8;
 const HEAD_DIM: usize = 32;
 
-/// Medians of `f` and `g` run alternately, at least 5 rounds and about `budget` of time.
-fn paired_median_secs(budget: Duration, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
-    f();
-    g();
-    let (mut tf, mut tg) = (Vec::new(), Vec::new());
-    let start = Instant::now();
-    while tf.len() < 5 || (start.elapsed() < budget && tf.len() < 200) {
-        let t = Instant::now();
-        f();
-        tf.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        g();
-        tg.push(t.elapsed().as_secs_f64());
-    }
-    for v in [&mut tf, &mut tg] {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    }
-    (tf[tf.len() / 2], tg[tg.len() / 2])
-}
-
 /// `[B, T, H·D]` of standard normals viewed as heads `[B, H, T, D]`.
 fn heads(b: usize, t: usize, rng: &mut ChaCha8Rng) -> Tensor {
     let x = Tensor::randn(&[b, t, HEADS * HEAD_DIM], 0.5, rng);
-    x.reshape(&[b, t, HEADS, HEAD_DIM]).unwrap().permute(&[0, 2, 1, 3]).unwrap()
+    let h = x.reshape(&[b, t, HEADS, HEAD_DIM]).unwrap().permute(&[0, 2, 1, 3]).unwrap();
+    if std::env::var("CONTIG").is_ok() {
+        h.contiguous().unwrap()
+    } else {
+        h
+    }
 }
 
 fn main() {
     rayon::ThreadPoolBuilder::new().num_threads(THREADS).build_global().expect("rayon pool");
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let (x, w) = (Tensor::randn(&[4096, 256], 1.0, &mut rng), Tensor::randn(&[256, 768], 1.0, &mut rng));
-    let matmul_flops = 2.0 * 4096.0 * 256.0 * 768.0;
-    let matmul = || drop(black_box(x.matmul(&w).unwrap()));
+    let (m, k, n) = (4096, 256, 768);
+    let x = Tensor::randn(&[m, k], 1.0, &mut rng).to_vec().unwrap();
+    let w = Tensor::randn(&[k, n], 1.0, &mut rng).to_vec().unwrap();
+    let mut y = vec![0.0; m * n];
+    let (xm, wm) = (Mat { rs: k as isize, cs: 1 }, Mat { rs: n as isize, cs: 1 });
+    let matmul_flops = 2.0 * (m * k * n) as f64;
+    let mut matmul = || raw_sgemm(THREADS, 1, m, k, n, &x, xm, &w, wm, &mut y);
 
     println!("fused attention, {THREADS} threads, {HEADS} heads of {HEAD_DIM}, medians\n");
-    println!("| case | pass | GFLOP/s | matmul GFLOP/s | ratio |");
+    println!("| case | pass | GFLOP/s | sgemm GFLOP/s | ratio |");
     println!("|---|---|---:|---:|---:|");
     // (name, batch, queries, keys): causal, the queries the last of the keys' positions.
     for (name, batch, l, n) in [
@@ -73,8 +66,8 @@ fn main() {
         let forward = || drop(black_box(q.attention_with_stats(&k, &v, &vis).unwrap()));
         let backward = || drop(black_box(q.attention_backward(&k, &v, &parts, &d_out, &vis).unwrap()));
         for (pass, products, secs) in [
-            ("forward", 2.0, paired_median_secs(budget, forward, matmul)),
-            ("backward", 5.0, paired_median_secs(budget, backward, matmul)),
+            ("forward", 2.0, paired_median_secs(budget, forward, &mut matmul)),
+            ("backward", 5.0, paired_median_secs(budget, backward, &mut matmul)),
         ] {
             let rate = products * per_product / secs.0 / 1e9;
             let reference = matmul_flops / secs.1 / 1e9;

@@ -78,9 +78,9 @@ pub(super) fn from_row(m: Matrix, t: usize) -> Matrix {
     Matrix { offset: m.offset + t * m.row_stride, ..m }
 }
 
-/// Score and probability blocks, the forward's running maximum and sum per query, and the
-/// current key block's `Kᵀ` and `Vᵀ` as row-major copies for the tile kernel; reused by every
-/// sweep of a head.
+/// Score and probability blocks, the forward's running maximum and sum per query, the
+/// current key block's `Kᵀ` and `Vᵀ` as row-major copies for the tile kernel, and contiguous
+/// copies of operands whose rows lie apart; reused by every sweep of a head.
 pub(super) struct Scratch {
     scores: Vec<f32>,
     probs: Vec<f32>,
@@ -89,6 +89,10 @@ pub(super) struct Scratch {
     runs: Vec<RowRun>,
     keys_t: Transposed,
     values_t: Transposed,
+    queries: Vec<f32>,
+    d_out: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
 impl Scratch {
@@ -105,6 +109,10 @@ impl Scratch {
             runs: vec![RowRun { a: 0, b: 0, exact: true }; rows],
             keys_t: Transposed::default(),
             values_t: Transposed::default(),
+            queries: Vec::new(),
+            d_out: Vec::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
         }
     }
 }
@@ -120,9 +128,10 @@ struct Transposed {
 }
 
 impl Transposed {
-    /// `a · mᵀ` into `c` (`rows × width`, row stride `width`), for `m` the rows `j0..j0 + bk`
-    /// of a `[keys, d]` matrix of which the product uses the first `width`: through the tile
-    /// kernel on the transposed block (made on first use), or `sgemm` on the transposed view.
+    /// `a · mᵀ` into `c` (`rows × width`, row stride `width`), for `m` the `bk` rows of the
+    /// key block that starts at key `j0`, of which the product uses the first `width`: through
+    /// the tile kernel on the transposed block (made on first use), or `sgemm` on the
+    /// transposed view.
     fn product(
         &mut self,
         (rows, width, d): (usize, usize, usize),
@@ -132,16 +141,37 @@ impl Transposed {
         c: &mut [f32],
     ) {
         if !tile::AVAILABLE || rows <= FEW_ROWS {
-            gemm((rows, width, d), a, from_row(m, j0).t(), 0.0, (c, width));
+            gemm((rows, width, d), a, m.t(), 0.0, (c, width));
             return;
         }
         if self.block != Some((j0, bk)) {
-            transpose_into(from_row(m, j0), (bk, d), &mut self.data);
+            transpose_into(m, (bk, d), &mut self.data);
             self.block = Some((j0, bk));
         }
         let b = Matrix { data: &self.data, offset: 0, row_stride: bk, col_stride: 1 };
         gemm((rows, width, d), a, b, 0.0, (c, width));
     }
+}
+
+/// The first `rows` rows of `m` (`cols` columns) as a matrix with contiguous rows: `m` itself
+/// when its rows already are, else a copy in `buf`. The products' right operands are read row
+/// after row `k` times over; rows a head apart (`[B, T, H·D]` projections viewed as heads) put
+/// a block's rows in a few cache sets, which the first-level cache cannot hold, so the tile
+/// kernel read them from the second-level one (about a sixth slower forward).
+fn contiguous<'a>(m: Matrix<'a>, (rows, cols): (usize, usize), buf: &'a mut Vec<f32>) -> Matrix<'a> {
+    if m.col_stride == 1 && (m.row_stride == cols || rows <= 1) {
+        return m;
+    }
+    buf.clear();
+    for r in 0..rows {
+        let start = m.offset + r * m.row_stride;
+        if m.col_stride == 1 {
+            buf.extend_from_slice(&m.data[start..start + cols]);
+        } else {
+            buf.extend((0..cols).map(|c| m.data[start + c * m.col_stride]));
+        }
+    }
+    Matrix::contiguous(buf, cols)
 }
 
 /// The first `rows` rows of `m` (`cols` columns) transposed into `out`, row-major `[cols, rows]`.
@@ -278,8 +308,16 @@ pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mu
     scratch.max[..l].fill(f32::NEG_INFINITY);
     scratch.sum[..l].fill(0.0);
     scratch.keys_t.block = None;
+    // Few queries (a generation step) read each key once: a copy would double the traffic.
+    let tiles = l > FEW_ROWS;
+    let q = if tiles { contiguous(x.q, (l, d), &mut scratch.queries) } else { x.q };
     for j0 in (0..n).step_by(KEY_BLOCK) {
         let bk = KEY_BLOCK.min(n - j0);
+        let values = if tiles {
+            contiguous(from_row(x.v, j0), (bk, dv), &mut scratch.values)
+        } else {
+            from_row(x.v, j0)
+        };
         for i0 in (0..l).step_by(QUERY_BLOCK) {
             let bq = QUERY_BLOCK.min(l - i0);
             let kind = rule.block((i0, i0 + bq), (j0, j0 + bk));
@@ -292,7 +330,7 @@ pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mu
                 continue;
             }
             let s = &mut scratch.scores[..bq * width];
-            scratch.keys_t.product((bq, width, d), from_row(x.q, i0), x.k, (j0, bk), s);
+            scratch.keys_t.product((bq, width, d), from_row(q, i0), from_row(x.k, j0), (j0, bk), s);
             let p = &mut scratch.probs[..bq * width];
             let (max, sum) = (&mut scratch.max[i0..i0 + bq], &mut scratch.sum[i0..i0 + bq]);
             let acc = &mut out[i0 * dv..(i0 + bq) * dv];
@@ -317,7 +355,7 @@ pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mu
                 }
                 max[r] = m_new;
             }
-            gemm((bq, dv, width), Matrix::contiguous(p, width), from_row(x.v, j0), 1.0, (acc, dv));
+            gemm((bq, dv, width), Matrix::contiguous(p, width), values, 1.0, (acc, dv));
         }
     }
     let (max, sum) = (&scratch.max[..l], &scratch.sum[..l]);
@@ -357,8 +395,17 @@ pub(super) fn backward(x: Rows, up: Upstream, rule: &impl Rule, scratch: &mut Sc
     let Grads { dq, dk, dv: dv_acc } = grads;
     scratch.keys_t.block = None;
     scratch.values_t.block = None;
+    let tiles = l > FEW_ROWS;
+    let (q, d_out) = match tiles {
+        true => {
+            (contiguous(x.q, (l, d), &mut scratch.queries), contiguous(up.d_out, (l, dv), &mut scratch.d_out))
+        }
+        false => (x.q, up.d_out),
+    };
     for j0 in (0..n).step_by(KEY_BLOCK) {
         let bk = KEY_BLOCK.min(n - j0);
+        let keys =
+            if tiles { contiguous(from_row(x.k, j0), (bk, d), &mut scratch.keys) } else { from_row(x.k, j0) };
         for i0 in (0..l).step_by(QUERY_BLOCK) {
             let bq = QUERY_BLOCK.min(l - i0);
             let kind = rule.block((i0, i0 + bq), (j0, j0 + bk));
@@ -373,7 +420,7 @@ pub(super) fn backward(x: Rows, up: Upstream, rule: &impl Rule, scratch: &mut Sc
             // p = e^{s − lse} over each row's run, zero elsewhere (and where the query sees
             // nothing at all: its uniform average is the caller's).
             let (scores, p) = (&mut scratch.scores[..bq * width], &mut scratch.probs[..bq * width]);
-            scratch.keys_t.product((bq, width, d), from_row(x.q, i0), x.k, (j0, bk), scores);
+            scratch.keys_t.product((bq, width, d), from_row(q, i0), keys, (j0, bk), scores);
             for (r, run) in runs.iter_mut().enumerate() {
                 let (m, row) = (up.lse[i0 + r], &mut p[r * width..(r + 1) * width]);
                 if m == f32::NEG_INFINITY {
@@ -386,16 +433,10 @@ pub(super) fn backward(x: Rows, up: Upstream, rule: &impl Rule, scratch: &mut Sc
             let p = &scratch.probs[..bq * width];
             // dv_j += Σ_i p_ij do_i.
             let dv_blk = &mut dv_acc[j0 * dv..(j0 + width) * dv];
-            gemm(
-                (width, dv, bq),
-                Matrix::contiguous(p, width).t(),
-                from_row(up.d_out, i0),
-                1.0,
-                (dv_blk, dv),
-            );
+            gemm((width, dv, bq), Matrix::contiguous(p, width).t(), from_row(d_out, i0), 1.0, (dv_blk, dv));
             // dp = do vᵀ, then ds = p (dp − Δ) over each row's run (zero elsewhere).
             let ds = &mut scratch.scores[..bq * width];
-            scratch.values_t.product((bq, width, dv), from_row(up.d_out, i0), x.v, (j0, bk), ds);
+            scratch.values_t.product((bq, width, dv), from_row(d_out, i0), from_row(x.v, j0), (j0, bk), ds);
             for (r, run) in runs.iter().enumerate() {
                 let di = up.delta[i0 + r];
                 let (ds_row, p_row) = (&mut ds[r * width..(r + 1) * width], &p[r * width..(r + 1) * width]);
@@ -408,9 +449,9 @@ pub(super) fn backward(x: Rows, up: Upstream, rule: &impl Rule, scratch: &mut Sc
             let ds = &scratch.scores[..bq * width];
             // dq_i += Σ_j ds_ij k_j; dk_j += Σ_i ds_ij q_i.
             let dq_blk = &mut dq[i0 * d..(i0 + bq) * d];
-            gemm((bq, d, width), Matrix::contiguous(ds, width), from_row(x.k, j0), 1.0, (dq_blk, d));
+            gemm((bq, d, width), Matrix::contiguous(ds, width), keys, 1.0, (dq_blk, d));
             let dk_blk = &mut dk[j0 * d..(j0 + width) * d];
-            gemm((width, d, bq), Matrix::contiguous(ds, width).t(), from_row(x.q, i0), 1.0, (dk_blk, d));
+            gemm((width, d, bq), Matrix::contiguous(ds, width).t(), from_row(q, i0), 1.0, (dk_blk, d));
         }
     }
 }
