@@ -11,7 +11,7 @@
 //! `cargo bench -p tensor --bench kernels`.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
