@@ -28,12 +28,7 @@ const HEAD_DIM: usize = 32;
 /// `[B, T, H·D]` of standard normals viewed as heads `[B, H, T, D]`.
 fn heads(b: usize, t: usize, rng: &mut ChaCha8Rng) -> Tensor {
     let x = Tensor::randn(&[b, t, HEADS * HEAD_DIM], 0.5, rng);
-    let h = x.reshape(&[b, t, HEADS, HEAD_DIM]).unwrap().permute(&[0, 2, 1, 3]).unwrap();
-    if std::env::var("CONTIG").is_ok() {
-        h.contiguous().unwrap()
-    } else {
-        h
-    }
+    x.reshape(&[b, t, HEADS, HEAD_DIM]).unwrap().permute(&[0, 2, 1, 3]).unwrap()
 }
 
 fn main() {

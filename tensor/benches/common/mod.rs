@@ -112,4 +112,3 @@ pub fn raw_sgemm(
         });
     }
 }
-

@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::few_rows::{self, Strided};
 use super::parallel::{SendPtr, PARALLEL_MIN_FLOPS};
-use super::tile;
+use super::tile::{self, Epilogue};
 
 /// Rows per register tile: 28 of the 32 vector registers accumulate, and each row of `b`
 /// loaded serves 28 multiply-adds.
@@ -183,8 +183,13 @@ impl Product<'_> {
                         Strided { data: panel, offset: s0 * PANEL, row_stride: PANEL, col_stride: 1 };
                     let c_block = &mut c_tile[j0..(tile_rows - 1) * n + j0 + width];
                     let shape = (tile_rows, width, steps);
-                    let done =
-                        tile::product_in_tiles_of::<TILE_ROWS>(shape, a_tile, b_block, beta, (c_block, n));
+                    let done = tile::product_in_tiles_of::<TILE_ROWS>(
+                        shape,
+                        a_tile,
+                        b_block,
+                        Epilogue::Accumulate(beta),
+                        (c_block, n),
+                    );
                     assert!(done, "the tile kernel takes every packed panel");
                 }
             }

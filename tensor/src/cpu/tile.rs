@@ -23,6 +23,11 @@
 //! * `a` may have any strides (a transposed matrix is broadcast from where it lies), `b` needs
 //!   contiguous rows; a tile narrower than 32 columns is masked.
 //!
+//! A finished tile is stored as `beta·c + a·b`, or put through one of the attention backward's
+//! elementwise steps on its way out ([`Epilogue`]): `p = e^{s − lse}` as `S = Q Kᵀ` is
+//! recomputed, `ds = p (dp − Δ)` as `dP = dO Vᵀ` is made. Each spares a pass that would read
+//! the whole score block back from the second-level cache and write it again.
+//!
 //! Each output is a sum over `t` in order, so results agree with `sgemm`'s to rounding, and do
 //! not depend on how the caller splits the work. A build without AVX-512 (or an operand `b`
 //! without contiguous rows) multiplies with `sgemm` instead.
@@ -35,6 +40,62 @@ pub const ROWS: usize = 12;
 /// Whether this build has the kernel (the machine's AVX-512, enabled at compile time).
 pub const AVAILABLE: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx512f"));
 
+/// What a product does with `x = (a·b)[r, j]` before storing it as `c[r, j]`.
+#[derive(Clone, Copy)]
+pub(crate) enum Epilogue<'a> {
+    /// `c = beta·c + x`.
+    Accumulate(f32),
+    /// `c = e^{x − shift[r]}`: `shift` has a value per row.
+    ExpShifted(&'a [f32]),
+    /// `c = p[r, j] · (x − shift[r])`: `p` is laid out as `c` (same row stride).
+    ScaledShifted { p: &'a [f32], shift: &'a [f32] },
+}
+
+impl Epilogue<'_> {
+    /// The `beta` of a product that leaves its elementwise step to [`Epilogue::apply`].
+    pub fn beta(&self) -> f32 {
+        match self {
+            Epilogue::Accumulate(beta) => *beta,
+            _ => 0.0,
+        }
+    }
+
+    /// The elementwise step on `c` (`m × w`, row stride `ldc`) holding the plain product, for
+    /// products made without the kernel.
+    pub fn apply(&self, (m, w): (usize, usize), (c, ldc): (&mut [f32], usize)) {
+        let rows = (0..m).map(|r| r * ldc..r * ldc + w);
+        match *self {
+            Epilogue::Accumulate(_) => {}
+            Epilogue::ExpShifted(shift) => {
+                let mut row_copy = vec![0.0; w];
+                for (r, row) in rows.enumerate() {
+                    row_copy.copy_from_slice(&c[row.clone()]);
+                    super::math::sum_exp_shifted(&row_copy, shift[r], Some(&mut c[row]));
+                }
+            }
+            Epilogue::ScaledShifted { p, shift } => {
+                for (r, row) in rows.enumerate() {
+                    for (x, &p) in c[row.clone()].iter_mut().zip(&p[row]) {
+                        *x = p * (*x - shift[r]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks that the step's per-row and per-element inputs cover an `m × w` product.
+    fn assert_covers(&self, (m, w): (usize, usize), ldc: usize) {
+        match *self {
+            Epilogue::Accumulate(_) => {}
+            Epilogue::ExpShifted(shift) => assert!(shift.len() >= m, "a shift per row"),
+            Epilogue::ScaledShifted { p, shift } => {
+                assert!(shift.len() >= m, "a shift per row");
+                assert!(m == 0 || w == 0 || p.len() >= (m - 1) * ldc + w, "p as large as c");
+            }
+        }
+    }
+}
+
 /// `c = beta·c + a·b` for `a` `m×k` (any strides), `b` `k×w` with contiguous rows, and `c`
 /// row-major `m×w` with row stride `ldc`; with `beta = 0` the old contents of `c` are never
 /// read. Returns `false`, computing nothing, where the kernel does not apply. Tiles of
@@ -46,16 +107,27 @@ pub(crate) fn product(
     beta: f32,
     c: (&mut [f32], usize),
 ) -> bool {
-    product_in_tiles_of::<ROWS>(shape, a, b, beta, c)
+    product_in_tiles_of::<ROWS>(shape, a, b, Epilogue::Accumulate(beta), c)
 }
 
-/// [`product`] on tiles of `R` rows (at most 15): taller tiles load `b` fewer times per
+/// [`product`], each tile put through `epilogue` as it is stored.
+pub(crate) fn product_then(
+    shape: (usize, usize, usize),
+    a: Matrix,
+    b: Matrix,
+    epilogue: Epilogue,
+    c: (&mut [f32], usize),
+) -> bool {
+    product_in_tiles_of::<ROWS>(shape, a, b, epilogue, c)
+}
+
+/// [`product_then`] on tiles of `R` rows (at most 15): taller tiles load `b` fewer times per
 /// multiply-add, as long as their `2R` accumulators fit in the 32 registers.
 pub(crate) fn product_in_tiles_of<const R: usize>(
     (m, w, k): (usize, usize, usize),
     a: Matrix,
     b: Matrix,
-    beta: f32,
+    epilogue: Epilogue,
     (c, ldc): (&mut [f32], usize),
 ) -> bool {
     const { assert!(R >= 1 && R <= 15, "a tile holds 2R accumulators of the 32 registers") };
@@ -67,16 +139,23 @@ pub(crate) fn product_in_tiles_of<const R: usize>(
     }
     // Bounds of everything the kernel touches, checked here so the call below is sound.
     few_rows::assert_product_in_bounds((m, w, k), &a, &b, (c.len(), ldc));
+    epilogue.assert_covers((m, w), ldc);
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    // SAFETY: the bounds check above puts `a[r, t]` (r < m, t < k), `b[t, j]` and `c[r, j]` (j < w)
-    // inside their slices, which is all the kernel reads or writes (columns past `w` are masked
-    // off); `c` is borrowed mutably, so nothing else aliases it.
+    // SAFETY: the bounds checks above put `a[r, t]` (r < m, t < k), `b[t, j]`, `c[r, j]` (j < w)
+    // and the epilogue's `shift[r]` and `p[r, j]` (at `c`'s position) inside their slices, which
+    // is all the kernel reads or writes (columns past `w` are masked off); `c` is borrowed
+    // mutably, so nothing else aliases it.
     unsafe {
+        let finish = match epilogue {
+            Epilogue::Accumulate(beta) => avx512::Finish::Accumulate(beta),
+            Epilogue::ExpShifted(shift) => avx512::Finish::ExpShifted(shift.as_ptr()),
+            Epilogue::ScaledShifted { p, shift } => avx512::Finish::ScaledShifted(p.as_ptr(), shift.as_ptr()),
+        };
         avx512::product::<R>(
             (m, w, k),
             (a.data.as_ptr().add(a.offset), a.row_stride, a.col_stride),
             (b.data.as_ptr().add(b.offset), b.row_stride),
-            beta,
+            finish,
             (c.as_mut_ptr(), ldc),
         );
     }
@@ -87,10 +166,32 @@ pub(crate) fn product_in_tiles_of<const R: usize>(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use crate::cpu::math::sixteen::first;
+    use crate::cpu::math::sixteen::{exp, first};
 
     /// Columns per tile: two vectors of 16.
     const COLS: usize = 32;
+
+    /// [`super::Epilogue`] with its slices as pointers to their first element, each moved to a
+    /// tile's first row (and column) by [`Finish::at`].
+    #[derive(Clone, Copy)]
+    pub enum Finish {
+        Accumulate(f32),
+        ExpShifted(*const f32),
+        ScaledShifted(*const f32, *const f32),
+    }
+
+    impl Finish {
+        /// The epilogue of the tile whose corner is `c[r0, j0]`.
+        fn at(self, r0: usize, j0: usize, ldc: usize) -> Finish {
+            match self {
+                Finish::Accumulate(beta) => Finish::Accumulate(beta),
+                Finish::ExpShifted(shift) => Finish::ExpShifted(shift.wrapping_add(r0)),
+                Finish::ScaledShifted(p, shift) => {
+                    Finish::ScaledShifted(p.wrapping_add(r0 * ldc + j0), shift.wrapping_add(r0))
+                }
+            }
+        }
+    }
 
     /// See [`super::product_in_tiles_of`].
     ///
@@ -101,7 +202,7 @@ mod avx512 {
         (m, w, k): (usize, usize, usize),
         (a, ars, acs): (*const f32, usize, usize),
         (b, brs): (*const f32, usize),
-        beta: f32,
+        finish: Finish,
         (c, ldc): (*mut f32, usize),
     ) {
         for j0 in (0..w).step_by(COLS) {
@@ -111,11 +212,11 @@ mod avx512 {
             let mut r0 = 0;
             while r0 + R <= m {
                 let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
-                tile::<R>(k, (a, ars, acs), b, masks, beta, (c, ldc));
+                tile::<R>(k, (a, ars, acs), b, masks, finish.at(r0, j0, ldc), (c, ldc));
                 r0 += R;
             }
             let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
-            let args = ((a, ars, acs), b, masks, beta, (c, ldc));
+            let args = ((a, ars, acs), b, masks, finish.at(r0, j0, ldc), (c, ldc));
             // The last `m - r0 < R` rows: one tile of that height (a constant for each arm).
             macro_rules! last_rows {
                 ($($h:literal)*) => {
@@ -141,7 +242,7 @@ mod avx512 {
         (a, ars, acs): (*const f32, usize, usize),
         (b, brs): (*const f32, usize),
         (m0, m1): (__mmask16, __mmask16),
-        beta: f32,
+        finish: Finish,
         (c, ldc): (*mut f32, usize),
     ) {
         let mut lo = [_mm512_setzero_ps(); R];
@@ -157,13 +258,25 @@ mod avx512 {
                 hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
             }
         }
-        let scale = _mm512_set1_ps(beta);
         for r in 0..R {
             let cr = c.wrapping_add(r * ldc);
             let (mut x0, mut x1) = (lo[r], hi[r]);
-            if beta != 0.0 {
-                x0 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m0, cr), x0);
-                x1 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m1, cr.wrapping_add(16)), x1);
+            match finish {
+                Finish::Accumulate(beta) if beta != 0.0 => {
+                    let scale = _mm512_set1_ps(beta);
+                    x0 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m0, cr), x0);
+                    x1 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m1, cr.wrapping_add(16)), x1);
+                }
+                Finish::ExpShifted(shift) => {
+                    let s = _mm512_set1_ps(*shift.add(r));
+                    (x0, x1) = (exp(_mm512_sub_ps(x0, s)), exp(_mm512_sub_ps(x1, s)));
+                }
+                Finish::Accumulate(_) => {}
+                Finish::ScaledShifted(p, shift) => {
+                    let (s, pr) = (_mm512_set1_ps(*shift.add(r)), p.wrapping_add(r * ldc));
+                    x0 = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, pr), _mm512_sub_ps(x0, s));
+                    x1 = _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, pr.wrapping_add(16)), _mm512_sub_ps(x1, s));
+                }
             }
             _mm512_mask_storeu_ps(cr, m0, x0);
             _mm512_mask_storeu_ps(cr.wrapping_add(16), m1, x1);
@@ -174,6 +287,32 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each epilogue in the kernel gives bit for bit what the kernel's plain product followed
+    /// by [`Epilogue::apply`] (the fallback's step) gives, on full and partial tiles.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[test]
+    fn epilogues_match_the_product_then_the_step() {
+        let value = |i: usize| ((i as u64 * 2654435761 % 1000) as f32) / 250.0 - 2.0;
+        for (m, w, k) in [(13, 47, 9), (128, 256, 32), (5, 16, 3), (25, 33, 64)] {
+            let a_data: Vec<f32> = (0..m * k).map(value).collect();
+            let b_data: Vec<f32> = (0..k * w).map(|i| value(i + 3)).collect();
+            let (a, b) = (Matrix::contiguous(&a_data, k), Matrix::contiguous(&b_data, w));
+            let ldc = w + 2;
+            let shift: Vec<f32> = (0..m).map(|i| value(i + 5) * 3.0).collect();
+            let p: Vec<f32> = (0..m * ldc).map(|i| value(i + 9).abs()).collect();
+            for epilogue in [Epilogue::ExpShifted(&shift), Epilogue::ScaledShifted { p: &p, shift: &shift }] {
+                let mut fused = vec![7.0; m * ldc];
+                assert!(product_then((m, w, k), a, b, epilogue, (&mut fused, ldc)));
+                let mut plain = vec![7.0; m * ldc];
+                assert!(product((m, w, k), a, b, 0.0, (&mut plain, ldc)));
+                epilogue.apply((m, w), (&mut plain, ldc));
+                for (i, (x, y)) in fused.iter().zip(&plain).enumerate() {
+                    assert_eq!(x.to_bits(), y.to_bits(), "({m},{w},{k}) element {i}: {x} vs {y}");
+                }
+            }
+        }
+    }
 
     /// Every shape class (full and partial row tiles, full and masked column tiles, empty inner
     /// dimension, transposed and strided `a`, `beta` 0 and 1), on tiles of 12 and of 14 rows,
@@ -200,7 +339,7 @@ mod tests {
                     let mut c: Vec<f32> = (0..m * ldc).map(|i| value(i + 11)).collect();
                     let before = c.clone();
                     let done = if tall {
-                        product_in_tiles_of::<14>((m, w, k), a, b, beta, (&mut c, ldc))
+                        product_in_tiles_of::<14>((m, w, k), a, b, Epilogue::Accumulate(beta), (&mut c, ldc))
                     } else {
                         product((m, w, k), a, b, beta, (&mut c, ldc))
                     };

@@ -15,7 +15,7 @@
 
 use super::super::few_rows::{self, Strided as Matrix, FEW_ROWS};
 use super::super::math;
-use super::super::tile;
+use super::super::tile::{self, Epilogue};
 
 /// Query rows per block.
 pub const QUERY_BLOCK: usize = 128;
@@ -128,20 +128,21 @@ struct Transposed {
 }
 
 impl Transposed {
-    /// `a · mᵀ` into `c` (`rows × width`, row stride `width`), for `m` the `bk` rows of the
-    /// key block that starts at key `j0`, of which the product uses the first `width`: through
-    /// the tile kernel on the transposed block (made on first use), or `sgemm` on the
-    /// transposed view.
+    /// `a · mᵀ` through `epilogue` into `c` (`rows × width`, row stride `width`), for `m` the
+    /// `bk` rows of the key block that starts at key `j0`, of which the product uses the first
+    /// `width`: through the tile kernel on the transposed block (made on first use), or `sgemm`
+    /// on the transposed view and the epilogue after it.
     fn product(
         &mut self,
         (rows, width, d): (usize, usize, usize),
-        a: Matrix,
-        m: Matrix,
+        (a, m): (Matrix, Matrix),
         (j0, bk): (usize, usize),
+        epilogue: Epilogue,
         c: &mut [f32],
     ) {
         if !tile::AVAILABLE || rows <= FEW_ROWS {
-            gemm((rows, width, d), a, m.t(), 0.0, (c, width));
+            gemm((rows, width, d), a, m.t(), epilogue.beta(), (c, width));
+            epilogue.apply((rows, width), (c, width));
             return;
         }
         if self.block != Some((j0, bk)) {
@@ -149,7 +150,7 @@ impl Transposed {
             self.block = Some((j0, bk));
         }
         let b = Matrix { data: &self.data, offset: 0, row_stride: bk, col_stride: 1 };
-        gemm((rows, width, d), a, b, 0.0, (c, width));
+        assert!(tile::product_then((rows, width, d), a, b, epilogue, (c, width)), "b has contiguous rows");
     }
 }
 
@@ -330,7 +331,8 @@ pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mu
                 continue;
             }
             let s = &mut scratch.scores[..bq * width];
-            scratch.keys_t.product((bq, width, d), from_row(q, i0), from_row(x.k, j0), (j0, bk), s);
+            let operands = (from_row(q, i0), from_row(x.k, j0));
+            scratch.keys_t.product((bq, width, d), operands, (j0, bk), Epilogue::Accumulate(0.0), s);
             let p = &mut scratch.probs[..bq * width];
             let (max, sum) = (&mut scratch.max[i0..i0 + bq], &mut scratch.sum[i0..i0 + bq]);
             let acc = &mut out[i0 * dv..(i0 + bq) * dv];
@@ -417,35 +419,26 @@ pub(super) fn backward(x: Rows, up: Upstream, rule: &impl Rule, scratch: &mut Sc
             if width == 0 {
                 continue;
             }
-            // p = e^{s − lse} over each row's run, zero elsewhere (and where the query sees
-            // nothing at all: its uniform average is the caller's).
-            let (scores, p) = (&mut scratch.scores[..bq * width], &mut scratch.probs[..bq * width]);
-            scratch.keys_t.product((bq, width, d), from_row(q, i0), keys, (j0, bk), scores);
+            // p = e^{s − lse}, as each tile of s is made; then zero outside each row's run (and
+            // where the query sees nothing at all: its uniform average is the caller's).
+            let (lse, p) = (&up.lse[i0..i0 + bq], &mut scratch.probs[..bq * width]);
+            let operands = (from_row(q, i0), keys);
+            scratch.keys_t.product((bq, width, d), operands, (j0, bk), Epilogue::ExpShifted(lse), p);
             for (r, run) in runs.iter_mut().enumerate() {
-                let (m, row) = (up.lse[i0 + r], &mut p[r * width..(r + 1) * width]);
-                if m == f32::NEG_INFINITY {
+                if lse[r] == f32::NEG_INFINITY {
                     *run = RowRun { a: 0, b: 0, exact: true };
                 }
-                let (a, b) = (run.a, run.b);
-                math::sum_exp_shifted(&scores[r * width + a..r * width + b], m, Some(&mut row[a..b]));
-                mask_row(rule, (i0 + r, j0), *run, row, 0.0);
+                mask_row(rule, (i0 + r, j0), *run, &mut p[r * width..(r + 1) * width], 0.0);
             }
             let p = &scratch.probs[..bq * width];
             // dv_j += Σ_i p_ij do_i.
             let dv_blk = &mut dv_acc[j0 * dv..(j0 + width) * dv];
             gemm((width, dv, bq), Matrix::contiguous(p, width).t(), from_row(d_out, i0), 1.0, (dv_blk, dv));
-            // dp = do vᵀ, then ds = p (dp − Δ) over each row's run (zero elsewhere).
+            // dp = do vᵀ, and ds = p (dp − Δ) as each tile of dp is made (zero where p is).
             let ds = &mut scratch.scores[..bq * width];
-            scratch.values_t.product((bq, width, dv), from_row(d_out, i0), from_row(x.v, j0), (j0, bk), ds);
-            for (r, run) in runs.iter().enumerate() {
-                let di = up.delta[i0 + r];
-                let (ds_row, p_row) = (&mut ds[r * width..(r + 1) * width], &p[r * width..(r + 1) * width]);
-                ds_row[..run.a].fill(0.0);
-                ds_row[run.b..].fill(0.0);
-                for (x, &pij) in ds_row[run.a..run.b].iter_mut().zip(&p_row[run.a..run.b]) {
-                    *x = pij * (*x - di);
-                }
-            }
+            let (operands, delta) = ((from_row(d_out, i0), from_row(x.v, j0)), &up.delta[i0..i0 + bq]);
+            let epilogue = Epilogue::ScaledShifted { p, shift: delta };
+            scratch.values_t.product((bq, width, dv), operands, (j0, bk), epilogue, ds);
             let ds = &scratch.scores[..bq * width];
             // dq_i += Σ_j ds_ij k_j; dk_j += Σ_i ds_ij q_i.
             let dq_blk = &mut dq[i0 * d..(i0 + bq) * d];
