@@ -114,7 +114,8 @@ impl Tensor {
         }
         let mut out = self.clone();
         for _ in 0..lead {
-            out = out.sum(0)?;
+            // A leading axis of one (a batch of one) is dropped as a view, not summed over.
+            out = if out.shape()[0] == 1 { out.squeeze(0)? } else { out.sum(0)? };
         }
         for (axis, &d) in shape.iter().enumerate() {
             if d == 1 && out.shape()[axis] != 1 {

@@ -36,7 +36,11 @@ pub(crate) fn reduce(src: &[f32], layout: &Layout, axis: usize, op: ReduceOp) ->
         };
         return vec![identity; numel];
     }
-    if stride == 1 || len == 1 {
+    if len == 1 {
+        // Each output reduces one element: a copy (every reduction of one `x` is `x`).
+        return unary(src, &first, UnaryOp::Identity);
+    }
+    if stride == 1 {
         return reduce_rows(src, &first, len, op);
     }
     if op == ReduceOp::LogSumExp {
