@@ -9,7 +9,8 @@
 //! thread, into an output allocated once.
 //!
 //! Operands are laid out as in the model: `[B, T, H·D]` projections viewed as `[B, H, T, D]`.
-//! Run with `cargo bench -p tensor --bench attention`.
+//! Run with `cargo bench -p tensor --bench attention [-- WORD]`: with a word, only the cases
+//! whose name contains it.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -51,6 +52,9 @@ fn main() {
         ("step-2k self", 8, 256, 256),
         ("long cross (32k keys)", 1, 512, 32768),
     ] {
+        if std::env::args().skip(1).any(|word| !word.starts_with('-') && !name.contains(&word)) {
+            continue;
+        }
         let (q, k, v) = (heads(batch, l, &mut rng), heads(batch, n, &mut rng), heads(batch, n, &mut rng));
         let vis = KeyVisibility::causal(n - l);
         let pairs: usize = batch * HEADS * (0..l).map(|i| (n - l + i + 1).min(n)).sum::<usize>();

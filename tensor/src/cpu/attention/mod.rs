@@ -155,7 +155,7 @@ fn forward_head(
     lse: &mut [f32],
 ) {
     let rows = head_rows((q, k, v), (b, h));
-    let mut scratch = Scratch::new(rows.queries, rows.keys);
+    let mut scratch = Scratch::take(rows.queries, rows.keys);
     let split = Split::of(vis, h);
     let rule = HeadRule { vis, b, h, n: rows.keys, band: split.as_ref().map(|s| s.band) };
     sweep::forward(rows, &rule, &mut scratch, out, lse);
@@ -170,6 +170,7 @@ fn forward_head(
             sparse::merge((out, lse), &group.queries, (part_out, part_lse), rows.dv);
         }
     }
+    scratch.give_back();
     // A query that sees no key: the composition's softmax over all-equal scores averages every
     // value.
     for (row, _) in out.chunks_mut(rows.dv).zip(lse.iter()).filter(|(_, &m)| m == f32::NEG_INFINITY) {
@@ -233,7 +234,7 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
         })
         .collect();
     let d_out_rows = d_out.matrix(b, h, 0);
-    let mut scratch = Scratch::new(l, rows.keys);
+    let mut scratch = Scratch::take(l, rows.keys);
     let split = Split::of(vis, h);
     let rule = HeadRule { vis, b, h, n: rows.keys, band: split.as_ref().map(|s| s.band) };
     let up = Upstream { d_out: d_out_rows, lse: &lse, delta: &delta };
@@ -264,6 +265,7 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
             sparse::scatter_add(&g_dv, &group.keys, dv, dv_acc);
         }
     }
+    scratch.give_back();
     // A query that sees no key averaged every value: dv_j += do_i / N.
     let n = rows.keys;
     for i in (0..l).filter(|&i| lse[i] == f32::NEG_INFINITY) {

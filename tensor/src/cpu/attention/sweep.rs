@@ -13,6 +13,8 @@
 //! and the block's products stop at the last key any of its queries sees, so the causal
 //! future of a diagonal block is never computed.
 
+use std::cell::Cell;
+
 use super::super::few_rows::{self, Strided as Matrix, FEW_ROWS};
 use super::super::math;
 use super::super::tile::{self, Epilogue};
@@ -95,25 +97,51 @@ pub(super) struct Scratch {
     values: Vec<f32>,
 }
 
+thread_local! {
+    /// The scratch of the last head this thread computed, kept for its next head.
+    static SPARE: Cell<Option<Scratch>> = const { Cell::new(None) };
+}
+
 impl Scratch {
-    /// Room for the blocks of any sweep of at most `queries` queries and `keys` keys (a
-    /// generation step of one query gets a block of one row).
-    pub fn new(queries: usize, keys: usize) -> Self {
-        let rows = QUERY_BLOCK.min(queries).max(1);
-        let size = rows * KEY_BLOCK.min(keys).max(1);
-        Scratch {
-            scores: vec![0.0; size],
-            probs: vec![0.0; size],
-            max: vec![0.0; queries.max(1)],
-            sum: vec![0.0; queries.max(1)],
-            runs: vec![RowRun { a: 0, b: 0, exact: true }; rows],
+    /// This thread's spare scratch (a new one when it has none), with room for the blocks of
+    /// any sweep of at most `queries` queries and `keys` keys (a generation step of one query
+    /// gets a block of one row); hand it back with [`Scratch::give_back`]. Allocating and
+    /// zeroing two fresh score blocks for every head was 8 % of a `step-2k` self-attention's
+    /// time (its heads are small); nothing here is read before the sweep writes it.
+    pub fn take(queries: usize, keys: usize) -> Self {
+        let mut scratch = SPARE.take().unwrap_or_else(|| Scratch {
+            scores: Vec::new(),
+            probs: Vec::new(),
+            max: Vec::new(),
+            sum: Vec::new(),
+            runs: Vec::new(),
             keys_t: Transposed::default(),
             values_t: Transposed::default(),
             queries: Vec::new(),
             d_out: Vec::new(),
             keys: Vec::new(),
             values: Vec::new(),
+        });
+        let rows = QUERY_BLOCK.min(queries).max(1);
+        let size = rows * KEY_BLOCK.min(keys).max(1);
+        let grow = |v: &mut Vec<f32>, len: usize| {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        };
+        grow(&mut scratch.scores, size);
+        grow(&mut scratch.probs, size);
+        grow(&mut scratch.max, queries.max(1));
+        grow(&mut scratch.sum, queries.max(1));
+        if scratch.runs.len() < rows {
+            scratch.runs.resize(rows, RowRun { a: 0, b: 0, exact: true });
         }
+        scratch
+    }
+
+    /// Keeps this scratch for the thread's next head.
+    pub fn give_back(self) {
+        SPARE.set(Some(self));
     }
 }
 
