@@ -67,7 +67,18 @@ pub(crate) fn rotate_pairs_in_place(
         "rotate_pairs_in_place: layout outside storage"
     );
     let rotated = lx.narrow(lx.rank() - 1, 0, dims).expect("tables checked against x by the caller");
-    let walk = Walk::new([&rotated, lc, ls]);
+    // The rotation is elementwise, so the three operands may be walked in any order of their
+    // axes, as long as it is the same for all three: x's memory order (its axes by decreasing
+    // stride, the channels last). Heads split off `[B, T, H·D]` are `[B, H, T, D]` with rows a
+    // head apart; walked head by head, every row of the tables was read once per head and x in
+    // strides of a row. In memory order each table row serves all heads from L1 and x streams
+    // (`long-131k`'s keys: 3 % of a step before).
+    let mut order: Vec<usize> = (0..rotated.rank() - 1).collect();
+    order.sort_by_key(|&axis| std::cmp::Reverse(rotated.strides()[axis]));
+    order.push(rotated.rank() - 1);
+    let permuted = |l: &Layout| l.permute(&order).expect("a permutation of the axes");
+    let (rotated, lc, ls) = (permuted(&rotated), permuted(lc), permuted(ls));
+    let walk = Walk::new([&rotated, &lc, &ls]);
     let base = SendPtr(xs.as_mut_ptr());
     let rotate = |(begin, end): (usize, usize)| {
         // SAFETY: every position of `rotated` is one of `x`'s, inside `xs` (asserted above),
