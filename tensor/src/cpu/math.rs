@@ -283,6 +283,30 @@ pub(crate) fn sum_exp_shifted(xs: &[f32], shift: f32, out: Option<&mut [f32]>) -
     }
 }
 
+/// `x ← e^{x − shift}` over a slice, returning the sum of the results (the same numbers as
+/// [`sum_exp_shifted`] writing into another slice, without a second block of memory).
+#[inline]
+pub(crate) fn exp_shifted_in_place(xs: &mut [f32], shift: f32) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    // SAFETY: the build enables AVX-512 (the cfg), so the machine it runs on has it.
+    return unsafe { sixteen::exp_shifted_in_place(xs, shift) };
+    #[allow(unreachable_code)]
+    let s = f32x8::splat(shift);
+    let mut chunks = xs.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        let y = exp(f32x8::from(<[f32; LANES]>::try_from(&*c).unwrap()) - s);
+        c.copy_from_slice(&y.to_array());
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let mut buf = [0.0; LANES];
+        buf[..rest.len()].copy_from_slice(rest);
+        let n = rest.len();
+        rest.copy_from_slice(&(exp(f32x8::from(buf) - s)).to_array()[..n]);
+    }
+    sum(xs)
+}
+
 /// The softmax's row passes on sixteen lanes (AVX-512), where the build has them: the
 /// attention and softmax spend most of their time outside products here. [`sixteen::exp`] does
 /// [`exp`]'s operations in the same order, so each element comes out bit for bit the same; sums
@@ -470,6 +494,23 @@ pub(crate) mod sixteen {
         _mm512_reduce_add_ps(acc)
     }
 
+    /// See [`super::exp_shifted_in_place`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn exp_shifted_in_place(xs: &mut [f32], shift: f32) -> f32 {
+        let s = _mm512_set1_ps(shift);
+        let mut acc = _mm512_setzero_ps();
+        for at in (0..xs.len()).step_by(LANES) {
+            let n = LANES.min(xs.len() - at);
+            let e = exp(_mm512_sub_ps(load(xs, at, n), s));
+            acc = _mm512_mask_add_ps(acc, first(n), acc, e);
+            // SAFETY: the kept lanes `at..at + n` are inside `xs` (`load` asserted it), which is
+            // borrowed mutably.
+            unsafe { _mm512_mask_storeu_ps(xs.as_mut_ptr().add(at), first(n), e) };
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
     /// See [`super::max`].
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -570,6 +611,14 @@ mod tests {
         assert_eq!(sum(&xs), xs.iter().sum::<f32>());
         assert_eq!(max(&xs), 50.0);
         assert!(max(&[1.0, f32::NAN, 2.0]).is_nan());
+        // In place: the same values and sum as into another slice, at every tail length.
+        for len in [0, 1, 15, 16, 17, 1001] {
+            let mut out = vec![0.0; len];
+            let want = sum_exp_shifted(&xs[..len], 3.0, Some(&mut out));
+            let mut inplace = xs[..len].to_vec();
+            assert_eq!(exp_shifted_in_place(&mut inplace, 3.0).to_bits(), want.to_bits());
+            assert!(inplace.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
         let lse = max(&xs) + sum_exp_shifted(&xs, max(&xs), None).ln();
         let want = xs.iter().map(|&x| (x as f64 - 50.0).exp()).sum::<f64>().ln() + 50.0;
         assert!((lse as f64 - want).abs() < 1e-5);

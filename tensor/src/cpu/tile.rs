@@ -67,10 +67,8 @@ impl Epilogue<'_> {
         match *self {
             Epilogue::Accumulate(_) => {}
             Epilogue::ExpShifted(shift) => {
-                let mut row_copy = vec![0.0; w];
                 for (r, row) in rows.enumerate() {
-                    row_copy.copy_from_slice(&c[row.clone()]);
-                    super::math::sum_exp_shifted(&row_copy, shift[r], Some(&mut c[row]));
+                    super::math::exp_shifted_in_place(&mut c[row], shift[r]);
                 }
             }
             Epilogue::ScaledShifted { p, shift } => {

@@ -358,34 +358,33 @@ pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mu
             if width == 0 {
                 continue;
             }
+            // s = q kᵀ, turned into the block's weights p in place (where they are still in cache).
             let s = &mut scratch.scores[..bq * width];
             let operands = (from_row(q, i0), from_row(x.k, j0));
             scratch.keys_t.product((bq, width, d), operands, (j0, bk), Epilogue::Accumulate(0.0), s);
-            let p = &mut scratch.probs[..bq * width];
             let (max, sum) = (&mut scratch.max[i0..i0 + bq], &mut scratch.sum[i0..i0 + bq]);
             let acc = &mut out[i0 * dv..(i0 + bq) * dv];
             for (r, &run) in runs.iter().enumerate() {
-                let (row, p_row) = (&mut s[r * width..(r + 1) * width], &mut p[r * width..(r + 1) * width]);
+                let row = &mut s[r * width..(r + 1) * width];
                 if !run.exact {
                     mask_row(rule, (i0 + r, j0), run, row, MASKED);
                 }
                 let (a, b) = (run.a, run.b);
-                p_row[..a].fill(0.0);
-                p_row[b..].fill(0.0);
-                if a == b {
-                    continue; // this block gives the query nothing
+                if a < b {
+                    let m_new = max[r].max(math::max(&row[a..b]));
+                    // The first block: nothing to rescale (and -inf - -inf would be NaN).
+                    let correction = if max[r] == f32::NEG_INFINITY { 0.0 } else { (max[r] - m_new).exp() };
+                    sum[r] = sum[r] * correction + math::exp_shifted_in_place(&mut row[a..b], m_new);
+                    if correction != 1.0 {
+                        acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= correction);
+                    }
+                    max[r] = m_new;
                 }
-                let m_new = max[r].max(math::max(&row[a..b]));
-                // The first block: nothing to rescale (and -inf - -inf would be NaN).
-                let correction = if max[r] == f32::NEG_INFINITY { 0.0 } else { (max[r] - m_new).exp() };
-                sum[r] =
-                    sum[r] * correction + math::sum_exp_shifted(&row[a..b], m_new, Some(&mut p_row[a..b]));
-                if correction != 1.0 {
-                    acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= correction);
-                }
-                max[r] = m_new;
+                // Keys outside the run weigh nothing (a == b: this block gives the query nothing).
+                row[..a].fill(0.0);
+                row[b.max(a)..].fill(0.0);
             }
-            gemm((bq, dv, width), Matrix::contiguous(p, width), values, 1.0, (acc, dv));
+            gemm((bq, dv, width), Matrix::contiguous(s, width), values, 1.0, (acc, dv));
         }
     }
     let (max, sum) = (&scratch.max[..l], &scratch.sum[..l]);
