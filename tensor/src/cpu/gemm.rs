@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::few_rows::{self, Strided};
 use super::parallel::{SendPtr, PARALLEL_MIN_FLOPS};
-use super::tile::{self, Epilogue};
+use super::tile::{self, Epilogue, Skip};
 
 /// Rows per register tile: 28 of the 32 vector registers accumulate, and each row of `b`
 /// loaded serves 28 multiply-adds.
@@ -187,7 +187,7 @@ impl Product<'_> {
                         shape,
                         a_tile,
                         b_block,
-                        Epilogue::Accumulate(beta),
+                        (Skip::Nothing, Epilogue::Accumulate(beta)),
                         (c_block, n),
                     );
                     assert!(done, "the tile kernel takes every packed panel");

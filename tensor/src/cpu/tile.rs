@@ -40,6 +40,42 @@ pub const ROWS: usize = 12;
 /// Whether this build has the kernel (the machine's AVX-512, enabled at compile time).
 pub const AVAILABLE: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx512f"));
 
+/// Where a product's operands are zero in a staircase (a causal diagonal block of attention,
+/// where query `r` sees the keys before `ends[r]`), what each row tile may leave out. Skipped
+/// sums are of zero terms, so the results are the same (up to the sign of a zero).
+#[derive(Clone, Copy)]
+pub(crate) enum Skip<'a> {
+    /// Nothing is left out.
+    Nothing,
+    /// Row `r` of `c` is needed only before column `ends[r]`: a row tile skips the column
+    /// panels from its largest end on, leaving them as they were.
+    ColumnsFrom(&'a [usize]),
+    /// Row `r` of `a` is zero from column `ends[r]` on: a tile's sums stop at its largest end.
+    InnerFrom(&'a [usize]),
+    /// Row `r` of `a` is zero before column `starts[r]`: a tile's sums start at its smallest.
+    InnerBefore(&'a [usize]),
+}
+
+impl Skip<'_> {
+    /// For the tile of rows `r0..r0 + h` of an `m × w` product over `k`: the range of `t` its
+    /// sums run over, and the column its panels stop before.
+    fn bounds(&self, (r0, h): (usize, usize), (w, k): (usize, usize)) -> (usize, usize, usize) {
+        let largest = |ends: &[usize]| ends[r0..r0 + h].iter().copied().max().unwrap_or(0);
+        match *self {
+            Skip::Nothing => (0, k, w),
+            Skip::ColumnsFrom(ends) => (0, k, largest(ends).min(w)),
+            Skip::InnerFrom(ends) => (0, largest(ends).min(k), w),
+            Skip::InnerBefore(starts) => (starts[r0..r0 + h].iter().copied().min().unwrap_or(0).min(k), k, w),
+        }
+    }
+
+    fn assert_covers(&self, m: usize) {
+        if let Skip::ColumnsFrom(v) | Skip::InnerFrom(v) | Skip::InnerBefore(v) = *self {
+            assert!(v.len() >= m, "a bound per row");
+        }
+    }
+}
+
 /// What a product does with `x = (a·b)[r, j]` before storing it as `c[r, j]`.
 #[derive(Clone, Copy)]
 pub(crate) enum Epilogue<'a> {
@@ -94,38 +130,28 @@ impl Epilogue<'_> {
     }
 }
 
-/// `c = beta·c + a·b` for `a` `m×k` (any strides), `b` `k×w` with contiguous rows, and `c`
-/// row-major `m×w` with row stride `ldc`; with `beta = 0` the old contents of `c` are never
-/// read. Returns `false`, computing nothing, where the kernel does not apply. Tiles of
+/// `c = a·b` put through `epilogue` (`beta·c + a·b` for [`Epilogue::Accumulate`]) for `a`
+/// `m×k` (any strides), `b` `k×w` with contiguous rows, and `c` row-major `m×w` with row
+/// stride `ldc`, leaving out what `skip` allows; with `beta = 0` the old contents of `c` are
+/// never read. Returns `false`, computing nothing, where the kernel does not apply. Tiles of
 /// [`ROWS`] rows.
 pub(crate) fn product(
     shape: (usize, usize, usize),
     a: Matrix,
     b: Matrix,
-    beta: f32,
+    (skip, epilogue): (Skip, Epilogue),
     c: (&mut [f32], usize),
 ) -> bool {
-    product_in_tiles_of::<ROWS>(shape, a, b, Epilogue::Accumulate(beta), c)
+    product_in_tiles_of::<ROWS>(shape, a, b, (skip, epilogue), c)
 }
 
-/// [`product`], each tile put through `epilogue` as it is stored.
-pub(crate) fn product_then(
-    shape: (usize, usize, usize),
-    a: Matrix,
-    b: Matrix,
-    epilogue: Epilogue,
-    c: (&mut [f32], usize),
-) -> bool {
-    product_in_tiles_of::<ROWS>(shape, a, b, epilogue, c)
-}
-
-/// [`product_then`] on tiles of `R` rows (at most 15): taller tiles load `b` fewer times per
+/// [`product`] on tiles of `R` rows (at most 15): taller tiles load `b` fewer times per
 /// multiply-add, as long as their `2R` accumulators fit in the 32 registers.
 pub(crate) fn product_in_tiles_of<const R: usize>(
     (m, w, k): (usize, usize, usize),
     a: Matrix,
     b: Matrix,
-    epilogue: Epilogue,
+    (skip, epilogue): (Skip, Epilogue),
     (c, ldc): (&mut [f32], usize),
 ) -> bool {
     const { assert!(R >= 1 && R <= 15, "a tile holds 2R accumulators of the 32 registers") };
@@ -138,6 +164,7 @@ pub(crate) fn product_in_tiles_of<const R: usize>(
     // Bounds of everything the kernel touches, checked here so the call below is sound.
     few_rows::assert_product_in_bounds((m, w, k), &a, &b, (c.len(), ldc));
     epilogue.assert_covers((m, w), ldc);
+    skip.assert_covers(m);
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     // SAFETY: the bounds checks above put `a[r, t]` (r < m, t < k), `b[t, j]`, `c[r, j]` (j < w)
     // and the epilogue's `shift[r]` and `p[r, j]` (at `c`'s position) inside their slices, which
@@ -150,10 +177,10 @@ pub(crate) fn product_in_tiles_of<const R: usize>(
             Epilogue::ScaledShifted { p, shift } => avx512::Finish::ScaledShifted(p.as_ptr(), shift.as_ptr()),
         };
         avx512::product::<R>(
-            (m, w, k),
+            (m, w),
             (a.data.as_ptr().add(a.offset), a.row_stride, a.col_stride),
             (b.data.as_ptr().add(b.offset), b.row_stride),
-            finish,
+            (|rows| skip.bounds(rows, (w, k)), finish),
             (c.as_mut_ptr(), ldc),
         );
     }
@@ -191,16 +218,18 @@ mod avx512 {
         }
     }
 
-    /// See [`super::product_in_tiles_of`].
+    /// See [`super::product_in_tiles_of`]; `bounds` gives each row tile `(r0, h)` the range
+    /// of `t` it sums over and the column its panels stop before.
     ///
     /// # Safety
-    /// For `r < m`, `t < k`, `j < w`: `a + r·ars + t·acs` and `b + t·brs + j` are readable,
-    /// `c + r·ldc + j` is writable, and nothing else accesses `c` meanwhile.
+    /// For `r < m`, `j < w` and every `t` in the ranges `bounds` returns: `a + r·ars + t·acs` and
+    /// `b + t·brs + j` are readable, `c + r·ldc + j` is writable, and nothing else accesses `c`
+    /// meanwhile.
     pub unsafe fn product<const R: usize>(
-        (m, w, k): (usize, usize, usize),
+        (m, w): (usize, usize),
         (a, ars, acs): (*const f32, usize, usize),
         (b, brs): (*const f32, usize),
-        finish: Finish,
+        (bounds, finish): (impl Fn((usize, usize)) -> (usize, usize, usize), Finish),
         (c, ldc): (*mut f32, usize),
     ) {
         for j0 in (0..w).step_by(COLS) {
@@ -208,24 +237,30 @@ mod avx512 {
             let masks = (first(cols), first(cols.saturating_sub(16)));
             let b = (b.wrapping_add(j0), brs);
             let mut r0 = 0;
-            while r0 + R <= m {
-                let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
-                tile::<R>(k, (a, ars, acs), b, masks, finish.at(r0, j0, ldc), (c, ldc));
-                r0 += R;
-            }
-            let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
-            let args = ((a, ars, acs), b, masks, finish.at(r0, j0, ldc), (c, ldc));
-            // The last `m - r0 < R` rows: one tile of that height (a constant for each arm).
-            macro_rules! last_rows {
-                ($($h:literal)*) => {
-                    match m - r0 {
-                        0 => {}
-                        $($h => tile::<$h>(k, args.0, args.1, args.2, args.3, args.4),)*
-                        _ => unreachable!("fewer than R <= 15 rows remain"),
+            while r0 < m {
+                let h = R.min(m - r0);
+                let (t0, t1, end) = bounds((r0, h));
+                if j0 < end {
+                    let (a, c) = (a.wrapping_add(r0 * ars), c.wrapping_add(r0 * ldc + j0));
+                    let args = ((t0, t1), (a, ars, acs), b, masks, finish.at(r0, j0, ldc), (c, ldc));
+                    // A full tile, or the last `m - r0 < R` rows: one tile of that height (a
+                    // constant for each arm).
+                    macro_rules! rows {
+                        ($($h:literal)*) => {
+                            match h {
+                                $($h => tile::<$h>(args.0, args.1, args.2, args.3, args.4, args.5),)*
+                                _ => unreachable!("R <= 15 rows"),
+                            }
+                        };
                     }
-                };
+                    if h == R {
+                        tile::<R>(args.0, args.1, args.2, args.3, args.4, args.5);
+                    } else {
+                        rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14);
+                    }
+                }
+                r0 += h;
             }
-            last_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14);
         }
     }
 
@@ -236,7 +271,7 @@ mod avx512 {
     /// neither read nor written (AVX-512 masked loads and stores suppress their accesses).
     #[inline(always)]
     unsafe fn tile<const R: usize>(
-        k: usize,
+        (t0, t1): (usize, usize),
         (a, ars, acs): (*const f32, usize, usize),
         (b, brs): (*const f32, usize),
         (m0, m1): (__mmask16, __mmask16),
@@ -245,7 +280,7 @@ mod avx512 {
     ) {
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
-        for t in 0..k {
+        for t in t0..t1 {
             let bt = b.wrapping_add(t * brs);
             let b0 = _mm512_maskz_loadu_ps(m0, bt);
             let b1 = _mm512_maskz_loadu_ps(m1, bt.wrapping_add(16));
@@ -286,6 +321,60 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// What a staircase lets a product leave out changes nothing it computes: sums that skip
+    /// the zero part of `a`'s rows equal the full sums, and rows limited to their first columns
+    /// get those columns right (the panels past a tile's largest end are left as they were).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[test]
+    fn skipping_a_staircase_changes_nothing() {
+        let value = |i: usize| ((i as u64 * 2654435761 % 1000) as f32) / 500.0 - 1.0;
+        let (m, w, k) = (37, 70, 50);
+        let ends: Vec<usize> = (0..m).map(|r| (r * k / m + 3).min(k)).collect();
+        let starts: Vec<usize> = (0..m).map(|r| r * k / (2 * m)).collect();
+        let b_data: Vec<f32> = (0..k * w).map(|i| value(i + 1)).collect();
+        let b = Matrix::contiguous(&b_data, w);
+        let full = |a: Matrix| {
+            let mut c = vec![0.0; m * w];
+            assert!(product((m, w, k), a, b, (Skip::Nothing, Epilogue::Accumulate(0.0)), (&mut c, w)));
+            c
+        };
+        for (skip, zero) in [
+            (Skip::InnerFrom(&ends), &|r: usize, t: usize| t >= ends[r]),
+            (Skip::InnerBefore(&starts), &|r: usize, t: usize| t < starts[r]),
+        ] as [(Skip, &dyn Fn(usize, usize) -> bool); 2]
+        {
+            let a_data: Vec<f32> =
+                (0..m * k).map(|i| if zero(i / k, i % k) { 0.0 } else { value(i) }).collect();
+            let a = Matrix::contiguous(&a_data, k);
+            let mut c = vec![0.0; m * w];
+            assert!(product((m, w, k), a, b, (skip, Epilogue::Accumulate(0.0)), (&mut c, w)));
+            assert_eq!(c, full(a));
+        }
+        let a_data: Vec<f32> = (0..m * k).map(value).collect();
+        let a = Matrix::contiguous(&a_data, k);
+        let column_ends: Vec<usize> = (0..m).map(|r| (r * w / m + 1).min(w)).collect();
+        let mut c = vec![f32::NAN; m * w];
+        assert!(product(
+            (m, w, k),
+            a,
+            b,
+            (Skip::ColumnsFrom(&column_ends), Epilogue::Accumulate(0.0)),
+            (&mut c, w)
+        ));
+        let want = full(a);
+        for r in 0..m {
+            let tile = r / ROWS * ROWS..(r / ROWS * ROWS + ROWS).min(m);
+            let panels_end = column_ends[tile].iter().max().unwrap().next_multiple_of(32).min(w);
+            for j in 0..w {
+                if j < column_ends[r] {
+                    assert_eq!(c[r * w + j], want[r * w + j], "[{r},{j}]");
+                } else if j >= panels_end {
+                    assert!(c[r * w + j].is_nan(), "[{r},{j}] past the tile's panels was written");
+                }
+            }
+        }
+    }
+
     /// Each epilogue in the kernel gives bit for bit what the kernel's plain product followed
     /// by [`Epilogue::apply`] (the fallback's step) gives, on full and partial tiles.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
@@ -301,9 +390,15 @@ mod tests {
             let p: Vec<f32> = (0..m * ldc).map(|i| value(i + 9).abs()).collect();
             for epilogue in [Epilogue::ExpShifted(&shift), Epilogue::ScaledShifted { p: &p, shift: &shift }] {
                 let mut fused = vec![7.0; m * ldc];
-                assert!(product_then((m, w, k), a, b, epilogue, (&mut fused, ldc)));
+                assert!(product((m, w, k), a, b, (Skip::Nothing, epilogue), (&mut fused, ldc)));
                 let mut plain = vec![7.0; m * ldc];
-                assert!(product((m, w, k), a, b, 0.0, (&mut plain, ldc)));
+                assert!(product(
+                    (m, w, k),
+                    a,
+                    b,
+                    (Skip::Nothing, Epilogue::Accumulate(0.0)),
+                    (&mut plain, ldc)
+                ));
                 epilogue.apply((m, w), (&mut plain, ldc));
                 for (i, (x, y)) in fused.iter().zip(&plain).enumerate() {
                     assert_eq!(x.to_bits(), y.to_bits(), "({m},{w},{k}) element {i}: {x} vs {y}");
@@ -337,9 +432,15 @@ mod tests {
                     let mut c: Vec<f32> = (0..m * ldc).map(|i| value(i + 11)).collect();
                     let before = c.clone();
                     let done = if tall {
-                        product_in_tiles_of::<14>((m, w, k), a, b, Epilogue::Accumulate(beta), (&mut c, ldc))
+                        product_in_tiles_of::<14>(
+                            (m, w, k),
+                            a,
+                            b,
+                            (Skip::Nothing, Epilogue::Accumulate(beta)),
+                            (&mut c, ldc),
+                        )
                     } else {
-                        product((m, w, k), a, b, beta, (&mut c, ldc))
+                        product((m, w, k), a, b, (Skip::Nothing, Epilogue::Accumulate(beta)), (&mut c, ldc))
                     };
                     assert!(done);
                     for r in 0..m {

@@ -17,7 +17,7 @@ use std::cell::Cell;
 
 use super::super::few_rows::{self, Strided as Matrix, FEW_ROWS};
 use super::super::math;
-use super::super::tile::{self, Epilogue};
+use super::super::tile::{self, Epilogue, Skip};
 
 /// Query rows per block.
 pub const QUERY_BLOCK: usize = 128;
@@ -89,6 +89,7 @@ pub(super) struct Scratch {
     max: Vec<f32>,
     sum: Vec<f32>,
     runs: Vec<RowRun>,
+    stairs: Stairs,
     keys_t: Transposed,
     values_t: Transposed,
     queries: Vec<f32>,
@@ -115,6 +116,7 @@ impl Scratch {
             max: Vec::new(),
             sum: Vec::new(),
             runs: Vec::new(),
+            stairs: Stairs::default(),
             keys_t: Transposed::default(),
             values_t: Transposed::default(),
             queries: Vec::new(),
@@ -165,11 +167,11 @@ impl Transposed {
         (rows, width, d): (usize, usize, usize),
         (a, m): (Matrix, Matrix),
         (j0, bk): (usize, usize),
-        epilogue: Epilogue,
+        (skip, epilogue): (Skip, Epilogue),
         c: &mut [f32],
     ) {
         if !tile::AVAILABLE || rows <= FEW_ROWS {
-            gemm((rows, width, d), a, m.t(), epilogue.beta(), (c, width));
+            gemm((rows, width, d), a, m.t(), (Skip::Nothing, epilogue.beta()), (c, width));
             epilogue.apply((rows, width), (c, width));
             return;
         }
@@ -178,7 +180,7 @@ impl Transposed {
             self.block = Some((j0, bk));
         }
         let b = Matrix { data: &self.data, offset: 0, row_stride: bk, col_stride: 1 };
-        assert!(tile::product_then((rows, width, d), a, b, epilogue, (c, width)), "b has contiguous rows");
+        assert!(tile::product((rows, width, d), a, b, (skip, epilogue), (c, width)), "b has contiguous rows");
     }
 }
 
@@ -237,12 +239,13 @@ fn transpose_into(m: Matrix, (rows, cols): (usize, usize), out: &mut Vec<f32>) {
 }
 
 /// `c = a·b + beta·c` for `a` `m×k`, `b` `k×n`, `c` `m×n` row-major with row stride `ldc`:
-/// few rows without packing, the tile kernel where `b` has contiguous rows, else `sgemm`.
+/// few rows without packing, the tile kernel where `b` has contiguous rows (leaving out what
+/// `skip` allows), else `sgemm`.
 pub(super) fn gemm(
     (m, n, k): (usize, usize, usize),
     a: Matrix,
     b: Matrix,
-    beta: f32,
+    (skip, beta): (Skip, f32),
     (c, ldc): (&mut [f32], usize),
 ) {
     if m == 0 || n == 0 {
@@ -259,7 +262,7 @@ pub(super) fn gemm(
         few_rows::product((m, k, n), a, b, beta, (0, c, ldc));
         return;
     }
-    if tile::product((m, n, k), a, b, beta, (c, ldc)) {
+    if tile::product((m, n, k), a, b, (skip, Epilogue::Accumulate(beta)), (c, ldc)) {
         return;
     }
     // Bounds of everything sgemm touches, checked here so the call below is sound.
@@ -283,6 +286,51 @@ pub(super) fn gemm(
             ldc as isize,
             1,
         );
+    }
+}
+
+/// A causal block's staircase: each query row sees the keys before `ends[r]` (its run starts
+/// at the block's first key), and the ends do not decrease, so key `j` is seen by the rows
+/// from `starts[j]` on. The block products then leave out what lies above the stairs
+/// ([`Skip`]): the diagonal blocks of a causal attention are half empty.
+#[derive(Default)]
+struct Stairs {
+    ends: Vec<usize>,
+    starts: Vec<usize>,
+}
+
+impl Stairs {
+    /// Fills the staircase of a block of `width` keys from its rows' runs; `false` (nothing to
+    /// skip) when the block is not one.
+    fn fill(&mut self, kind: Block, runs: &[RowRun], width: usize) -> bool {
+        if kind != Block::Mixed || !runs.iter().all(|r| r.exact && (r.a == 0 || r.a == r.b)) {
+            return false;
+        }
+        self.ends.clear();
+        self.ends.extend(runs.iter().map(|r| if r.a == r.b { 0 } else { r.b }));
+        if self.ends.windows(2).any(|e| e[0] > e[1]) {
+            return false;
+        }
+        self.starts.clear();
+        let mut row = 0;
+        for j in 0..width {
+            while row < self.ends.len() && self.ends[row] <= j {
+                row += 1;
+            }
+            self.starts.push(row);
+        }
+        true
+    }
+
+    /// What a product may leave out, given whether the block is a staircase: `columns` for
+    /// `S` and `dP` (each query row's columns), `inner_ends` for sums over a query row's keys,
+    /// `inner_starts` for sums over a key's queries.
+    fn skips(&self, stairs: bool) -> [Skip<'_>; 3] {
+        if stairs {
+            [Skip::ColumnsFrom(&self.ends), Skip::InnerFrom(&self.ends), Skip::InnerBefore(&self.starts)]
+        } else {
+            [Skip::Nothing; 3]
+        }
     }
 }
 
@@ -359,9 +407,17 @@ pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mu
                 continue;
             }
             // s = q kᵀ, turned into the block's weights p in place (where they are still in cache).
+            let stairs = scratch.stairs.fill(kind, runs, width);
+            let [columns, inner_ends, _] = scratch.stairs.skips(stairs);
             let s = &mut scratch.scores[..bq * width];
             let operands = (from_row(q, i0), from_row(x.k, j0));
-            scratch.keys_t.product((bq, width, d), operands, (j0, bk), Epilogue::Accumulate(0.0), s);
+            scratch.keys_t.product(
+                (bq, width, d),
+                operands,
+                (j0, bk),
+                (columns, Epilogue::Accumulate(0.0)),
+                s,
+            );
             let (max, sum) = (&mut scratch.max[i0..i0 + bq], &mut scratch.sum[i0..i0 + bq]);
             let acc = &mut out[i0 * dv..(i0 + bq) * dv];
             for (r, &run) in runs.iter().enumerate() {
@@ -384,7 +440,7 @@ pub(super) fn forward(x: Rows, rule: &impl Rule, scratch: &mut Scratch, out: &mu
                 row[..a].fill(0.0);
                 row[b.max(a)..].fill(0.0);
             }
-            gemm((bq, dv, width), Matrix::contiguous(s, width), values, 1.0, (acc, dv));
+            gemm((bq, dv, width), Matrix::contiguous(s, width), values, (inner_ends, 1.0), (acc, dv));
         }
     }
     let (max, sum) = (&scratch.max[..l], &scratch.sum[..l]);
@@ -448,9 +504,17 @@ pub(super) fn backward(x: Rows, up: Upstream, rule: &impl Rule, scratch: &mut Sc
             }
             // p = e^{s − lse}, as each tile of s is made; then zero outside each row's run (and
             // where the query sees nothing at all: its uniform average is the caller's).
+            let stairs = scratch.stairs.fill(kind, runs, width);
+            let [columns, inner_ends, inner_starts] = scratch.stairs.skips(stairs);
             let (lse, p) = (&up.lse[i0..i0 + bq], &mut scratch.probs[..bq * width]);
             let operands = (from_row(q, i0), keys);
-            scratch.keys_t.product((bq, width, d), operands, (j0, bk), Epilogue::ExpShifted(lse), p);
+            scratch.keys_t.product(
+                (bq, width, d),
+                operands,
+                (j0, bk),
+                (columns, Epilogue::ExpShifted(lse)),
+                p,
+            );
             for (r, run) in runs.iter_mut().enumerate() {
                 if lse[r] == f32::NEG_INFINITY {
                     *run = RowRun { a: 0, b: 0, exact: true };
@@ -460,18 +524,26 @@ pub(super) fn backward(x: Rows, up: Upstream, rule: &impl Rule, scratch: &mut Sc
             let p = &scratch.probs[..bq * width];
             // dv_j += Σ_i p_ij do_i.
             let dv_blk = &mut dv_acc[j0 * dv..(j0 + width) * dv];
-            gemm((width, dv, bq), Matrix::contiguous(p, width).t(), from_row(d_out, i0), 1.0, (dv_blk, dv));
-            // dp = do vᵀ, and ds = p (dp − Δ) as each tile of dp is made (zero where p is).
+            let p_t = Matrix::contiguous(p, width).t();
+            gemm((width, dv, bq), p_t, from_row(d_out, i0), (inner_starts, 1.0), (dv_blk, dv));
+            // dp = do vᵀ, and ds = p (dp − Δ) as each tile of dp is made (zero where p is, and
+            // above the stairs, which the product left as it was).
             let ds = &mut scratch.scores[..bq * width];
             let (operands, delta) = ((from_row(d_out, i0), from_row(x.v, j0)), &up.delta[i0..i0 + bq]);
             let epilogue = Epilogue::ScaledShifted { p, shift: delta };
-            scratch.values_t.product((bq, width, dv), operands, (j0, bk), epilogue, ds);
+            scratch.values_t.product((bq, width, dv), operands, (j0, bk), (columns, epilogue), ds);
+            if stairs {
+                for (row, &end) in ds.chunks_mut(width).zip(&scratch.stairs.ends) {
+                    row[end..].fill(0.0);
+                }
+            }
             let ds = &scratch.scores[..bq * width];
             // dq_i += Σ_j ds_ij k_j; dk_j += Σ_i ds_ij q_i.
             let dq_blk = &mut dq[i0 * d..(i0 + bq) * d];
-            gemm((bq, d, width), Matrix::contiguous(ds, width), keys, 1.0, (dq_blk, d));
+            gemm((bq, d, width), Matrix::contiguous(ds, width), keys, (inner_ends, 1.0), (dq_blk, d));
             let dk_blk = &mut dk[j0 * d..(j0 + width) * d];
-            gemm((width, d, bq), Matrix::contiguous(ds, width).t(), from_row(q, i0), 1.0, (dk_blk, d));
+            let ds_t = Matrix::contiguous(ds, width).t();
+            gemm((width, d, bq), ds_t, from_row(q, i0), (inner_starts, 1.0), (dk_blk, d));
         }
     }
 }
