@@ -135,6 +135,16 @@ impl Tape {
                 Op::Leaf { param: None } => {
                     out.leaves.insert((self.generation() - 1, id), g);
                 }
+                // A narrowed view's gradient is added into its rows of the input's gradient
+                // when that already exists, instead of padded with zeros to the input's size
+                // and added to it whole: a long context split into prefix and latents made
+                // two full-size gradients of its embeddings and a full-size sum.
+                Op::Narrow { x, axis, start, .. } if grads[x].is_some() => {
+                    let mut acc = grads[x].take().expect("checked by the guard");
+                    let sum = acc.narrow(axis, start, g.shape()[axis])?.add(&g)?;
+                    acc.write_narrow(axis, start, &sum)?;
+                    grads[x] = Some(acc);
+                }
                 op => {
                     for (input, gi) in backward_rule(op, g)? {
                         grads[input] = Some(match grads[input].take() {

@@ -196,6 +196,11 @@ proptest! {
         check(&[&x], &default(), |v| v[0].transpose(0, r - 1))?;
         check(&[&x], &default(), |v| v[0].permute(&(0..r).rev().collect::<Vec<_>>()))?;
         check(&[&x], &default(), |v| v[0].narrow(axis, start, len))?;
+        // Several (overlapping) narrows of one tensor: their gradients add into its rows.
+        check(&[&x], &default(), |v| {
+            let parts = [v[0].narrow(axis, start, len)?, v[0].narrow(axis, 0, len)?, v[0].narrow(axis, start, 1)?];
+            Var::cat(&parts.iter().collect::<Vec<_>>(), axis)
+        })?;
         check(&[&x], &default(), |v| v[0].unsqueeze(0)?.broadcast_to(&[[2].as_slice(), &x.shape].concat()))?;
         check(&[&x], &default(), |v| v[0].reshape(&[usize::MAX]))?;
         check(&[&x], &default(), |v| v[0].unsqueeze(1)?.squeeze(1))?;
