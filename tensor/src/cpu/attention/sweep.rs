@@ -194,12 +194,24 @@ fn contiguous<'a>(m: Matrix<'a>, (rows, cols): (usize, usize), buf: &'a mut Vec<
         return m;
     }
     buf.clear();
-    for r in 0..rows {
-        let start = m.offset + r * m.row_stride;
-        if m.col_stride == 1 {
-            buf.extend_from_slice(&m.data[start..start + cols]);
-        } else {
-            buf.extend((0..cols).map(|c| m.data[start + c * m.col_stride]));
+    buf.resize(rows * cols, 0.0);
+    /// Rows of a width known at compile time are copied inline (a `memcpy` call per row of
+    /// 128 bytes cost more than the copy).
+    fn copy_rows<const W: usize>(m: Matrix, buf: &mut [f32]) {
+        for (r, dst) in buf.chunks_exact_mut(W).enumerate() {
+            let src: &[f32; W] = m.data[m.offset + r * m.row_stride..][..W].try_into().expect("W floats");
+            *<&mut [f32; W]>::try_from(dst).expect("W floats") = *src;
+        }
+    }
+    match (m.col_stride, cols) {
+        (1, 32) => copy_rows::<32>(m, buf),
+        (1, 64) => copy_rows::<64>(m, buf),
+        _ => {
+            for (r, dst) in buf.chunks_exact_mut(cols).enumerate() {
+                for (c, x) in dst.iter_mut().enumerate() {
+                    *x = m.data[m.offset + r * m.row_stride + c * m.col_stride];
+                }
+            }
         }
     }
     Matrix::contiguous(buf, cols)
