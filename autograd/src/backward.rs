@@ -88,23 +88,7 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                 out.push((n, g.matmul(&b.t()?)?.sum_to_shape(a.shape())?));
             }
             if let Some(n) = rhs {
-                let gb = if b.rank() == 2 && a.rank() >= 2 {
-                    // A shared weight: fold the batch into rows, one product instead of many.
-                    let k = a.shape()[a.rank() - 1];
-                    let n_out = g.shape()[g.rank() - 1];
-                    let (a, g) = (a.reshape(&[usize::MAX, k])?, g.reshape(&[usize::MAX, n_out])?);
-                    if b.t()?.is_contiguous() {
-                        // b = Wᵀ, a view of a weight stored [out, in] (Linear): db = (gᵀ a)ᵀ
-                        // is the same sums, computed in W's own layout, so the transpose's rule
-                        // hands W a contiguous gradient and the optimizer copies nothing.
-                        g.t()?.matmul(&a)?.t()?
-                    } else {
-                        a.t()?.matmul(&g)?
-                    }
-                } else {
-                    a.t()?.matmul(&g)?.sum_to_shape(b.shape())?
-                };
-                out.push((n, gb));
+                out.push((n, matmul_rhs_gradient(&a, &b, &g)?));
             }
         }
 
@@ -186,4 +170,24 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
         Op::Gather { x, axis, indices, size } => out.push((x, g.scatter_add(axis, &indices, size)?)),
     }
     Ok(out)
+}
+
+/// The gradient of `b` in `y = a b`, given `g = dy`: `aᵀ g`, its batch broadcasts summed.
+pub(crate) fn matmul_rhs_gradient(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if b.rank() == 2 && a.rank() >= 2 {
+        // A shared weight: fold the batch into rows, one product instead of many.
+        let k = a.shape()[a.rank() - 1];
+        let n_out = g.shape()[g.rank() - 1];
+        let (a, g) = (a.reshape(&[usize::MAX, k])?, g.reshape(&[usize::MAX, n_out])?);
+        if b.t()?.is_contiguous() {
+            // b = Wᵀ, a view of a weight stored [out, in] (Linear): db = (gᵀ a)ᵀ is the same
+            // sums, computed in W's own layout, so the transpose's rule hands W a contiguous
+            // gradient and the optimizer copies nothing.
+            g.t()?.matmul(&a)?.t()
+        } else {
+            a.t()?.matmul(&g)
+        }
+    } else {
+        a.t()?.matmul(g)?.sum_to_shape(b.shape())
+    }
 }

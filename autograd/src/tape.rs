@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use tensor::{bail, Result, Tensor};
 
-use crate::backward::backward_rule;
+use crate::backward::{backward_rule, matmul_rhs_gradient};
 use crate::op::{NodeId, Op};
 use crate::param::ParamId;
 use crate::var::Var;
@@ -144,6 +144,22 @@ impl Tape {
                     let sum = acc.narrow(axis, start, g.shape()[axis])?.add(&g)?;
                     acc.write_narrow(axis, start, &sum)?;
                     grads[x] = Some(acc);
+                }
+                // The left operand's gradient `g bᵀ` added into the gradient that input already
+                // has (a normed input read by the q, k and v projections) by a product that
+                // accumulates in place, instead of made on its own and then added.
+                Op::Matmul { lhs: Some(x), rhs, a, b }
+                    if grads[x].is_some() && g.shape()[..g.rank() - 1] == a.shape()[..a.rank() - 1] =>
+                {
+                    let acc = grads[x].take().expect("checked by the guard");
+                    grads[x] = Some(acc.matmul_add(&g, &b.t()?)?);
+                    if let Some(n) = rhs {
+                        let gb = matmul_rhs_gradient(&a, &b, &g)?;
+                        grads[n] = Some(match grads[n].take() {
+                            Some(acc) => acc.add(&gb)?,
+                            None => gb,
+                        });
+                    }
                 }
                 op => {
                     for (input, gi) in backward_rule(op, g)? {

@@ -321,6 +321,12 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     fn layer_norm_backward(saved: LayerNormSaved<Self>, dy: Operand<Self>) -> Result<LayerNormGrads<Self>>;
     /// Batched matrix product; the sizes are [`MatmulSpec::of`] the two layouts.
     fn matmul(a: Operand<Self>, b: Operand<Self>) -> Result<Self>;
+    /// `c += a·b` written over `c` (laid out as the product's output), for the products a
+    /// device adds in place; `false`, leaving `c` as it was, for the others (the caller then
+    /// adds a fresh product). By default: none.
+    fn matmul_add(_c: Owned<Self>, _a: Operand<Self>, _b: Operand<Self>) -> Result<bool> {
+        Ok(false)
+    }
     /// Fused attention (see [`crate::attention`]): `q` `[B, H, L, D]`, `k` `[B, H, N, D]`, `v`
     /// `[B, H, N, Dv]`, the keys each query sees given by `vis`.
     fn attention(
@@ -412,6 +418,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
     fn layer_norm(&self, x: Operand, weight: Operand, bias: Operand, eps: f32) -> Result<LayerNormOutput>;
     fn layer_norm_backward(&self, saved: LayerNormSaved, dy: Operand) -> Result<LayerNormGrads>;
     fn matmul(&self, a: Operand, b: Operand) -> Result<Storage>;
+    fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool>;
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput>;
     fn attention_backward(
         &self,
@@ -497,6 +504,9 @@ impl<S: BackendStorage> DynStorage for S {
     }
     fn matmul(&self, a: Operand, b: Operand) -> Result<Storage> {
         Ok(S::matmul(a.typed()?, b.typed()?)?.into_storage())
+    }
+    fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool> {
+        S::matmul_add(c.typed()?, a.typed()?, b.typed()?)
     }
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput> {
         let out = S::attention(q.typed()?, k.typed()?, v.typed()?, vis)?;

@@ -2,10 +2,10 @@
 //! and matmul. Each method checks shapes, axes and devices, works out the output shape, and
 //! hands the backend layouts it can trust (see [`crate::backend`]).
 
-use crate::backend::{BinaryOp, LayerNormSaved, ReduceOp, UnaryOp};
+use crate::backend::{BinaryOp, LayerNormSaved, Owned, ReduceOp, UnaryOp};
 use crate::bail;
 use crate::error::{fmt_shape, Result};
-use crate::layout::broadcast_shape;
+use crate::layout::{broadcast_shape, Layout};
 use crate::tensor::Tensor;
 
 /// Output of [`Tensor::layer_norm_with_stats`].
@@ -225,6 +225,32 @@ impl Tensor {
     /// Matrix product over the last two axes, batch axes broadcast: `[..., m, k] x [..., k, n]`.
     /// Transposed and otherwise strided operands are used in place, without copies.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let (la, lb, shape) = self.matmul_layouts(rhs)?;
+        let s = self.kernels().matmul(self.operand_as(&la)?, rhs.operand_as(&lb)?)?;
+        Ok(Tensor::from_output(s, &shape))
+    }
+
+    /// `self + a·b`, where `self` has the product's shape. Written over `self` when no other
+    /// tensor shares its storage and the device adds such a product in place (on the CPU, a
+    /// linear layer's product), so no tensor of the product's size is made: the gradient of
+    /// an input that several linear layers read (`q`, `k` and `v` of one normed input) is
+    /// summed this way.
+    pub fn matmul_add(mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.same_device("matmul_add", a)?;
+        let (la, lb, shape) = a.matmul_layouts(b)?;
+        if self.shape() != shape.as_slice() {
+            bail!("matmul_add", "{} + a product of shape {}", fmt_shape(self.shape()), fmt_shape(&shape));
+        }
+        if let Some(c) = Owned::of(&mut self) {
+            if a.kernels().matmul_add(c, a.operand_as(&la)?, b.operand_as(&lb)?)? {
+                return Ok(self);
+            }
+        }
+        self.add(&a.matmul(b)?)
+    }
+
+    /// The operands' layouts broadcast to a common batch, and the product's shape.
+    fn matmul_layouts(&self, rhs: &Tensor) -> Result<(Layout, Layout, Vec<usize>)> {
         self.same_device("matmul", rhs)?;
         let (a, b) = (self.shape(), rhs.shape());
         if a.len() < 2 || b.len() < 2 {
@@ -243,8 +269,7 @@ impl Tensor {
         })?;
         let la = self.layout.broadcast_to(&[batch.clone(), vec![m, k]].concat())?;
         let lb = rhs.layout.broadcast_to(&[batch.clone(), vec![k, n]].concat())?;
-        let s = self.kernels().matmul(self.operand_as(&la)?, rhs.operand_as(&lb)?)?;
-        Ok(Tensor::from_output(s, &[batch, vec![m, n]].concat()))
+        Ok((la, lb, [batch, vec![m, n]].concat()))
     }
 
     /// Runs `f` with `axis` moved last, then moves it back.

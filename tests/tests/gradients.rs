@@ -169,6 +169,24 @@ proptest! {
         check(&[&x, &w, &b], &default(), |v| v[0].layer_norm(&v[1], &v[2], 1e-5))?;
     }
 
+    /// An input read by several products (a normed input feeding the q, k and v projections),
+    /// with enough rows for the CPU's GEMM: after the first, each product's gradient is added
+    /// into the input's in place (`Tensor::matmul_add`).
+    #[test]
+    fn input_read_by_several_products(seed in any::<u64>(), rows in 5usize..24) {
+        let plain = |shape: &[usize], seed: u64| Viewed {
+            base: uniform(shape, -1.0, 1.0, seed),
+            recipe: Recipe::Contiguous,
+            shape: shape.to_vec(),
+        };
+        let (x, w1, w2) = (plain(&[2, rows, 6], seed), plain(&[6, 5], seed + 1), plain(&[6, 5], seed + 2));
+        // The second weight as a linear layer holds it: stored [out, in], used transposed.
+        let w3 = Viewed { base: uniform(&[5, 6], -1.0, 1.0, seed + 3), recipe: Recipe::Transposed(0, 1), shape: vec![6, 5] };
+        check(&[&x, &w1, &w2, &w3], &default(), |v| {
+            v[0].matmul(&v[1])?.add(&v[0].matmul(&v[2])?)?.mul(&v[0].matmul(&v[3])?)
+        })?;
+    }
+
     #[test]
     fn batched_matmul_with_strided_and_broadcast_operands(
         (a, b, bt) in (shape(0..=2, 1..=3), 1usize..5, 1usize..5, 1usize..5, any::<bool>()).prop_flat_map(|(batch, m, k, n, shared)| {

@@ -60,7 +60,17 @@ pub(crate) fn applies((m, k, n): (usize, usize, usize), a: &Strided) -> bool {
 /// # Panics
 /// If an operand does not lie inside its slice, `c` is not `m·n` long, or the product does
 /// not [`applies`].
-pub(crate) fn product((m, k, n): (usize, usize, usize), a: Strided, b: Strided, c: &mut [f32]) {
+pub(crate) fn product(shape: (usize, usize, usize), a: Strided, b: Strided, c: &mut [f32]) {
+    product_with(shape, a, b, (0.0, c));
+}
+
+/// [`product`] added to what `c` holds: `c += a·b`.
+pub(crate) fn product_add(shape: (usize, usize, usize), a: Strided, b: Strided, c: &mut [f32]) {
+    product_with(shape, a, b, (1.0, c));
+}
+
+/// `c = beta·c + a·b` (`beta` 0 or 1).
+fn product_with((m, k, n): (usize, usize, usize), a: Strided, b: Strided, (beta, c): (f32, &mut [f32])) {
     assert!(applies((m, k, n), &a), "gemm::product called where it does not apply");
     assert_eq!(c.len(), m * n, "product output length");
     few_rows::assert_product_in_bounds((m, n, k), &a, &b, (c.len(), n.max(1)));
@@ -68,7 +78,7 @@ pub(crate) fn product((m, k, n): (usize, usize, usize), a: Strided, b: Strided, 
         return;
     }
     if k == 0 {
-        c.fill(0.0);
+        c.iter_mut().for_each(|x| *x *= beta);
         return;
     }
     let threads = if m * n * k < PARALLEL_MIN_FLOPS { 1 } else { rayon::current_num_threads().max(1) };
@@ -83,7 +93,7 @@ pub(crate) fn product((m, k, n): (usize, usize, usize), a: Strided, b: Strided, 
     let mut fresh = Vec::new();
     let packed: &mut Vec<f32> = kept.as_deref_mut().unwrap_or(&mut fresh);
     packed.resize(k * panels * PANEL, 0.0);
-    let job = Product { a, b, k, n };
+    let job = Product { a, b, k, n, beta };
     let (next_panel, panels_packed, next_block) =
         (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let (packed_len, packed_ptr, c_ptr) =
@@ -143,6 +153,8 @@ struct Product<'a> {
     b: Strided<'a>,
     k: usize,
     n: usize,
+    /// What `c`'s old contents are scaled by (0: never read).
+    beta: f32,
 }
 
 impl Product<'_> {
@@ -174,7 +186,7 @@ impl Product<'_> {
             let c_tile = &mut c_rows[t0 * n..(t0 + tile_rows) * n];
             for s0 in (0..self.k).step_by(DEPTH) {
                 let steps = DEPTH.min(self.k - s0);
-                let beta = if s0 == 0 { 0.0 } else { 1.0 };
+                let beta = if s0 == 0 { self.beta } else { 1.0 };
                 let a_tile = Strided { offset: a.offset + (r0 + t0) * a.row_stride + s0, ..*a };
                 for (p, panel) in packed.chunks_exact(self.k * PANEL).enumerate() {
                     let j0 = p * PANEL;

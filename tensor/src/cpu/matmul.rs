@@ -166,6 +166,39 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
     out
 }
 
+/// `c += a·b` written over `c` (`[batch…, m, n]`, contiguous) where the product, its batch
+/// folded into rows, is one matrix that [`gemm`] takes: a layer input's gradient that several
+/// linear layers add to. Returns whether it did; otherwise `c` is unchanged.
+pub(crate) fn matmul_add(
+    (c, lc): (&mut [f32], &Layout),
+    (a, la): (&[f32], &Layout),
+    (b, lb): (&[f32], &Layout),
+    spec: &MatmulSpec,
+) -> bool {
+    let folded = fold_batch(la, lb, spec);
+    let (la, lb, spec) = match &folded {
+        Some((fa, fb, folded)) => (fa, fb, folded),
+        None => (la, lb, spec),
+    };
+    let (m, k, n) = (spec.m, spec.k, spec.n);
+    if !spec.batch.iter().all(|&d| d == 1) || !lc.is_contiguous() || lc.numel() != m * n || m <= FEW_ROWS {
+        return false;
+    }
+    let rank = la.rank();
+    let strided = |data, l: &Layout| Strided {
+        data,
+        offset: l.offset(),
+        row_stride: l.strides()[rank - 2],
+        col_stride: l.strides()[rank - 1],
+    };
+    let (a, b) = (strided(a, la), strided(b, lb));
+    if !gemm::applies((m, k, n), &a) {
+        return false;
+    }
+    gemm::product_add((m, k, n), a, b, &mut c[lc.offset()..lc.offset() + m * n]);
+    true
+}
+
 /// A product with a shared right operand (stride 0 on every batch axis, as a weight is) whose
 /// left operand's batch axes and rows step through memory as one axis, as one matrix product
 /// with `batch · m` rows: the same numbers in the same output order, but the shared operand is

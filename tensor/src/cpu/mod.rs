@@ -146,6 +146,11 @@ impl BackendStorage for CpuStorage {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;
         out(matmul::matmul(parts(&a), parts(&b), &spec))
     }
+    fn matmul_add(mut c: Owned<Self>, a: Operand<Self>, b: Operand<Self>) -> Result<bool> {
+        let spec = MatmulSpec::of(a.layout(), b.layout())?;
+        let layout = c.layout();
+        Ok(matmul::matmul_add((&mut c.storage_mut().data, layout), parts(&a), parts(&b), &spec))
+    }
     fn attention(
         q: Operand<Self>,
         k: Operand<Self>,
