@@ -59,6 +59,7 @@ pub(crate) enum Skip<'a> {
 impl Skip<'_> {
     /// For the tile of rows `r0..r0 + h` of an `m × w` product over `k`: the range of `t` its
     /// sums run over, and the column its panels stop before.
+    #[inline(always)]
     fn bounds(&self, (r0, h): (usize, usize), (w, k): (usize, usize)) -> (usize, usize, usize) {
         let largest = |ends: &[usize]| ends[r0..r0 + h].iter().copied().max().unwrap_or(0);
         match *self {
