@@ -475,38 +475,47 @@ pub(crate) mod sixteen {
     /// See [`super::sum_exp_shifted`].
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub fn sum_exp_shifted(xs: &[f32], shift: f32, mut out: Option<&mut [f32]>) -> f32 {
+    pub fn sum_exp_shifted(xs: &[f32], shift: f32, out: Option<&mut [f32]>) -> f32 {
         if let Some(out) = &out {
             assert_eq!(out.len(), xs.len());
         }
-        let s = _mm512_set1_ps(shift);
-        let mut acc = _mm512_setzero_ps();
-        for at in (0..xs.len()).step_by(LANES) {
-            let n = LANES.min(xs.len() - at);
-            let e = exp(_mm512_sub_ps(load(xs, at, n), s));
-            acc = _mm512_mask_add_ps(acc, first(n), acc, e);
-            if let Some(out) = out.as_deref_mut() {
-                // SAFETY: `out` is as long as `xs` (asserted), so the kept lanes `at..at + n` are
-                // inside it; `out` is borrowed mutably.
-                unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), first(n), e) };
-            }
-        }
-        _mm512_reduce_add_ps(acc)
+        // SAFETY: `xs` holds `xs.len()` elements and `out`, when given, as many (asserted),
+        // borrowed mutably.
+        unsafe { exp_shifted(xs.as_ptr(), out.map(|o| o.as_mut_ptr()), xs.len(), shift) }
     }
 
     /// See [`super::exp_shifted_in_place`].
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn exp_shifted_in_place(xs: &mut [f32], shift: f32) -> f32 {
+        let at = xs.as_mut_ptr();
+        // SAFETY: `xs` holds `xs.len()` elements, borrowed mutably; each vector is read before
+        // the same lanes are written.
+        unsafe { exp_shifted(at, Some(at), xs.len(), shift) }
+    }
+
+    /// `Σ e^{x − shift}` over `len` elements from `src`, each also stored to `dst` when given
+    /// (which may be `src` itself).
+    ///
+    /// # Safety
+    /// `src` is readable and `dst`, when given, writable for `len` elements, and nothing else
+    /// accesses `dst` meanwhile.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp_shifted(src: *const f32, dst: Option<*mut f32>, len: usize, shift: f32) -> f32 {
         let s = _mm512_set1_ps(shift);
         let mut acc = _mm512_setzero_ps();
-        for at in (0..xs.len()).step_by(LANES) {
-            let n = LANES.min(xs.len() - at);
-            let e = exp(_mm512_sub_ps(load(xs, at, n), s));
-            acc = _mm512_mask_add_ps(acc, first(n), acc, e);
-            // SAFETY: the kept lanes `at..at + n` are inside `xs` (`load` asserted it), which is
-            // borrowed mutably.
-            unsafe { _mm512_mask_storeu_ps(xs.as_mut_ptr().add(at), first(n), e) };
+        for at in (0..len).step_by(LANES) {
+            let mask = first(len - at);
+            // SAFETY: the lanes the mask keeps are elements `at..min(at + 16, len)`, inside
+            // `src` (the caller's contract); masked-off lanes are not read.
+            let e = exp(_mm512_sub_ps(unsafe { _mm512_maskz_loadu_ps(mask, src.add(at)) }, s));
+            acc = _mm512_mask_add_ps(acc, mask, acc, e);
+            if let Some(dst) = dst {
+                // SAFETY: the same lanes of `dst`, writable and not otherwise accessed (the
+                // caller's contract); masked-off lanes are not written.
+                unsafe { _mm512_mask_storeu_ps(dst.add(at), mask, e) };
+            }
         }
         _mm512_reduce_add_ps(acc)
     }

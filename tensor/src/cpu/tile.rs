@@ -24,7 +24,7 @@
 //!   contiguous rows; a tile narrower than 32 columns is masked.
 //!
 //! A finished tile is stored as `beta·c + a·b`, or put through one of the attention backward's
-//! elementwise steps on its way out ([`Epilogue`]): `p = e^{s − lse}` as `S = Q Kᵀ` is
+//! elementwise steps on its way out (`Epilogue`): `p = e^{s − lse}` as `S = Q Kᵀ` is
 //! recomputed, `ds = p (dp − Δ)` as `dP = dO Vᵀ` is made. Each spares a pass that would read
 //! the whole score block back from the second-level cache and write it again.
 //!
