@@ -154,25 +154,27 @@ impl Tape {
                     let acc = grads[x].take().expect("checked by the guard");
                     grads[x] = Some(acc.matmul_add(&g, &b.t()?)?);
                     if let Some(n) = rhs {
-                        let gb = matmul_rhs_gradient(&a, &b, &g)?;
-                        grads[n] = Some(match grads[n].take() {
-                            Some(acc) => acc.add(&gb)?,
-                            None => gb,
-                        });
+                        add_gradient(&mut grads[n], matmul_rhs_gradient(&a, &b, &g)?)?;
                     }
                 }
                 op => {
                     for (input, gi) in backward_rule(op, g)? {
-                        grads[input] = Some(match grads[input].take() {
-                            Some(acc) => acc.add(&gi)?,
-                            None => gi,
-                        });
+                        add_gradient(&mut grads[input], gi)?;
                     }
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// Adds `g` to a node's gradient (which becomes `g` where it has none yet).
+fn add_gradient(grad: &mut Option<Tensor>, g: Tensor) -> Result<()> {
+    *grad = Some(match grad.take() {
+        Some(acc) => acc.add(&g)?,
+        None => g,
+    });
+    Ok(())
 }
 
 /// Gradients from one backward pass.

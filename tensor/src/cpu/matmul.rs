@@ -95,9 +95,8 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
         }
         return out;
     }
-    let (a_one, b_one) = operands(0);
-    if batches == 1 && gemm::applies((m, k, n), &a_one) {
-        gemm::product((m, k, n), a_one, b_one, &mut out);
+    if let Some((shape, a_one, b_one)) = gemm_operands((a, la), (b, lb), spec) {
+        gemm::product(shape, a_one, b_one, &mut out);
         return out;
     }
     // A single matrix is cut across the threads by rows or by columns. Each task packs its
@@ -166,37 +165,44 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
     out
 }
 
-/// `c += a·b` written over `c` (`[batch…, m, n]`, contiguous) where the product, its batch
-/// folded into rows, is one matrix that [`gemm`] takes: a layer input's gradient that several
-/// linear layers add to. Returns whether it did; otherwise `c` is unchanged.
+/// `c += a·b` written over `c` (`[batch…, m, n]`, contiguous) where the product is one that
+/// [`gemm`] takes: a layer input's gradient that several linear layers add to. Returns whether
+/// it did; otherwise `c` is unchanged.
 pub(crate) fn matmul_add(
     (c, lc): (&mut [f32], &Layout),
-    (a, la): (&[f32], &Layout),
-    (b, lb): (&[f32], &Layout),
+    a: (&[f32], &Layout),
+    b: (&[f32], &Layout),
     spec: &MatmulSpec,
 ) -> bool {
+    let Some(((m, k, n), a, b)) = gemm_operands(a, b, spec) else { return false };
+    if !lc.is_contiguous() || lc.numel() != m * n {
+        return false;
+    }
+    gemm::product_add((m, k, n), a, b, &mut c[lc.offset()..lc.offset() + m * n]);
+    true
+}
+
+/// The product as the one matrix [`gemm`] takes, `(m, k, n)` and both operands, when it is
+/// one (its batch folded into rows, or a batch of one) with more than a few rows.
+fn gemm_operands<'a>(
+    (a, la): (&'a [f32], &Layout),
+    (b, lb): (&'a [f32], &Layout),
+    spec: &MatmulSpec,
+) -> Option<((usize, usize, usize), Strided<'a>, Strided<'a>)> {
     let folded = fold_batch(la, lb, spec);
     let (la, lb, spec) = match &folded {
         Some((fa, fb, folded)) => (fa, fb, folded),
         None => (la, lb, spec),
     };
-    let (m, k, n) = (spec.m, spec.k, spec.n);
-    if !spec.batch.iter().all(|&d| d == 1) || !lc.is_contiguous() || lc.numel() != m * n || m <= FEW_ROWS {
-        return false;
+    if spec.batch.iter().any(|&d| d != 1) || spec.m <= FEW_ROWS {
+        return None;
     }
-    let rank = la.rank();
-    let strided = |data, l: &Layout| Strided {
-        data,
-        offset: l.offset(),
-        row_stride: l.strides()[rank - 2],
-        col_stride: l.strides()[rank - 1],
+    let matrix = |data, l: &Layout| {
+        let (rank, strides) = (l.rank(), l.strides());
+        Strided { data, offset: l.offset(), row_stride: strides[rank - 2], col_stride: strides[rank - 1] }
     };
-    let (a, b) = (strided(a, la), strided(b, lb));
-    if !gemm::applies((m, k, n), &a) {
-        return false;
-    }
-    gemm::product_add((m, k, n), a, b, &mut c[lc.offset()..lc.offset() + m * n]);
-    true
+    let (shape, a) = ((spec.m, spec.k, spec.n), matrix(a, la));
+    gemm::applies(shape, &a).then(|| (shape, a, matrix(b, lb)))
 }
 
 /// A product with a shared right operand (stride 0 on every batch axis, as a weight is) whose

@@ -83,6 +83,7 @@ pub(super) fn from_row(m: Matrix, t: usize) -> Matrix {
 /// Score and probability blocks, the forward's running maximum and sum per query, the
 /// current key block's `Kᵀ` and `Vᵀ` as row-major copies for the tile kernel, and contiguous
 /// copies of operands whose rows lie apart; reused by every sweep of a head.
+#[derive(Default)]
 pub(super) struct Scratch {
     scores: Vec<f32>,
     probs: Vec<f32>,
@@ -110,20 +111,7 @@ impl Scratch {
     /// zeroing two fresh score blocks for every head was 8 % of a `step-2k` self-attention's
     /// time (its heads are small); nothing here is read before the sweep writes it.
     pub fn take(queries: usize, keys: usize) -> Self {
-        let mut scratch = SPARE.take().unwrap_or_else(|| Scratch {
-            scores: Vec::new(),
-            probs: Vec::new(),
-            max: Vec::new(),
-            sum: Vec::new(),
-            runs: Vec::new(),
-            stairs: Stairs::default(),
-            keys_t: Transposed::default(),
-            values_t: Transposed::default(),
-            queries: Vec::new(),
-            d_out: Vec::new(),
-            keys: Vec::new(),
-            values: Vec::new(),
-        });
+        let mut scratch = SPARE.take().unwrap_or_default();
         let rows = QUERY_BLOCK.min(queries).max(1);
         let size = rows * KEY_BLOCK.min(keys).max(1);
         let grow = |v: &mut Vec<f32>, len: usize| {
@@ -193,7 +181,7 @@ fn contiguous<'a>(m: Matrix<'a>, (rows, cols): (usize, usize), buf: &'a mut Vec<
     if m.col_stride == 1 && (m.row_stride == cols || rows <= 1) {
         return m;
     }
-    buf.clear();
+    // Every element is written below: resizing keeps the old values rather than zeroing them.
     buf.resize(rows * cols, 0.0);
     /// Rows of a width known at compile time are copied inline (a `memcpy` call per row of
     /// 128 bytes cost more than the copy).
@@ -219,7 +207,7 @@ fn contiguous<'a>(m: Matrix<'a>, (rows, cols): (usize, usize), buf: &'a mut Vec<
 
 /// The first `rows` rows of `m` (`cols` columns) transposed into `out`, row-major `[cols, rows]`.
 fn transpose_into(m: Matrix, (rows, cols): (usize, usize), out: &mut Vec<f32>) {
-    out.clear();
+    // Every element is written below: resizing keeps the old values rather than zeroing them.
     out.resize(rows * cols, 0.0);
     if rows * cols == 0 {
         return;
