@@ -146,6 +146,26 @@ impl Rule for HeadRule<'_> {
     }
 }
 
+/// A rule seen from key `first` on: the sweep's key `j` is the rule's key `first + j` (a sweep
+/// over one chunk of a head's keys).
+struct FromKey<'a, R: Rule> {
+    rule: &'a R,
+    first: usize,
+}
+
+impl<R: Rule> Rule for FromKey<'_, R> {
+    fn block(&self, queries: (usize, usize), (j0, j1): (usize, usize)) -> Block {
+        self.rule.block(queries, (j0 + self.first, j1 + self.first))
+    }
+    fn sees(&self, i: usize, j: usize) -> bool {
+        self.rule.sees(i, j + self.first)
+    }
+    fn run(&self, i: usize, (j0, j1): (usize, usize)) -> Option<(usize, usize)> {
+        let f = self.first;
+        self.rule.run(i, (j0 + f, j1 + f)).map(|(a, b)| (a - f, b - f))
+    }
+}
+
 /// One (batch, head) of the forward, into its rows of `out` `[L, Dv]` and `lse` `[L]`.
 fn forward_head(
     (q, k, v): (Heads, Heads, Heads),
@@ -222,17 +242,7 @@ pub(crate) struct Saved<'a> {
 fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, usize), grads: Grads) {
     let rows = head_rows((s.q, s.k, s.v), (b, h));
     let (l, dv) = (rows.queries, rows.dv);
-    let (lse_data, lse_layout) = s.lse;
-    let ls = lse_layout.strides();
-    let lse: Vec<f32> =
-        (0..l).map(|i| lse_data[lse_layout.offset() + b * ls[0] + h * ls[1] + i * ls[2]]).collect();
-    // Δ_i = do_i · o_i.
-    let delta: Vec<f32> = (0..l)
-        .map(|i| {
-            let (o, g) = (s.out.matrix(b, h, i), d_out.matrix(b, h, i));
-            (0..dv).map(|c| o.data[o.offset + c * o.col_stride] * g.data[g.offset + c * g.col_stride]).sum()
-        })
-        .collect();
+    let (lse, delta) = per_query((s.out, s.lse), d_out, (b, h));
     let d_out_rows = d_out.matrix(b, h, 0);
     let mut scratch = Scratch::take(l, rows.keys);
     let split = Split::of(vis, h);
@@ -266,13 +276,37 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
         }
     }
     scratch.give_back();
-    // A query that sees no key averaged every value: dv_j += do_i / N.
-    let n = rows.keys;
-    for i in (0..l).filter(|&i| lse[i] == f32::NEG_INFINITY) {
+    seen_nothing(d_out, (b, h), &lse, rows.keys, dv_acc);
+}
+
+/// Head `(b, h)`'s per-query inputs of the backward: the saved log-sum-exp, and
+/// `Δ_i = do_i · o_i`.
+fn per_query(
+    (out, (lse_data, lse_layout)): (Heads, (&[f32], &Layout)),
+    d_out: Heads,
+    (b, h): (usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    let (l, dv) = (out.dim(2), out.dim(3));
+    let ls = lse_layout.strides();
+    let lse = (0..l).map(|i| lse_data[lse_layout.offset() + b * ls[0] + h * ls[1] + i * ls[2]]).collect();
+    let delta = (0..l)
+        .map(|i| {
+            let (o, g) = (out.matrix(b, h, i), d_out.matrix(b, h, i));
+            (0..dv).map(|c| o.data[o.offset + c * o.col_stride] * g.data[g.offset + c * g.col_stride]).sum()
+        })
+        .collect();
+    (lse, delta)
+}
+
+/// A query that sees no key averaged all `n` values: `dv_j += do_i / n` for each key whose
+/// gradient `dv` (rows of `Dv`) holds.
+fn seen_nothing(d_out: Heads, (b, h): (usize, usize), lse: &[f32], n: usize, dv: &mut [f32]) {
+    let width = d_out.dim(3);
+    for i in (0..lse.len()).filter(|&i| lse[i] == f32::NEG_INFINITY) {
         let g = d_out.matrix(b, h, i);
-        for j in 0..n {
-            for c in 0..dv {
-                dv_acc[j * dv + c] += g.data[g.offset + c * g.col_stride] / n as f32;
+        for row in dv.chunks_exact_mut(width) {
+            for (c, x) in row.iter_mut().enumerate() {
+                *x += g.data[g.offset + c * g.col_stride] / n as f32;
             }
         }
     }
@@ -301,15 +335,17 @@ pub(crate) fn backward(s: Saved, d_out: Heads, vis: &KeyVisibility) -> [Vec<f32>
 /// Key and value gradients of at least this many f32 (128 MiB) are computed in waves.
 const WAVES_MIN: usize = 1 << 25;
 
+/// Keys per chunk of [`over_keys_in_chunks`]: 8192 keys, a mebibyte per operand at `D = 32`.
+const CHUNK_KEYS: usize = 32 * KEY_BLOCK;
+
 /// The backward with `dk` and `dv` written over the saved `k` and `v` (each in its own
 /// layout, which reaches no position twice); returns `dq` `[B, H, L, D]`.
 ///
-/// A head's task reads its keys and values until it ends, and in `[B, N, H, D]` storage every
-/// head's rows interleave with the others', so no head can be written while another still
-/// reads. Heads therefore go in waves of one per thread: each computes its `dk` and `dv` into
-/// a buffer of its own (`[N, D]`, reused by the next wave), and once the wave has joined, the
-/// buffers are copied over the heads they came from. The peak holds one head's gradients per
-/// thread instead of every head's.
+/// Heads without a sparse split go a chunk of keys at a time ([`over_keys_in_chunks`]): the
+/// backward reads a key and value row only while it computes their gradients, so once a chunk
+/// is done its gradients can take its place. A split head's far sweeps reach keys anywhere,
+/// so heads with a sparse pattern first compute whole gradients, then copy them over
+/// ([`over_keys`]).
 pub(crate) fn backward_over_keys(
     (q, out, lse): (Heads, Heads, (&[f32], &Layout)),
     (k, k_layout): (&mut [f32], &Layout),
@@ -317,13 +353,202 @@ pub(crate) fn backward_over_keys(
     d_out: Heads,
     vis: &KeyVisibility,
 ) -> Vec<f32> {
+    if (0..q.dim(1)).all(|h| Split::of(vis, h).is_none()) {
+        return over_keys_in_chunks((q, out, lse), (k, k_layout), (v, v_layout), d_out, vis, CHUNK_KEYS);
+    }
     let keys = k_layout.shape()[0] * k_layout.shape()[1] * k_layout.shape()[2];
     let waves = keys * (k_layout.shape()[3] + v_layout.shape()[3]) >= WAVES_MIN;
     over_keys((q, out, lse), (k, k_layout), (v, v_layout), d_out, vis, waves)
 }
 
-/// [`backward_over_keys`] in waves, or (smaller keys, where waves would cost a join per wave
-/// to save little) every head at once into fresh buffers copied over.
+/// The rows of one head in a storage that other tasks read and write elsewhere at the same
+/// time, so reached through a raw pointer only, never a slice of the whole.
+#[derive(Clone, Copy)]
+struct HeadInPlace {
+    data: SendPtr,
+    /// Position of row 0, and the row and column strides.
+    offset: usize,
+    row_stride: usize,
+    col_stride: usize,
+    width: usize,
+}
+
+impl HeadInPlace {
+    /// Head `(b, h)` of `layout` (`[B, H, N, D]`) in the storage at `data`.
+    fn new(data: SendPtr, layout: &Layout, (b, h): (usize, usize)) -> Self {
+        let s = layout.strides();
+        let offset = layout.offset() + b * s[0] + h * s[1];
+        HeadInPlace { data, offset, row_stride: s[2], col_stride: s[3], width: layout.shape()[3] }
+    }
+
+    /// Copies rows `j0..` into `rows` (row-major, as many rows as it holds).
+    ///
+    /// # Safety
+    /// The rows lie inside the storage, which lives, and no other task accesses them meanwhile.
+    unsafe fn read(&self, j0: usize, rows: &mut [f32]) {
+        let p = self.data.get();
+        for (t, row) in rows.chunks_exact_mut(self.width).enumerate() {
+            let start = self.offset + (j0 + t) * self.row_stride;
+            // SAFETY: the caller's contract: positions `start + c·col_stride` are inside the
+            // storage and not accessed by anyone else.
+            unsafe {
+                if self.col_stride == 1 {
+                    std::ptr::copy_nonoverlapping(p.add(start), row.as_mut_ptr(), self.width);
+                } else {
+                    for (c, x) in row.iter_mut().enumerate() {
+                        *x = *p.add(start + c * self.col_stride);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `rows` (row-major) over rows `j0..`.
+    ///
+    /// # Safety
+    /// As [`HeadInPlace::read`].
+    unsafe fn write(&self, j0: usize, rows: &[f32]) {
+        let p = self.data.get();
+        for (t, row) in rows.chunks_exact(self.width).enumerate() {
+            let start = self.offset + (j0 + t) * self.row_stride;
+            // SAFETY: as in `read`.
+            unsafe {
+                if self.col_stride == 1 {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), p.add(start), self.width);
+                } else {
+                    for (c, &x) in row.iter().enumerate() {
+                        *p.add(start + c * self.col_stride) = x;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`backward_over_keys`] for heads without a sparse split: each (batch, head) task copies a
+/// chunk of `chunk` keys and values (a multiple of [`KEY_BLOCK`]) of its head into buffers of
+/// its own, runs the sweep over them into chunk-sized gradients, and writes those over the
+/// chunk. The sweep's key blocks, and so its sums, are those of the whole head's sweep: the
+/// results are the same bits as [`backward`]'s.
+///
+/// Before, heads went in waves of one per thread, each into whole-head gradient buffers
+/// (zero-filled, then copied over the keys after the wave): at 131k keys those copies were a
+/// tenth of the attention backward, and the buffers 64 MiB at the step's peak.
+fn over_keys_in_chunks(
+    (q, out, lse): (Heads, Heads, (&[f32], &Layout)),
+    (k, k_layout): (&mut [f32], &Layout),
+    (v, v_layout): (&mut [f32], &Layout),
+    d_out: Heads,
+    vis: &KeyVisibility,
+    chunk: usize,
+) -> Vec<f32> {
+    assert!(chunk > 0 && chunk.is_multiple_of(KEY_BLOCK), "chunks of whole key blocks");
+    let (heads, l, d) = (q.dim(1), q.dim(2), q.dim(3));
+    let (n, dv) = (k_layout.shape()[2], v_layout.shape()[3]);
+    let mut dq = super::pool::zeroed(q.dim(0) * heads * l * d);
+    if l * d == 0 || n * d == 0 || n * dv == 0 {
+        return dq;
+    }
+    assert!(k_layout.checked_extent().is_some_and(|e| e <= k.len()), "attention backward: k outside storage");
+    assert!(v_layout.checked_extent().is_some_and(|e| e <= v.len()), "attention backward: v outside storage");
+    // This runs at the peak of a long-context step: the cache gives back what it holds beyond
+    // it, making room for each thread's chunk buffers.
+    let threads = rayon::current_num_threads().max(1).min(q.dim(0) * heads);
+    super::pool::make_room(threads * 2 * chunk.min(n) * (d + dv) * 4);
+    let (k_data, v_data) = (SendPtr(k.as_mut_ptr()), SendPtr(v.as_mut_ptr()));
+    dq.par_chunks_mut(l * d).enumerate().for_each(|(bh, dq)| {
+        let (b, h) = (bh / heads, bh % heads);
+        let (keys, values) =
+            (HeadInPlace::new(k_data, k_layout, (b, h)), HeadInPlace::new(v_data, v_layout, (b, h)));
+        let (lse, delta) = per_query((out, lse), d_out, (b, h));
+        let up = Upstream { d_out: d_out.matrix(b, h, 0), lse: &lse, delta: &delta };
+        let rule = HeadRule { vis, b, h, n, band: None };
+        let rows = chunk.min(n);
+        let mut scratch = Scratch::take(l, rows);
+        let mut buffers = ChunkBuffers::take((rows * d, rows * dv));
+        let ChunkBuffers { keys: k_rows, values: v_rows, d_keys: dk, d_values: dvs } = &mut buffers;
+        for j0 in (0..n).step_by(chunk) {
+            let len = chunk.min(n - j0);
+            let (k_rows, v_rows) = (&mut k_rows[..len * d], &mut v_rows[..len * dv]);
+            let (dk, dvs) = (&mut dk[..len * d], &mut dvs[..len * dv]);
+            // SAFETY: the rows of head (b, h) lie inside `k` and `v` (asserted above, the
+            // layouts checked against their storage), whose borrows outlive this parallel
+            // section and are not used during it; each layout reaches a position once, so
+            // head (b, h)'s positions are this task's alone.
+            unsafe {
+                keys.read(j0, k_rows);
+                values.read(j0, v_rows);
+            }
+            dk.fill(0.0);
+            dvs.fill(0.0);
+            let rows = Rows {
+                q: q.matrix(b, h, 0),
+                k: Matrix::contiguous(k_rows, d),
+                v: Matrix::contiguous(v_rows, dv),
+                queries: l,
+                keys: len,
+                d,
+                dv,
+            };
+            let grads = Grads { dq: &mut *dq, dk: &mut *dk, dv: &mut *dvs };
+            sweep::backward(rows, up, &FromKey { rule: &rule, first: j0 }, &mut scratch, grads);
+            seen_nothing(d_out, (b, h), &lse, n, dvs);
+            // SAFETY: as above; the sweep has read these rows for the last time.
+            unsafe {
+                keys.write(j0, dk);
+                values.write(j0, dvs);
+            }
+        }
+        scratch.give_back();
+        buffers.give_back();
+    });
+    dq
+}
+
+/// One chunk of a head's keys and values, and their gradients, row-major: the buffers of
+/// [`over_keys_in_chunks`], kept by each thread for its next head.
+#[derive(Default)]
+struct ChunkBuffers {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    d_keys: Vec<f32>,
+    d_values: Vec<f32>,
+}
+
+thread_local! {
+    static SPARE_CHUNKS: std::cell::Cell<Option<ChunkBuffers>> = const { std::cell::Cell::new(None) };
+}
+
+impl ChunkBuffers {
+    /// This thread's spare buffers, with room for `keys` floats of keys (and their gradients)
+    /// and `values` of values. Every element a chunk uses is written before it is read.
+    fn take((keys, values): (usize, usize)) -> Self {
+        let mut buffers = SPARE_CHUNKS.take().unwrap_or_default();
+        for (buffer, len) in [
+            (&mut buffers.keys, keys),
+            (&mut buffers.values, values),
+            (&mut buffers.d_keys, keys),
+            (&mut buffers.d_values, values),
+        ] {
+            if buffer.len() < len {
+                buffer.resize(len, 0.0);
+            }
+        }
+        buffers
+    }
+
+    /// Keeps the buffers for the thread's next head.
+    fn give_back(self) {
+        SPARE_CHUNKS.set(Some(self));
+    }
+}
+
+/// [`backward_over_keys`] for heads with a sparse split, whose far sweeps reach keys anywhere:
+/// whole-head gradients, copied over `k` and `v` once complete. In waves of one head per thread,
+/// each into buffers of its own, copied over the wave's heads once it has joined (in
+/// `[B, N, H, D]` storage the heads' rows interleave), so the peak holds one head's gradients
+/// per thread; or (smaller keys, where waves would cost a join per wave to save little) every
+/// head at once into fresh buffers.
 fn over_keys(
     (q, out, lse): (Heads, Heads, (&[f32], &Layout)),
     (k, k_layout): (&mut [f32], &Layout),
@@ -445,54 +670,66 @@ mod tests {
             .collect()
     }
 
-    /// Writing dk and dv over k and v, in waves or all at once, gives exactly the gradients of
-    /// the plain backward, in k's and v's own layouts.
+    /// Writing dk and dv over k and v, in waves, all at once or a chunk of keys at a time,
+    /// gives exactly the gradients of the plain backward, in k's and v's own layouts: with few
+    /// queries and with query blocks, over keys of one chunk or several (the last one short),
+    /// causal or not, with hidden keys (some queries see none).
     #[test]
     fn gradients_over_the_keys_equal_the_plain_backward() {
-        let (b, h, l, n, d) = (2, 3, 5, 37, 4);
-        let causal =
-            KeyVisibility { causal: Some(n - l), key_positions: None, hidden_keys: None, pattern: None };
-        for vis in [KeyVisibility::default(), causal] {
-            let (lq, lk, lo) = (
-                Layout::contiguous(&[b, h, l, d]),
-                split_heads(b, h, n, d),
-                Layout::contiguous(&[b, h, l, d]),
-            );
-            let (q, k, v, g) = (
-                values(b * h * l * d, 1),
-                values(b * h * n * d, 2),
-                values(b * h * n * d, 3),
-                values(b * h * l * d, 4),
-            );
-            let heads = |data, layout| Heads { data, layout };
-            let (out, lse) = forward(heads(&q, &lq), heads(&k, &lk), heads(&v, &lk), &vis);
-            let ll = Layout::contiguous(&[b, h, l]);
-            let saved = Saved {
-                q: heads(&q, &lq),
-                k: heads(&k, &lk),
-                v: heads(&v, &lk),
-                out: heads(&out, &lo),
-                lse: (&lse, &ll),
-            };
-            let [dq, dk, dv] = backward(saved, heads(&g, &lo), &vis);
-            for waves in [false, true] {
-                let (mut k2, mut v2) = (k.clone(), v.clone());
-                let dq2 = over_keys(
-                    (heads(&q, &lq), heads(&out, &lo), (&lse, &ll)),
-                    (&mut k2, &lk),
-                    (&mut v2, &lk),
-                    heads(&g, &lo),
-                    &vis,
-                    waves,
+        for (b, h, l, n, d) in [(2, 3, 5, 37, 4), (1, 2, 40, 3 * KEY_BLOCK + 20, 8)] {
+            let causal = KeyVisibility::causal(n - l);
+            let hidden: Vec<bool> = (0..b * n).map(|j| j % n < n / 2 || j % 7 == 3).collect();
+            let hiding = KeyVisibility { hidden_keys: Some(hidden.into()), ..KeyVisibility::causal(n - l) };
+            for vis in [KeyVisibility::default(), causal, hiding] {
+                let (lq, lk, lo) = (
+                    Layout::contiguous(&[b, h, l, d]),
+                    split_heads(b, h, n, d),
+                    Layout::contiguous(&[b, h, l, d]),
                 );
-                assert_eq!(dq2, dq, "dq, waves={waves}");
-                // dk is contiguous [B, H, N, D]; k2 holds it through k's layout.
-                let at = |data: &[f32], i: usize| {
-                    let (bb, hh, t, c) = (i / (h * n * d), i / (n * d) % h, i / d % n, i % d);
-                    data[lk.position(&[bb, hh, t, c])]
+                let (q, k, v, g) = (
+                    values(b * h * l * d, 1),
+                    values(b * h * n * d, 2),
+                    values(b * h * n * d, 3),
+                    values(b * h * l * d, 4),
+                );
+                let heads = |data, layout| Heads { data, layout };
+                let (out, lse) = forward(heads(&q, &lq), heads(&k, &lk), heads(&v, &lk), &vis);
+                let ll = Layout::contiguous(&[b, h, l]);
+                let saved = Saved {
+                    q: heads(&q, &lq),
+                    k: heads(&k, &lk),
+                    v: heads(&v, &lk),
+                    out: heads(&out, &lo),
+                    lse: (&lse, &ll),
                 };
-                assert!((0..dk.len()).all(|i| at(&k2, i) == dk[i]), "dk, waves={waves}");
-                assert!((0..dv.len()).all(|i| at(&v2, i) == dv[i]), "dv, waves={waves}");
+                let [dq, dk, dv] = backward(saved, heads(&g, &lo), &vis);
+                for way in ["all at once", "in waves", "in chunks of one block", "in chunks"] {
+                    let (mut k2, mut v2) = (k.clone(), v.clone());
+                    let inputs = (heads(&q, &lq), heads(&out, &lo), (&lse[..], &ll));
+                    let (ko, vo, g) = ((&mut k2[..], &lk), (&mut v2[..], &lk), heads(&g, &lo));
+                    let dq2 = match way {
+                        "all at once" => over_keys(inputs, ko, vo, g, &vis, false),
+                        "in waves" => over_keys(inputs, ko, vo, g, &vis, true),
+                        "in chunks of one block" => over_keys_in_chunks(inputs, ko, vo, g, &vis, KEY_BLOCK),
+                        _ => over_keys_in_chunks(inputs, ko, vo, g, &vis, CHUNK_KEYS),
+                    };
+                    let same =
+                        |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(dq2.len() == dq.len() && same(&dq2, &dq), "dq {way}, n={n}");
+                    // dk is contiguous [B, H, N, D]; k2 holds it through k's layout.
+                    let at = |data: &[f32], i: usize| {
+                        let (bb, hh, t, c) = (i / (h * n * d), i / (n * d) % h, i / d % n, i % d);
+                        data[lk.position(&[bb, hh, t, c])]
+                    };
+                    assert!(
+                        (0..dk.len()).all(|i| at(&k2, i).to_bits() == dk[i].to_bits()),
+                        "dk {way}, n={n}"
+                    );
+                    assert!(
+                        (0..dv.len()).all(|i| at(&v2, i).to_bits() == dv[i].to_bits()),
+                        "dv {way}, n={n}"
+                    );
+                }
             }
         }
     }
