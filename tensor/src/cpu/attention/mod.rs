@@ -451,10 +451,6 @@ fn over_keys_in_chunks(
     }
     assert!(k_layout.checked_extent().is_some_and(|e| e <= k.len()), "attention backward: k outside storage");
     assert!(v_layout.checked_extent().is_some_and(|e| e <= v.len()), "attention backward: v outside storage");
-    // This runs at the peak of a long-context step: the cache gives back what it holds beyond
-    // it, making room for each thread's chunk buffers.
-    let threads = rayon::current_num_threads().max(1).min(q.dim(0) * heads);
-    super::pool::make_room(threads * 2 * chunk.min(n) * (d + dv) * 4);
     let (k_data, v_data) = (SendPtr(k.as_mut_ptr()), SendPtr(v.as_mut_ptr()));
     dq.par_chunks_mut(l * d).enumerate().for_each(|(bh, dq)| {
         let (b, h) = (bh / heads, bh % heads);
@@ -524,6 +520,13 @@ impl ChunkBuffers {
     /// and `values` of values. Every element a chunk uses is written before it is read.
     fn take((keys, values): (usize, usize)) -> Self {
         let mut buffers = SPARE_CHUNKS.take().unwrap_or_default();
+        // This runs at the peak of a long-context step: where the buffers grow, the cache
+        // first gives back what it holds beyond the peak. (Trimming it at every call, for
+        // buffers already held, freed a 128 MiB buffer that the step then faulted in afresh.)
+        let held = buffers.keys.len() + buffers.values.len();
+        if keys + values > held {
+            super::pool::make_room(2 * (keys + values - held) * std::mem::size_of::<f32>());
+        }
         for (buffer, len) in [
             (&mut buffers.keys, keys),
             (&mut buffers.values, values),
