@@ -192,7 +192,7 @@ pub(crate) fn product_in_tiles_of<const R: usize>(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use crate::cpu::math::sixteen::{exp, first};
+    use crate::cpu::math::sixteen::{exp_flushed, first};
 
     /// Columns per tile: two vectors of 16.
     const COLS: usize = 32;
@@ -303,7 +303,7 @@ mod avx512 {
                 }
                 Finish::ExpShifted(shift) => {
                     let s = _mm512_set1_ps(*shift.add(r));
-                    (x0, x1) = (exp(_mm512_sub_ps(x0, s)), exp(_mm512_sub_ps(x1, s)));
+                    (x0, x1) = (exp_flushed(_mm512_sub_ps(x0, s)), exp_flushed(_mm512_sub_ps(x1, s)));
                 }
                 Finish::Accumulate(_) => {}
                 Finish::ScaledShifted(p, shift) => {
