@@ -386,23 +386,11 @@ impl HeadInPlace {
     /// # Safety
     /// The rows lie inside the storage, which lives, and no other task accesses them meanwhile.
     unsafe fn read(&self, j0: usize, rows: &mut [f32]) {
-        let p = self.data.get();
         for (t, row) in rows.chunks_exact_mut(self.width).enumerate() {
-            let start = self.offset + (j0 + t) * self.row_stride;
-            // SAFETY: the caller's contract: positions `start + c·col_stride` are inside the
-            // storage and not accessed by anyone else.
-            unsafe {
-                match (self.col_stride, self.width) {
-                    (1, 32) => copy_row::<32>(p.add(start), row.as_mut_ptr()),
-                    (1, 64) => copy_row::<64>(p.add(start), row.as_mut_ptr()),
-                    (1, width) => std::ptr::copy_nonoverlapping(p.add(start), row.as_mut_ptr(), width),
-                    _ => {
-                        for (c, x) in row.iter_mut().enumerate() {
-                            *x = *p.add(start + c * self.col_stride);
-                        }
-                    }
-                }
-            }
+            let start = self.data.get().wrapping_add(self.offset + (j0 + t) * self.row_stride);
+            // SAFETY: the caller's contract: row `j0 + t`'s positions are inside the storage
+            // and not accessed by anyone else; `row` is a slice of its own.
+            unsafe { copy_row(self.width, (start, self.col_stride), (row.as_mut_ptr(), 1)) };
         }
     }
 
@@ -411,35 +399,44 @@ impl HeadInPlace {
     /// # Safety
     /// As [`HeadInPlace::read`].
     unsafe fn write(&self, j0: usize, rows: &[f32]) {
-        let p = self.data.get();
         for (t, row) in rows.chunks_exact(self.width).enumerate() {
-            let start = self.offset + (j0 + t) * self.row_stride;
+            let start = self.data.get().wrapping_add(self.offset + (j0 + t) * self.row_stride);
             // SAFETY: as in `read`.
-            unsafe {
-                match (self.col_stride, self.width) {
-                    (1, 32) => copy_row::<32>(row.as_ptr(), p.add(start)),
-                    (1, 64) => copy_row::<64>(row.as_ptr(), p.add(start)),
-                    (1, width) => std::ptr::copy_nonoverlapping(row.as_ptr(), p.add(start), width),
-                    _ => {
-                        for (c, &x) in row.iter().enumerate() {
-                            *p.add(start + c * self.col_stride) = x;
-                        }
-                    }
-                }
-            }
+            unsafe { copy_row(self.width, (row.as_ptr(), 1), (start, self.col_stride)) };
         }
     }
 }
 
-/// Copies `W` floats from `src` to `dst` as one move the compiler inlines: a `memcpy` call
-/// for each 128-byte row of a head was 5 % of a `long-131k` step.
+/// Copies `width` floats from `src` to `dst`, each stepping by its stride. Rows 32 or 64 wide
+/// with unit strides are one move the compiler inlines: a `memcpy` call for each 128-byte row
+/// of a head was 5 % of a `long-131k` step.
 ///
 /// # Safety
-/// `src` is readable and `dst` writable for `W` floats, and the two do not overlap.
+/// `src + c·src_step` is readable and `dst + c·dst_step` writable for `c < width`, and the two
+/// do not overlap.
 #[inline(always)]
-unsafe fn copy_row<const W: usize>(src: *const f32, dst: *mut f32) {
-    // SAFETY: the caller's contract; unaligned reads and writes need no alignment beyond f32's.
-    unsafe { (dst as *mut [f32; W]).write_unaligned((src as *const [f32; W]).read_unaligned()) }
+unsafe fn copy_row(width: usize, (src, src_step): (*const f32, usize), (dst, dst_step): (*mut f32, usize)) {
+    /// # Safety
+    /// `W` floats are readable at `src` and writable at `dst`, and the two do not overlap.
+    #[inline(always)]
+    unsafe fn fixed<const W: usize>(src: *const f32, dst: *mut f32) {
+        // SAFETY: the contract above; unaligned reads and writes need no alignment beyond f32's.
+        unsafe { (dst as *mut [f32; W]).write_unaligned((src as *const [f32; W]).read_unaligned()) }
+    }
+    // SAFETY: the caller's contract, for every position reached (with unit strides, the `W`
+    // floats `fixed` moves are exactly the `width` the contract covers).
+    unsafe {
+        match (src_step, dst_step, width) {
+            (1, 1, 32) => fixed::<32>(src, dst),
+            (1, 1, 64) => fixed::<64>(src, dst),
+            (1, 1, _) => std::ptr::copy_nonoverlapping(src, dst, width),
+            _ => {
+                for c in 0..width {
+                    *dst.add(c * dst_step) = *src.add(c * src_step);
+                }
+            }
+        }
+    }
 }
 
 /// [`backward_over_keys`] for heads without a sparse split: each (batch, head) task copies a
@@ -476,9 +473,9 @@ fn over_keys_in_chunks(
         let (lse, delta) = per_query((out, lse), d_out, (b, h));
         let up = Upstream { d_out: d_out.matrix(b, h, 0), lse: &lse, delta: &delta };
         let rule = HeadRule { vis, b, h, n, band: None };
-        let rows = chunk.min(n);
-        let mut scratch = Scratch::take(l, rows);
-        let mut buffers = ChunkBuffers::take((rows * d, rows * dv));
+        let chunk_rows = chunk.min(n);
+        let mut scratch = Scratch::take(l, chunk_rows);
+        let mut buffers = ChunkBuffers::take((chunk_rows * d, chunk_rows * dv));
         let ChunkBuffers { keys: k_rows, values: v_rows, d_keys: dk, d_values: dvs } = &mut buffers;
         for j0 in (0..n).step_by(chunk) {
             let len = chunk.min(n - j0);
