@@ -25,12 +25,42 @@ fn gather(src: &[f32], offset: usize, stride: usize, buf: &mut [f32]) {
     }
 }
 
-/// The input's elements in row-major order: borrowed if already contiguous, else copied.
-pub(crate) fn contiguous<'a>(src: &'a [f32], layout: &Layout) -> std::borrow::Cow<'a, [f32]> {
-    if layout.is_contiguous() {
-        std::borrow::Cow::Borrowed(&src[layout.offset()..layout.offset() + layout.numel()])
+/// `len = buf.len()` elements from `offset` with `stride`: read where they lie when they are
+/// contiguous (a row against a broadcast column), else gathered into `buf`.
+#[inline]
+fn run_of<'a>(src: &'a [f32], offset: usize, stride: usize, buf: &'a mut [f32]) -> &'a [f32] {
+    if stride == 1 {
+        &src[offset..offset + buf.len()]
     } else {
-        std::borrow::Cow::Owned(unary(src, layout, UnaryOp::Identity))
+        gather(src, offset, stride, buf);
+        buf
+    }
+}
+
+/// The input's elements in row-major order: borrowed if already contiguous, else copied into
+/// a buffer that goes back to the [`super::pool`] when dropped (a plain `Vec` would go back to
+/// the system, and the next copy of its size be faulted in afresh).
+pub(crate) fn contiguous<'a>(src: &'a [f32], layout: &Layout) -> Contiguous<'a> {
+    if layout.is_contiguous() {
+        Contiguous::Borrowed(&src[layout.offset()..layout.offset() + layout.numel()])
+    } else {
+        Contiguous::Copied(super::CpuStorage::new(unary(src, layout, UnaryOp::Identity)))
+    }
+}
+
+/// What [`contiguous`] returns: the elements, in place or in a pooled copy.
+pub(crate) enum Contiguous<'a> {
+    Borrowed(&'a [f32]),
+    Copied(super::CpuStorage),
+}
+
+impl std::ops::Deref for Contiguous<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Contiguous::Borrowed(x) => x,
+            Contiguous::Copied(x) => x.as_slice(),
+        }
     }
 }
 
@@ -71,9 +101,9 @@ pub(crate) fn binary(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, op: BinaryO
             } else {
                 for (k, d) in dst.chunks_mut(BLOCK).enumerate() {
                     let n = d.len();
-                    gather(a, oa + k * BLOCK * sa, sa, &mut ba[..n]);
-                    gather(b, ob + k * BLOCK * sb, sb, &mut bb[..n]);
-                    binary_slice(op, &ba[..n], &bb[..n], d);
+                    let xa = run_of(a, oa + k * BLOCK * sa, sa, &mut ba[..n]);
+                    let xb = run_of(b, ob + k * BLOCK * sb, sb, &mut bb[..n]);
+                    binary_slice(op, xa, xb, d);
                 }
             }
         });
