@@ -126,11 +126,14 @@ pub(crate) fn index_add(
                 let from = &src[layout.offset() + j * inner + c0..][..width];
                 let at = i * inner + c0;
                 assert!(at + width <= len, "index_add: index {i} out of range");
-                for (x, &g) in from.iter().enumerate() {
-                    // SAFETY: `at + x < len` (asserted), inside `out`, which lives and is not
-                    // otherwise used until the tasks join; each task adds only into its own
-                    // columns c0..c0 + width of every row, so no two tasks touch one element.
-                    unsafe { *out_ptr.get().add(at + x) += g };
+                // SAFETY: `at..at + width` lies inside `out` (asserted), which lives and is not
+                // otherwise used until the tasks join; each task adds only into its own columns
+                // c0..c0 + width of every row, so no other task touches these elements, and this
+                // slice is the only reference to them while it lives. (As a slice the loop is
+                // vectorised: adds through the raw pointer, which might alias `src`, were not.)
+                let to = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(at), width) };
+                for (x, &g) in to.iter_mut().zip(from) {
+                    *x += g;
                 }
             }
         };
