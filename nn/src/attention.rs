@@ -166,7 +166,7 @@ impl Attention {
     /// rotated by the last `L` positions of `rotary`.
     pub fn queries(&self, ctx: &Ctx, x_q: &Var, rotary: Option<&RotaryTables>) -> Result<Var> {
         let scale = (self.head_dim as f32).powf(-0.5);
-        let q = self.split_heads(&self.q_proj.forward(ctx, x_q)?, self.head_dim)?.mul_scalar(scale)?;
+        let q = self.split_heads(&self.q_proj.forward_scaled(ctx, x_q, scale)?, self.head_dim)?;
         match rotary {
             Some(r) => r.apply(q),
             None => Ok(q),

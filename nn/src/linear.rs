@@ -34,4 +34,16 @@ impl Linear {
             None => y,
         })
     }
+
+    /// `scale · (x Wᵀ + b)`, computed as `x (scale·W)ᵀ + scale·b`: scaling the weight (`out ×
+    /// in` values) rather than the output (`rows × out`) spares a pass over the output, and
+    /// the backward scales only the weight's gradient. (Attention's queries: `D^(-½)` on
+    /// `[B, L, C]` queries cost as much as a layer norm per layer.)
+    pub fn forward_scaled(&self, ctx: &Ctx, x: &Var, scale: f32) -> Result<Var> {
+        let y = x.matmul(&ctx.param(self.weight).mul_scalar(scale)?.t()?)?;
+        Ok(match self.bias {
+            Some(b) => y.add(&ctx.param(b).mul_scalar(scale)?)?,
+            None => y,
+        })
+    }
 }
