@@ -40,29 +40,23 @@ impl AdamW {
     }
 
     /// One update of every parameter that has a gradient, each in one fused pass
-    /// ([`Tensor::adamw_step`]: no temporaries the size of the parameter).
+    /// ([`Tensor::adamw_step_in_place`]: no temporaries the size of the parameter).
     pub fn update(&mut self, params: &mut ParamStore, grads: &Gradients, lr: f32) -> Result<()> {
         self.step += 1;
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
         let t = self.step as i32;
         let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
-        let updates: Vec<(ParamId, Tensor)> = params
-            .iter()
-            .filter_map(|p| grads.get(p.id).map(|g| (p, g)))
-            .map(|(p, g)| -> Result<(ParamId, Tensor)> {
-                let (m, v) = match self.moments.remove(&p.id) {
-                    Some(mv) => mv,
-                    None => (p.value.zeros_like()?, p.value.zeros_like()?),
-                };
-                let decay = if p.decay && weight_decay > 0.0 { 1.0 - lr * weight_decay } else { 1.0 };
-                let step = AdamWStep { lr, beta1, beta2, eps, decay, c1, c2 };
-                let [x, m, v] = p.value.adamw_step(g, &m, &v, &step)?;
-                self.moments.insert(p.id, (m, v));
-                Ok((p.id, x))
-            })
-            .collect::<Result<_>>()?;
-        for (id, x) in updates {
-            params.set(id, x)?;
+        for (id, decayed, x) in params.values_mut() {
+            let Some(g) = grads.get(id) else { continue };
+            let (mut m, mut v) = match self.moments.remove(&id) {
+                Some(mv) => mv,
+                None => (x.zeros_like()?, x.zeros_like()?),
+            };
+            let decay = if decayed && weight_decay > 0.0 { 1.0 - lr * weight_decay } else { 1.0 };
+            let step = AdamWStep { lr, beta1, beta2, eps, decay, c1, c2 };
+            // Over the old values where nothing else holds them (the tape has let go of them).
+            x.adamw_step_in_place(g, &mut m, &mut v, &step)?;
+            self.moments.insert(id, (m, v));
         }
         Ok(())
     }

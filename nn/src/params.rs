@@ -87,6 +87,12 @@ impl ParamStore {
         self.params.iter()
     }
 
+    /// Each parameter's id, weight-decay flag and value, for an update in place (which keeps
+    /// the value's shape; [`ParamStore::set`] checks a replacement's).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = (ParamId, bool, &mut Tensor)> {
+        self.params.iter_mut().map(|p| (p.id, p.decay, &mut p.value))
+    }
+
     pub fn len(&self) -> usize {
         self.params.len()
     }

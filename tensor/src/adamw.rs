@@ -9,6 +9,7 @@
 //! Devices do it in one pass, in the order of [`Tensor::adamw_step_composed`] (the reference
 //! it is tested against), so on the CPU the two agree to the last bit.
 
+use crate::backend::Owned;
 use crate::bail;
 use crate::error::{fmt_shape, Result};
 use crate::tensor::Tensor;
@@ -44,6 +45,16 @@ impl Tensor {
     /// One AdamW step of parameter `self` with gradient `g` and moments `m`, `v` (all of one
     /// shape, on one device): the new `[x, m, v]`.
     pub fn adamw_step(&self, g: &Tensor, m: &Tensor, v: &Tensor, step: &AdamWStep) -> Result<[Tensor; 3]> {
+        self.check_adamw_operands(g, m, v)?;
+        let [x, g, m, v] = [self, g, m, v].map(Tensor::contiguous);
+        let (x, g, m, v) = (x?, g?, m?, v?);
+        let outs =
+            self.kernels().adamw_step([x.operand()?, g.operand()?, m.operand()?, v.operand()?], step)?;
+        Ok(outs.map(|s| Tensor::from_output(s, self.shape())))
+    }
+
+    /// The gradient and moments are on the parameter's device, with its shape.
+    fn check_adamw_operands(&self, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
         let op = "adamw_step";
         for (name, t) in [("gradient", g), ("m", m), ("v", v)] {
             self.same_device(op, t)?;
@@ -56,11 +67,30 @@ impl Tensor {
                 );
             }
         }
-        let [x, g, m, v] = [self, g, m, v].map(Tensor::contiguous);
-        let (x, g, m, v) = (x?, g?, m?, v?);
-        let outs =
-            self.kernels().adamw_step([x.operand()?, g.operand()?, m.operand()?, v.operand()?], step)?;
-        Ok(outs.map(|s| Tensor::from_output(s, self.shape())))
+        Ok(())
+    }
+
+    /// [`Tensor::adamw_step`] written over `self`, `m` and `v` where no other tensor shares
+    /// their storage (else they are replaced by new tensors): the same values, without
+    /// allocating three outputs.
+    pub fn adamw_step_in_place(
+        &mut self,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        step: &AdamWStep,
+    ) -> Result<()> {
+        let contiguous = [&*self, &*m, &*v].iter().all(|t| t.is_contiguous());
+        if contiguous {
+            self.check_adamw_operands(g, m, v)?;
+            let g = g.contiguous()?;
+            if let (Some(x), Some(mo), Some(vo)) = (Owned::of(self), Owned::of(m), Owned::of(v)) {
+                return g.kernels().adamw_step_in_place((x, g.operand()?), (mo, vo), step);
+            }
+        }
+        let [x, m_new, v_new] = self.adamw_step(g, m, v, step)?;
+        (*self, *m, *v) = (x, m_new, v_new);
+        Ok(())
     }
 
     /// [`Tensor::adamw_step`] composed from elementwise ops, in the same order: the reference.

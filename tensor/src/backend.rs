@@ -390,6 +390,21 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     /// One AdamW step (see [`crate::adamw`]) of the contiguous, equally shaped parameter,
     /// gradient and moments `[x, g, m, v]`: the new `[x, m, v]`.
     fn adamw_step(operands: [Operand<Self>; 4], step: &AdamWStep) -> Result<[Self; 3]>;
+    /// [`BackendStorage::adamw_step`] written over the contiguous `x`, `m` and `v`. By default:
+    /// the step, then a copy over each.
+    fn adamw_step_in_place(
+        (x, g): (Owned<Self>, Operand<Self>),
+        (m, v): (Owned<Self>, Owned<Self>),
+        step: &AdamWStep,
+    ) -> Result<()> {
+        let new = Self::adamw_step([x.operand(), g, m.operand(), v.operand()], step)?;
+        for (owned, value) in [x, m, v].into_iter().zip(&new) {
+            let contiguous = Layout::contiguous(owned.layout.shape());
+            let layout = owned.layout;
+            owned.storage.write(layout, Operand { storage: value, layout: &contiguous })?;
+        }
+        Ok(())
+    }
     /// The one op that writes into existing storage: `self[dst] = src`, where `dst` has
     /// `src`'s shape, lies inside `self` and reaches no position twice. The `Tensor` layer
     /// calls it only on storage that no other tensor shares.
@@ -440,6 +455,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
     fn scatter_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
     fn cat(&self, parts: &[Operand], axis: usize) -> Result<Storage>;
     fn adamw_step(&self, operands: [Operand; 4], step: &AdamWStep) -> Result<[Storage; 3]>;
+    fn adamw_step_in_place(&self, x: (Owned, Operand), m_v: (Owned, Owned), step: &AdamWStep) -> Result<()>;
     fn write(&mut self, dst: &Layout, src: Operand) -> Result<()>;
 }
 
@@ -569,6 +585,14 @@ impl<S: BackendStorage> DynStorage for S {
         let [x, g, m, v] = operands;
         let typed = [x.typed()?, g.typed()?, m.typed()?, v.typed()?];
         Ok(S::adamw_step(typed, step)?.map(BackendStorage::into_storage))
+    }
+    fn adamw_step_in_place(
+        &self,
+        (x, g): (Owned, Operand),
+        (m, v): (Owned, Owned),
+        step: &AdamWStep,
+    ) -> Result<()> {
+        S::adamw_step_in_place((x.typed()?, g.typed()?), (m.typed()?, v.typed()?), step)
     }
     fn write(&mut self, dst: &Layout, src: Operand) -> Result<()> {
         BackendStorage::write(self, dst, src.typed()?)

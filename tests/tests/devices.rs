@@ -64,6 +64,12 @@ proptest! {
                     let (g, m, v) = (t[0].sub_scalar(1.0)?, t[0].mul_scalar(0.1)?, t[0].mul_scalar(0.01)?);
                     Ok(t[0].adamw_step(&g, &m, &v, &step)?[i].clone())
                 });
+                agree(&d, &format!("{name} in place"), &[&x], 1e-6, |t| {
+                    let (g, mut m, mut v) = (t[0].sub_scalar(1.0)?, t[0].mul_scalar(0.1)?, t[0].mul_scalar(0.01)?);
+                    let mut x = t[0].contiguous()?.add_scalar(0.0)?;
+                    x.adamw_step_in_place(&g, &mut m, &mut v, &step)?;
+                    Ok([x, m, v][i].clone())
+                });
             }
         }
     }

@@ -118,6 +118,16 @@ proptest! {
         for (f, c) in fused.iter().zip(&composed) {
             assert_close(f, c, 0.0, 0.0);
         }
+        // In place: over unshared copies (written over), over `x` itself (strided, or shared
+        // with the test's handle: replaced instead); the same bits every way.
+        let mut unshared = [x.contiguous().unwrap(), m.contiguous().unwrap(), v.contiguous().unwrap()];
+        let mut held = [x.clone(), m.clone(), v.clone()];
+        for [x, m, v] in [&mut unshared, &mut held] {
+            x.adamw_step_in_place(&g, m, v, &step).unwrap();
+            for (got, want) in [&*x, &*m, &*v].into_iter().zip(&fused) {
+                assert_close(got, want, 0.0, 0.0);
+            }
+        }
     }
 
     /// Rotary's one-pass pair rotation equals its composition bit for bit, on strided inputs

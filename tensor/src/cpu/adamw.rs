@@ -1,6 +1,8 @@
 //! One AdamW step in one pass (the arithmetic is [`crate::adamw::AdamWStep::apply`]): each
-//! thread takes a run of elements and writes the new parameter and moments side by side, so
-//! nothing but the three outputs is allocated.
+//! thread takes a run of elements and writes the new parameter and moments side by side, into
+//! three new buffers or over the old values. In place, the step reads and writes each
+//! parameter's three tensors once; into new buffers it also has to fetch each output line
+//! before writing it (a fifth more traffic: the step is bound by memory).
 
 use rayon::prelude::*;
 
@@ -26,4 +28,22 @@ pub(crate) fn step(inputs: [&[f32]; 4], step: &AdamWStep) -> [Vec<f32>; 3] {
             }
         });
     [xo, mo, vo]
+}
+
+/// [`step`] written over `x`, `m` and `v` (all of `g`'s length).
+pub(crate) fn step_in_place(
+    (x, g): (&mut [f32], &[f32]),
+    (m, v): (&mut [f32], &mut [f32]),
+    step: &AdamWStep,
+) {
+    assert!(x.len() == g.len() && m.len() == g.len() && v.len() == g.len(), "adamw: one length");
+    x.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|(((x, m), v), g)| {
+            for (((x, m), v), &g) in x.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                [*x, *m, *v] = step.apply(*x, g, *m, *v);
+            }
+        });
 }

@@ -227,6 +227,22 @@ impl BackendStorage for CpuStorage {
         });
         Ok(adamw::step(slices, step).map(CpuStorage::new))
     }
+    fn adamw_step_in_place(
+        (mut x, g): (Owned<Self>, Operand<Self>),
+        (mut m, mut v): (Owned<Self>, Owned<Self>),
+        step: &crate::adamw::AdamWStep,
+    ) -> Result<()> {
+        // The Tensor layer passes contiguous operands only.
+        let range = |l: &Layout| l.offset()..l.offset() + l.numel();
+        let (g_data, g_layout) = parts(&g);
+        let g = &g_data[range(g_layout)];
+        let (rx, rm, rv) = (range(x.layout()), range(m.layout()), range(v.layout()));
+        let x = &mut x.storage_mut().data[rx];
+        let m = &mut m.storage_mut().data[rm];
+        let v = &mut v.storage_mut().data[rv];
+        adamw::step_in_place((x, g), (m, v), step);
+        Ok(())
+    }
     fn write(&mut self, dst: &Layout, src: Operand<Self>) -> Result<()> {
         let (data, layout) = parts(&src);
         index::copy_strided(data, layout, &mut self.data, dst);
