@@ -145,6 +145,22 @@ impl Tape {
                     acc.write_narrow(axis, start, &sum)?;
                     grads[x] = Some(acc);
                 }
+                // A normed input's gradient added into the gradient that input already has (the
+                // residual stream's, from the layers above) by the layer norm's backward as it
+                // makes each row, instead of made on its own and then added.
+                Op::LayerNorm { x: Some(x), weight, bias, input, weight_value, mean, rstd }
+                    if grads[x].is_some() =>
+                {
+                    let acc = grads[x].take().expect("checked by the guard");
+                    let (sum, dw, db) =
+                        input.layer_norm_backward_add(acc, (&weight_value, &mean, &rstd), &g)?;
+                    grads[x] = Some(sum);
+                    for (n, t) in [(weight, dw), (bias, db)] {
+                        if let Some(n) = n {
+                            add_gradient(&mut grads[n], t)?;
+                        }
+                    }
+                }
                 // The left operand's gradient `g bᵀ` added into the gradient that input already
                 // has (a normed input read by the q, k and v projections) by a product that
                 // accumulates in place, instead of made on its own and then added.

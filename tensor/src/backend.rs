@@ -319,6 +319,17 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     ) -> Result<LayerNormOutput<Self>>;
     /// The fused backward of [`BackendStorage::layer_norm`].
     fn layer_norm_backward(saved: LayerNormSaved<Self>, dy: Operand<Self>) -> Result<LayerNormGrads<Self>>;
+    /// [`BackendStorage::layer_norm_backward`] with `dx` added into `acc` (contiguous, the
+    /// input's shape) in place, for the devices that do; `None`, leaving `acc` as it was, for
+    /// the others (the caller then adds a fresh `dx`). Else `(dweight, dbias)`. By default:
+    /// none.
+    fn layer_norm_backward_add(
+        _acc: Owned<Self>,
+        _saved: LayerNormSaved<Self>,
+        _dy: Operand<Self>,
+    ) -> Result<Option<(Self, Self)>> {
+        Ok(None)
+    }
     /// Batched matrix product; the sizes are [`MatmulSpec::of`] the two layouts.
     fn matmul(a: Operand<Self>, b: Operand<Self>) -> Result<Self>;
     /// `c += a·b` written over `c` (laid out as the product's output), for the products a
@@ -432,6 +443,12 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
     fn softmax_backward(&self, y: Operand, dy: Operand) -> Result<Storage>;
     fn layer_norm(&self, x: Operand, weight: Operand, bias: Operand, eps: f32) -> Result<LayerNormOutput>;
     fn layer_norm_backward(&self, saved: LayerNormSaved, dy: Operand) -> Result<LayerNormGrads>;
+    fn layer_norm_backward_add(
+        &self,
+        acc: Owned,
+        saved: LayerNormSaved,
+        dy: Operand,
+    ) -> Result<Option<(Storage, Storage)>>;
     fn matmul(&self, a: Operand, b: Operand) -> Result<Storage>;
     fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool>;
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput>;
@@ -503,6 +520,21 @@ impl<S: BackendStorage> DynStorage for S {
             mean: out.mean.into_storage(),
             rstd: out.rstd.into_storage(),
         })
+    }
+    fn layer_norm_backward_add(
+        &self,
+        acc: Owned,
+        saved: LayerNormSaved,
+        dy: Operand,
+    ) -> Result<Option<(Storage, Storage)>> {
+        let saved = LayerNormSaved {
+            input: saved.input.typed()?,
+            weight: saved.weight.typed()?,
+            mean: saved.mean.typed()?,
+            rstd: saved.rstd.typed()?,
+        };
+        let grads = S::layer_norm_backward_add(acc.typed()?, saved, dy.typed()?)?;
+        Ok(grads.map(|(dw, db)| (dw.into_storage(), db.into_storage())))
     }
     fn layer_norm_backward(&self, saved: LayerNormSaved, dy: Operand) -> Result<LayerNormGrads> {
         let saved = LayerNormSaved {

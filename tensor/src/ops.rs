@@ -202,6 +202,44 @@ impl Tensor {
         ))
     }
 
+    /// [`Tensor::layer_norm_backward`] with `dx` added to `acc` (a gradient the input already
+    /// has): `(acc + dx, dweight, dbias)`. Where `acc` is contiguous and not shared, the
+    /// kernel adds into it as it makes each row of `dx` (on devices that can), instead of
+    /// making `dx` and then the sum.
+    pub fn layer_norm_backward_add(
+        &self,
+        mut acc: Tensor,
+        (weight, mean, rstd): (&Tensor, &Tensor, &Tensor),
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        same_shape("layer_norm_backward_add", self, &acc)?;
+        if acc.is_contiguous() {
+            let c = self.check_norm_params("layer_norm_backward", weight, None)?;
+            same_shape("layer_norm_backward", self, dy)?;
+            let rows_shape = &self.shape()[..self.rank() - 1];
+            let stats_fit = mean.shape() == rows_shape && rstd.shape() == rows_shape;
+            if stats_fit
+                && [mean, rstd, dy, &acc].iter().all(|t| self.same_device("layer_norm_backward", t).is_ok())
+            {
+                let (mean, rstd) = (mean.contiguous()?, rstd.contiguous()?);
+                let kernels = self.kernels();
+                if let Some(owned) = Owned::of(&mut acc) {
+                    let saved = LayerNormSaved {
+                        input: self.operand()?,
+                        weight: weight.operand()?,
+                        mean: mean.operand()?,
+                        rstd: rstd.operand()?,
+                    };
+                    if let Some((dw, db)) = kernels.layer_norm_backward_add(owned, saved, dy.operand()?)? {
+                        return Ok((acc, Tensor::from_output(dw, &[c]), Tensor::from_output(db, &[c])));
+                    }
+                }
+            }
+        }
+        let (dx, dw, db) = self.layer_norm_backward(weight, mean, rstd, dy)?;
+        Ok((acc.add(&dx)?, dw, db))
+    }
+
     fn check_norm_params(&self, op: &'static str, weight: &Tensor, bias: Option<&Tensor>) -> Result<usize> {
         if self.rank() == 0 {
             bail!(op, "input must have at least one axis");

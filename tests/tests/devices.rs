@@ -91,6 +91,11 @@ proptest! {
                 let p = t[0].layer_norm_with_stats(&t[1], &t[2], 1e-5)?;
                 Ok(t[0].layer_norm_backward(&t[1], &p.mean, &p.rstd, &t[0])?.0)
             });
+            agree(&d, "layer_norm dx added", &[&x, &w, &b], 1e-4, |t| {
+                let p = t[0].layer_norm_with_stats(&t[1], &t[2], 1e-5)?;
+                let acc = t[0].contiguous()?.add_scalar(1.0)?;
+                Ok(t[0].layer_norm_backward_add(acc, (&t[1], &p.mean, &p.rstd), &t[0])?.0)
+            });
             agree(&d, "layer_norm dw db", &[&x, &w, &b], 1e-4, |t| {
                 let p = t[0].layer_norm_with_stats(&t[1], &t[2], 1e-5)?;
                 let (_, dw, db) = t[0].layer_norm_backward(&t[1], &p.mean, &p.rstd, &t[0])?;

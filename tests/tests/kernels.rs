@@ -196,6 +196,30 @@ proptest! {
         assert_close(&t.layer_norm(&w, &b, 1e-5).unwrap(), &reference::layer_norm(&t, &w, &b, 1e-5), 2e-5, 1e-4);
     }
 
+    /// The layer-norm backward that adds `dx` into a gradient the input already has gives the
+    /// bits of `dx` made alone and then added, written over an unshared gradient or beside a
+    /// shared or strided one; `dw` and `db` are unchanged.
+    #[test]
+    fn layer_norm_backward_add_equals_backward_then_add(x in shape(1..=3, 1..=9).prop_flat_map(|s| viewed_no_broadcast(s, -3.0, 3.0)), seed in any::<u64>()) {
+        let t = x.tensor();
+        let c = t.shape()[t.rank() - 1];
+        let (w, b) = (uniform(&[c], 0.5, 1.5, seed), uniform(&[c], -0.5, 0.5, seed ^ 1));
+        let stats = t.layer_norm_with_stats(&w, &b, 1e-5).unwrap();
+        let dy = uniform(t.shape(), -1.0, 1.0, seed ^ 2);
+        let acc = uniform(t.shape(), -1.0, 1.0, seed ^ 3);
+        let (dx, dw, db) = t.layer_norm_backward(&w, &stats.mean, &stats.rstd, &dy).unwrap();
+        let want = acc.add(&dx).unwrap();
+        let held = acc.clone();
+        let strided = uniform(&[t.shape(), &[2]].concat(), -1.0, 1.0, seed ^ 3).narrow(t.rank(), 0, 1).unwrap().squeeze(t.rank()).unwrap();
+        let want_strided = strided.add(&dx).unwrap();
+        for (acc, want) in [(acc.contiguous().unwrap().add_scalar(0.0).unwrap(), &want), (held, &want), (strided, &want_strided)] {
+            let (sum, dw2, db2) = t.layer_norm_backward_add(acc, (&w, &stats.mean, &stats.rstd), &dy).unwrap();
+            assert_close(&sum, want, 0.0, 0.0);
+            assert_close(&dw2, &dw, 0.0, 0.0);
+            assert_close(&db2, &db, 0.0, 0.0);
+        }
+    }
+
     #[test]
     fn matmul_matches_triple_loop(
         batch in shape(0..=2, 1..=3),

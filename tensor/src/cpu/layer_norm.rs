@@ -72,15 +72,29 @@ pub(crate) struct Backward {
 pub(crate) fn backward(
     (src, layout): (&[f32], &Layout),
     w: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
+    (mean, rstd): (&[f32], &[f32]),
     (dy, ldy): (&[f32], &Layout),
 ) -> Backward {
+    let mut dx = super::pool::uninit(layout.numel());
+    let (dw, db) = backward_into((src, layout), w, (mean, rstd), (dy, ldy), (&mut dx, false));
+    Backward { dx, dw, db }
+}
+
+/// [`backward`] with `dx` written into `dx_out` (contiguous, the input's size), or added to
+/// what it holds (`add`): a gradient the input already has takes `dx` in the same pass over
+/// the rows. Returns `(dw, db)`.
+pub(crate) fn backward_into(
+    (src, layout): (&[f32], &Layout),
+    w: &[f32],
+    (mean, rstd): (&[f32], &[f32]),
+    (dy, ldy): (&[f32], &Layout),
+    (dx, add): (&mut [f32], bool),
+) -> (Vec<f32>, Vec<f32>) {
     let x = contiguous(src, layout);
     let dy = contiguous(dy, ldy);
     let cols = *layout.shape().last().unwrap_or(&1);
     let rows = x.len().checked_div(cols).unwrap_or(0);
-    let mut dx = super::pool::uninit(x.len());
+    assert_eq!(dx.len(), x.len(), "layer_norm backward: dx has the input's size");
     let rows_per_chunk = rows_per_task(rows, cols);
     // Each chunk of rows: its dx rows, plus partial dw and db.
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
@@ -100,8 +114,15 @@ pub(crate) fn backward(
                     backward_sums((xr, gr, &w[..cols]), (mu, rs), (&mut xhat, &mut g), (&mut dw, &mut db));
                 let mean_g = sum_g / cols as f32;
                 let mean_gx = sum_gx / cols as f32;
-                for i in 0..cols {
-                    dxr[i] = rs * (g[i] - mean_g - xhat[i] * mean_gx);
+                let dx_at = |i: usize| rs * (g[i] - mean_g - xhat[i] * mean_gx);
+                if add {
+                    for (i, d) in dxr.iter_mut().enumerate() {
+                        *d += dx_at(i);
+                    }
+                } else {
+                    for (i, d) in dxr.iter_mut().enumerate() {
+                        *d = dx_at(i);
+                    }
                 }
             }
             (dw, db)
@@ -115,7 +136,7 @@ pub(crate) fn backward(
             db[i] += pb[i];
         }
     }
-    Backward { dx, dw, db }
+    (dw, db)
 }
 
 /// Independent accumulators per row sum (see the module doc).

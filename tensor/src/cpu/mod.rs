@@ -139,8 +139,24 @@ impl BackendStorage for CpuStorage {
         let w = elementwise::contiguous(saved.weight.storage().as_slice(), saved.weight.layout());
         let mean = elementwise::contiguous(saved.mean.storage().as_slice(), saved.mean.layout());
         let rstd = elementwise::contiguous(saved.rstd.storage().as_slice(), saved.rstd.layout());
-        let g = layer_norm::backward(parts(&saved.input), &w, &mean, &rstd, parts(&dy));
+        let g = layer_norm::backward(parts(&saved.input), &w, (&mean, &rstd), parts(&dy));
         Ok(LayerNormGrads { dx: out(g.dx)?, dweight: out(g.dw)?, dbias: out(g.db)? })
+    }
+    fn layer_norm_backward_add(
+        mut acc: Owned<Self>,
+        saved: LayerNormSaved<Self>,
+        dy: Operand<Self>,
+    ) -> Result<Option<(Self, Self)>> {
+        let w = elementwise::contiguous(saved.weight.storage().as_slice(), saved.weight.layout());
+        let mean = elementwise::contiguous(saved.mean.storage().as_slice(), saved.mean.layout());
+        let rstd = elementwise::contiguous(saved.rstd.storage().as_slice(), saved.rstd.layout());
+        // The Tensor layer passes a contiguous `acc` of the input's shape.
+        let layout = acc.layout();
+        let range = layout.offset()..layout.offset() + layout.numel();
+        let dx = &mut acc.storage_mut().data[range];
+        let (dw, db) =
+            layer_norm::backward_into(parts(&saved.input), &w, (&mean, &rstd), parts(&dy), (dx, true));
+        Ok(Some((out(dw)?, out(db)?)))
     }
     fn matmul(a: Operand<Self>, b: Operand<Self>) -> Result<Self> {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;
