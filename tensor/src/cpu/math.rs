@@ -119,6 +119,13 @@ pub(crate) fn tanh(x: f32x8) -> f32x8 {
 /// `erf(x)`.
 #[inline(always)]
 pub(crate) fn erf(x: f32x8) -> f32x8 {
+    erf_and_gaussian(x).0
+}
+
+/// `erf(x)` and `e^{-x²}`, which its large-|x| branch computes anyway (GELU's derivative needs
+/// both: one exponential instead of two).
+#[inline(always)]
+pub(crate) fn erf_and_gaussian(x: f32x8) -> (f32x8, f32x8) {
     let ax = x.abs();
     // |x| < 1: x * T(x^2) (Cephes erff).
     let z = x * x;
@@ -137,8 +144,9 @@ pub(crate) fn erf(x: f32x8) -> f32x8 {
     let q = q.mul_add(s, f32x8::splat(1.421_413_8));
     let q = q.mul_add(s, f32x8::splat(-0.284_496_72));
     let q = q.mul_add(s, f32x8::splat(0.254_829_6));
-    let big = (f32x8::ONE - q * s * exp(-z)).copysign(x);
-    ax.cmp_lt(f32x8::ONE).blend(small, big)
+    let gaussian = exp(-z);
+    let big = (f32x8::ONE - q * s * gaussian).copysign(x);
+    (ax.cmp_lt(f32x8::ONE).blend(small, big), gaussian)
 }
 
 /// `1 / (1 + e^{-x})`.
@@ -158,9 +166,11 @@ pub(crate) fn gelu(x: f32x8) -> f32x8 {
 #[inline(always)]
 pub(crate) fn gelu_derivative(x: f32x8) -> f32x8 {
     let half = f32x8::splat(0.5);
-    let cdf = half * (f32x8::ONE + erf(x * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2)));
+    // With u = x/√2: Φ(x) = ½(1 + erf u) and φ(x) = e^{-u²}/√(2π).
+    let (erf, gaussian) = erf_and_gaussian(x * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2));
+    let cdf = half * (f32x8::ONE + erf);
     // 1/√(2π)
-    let pdf = f32x8::splat(0.398_942_3) * exp(-half * x * x);
+    let pdf = f32x8::splat(0.398_942_3) * gaussian;
     x.mul_add(pdf, cdf)
 }
 
@@ -392,6 +402,13 @@ pub(crate) mod sixteen {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn erf(x: __m512) -> __m512 {
+        erf_and_gaussian(x).0
+    }
+
+    /// [`super::erf_and_gaussian`] on sixteen lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn erf_and_gaussian(x: __m512) -> (__m512, __m512) {
         let splat = _mm512_set1_ps;
         let one = splat(1.0);
         let ax = abs(x);
@@ -412,8 +429,9 @@ pub(crate) mod sixteen {
         let q = _mm512_fmadd_ps(q, s, splat(0.254_829_6));
         let minus_z =
             _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(z), _mm512_set1_epi32(i32::MIN)));
-        let big = copysign(_mm512_sub_ps(one, _mm512_mul_ps(_mm512_mul_ps(q, s), exp(minus_z))), x);
-        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(ax, one), big, small)
+        let gaussian = exp(minus_z);
+        let big = copysign(_mm512_sub_ps(one, _mm512_mul_ps(_mm512_mul_ps(q, s), gaussian)), x);
+        (_mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(ax, one), big, small), gaussian)
     }
 
     /// [`super::gelu`] on sixteen lanes.
@@ -430,11 +448,10 @@ pub(crate) mod sixteen {
     #[target_feature(enable = "avx512f")]
     pub fn gelu_derivative(x: __m512) -> __m512 {
         let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
-        let e = erf(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+        let (e, gaussian) =
+            erf_and_gaussian(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
         let cdf = _mm512_mul_ps(half, _mm512_add_ps(one, e));
-        let minus_half = _mm512_set1_ps(-0.5);
-        let pdf =
-            _mm512_mul_ps(_mm512_set1_ps(0.398_942_3), exp(_mm512_mul_ps(_mm512_mul_ps(minus_half, x), x)));
+        let pdf = _mm512_mul_ps(_mm512_set1_ps(0.398_942_3), gaussian);
         _mm512_fmadd_ps(x, pdf, cdf)
     }
 
