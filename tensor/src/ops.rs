@@ -171,22 +171,7 @@ impl Tensor {
         rstd: &Tensor,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let op = "layer_norm_backward";
-        let c = self.check_norm_params(op, weight, None)?;
-        same_shape(op, self, dy)?;
-        for t in [mean, rstd, dy] {
-            self.same_device(op, t)?;
-        }
-        let rows_shape = &self.shape()[..self.rank() - 1];
-        if mean.shape() != rows_shape || rstd.shape() != rows_shape {
-            bail!(
-                op,
-                "mean {} and rstd {} must have shape {}",
-                fmt_shape(mean.shape()),
-                fmt_shape(rstd.shape()),
-                fmt_shape(rows_shape)
-            );
-        }
+        let c = self.check_layer_norm_backward(weight, (mean, rstd), dy)?;
         let (mean, rstd) = (mean.contiguous()?, rstd.contiguous()?);
         let saved = LayerNormSaved {
             input: self.operand()?,
@@ -213,31 +198,52 @@ impl Tensor {
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         same_shape("layer_norm_backward_add", self, &acc)?;
+        self.same_device("layer_norm_backward_add", &acc)?;
+        let c = self.check_layer_norm_backward(weight, (mean, rstd), dy)?;
         if acc.is_contiguous() {
-            let c = self.check_norm_params("layer_norm_backward", weight, None)?;
-            same_shape("layer_norm_backward", self, dy)?;
-            let rows_shape = &self.shape()[..self.rank() - 1];
-            let stats_fit = mean.shape() == rows_shape && rstd.shape() == rows_shape;
-            if stats_fit
-                && [mean, rstd, dy, &acc].iter().all(|t| self.same_device("layer_norm_backward", t).is_ok())
-            {
-                let (mean, rstd) = (mean.contiguous()?, rstd.contiguous()?);
-                let kernels = self.kernels();
-                if let Some(owned) = Owned::of(&mut acc) {
-                    let saved = LayerNormSaved {
-                        input: self.operand()?,
-                        weight: weight.operand()?,
-                        mean: mean.operand()?,
-                        rstd: rstd.operand()?,
-                    };
-                    if let Some((dw, db)) = kernels.layer_norm_backward_add(owned, saved, dy.operand()?)? {
-                        return Ok((acc, Tensor::from_output(dw, &[c]), Tensor::from_output(db, &[c])));
-                    }
+            let (mean, rstd) = (mean.contiguous()?, rstd.contiguous()?);
+            let kernels = self.kernels();
+            if let Some(owned) = Owned::of(&mut acc) {
+                let saved = LayerNormSaved {
+                    input: self.operand()?,
+                    weight: weight.operand()?,
+                    mean: mean.operand()?,
+                    rstd: rstd.operand()?,
+                };
+                if let Some((dw, db)) = kernels.layer_norm_backward_add(owned, saved, dy.operand()?)? {
+                    return Ok((acc, Tensor::from_output(dw, &[c]), Tensor::from_output(db, &[c])));
                 }
             }
         }
         let (dx, dw, db) = self.layer_norm_backward(weight, mean, rstd, dy)?;
         Ok((acc.add(&dx)?, dw, db))
+    }
+
+    /// The layer-norm backward's operands fit the input `self`: the weight's channels, `dy`'s
+    /// shape, one `mean` and `rstd` per row, one device. Returns the channel count.
+    fn check_layer_norm_backward(
+        &self,
+        weight: &Tensor,
+        (mean, rstd): (&Tensor, &Tensor),
+        dy: &Tensor,
+    ) -> Result<usize> {
+        let op = "layer_norm_backward";
+        let c = self.check_norm_params(op, weight, None)?;
+        same_shape(op, self, dy)?;
+        for t in [mean, rstd, dy] {
+            self.same_device(op, t)?;
+        }
+        let rows_shape = &self.shape()[..self.rank() - 1];
+        if mean.shape() != rows_shape || rstd.shape() != rows_shape {
+            bail!(
+                op,
+                "mean {} and rstd {} must have shape {}",
+                fmt_shape(mean.shape()),
+                fmt_shape(rstd.shape()),
+                fmt_shape(rows_shape)
+            );
+        }
+        Ok(c)
     }
 
     fn check_norm_params(&self, op: &'static str, weight: &Tensor, bias: Option<&Tensor>) -> Result<usize> {
