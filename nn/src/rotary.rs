@@ -33,7 +33,7 @@ pub struct Rotary {
     last: LastTables,
 }
 
-/// The positions (with their row count) and tables of the last [`Rotary::tables`] call. A
+/// The positions and tables of the last [`Rotary::tables`] call. A
 /// training step at a fixed length asks for the same positions every step, and at 131k
 /// positions their two million sines and cosines took 50 ms, 3 % of a `long-131k` step. The
 /// tables are tensors sharing their storage, so keeping them costs nothing while a step uses
@@ -43,7 +43,6 @@ struct LastTables(Arc<Mutex<Option<KeptTables>>>);
 
 struct KeptTables {
     positions: Vec<f32>,
-    rows: usize,
     tables: RotaryTables,
 }
 
@@ -75,12 +74,13 @@ impl Rotary {
     pub fn tables(&self, positions: &[f32], rows: usize, n: usize) -> Result<RotaryTables> {
         let mut last = self.last.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(kept) = last.as_ref() {
-            if kept.rows == rows && kept.positions == positions && kept.tables.len() == n {
+            // The tables' shape is `[rows, 1, n, dims]`.
+            if kept.positions == positions && kept.tables.cos.shape()[..3] == [rows, 1, n] {
                 return Ok(kept.tables.clone());
             }
         }
         let tables = self.compute(positions, rows, n)?;
-        *last = Some(KeptTables { positions: positions.to_vec(), rows, tables: tables.clone() });
+        *last = Some(KeptTables { positions: positions.to_vec(), tables: tables.clone() });
         Ok(tables)
     }
 

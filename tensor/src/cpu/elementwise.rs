@@ -42,7 +42,7 @@ fn run_of<'a>(src: &'a [f32], offset: usize, stride: usize, buf: &'a mut [f32]) 
 /// the system, and the next copy of its size be faulted in afresh).
 pub(crate) fn contiguous<'a>(src: &'a [f32], layout: &Layout) -> Contiguous<'a> {
     if layout.is_contiguous() {
-        Contiguous::Borrowed(&src[layout.offset()..layout.offset() + layout.numel()])
+        Contiguous::Borrowed(&src[super::span(layout)])
     } else {
         Contiguous::Copied(super::CpuStorage::new(unary(src, layout, UnaryOp::Identity)))
     }

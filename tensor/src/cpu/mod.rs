@@ -68,6 +68,25 @@ fn parts<'a>(x: &Operand<'a, CpuStorage>) -> (&'a [f32], &'a Layout) {
     (x.storage().as_slice(), x.layout())
 }
 
+/// The positions of a contiguous layout: one run from its offset.
+fn span(layout: &Layout) -> std::ops::Range<usize> {
+    layout.offset()..layout.offset() + layout.numel()
+}
+
+/// The elements of a contiguous operand that a kernel writes over.
+fn owned_slice<'s>(x: &'s mut Owned<CpuStorage>) -> &'s mut [f32] {
+    let range = span(x.layout());
+    &mut x.storage_mut().data[range]
+}
+
+/// A layer norm's saved weight, mean and `1/σ`, each as contiguous values.
+fn norm_params<'a>(saved: &LayerNormSaved<'a, CpuStorage>) -> [elementwise::Contiguous<'a>; 3] {
+    [&saved.weight, &saved.mean, &saved.rstd].map(|o| {
+        let (data, layout) = parts(o);
+        elementwise::contiguous(data, layout)
+    })
+}
+
 /// A `[B, H, T, D]` operand for the attention kernels.
 fn heads<'a>(x: &Operand<'a, CpuStorage>) -> attention::Heads<'a> {
     attention::Heads { data: x.storage().as_slice(), layout: x.layout() }
@@ -91,7 +110,7 @@ impl BackendStorage for CpuStorage {
     fn to_host(x: Operand<Self>) -> Result<Vec<f32>> {
         let (data, layout) = parts(&x);
         if layout.is_contiguous() {
-            return Ok(data[layout.offset()..layout.offset() + layout.numel()].to_vec());
+            return Ok(data[span(layout)].to_vec());
         }
         Ok(elementwise::unary(data, layout, UnaryOp::Identity))
     }
@@ -136,9 +155,7 @@ impl BackendStorage for CpuStorage {
         Ok(LayerNormOutput { y: out(f.y)?, mean: out(f.mean)?, rstd: out(f.rstd)? })
     }
     fn layer_norm_backward(saved: LayerNormSaved<Self>, dy: Operand<Self>) -> Result<LayerNormGrads<Self>> {
-        let w = elementwise::contiguous(saved.weight.storage().as_slice(), saved.weight.layout());
-        let mean = elementwise::contiguous(saved.mean.storage().as_slice(), saved.mean.layout());
-        let rstd = elementwise::contiguous(saved.rstd.storage().as_slice(), saved.rstd.layout());
+        let [w, mean, rstd] = norm_params(&saved);
         let g = layer_norm::backward(parts(&saved.input), &w, (&mean, &rstd), parts(&dy));
         Ok(LayerNormGrads { dx: out(g.dx)?, dweight: out(g.dw)?, dbias: out(g.db)? })
     }
@@ -147,13 +164,9 @@ impl BackendStorage for CpuStorage {
         saved: LayerNormSaved<Self>,
         dy: Operand<Self>,
     ) -> Result<Option<(Self, Self)>> {
-        let w = elementwise::contiguous(saved.weight.storage().as_slice(), saved.weight.layout());
-        let mean = elementwise::contiguous(saved.mean.storage().as_slice(), saved.mean.layout());
-        let rstd = elementwise::contiguous(saved.rstd.storage().as_slice(), saved.rstd.layout());
+        let [w, mean, rstd] = norm_params(&saved);
         // The Tensor layer passes a contiguous `acc` of the input's shape.
-        let layout = acc.layout();
-        let range = layout.offset()..layout.offset() + layout.numel();
-        let dx = &mut acc.storage_mut().data[range];
+        let dx = owned_slice(&mut acc);
         let (dw, db) =
             layer_norm::backward_into(parts(&saved.input), &w, (&mean, &rstd), parts(&dy), (dx, true));
         Ok(Some((out(dw)?, out(db)?)))
@@ -239,7 +252,7 @@ impl BackendStorage for CpuStorage {
         // The Tensor layer made every operand contiguous.
         let slices = operands.map(|o| {
             let (data, layout) = parts(&o);
-            &data[layout.offset()..layout.offset() + layout.numel()]
+            &data[span(layout)]
         });
         Ok(adamw::step(slices, step).map(CpuStorage::new))
     }
@@ -249,14 +262,9 @@ impl BackendStorage for CpuStorage {
         step: &crate::adamw::AdamWStep,
     ) -> Result<()> {
         // The Tensor layer passes contiguous operands only.
-        let range = |l: &Layout| l.offset()..l.offset() + l.numel();
         let (g_data, g_layout) = parts(&g);
-        let g = &g_data[range(g_layout)];
-        let (rx, rm, rv) = (range(x.layout()), range(m.layout()), range(v.layout()));
-        let x = &mut x.storage_mut().data[rx];
-        let m = &mut m.storage_mut().data[rm];
-        let v = &mut v.storage_mut().data[rv];
-        adamw::step_in_place((x, g), (m, v), step);
+        let g = &g_data[span(g_layout)];
+        adamw::step_in_place((owned_slice(&mut x), g), (owned_slice(&mut m), owned_slice(&mut v)), step);
         Ok(())
     }
     fn write(&mut self, dst: &Layout, src: Operand<Self>) -> Result<()> {
