@@ -82,8 +82,12 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             }
         }
 
-        Op::Matmul { lhs, rhs, a, b } => {
-            // y = a b: da = g bᵀ, db = aᵀ g (transposes are views; batch broadcasts summed).
+        Op::Matmul { lhs, rhs, bias, a, b } => {
+            // y = a b (+ c): da = g bᵀ, db = aᵀ g (transposes are views; batch broadcasts
+            // summed), dc = Σ g over every row.
+            if let Some(n) = bias {
+                out.push((n, bias_gradient(&g)?));
+            }
             if let Some(n) = lhs {
                 out.push((n, g.matmul(&b.t()?)?.sum_to_shape(a.shape())?));
             }
@@ -170,6 +174,12 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
         Op::Gather { x, axis, indices, size } => out.push((x, g.scatter_add(axis, &indices, size)?)),
     }
     Ok(out)
+}
+
+/// The gradient of the bias `c` `[n]` in `y = a b + c`, given `g = dy` `[..., n]`: `g` summed
+/// over every row.
+pub(crate) fn bias_gradient(g: &Tensor) -> Result<Tensor> {
+    g.sum_to_shape(&[g.shape()[g.rank() - 1]])
 }
 
 /// The gradient of `b` in `y = a b`, given `g = dy`: `aᵀ g`, its batch broadcasts summed.

@@ -59,9 +59,12 @@ pub(crate) enum Op {
         mean: Tensor,
         rstd: Tensor,
     },
+    /// `a b`, plus a bias added to every row when the op was [`crate::Var::matmul_bias`]
+    /// (`bias` is its node, `None` also where the bias needs no gradient).
     Matmul {
         lhs: Option<NodeId>,
         rhs: Option<NodeId>,
+        bias: Option<NodeId>,
         a: Tensor,
         b: Tensor,
     },

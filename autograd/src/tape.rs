@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use tensor::{bail, Result, Tensor};
 
-use crate::backward::{backward_rule, matmul_rhs_gradient};
+use crate::backward::{backward_rule, bias_gradient, matmul_rhs_gradient};
 use crate::op::{NodeId, Op};
 use crate::param::ParamId;
 use crate::var::Var;
@@ -164,9 +164,12 @@ impl Tape {
                 // The left operand's gradient `g bᵀ` added into the gradient that input already
                 // has (a normed input read by the q, k and v projections) by a product that
                 // accumulates in place, instead of made on its own and then added.
-                Op::Matmul { lhs: Some(x), rhs, a, b }
+                Op::Matmul { lhs: Some(x), rhs, bias, a, b }
                     if grads[x].is_some() && g.shape()[..g.rank() - 1] == a.shape()[..a.rank() - 1] =>
                 {
+                    if let Some(n) = bias {
+                        add_gradient(&mut grads[n], bias_gradient(&g)?)?;
+                    }
                     let acc = grads[x].take().expect("checked by the guard");
                     grads[x] = Some(acc.matmul_add(&g, &b.t()?)?);
                     if let Some(n) = rhs {

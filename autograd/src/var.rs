@@ -239,6 +239,21 @@ impl Var {
         Var::record(&[self, rhs], value, |n| Op::Matmul {
             lhs: n[0],
             rhs: n[1],
+            bias: None,
+            a: self.value.clone(),
+            b: rhs.value.clone(),
+        })
+    }
+
+    /// `self · rhs + bias` (`bias` `[n]`, added to every row): a linear layer, as one node.
+    /// The same values and gradients as [`Var::matmul`] then [`Var::add`], without the sum's
+    /// tensor of the output's size ([`Tensor::matmul_bias`]).
+    pub fn matmul_bias(&self, rhs: &Var, bias: &Var) -> Result<Var> {
+        let value = self.value.matmul_bias(&rhs.value, &bias.value)?;
+        Var::record(&[self, rhs, bias], value, |n| Op::Matmul {
+            lhs: n[0],
+            rhs: n[1],
+            bias: n[2],
             a: self.value.clone(),
             b: rhs.value.clone(),
         })

@@ -1,8 +1,9 @@
 //! `Linear`: `y = x Wᵀ + b`.
 //!
-//! `W` is stored `[out, in]` as in PyTorch, so `Wᵀ` is a transposed view handed to sgemm with
-//! swapped strides, never a copy. Backward (from the matmul and add rules):
-//! `dx = dy W`, `dW = dyᵀ x` (summed over every leading axis), `db = Σ dy`.
+//! `W` is stored `[out, in]` as in PyTorch, so `Wᵀ` is a transposed view handed to the product
+//! with swapped strides, never a copy. The bias is added as part of the product
+//! ([`autograd::Var::matmul_bias`]), not by a pass of its own over the output. Backward (the
+//! product's rule): `dx = dy W`, `dW = dyᵀ x` (summed over every leading axis), `db = Σ dy`.
 
 use autograd::Var;
 
@@ -28,10 +29,10 @@ impl Linear {
 
     /// `x`: `[..., in]` → `[..., out]`.
     pub fn forward(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
-        let y = x.matmul(&ctx.param(self.weight).t()?)?;
+        let w_t = ctx.param(self.weight).t()?;
         Ok(match self.bias {
-            Some(b) => y.add(&ctx.param(b))?,
-            None => y,
+            Some(b) => x.matmul_bias(&w_t, &ctx.param(b))?,
+            None => x.matmul(&w_t)?,
         })
     }
 
@@ -40,10 +41,10 @@ impl Linear {
     /// the backward scales only the weight's gradient. (Attention's queries: `D^(-½)` on
     /// `[B, L, C]` queries cost as much as a layer norm per layer.)
     pub fn forward_scaled(&self, ctx: &Ctx, x: &Var, scale: f32) -> Result<Var> {
-        let y = x.matmul(&ctx.param(self.weight).mul_scalar(scale)?.t()?)?;
+        let w_t = ctx.param(self.weight).mul_scalar(scale)?.t()?;
         Ok(match self.bias {
-            Some(b) => y.add(&ctx.param(b).mul_scalar(scale)?)?,
-            None => y,
+            Some(b) => x.matmul_bias(&w_t, &ctx.param(b).mul_scalar(scale)?)?,
+            None => x.matmul(&w_t)?,
         })
     }
 }

@@ -332,6 +332,12 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     }
     /// Batched matrix product; the sizes are [`MatmulSpec::of`] the two layouts.
     fn matmul(a: Operand<Self>, b: Operand<Self>) -> Result<Self>;
+    /// `a·b + bias` for a `bias` of one value per column of the product (a linear layer's),
+    /// for the devices that add it as part of the product; `None` for the others (the caller
+    /// then adds it to the product). By default: none.
+    fn matmul_bias(_a: Operand<Self>, _b: Operand<Self>, _bias: Operand<Self>) -> Result<Option<Self>> {
+        Ok(None)
+    }
     /// `c += a·b` written over `c` (laid out as the product's output), for the products a
     /// device adds in place; `false`, leaving `c` as it was, for the others (the caller then
     /// adds a fresh product). By default: none.
@@ -450,6 +456,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
         dy: Operand,
     ) -> Result<Option<(Storage, Storage)>>;
     fn matmul(&self, a: Operand, b: Operand) -> Result<Storage>;
+    fn matmul_bias(&self, a: Operand, b: Operand, bias: Operand) -> Result<Option<Storage>>;
     fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool>;
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput>;
     fn attention_backward(
@@ -552,6 +559,9 @@ impl<S: BackendStorage> DynStorage for S {
     }
     fn matmul(&self, a: Operand, b: Operand) -> Result<Storage> {
         Ok(S::matmul(a.typed()?, b.typed()?)?.into_storage())
+    }
+    fn matmul_bias(&self, a: Operand, b: Operand, bias: Operand) -> Result<Option<Storage>> {
+        Ok(S::matmul_bias(a.typed()?, b.typed()?, bias.typed()?)?.map(|s| s.into_storage()))
     }
     fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool> {
         S::matmul_add(c.typed()?, a.typed()?, b.typed()?)

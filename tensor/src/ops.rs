@@ -274,6 +274,28 @@ impl Tensor {
         Ok(Tensor::from_output(s, &shape))
     }
 
+    /// `self · rhs + bias`, `bias` `[n]` added to every row of the `[..., m, n]` product: a
+    /// linear layer's output. On the CPU the bias goes in as each tile of the product is
+    /// stored, so no second tensor of the output's size is made; the result is the same as
+    /// `self.matmul(rhs)?.add(bias)`, to the bit.
+    pub fn matmul_bias(&self, rhs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.same_device("matmul_bias", bias)?;
+        let (la, lb, shape) = self.matmul_layouts(rhs)?;
+        let n = shape[shape.len() - 1];
+        if bias.shape() != [n] {
+            bail!(
+                "matmul_bias",
+                "bias of shape {} for a product of shape {}",
+                fmt_shape(bias.shape()),
+                fmt_shape(&shape)
+            );
+        }
+        match self.kernels().matmul_bias(self.operand_as(&la)?, rhs.operand_as(&lb)?, bias.operand()?)? {
+            Some(s) => Ok(Tensor::from_output(s, &shape)),
+            None => self.matmul(rhs)?.add(bias),
+        }
+    }
+
     /// `self + a·b`, where `self` has the product's shape. Written over `self` when no other
     /// tensor shares its storage and the device adds such a product in place (on the CPU, a
     /// linear layer's product), so no tensor of the product's size is made: the gradient of

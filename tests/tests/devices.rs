@@ -113,6 +113,8 @@ proptest! {
         let b = Viewed { base: uniform(&bs, -1.0, 1.0, seed ^ 2), recipe: tests::Recipe::Contiguous, shape: bs.clone() };
         for d in devices() {
             agree(&d, "matmul", &[&a, &b], 1e-4 * k as f32, |t| t[0].matmul(&t[1]));
+            let bias = Viewed { base: uniform(&[n], -1.0, 1.0, seed ^ 3), recipe: tests::Recipe::Contiguous, shape: vec![n] };
+            agree(&d, "matmul_bias", &[&a, &b, &bias], 1e-4 * k as f32, |t| t[0].matmul_bias(&t[1], &t[2]));
         }
     }
 

@@ -29,6 +29,16 @@ fn check(inputs: &[&Viewed], config: &GradCheck, f: impl Fn(&[Var]) -> Result<Va
     Ok(())
 }
 
+/// A contiguous input of uniform values in [-1, 1].
+fn plain(shape: &[usize], seed: u64) -> Viewed {
+    Viewed { base: uniform(shape, -1.0, 1.0, seed), recipe: Recipe::Contiguous, shape: shape.to_vec() }
+}
+
+/// A `[6, 5]` weight as a linear layer holds it: stored `[out, in]`, used transposed.
+fn weight_t(seed: u64) -> Viewed {
+    Viewed { base: uniform(&[5, 6], -1.0, 1.0, seed), recipe: Recipe::Transposed(0, 1), shape: vec![6, 5] }
+}
+
 fn default() -> GradCheck {
     GradCheck::default()
 }
@@ -174,16 +184,23 @@ proptest! {
     /// into the input's in place (`Tensor::matmul_add`).
     #[test]
     fn input_read_by_several_products(seed in any::<u64>(), rows in 5usize..24) {
-        let plain = |shape: &[usize], seed: u64| Viewed {
-            base: uniform(shape, -1.0, 1.0, seed),
-            recipe: Recipe::Contiguous,
-            shape: shape.to_vec(),
-        };
         let (x, w1, w2) = (plain(&[2, rows, 6], seed), plain(&[6, 5], seed + 1), plain(&[6, 5], seed + 2));
         // The second weight as a linear layer holds it: stored [out, in], used transposed.
-        let w3 = Viewed { base: uniform(&[5, 6], -1.0, 1.0, seed + 3), recipe: Recipe::Transposed(0, 1), shape: vec![6, 5] };
+        let w3 = weight_t(seed + 3);
         check(&[&x, &w1, &w2, &w3], &default(), |v| {
             v[0].matmul(&v[1])?.add(&v[0].matmul(&v[2])?)?.mul(&v[0].matmul(&v[3])?)
+        })?;
+    }
+
+    /// A linear layer with its bias as one node (`Var::matmul_bias`): alone (few rows, or
+    /// enough for the CPU's GEMM), and with its input read by a second one, whose input
+    /// gradient the tape adds in place.
+    #[test]
+    fn linear_with_bias(seed in any::<u64>(), rows in 1usize..24) {
+        let (x, w1, w2, b1, b2) = (plain(&[2, rows, 6], seed), weight_t(seed + 1), weight_t(seed + 2), plain(&[5], seed + 3), plain(&[5], seed + 4));
+        check(&[&x, &w1, &b1], &default(), |v| v[0].matmul_bias(&v[1], &v[2]))?;
+        check(&[&x, &w1, &b1, &w2, &b2], &default(), |v| {
+            v[0].matmul_bias(&v[1], &v[2])?.mul(&v[0].matmul_bias(&v[3], &v[4])?)
         })?;
     }
 

@@ -27,19 +27,27 @@ fn unary_tolerance(op: UnaryOp) -> (f32, f32) {
 /// Products big enough to be split across threads, through each way of splitting: the linear
 /// layers' own GEMM (left operand with contiguous rows), and `sgemm` cut by rows (a transposed
 /// left operand, taller than wide) or by columns (wider than tall, or a right operand too big
-/// for the GEMM to pack), against the triple loop.
+/// for the GEMM to pack), against the triple loop; and with a bias, the bits of the product
+/// then the add.
 #[test]
 fn products_split_across_threads_match_the_triple_loop() {
-    for (m, k, n, transposed_a) in
-        [(150, 200, 300, false), (300, 200, 100, true), (100, 300, 260, true), (40, 1100, 300, false)]
-    {
+    for (m, k, n, transposed_a) in [
+        (150, 200, 300, false),
+        (300, 600, 100, false),
+        (300, 200, 100, true),
+        (100, 300, 260, true),
+        (40, 1100, 300, false),
+    ] {
         let a = if transposed_a {
             uniform(&[k, m], -1.0, 1.0, 1).t().unwrap()
         } else {
             uniform(&[m, k], -1.0, 1.0, 1)
         };
         let b = uniform(&[n, k], -1.0, 1.0, 2).t().unwrap();
-        assert_close(&a.matmul(&b).unwrap(), &reference::matmul(&a, &b).unwrap(), 1e-5 * k as f32, 0.0);
+        let product = a.matmul(&b).unwrap();
+        assert_close(&product, &reference::matmul(&a, &b).unwrap(), 1e-5 * k as f32, 0.0);
+        let bias = uniform(&[n], -1.0, 1.0, 3);
+        assert_close(&a.matmul_bias(&b, &bias).unwrap(), &product.add(&bias).unwrap(), 0.0, 0.0);
     }
 }
 
@@ -218,6 +226,30 @@ proptest! {
             assert_close(&dw2, &dw, 0.0, 0.0);
             assert_close(&db2, &db, 0.0, 0.0);
         }
+    }
+
+    /// A product with a bias added as part of it gives the bits of the product then the add:
+    /// through the linear layers' GEMM (rows from 5 up, contiguous), `sgemm` (a transposed left
+    /// operand, a batched right one), few rows, a bias read through a strided view, and the
+    /// single-threaded and split sizes.
+    #[test]
+    fn matmul_bias_equals_matmul_then_add(
+        batch in shape(0..=2, 1..=3),
+        m in 1usize..40, k in 1usize..40, n in 1usize..70,
+        ta in any::<bool>(), bcast in any::<bool>(), strided_bias in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let a_shape = [batch.clone(), if ta { vec![k, m] } else { vec![m, k] }].concat();
+        let b_shape = [if bcast { vec![] } else { batch.clone() }, vec![n, k]].concat();
+        let a = uniform(&a_shape, -1.0, 1.0, seed);
+        let a = if ta { a.t().unwrap() } else { a };
+        let b = uniform(&b_shape, -1.0, 1.0, seed ^ 7).t().unwrap();
+        let bias = if strided_bias {
+            uniform(&[n, 2], -1.0, 1.0, seed ^ 9).narrow(1, 1, 1).unwrap().squeeze(1).unwrap()
+        } else {
+            uniform(&[n], -1.0, 1.0, seed ^ 9)
+        };
+        let want = a.matmul(&b).unwrap().add(&bias).unwrap();
+        assert_close(&a.matmul_bias(&b, &bias).unwrap(), &want, 0.0, 0.0);
     }
 
     #[test]
@@ -416,6 +448,8 @@ fn kernel_errors_name_op_and_shapes() {
     let a = Tensor::zeros(&[8, 256, 64]);
     let b = Tensor::zeros(&[8, 32, 256]);
     assert_eq!(a.matmul(&b).unwrap_err().to_string(), "matmul: [8,256,64] x [8,32,256]: inner dims 64 != 32");
+    let e = a.matmul_bias(&a.t().unwrap(), &Tensor::zeros(&[64])).unwrap_err().to_string();
+    assert_eq!(e, "matmul_bias: bias of shape [64] for a product of shape [8,256,256]");
     let e = Tensor::zeros(&[2, 3]).add(&Tensor::zeros(&[4])).unwrap_err().to_string();
     assert_eq!(e, "add: shapes [2,3] and [4] do not broadcast");
     let e = Tensor::zeros(&[2, 3]).sum(2).unwrap_err().to_string();

@@ -430,10 +430,10 @@ impl PerceiverAr {
         match &self.output {
             Some(linear) => Ok(linear.forward(ctx, &h)?),
             None => {
-                let logits = h.matmul(&ctx.param(self.token_embedding.weight).t()?)?;
+                let embedding_t = ctx.param(self.token_embedding.weight).t()?;
                 Ok(match self.output_bias {
-                    Some(bias) => logits.add(&ctx.param(bias))?,
-                    None => logits,
+                    Some(bias) => h.matmul_bias(&embedding_t, &ctx.param(bias))?,
+                    None => h.matmul(&embedding_t)?,
                 })
             }
         }

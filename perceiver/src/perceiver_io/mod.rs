@@ -341,10 +341,10 @@ impl PerceiverIo {
                 })
             }
             (None, InputAdapter::Tokens { tokens, .. }) => {
-                let logits = out.matmul(&ctx.param(tokens.weight).t()?)?;
+                let embedding_t = ctx.param(tokens.weight).t()?;
                 match self.output_bias {
-                    Some(bias) => Ok(logits.add(&ctx.param(bias))?),
-                    None => Ok(logits),
+                    Some(bias) => Ok(out.matmul_bias(&embedding_t, &ctx.param(bias))?),
+                    None => Ok(out.matmul(&embedding_t)?),
                 }
             }
             (None, InputAdapter::Image { .. }) => {

@@ -247,7 +247,7 @@ impl SparseTransformer {
         }
         let scored = x.narrow(1, prefix_len, n - prefix_len)?;
         let h = self.out_norm.forward(ctx, &scored)?;
-        let logits = h.matmul(&ctx.param(self.token_embedding.weight).t()?)?;
-        Ok(logits.add(&ctx.param(self.output_bias))?)
+        let embedding_t = ctx.param(self.token_embedding.weight).t()?;
+        Ok(h.matmul_bias(&embedding_t, &ctx.param(self.output_bias))?)
     }
 }

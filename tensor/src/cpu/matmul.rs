@@ -165,6 +165,31 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
     out
 }
 
+/// `a·b + bias` (`bias` one value per column of the product, contiguous): a linear layer's
+/// output. Where [`gemm`] takes the product the bias is added to each tile as it is stored,
+/// else to each row of the finished product in place; either way the same roundings as adding
+/// it afterwards, without a pass of its own or a second tensor of the output's size.
+pub(crate) fn matmul_bias(
+    a: (&[f32], &Layout),
+    b: (&[f32], &Layout),
+    bias: &[f32],
+    spec: &MatmulSpec,
+) -> Vec<f32> {
+    assert_eq!(bias.len(), spec.n, "a bias per column of the product");
+    if let Some((shape, a_one, b_one)) = gemm_operands(a, b, spec) {
+        let mut out = super::pool::uninit(shape.0 * shape.2);
+        gemm::product_bias(shape, a_one, b_one, bias, &mut out);
+        return out;
+    }
+    let mut out = matmul(a, b, spec);
+    super::parallel::for_each_rows(&mut out, spec.n, |_, rows| {
+        for row in rows.chunks_exact_mut(bias.len().max(1)) {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+    });
+    out
+}
+
 /// `c += a·b` written over `c` (`[batch…, m, n]`, contiguous) where the product is one that
 /// [`gemm`] takes: a layer input's gradient that several linear layers add to. Returns whether
 /// it did; otherwise `c` is unchanged.

@@ -175,6 +175,12 @@ impl BackendStorage for CpuStorage {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;
         out(matmul::matmul(parts(&a), parts(&b), &spec))
     }
+    fn matmul_bias(a: Operand<Self>, b: Operand<Self>, bias: Operand<Self>) -> Result<Option<Self>> {
+        let spec = MatmulSpec::of(a.layout(), b.layout())?;
+        let (data, layout) = parts(&bias);
+        let bias = elementwise::contiguous(data, layout);
+        Ok(Some(out(matmul::matmul_bias(parts(&a), parts(&b), &bias, &spec))?))
+    }
     fn matmul_add(mut c: Owned<Self>, a: Operand<Self>, b: Operand<Self>) -> Result<bool> {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;
         let layout = c.layout();

@@ -23,10 +23,11 @@
 //! * `a` may have any strides (a transposed matrix is broadcast from where it lies), `b` needs
 //!   contiguous rows; a tile narrower than 32 columns is masked.
 //!
-//! A finished tile is stored as `beta·c + a·b`, or put through one of the attention backward's
-//! elementwise steps on its way out (`Epilogue`): `p = e^{s − lse}` as `S = Q Kᵀ` is
-//! recomputed, `ds = p (dp − Δ)` as `dP = dO Vᵀ` is made. Each spares a pass that would read
-//! the whole score block back from the second-level cache and write it again.
+//! A finished tile is stored as `beta·c + a·b`, or put through an elementwise step on its way
+//! out (`Epilogue`): a linear layer's bias added to each row; in the attention backward,
+//! `p = e^{s − lse}` as `S = Q Kᵀ` is recomputed, `ds = p (dp − Δ)` as `dP = dO Vᵀ` is made.
+//! Each spares a pass that would read the whole block back from a cache (or, for a layer's
+//! output, from memory) and write it again.
 //!
 //! Each output is a sum over `t` in order, so results agree with `sgemm`'s to rounding, and do
 //! not depend on how the caller splits the work. A build without AVX-512 (or an operand `b`
@@ -82,6 +83,9 @@ impl Skip<'_> {
 pub(crate) enum Epilogue<'a> {
     /// `c = beta·c + x`.
     Accumulate(f32),
+    /// `c = (beta·c + x) + bias[j]`: a linear layer's bias, one value per column, added as the
+    /// product's last step (the same roundings as adding it to the finished product).
+    AccumulateBias { beta: f32, bias: &'a [f32] },
     /// `c = e^{x − shift[r]}`: `shift` has a value per row.
     ExpShifted(&'a [f32]),
     /// `c = p[r, j] · (x − shift[r])`: `p` is laid out as `c` (same row stride).
@@ -92,7 +96,7 @@ impl Epilogue<'_> {
     /// The `beta` of a product that leaves its elementwise step to [`Epilogue::apply`].
     pub fn beta(&self) -> f32 {
         match self {
-            Epilogue::Accumulate(beta) => *beta,
+            Epilogue::Accumulate(beta) | Epilogue::AccumulateBias { beta, .. } => *beta,
             _ => 0.0,
         }
     }
@@ -103,6 +107,11 @@ impl Epilogue<'_> {
         let rows = (0..m).map(|r| r * ldc..r * ldc + w);
         match *self {
             Epilogue::Accumulate(_) => {}
+            Epilogue::AccumulateBias { bias, .. } => {
+                for row in rows {
+                    c[row].iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+                }
+            }
             Epilogue::ExpShifted(shift) => {
                 for (r, row) in rows.enumerate() {
                     super::math::exp_shifted_in_place(&mut c[row], shift[r]);
@@ -122,6 +131,7 @@ impl Epilogue<'_> {
     fn assert_covers(&self, (m, w): (usize, usize), ldc: usize) {
         match *self {
             Epilogue::Accumulate(_) => {}
+            Epilogue::AccumulateBias { bias, .. } => assert!(bias.len() >= w, "a bias per column"),
             Epilogue::ExpShifted(shift) => assert!(shift.len() >= m, "a shift per row"),
             Epilogue::ScaledShifted { p, shift } => {
                 assert!(shift.len() >= m, "a shift per row");
@@ -168,12 +178,13 @@ pub(crate) fn product_in_tiles_of<const R: usize>(
     skip.assert_covers(m);
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     // SAFETY: the bounds checks above put `a[r, t]` (r < m, t < k), `b[t, j]`, `c[r, j]` (j < w)
-    // and the epilogue's `shift[r]` and `p[r, j]` (at `c`'s position) inside their slices, which
+    // and the epilogue's `shift[r]`, `p[r, j]` (at `c`'s position) and `bias[j]` inside their slices, which
     // is all the kernel reads or writes (columns past `w` are masked off); `c` is borrowed
     // mutably, so nothing else aliases it.
     unsafe {
         let finish = match epilogue {
             Epilogue::Accumulate(beta) => avx512::Finish::Accumulate(beta),
+            Epilogue::AccumulateBias { beta, bias } => avx512::Finish::AccumulateBias(beta, bias.as_ptr()),
             Epilogue::ExpShifted(shift) => avx512::Finish::ExpShifted(shift.as_ptr()),
             Epilogue::ScaledShifted { p, shift } => avx512::Finish::ScaledShifted(p.as_ptr(), shift.as_ptr()),
         };
@@ -202,6 +213,7 @@ mod avx512 {
     #[derive(Clone, Copy)]
     pub enum Finish {
         Accumulate(f32),
+        AccumulateBias(f32, *const f32),
         ExpShifted(*const f32),
         ScaledShifted(*const f32, *const f32),
     }
@@ -211,6 +223,7 @@ mod avx512 {
         fn at(self, r0: usize, j0: usize, ldc: usize) -> Finish {
             match self {
                 Finish::Accumulate(beta) => Finish::Accumulate(beta),
+                Finish::AccumulateBias(beta, bias) => Finish::AccumulateBias(beta, bias.wrapping_add(j0)),
                 Finish::ExpShifted(shift) => Finish::ExpShifted(shift.wrapping_add(r0)),
                 Finish::ScaledShifted(p, shift) => {
                     Finish::ScaledShifted(p.wrapping_add(r0 * ldc + j0), shift.wrapping_add(r0))
@@ -292,11 +305,18 @@ mod avx512 {
                 hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
             }
         }
+        // A bias is the same for every row of the tile.
+        let bias = match finish {
+            Finish::AccumulateBias(_, bias) => {
+                (_mm512_maskz_loadu_ps(m0, bias), _mm512_maskz_loadu_ps(m1, bias.wrapping_add(16)))
+            }
+            _ => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        };
         for r in 0..R {
             let cr = c.wrapping_add(r * ldc);
             let (mut x0, mut x1) = (lo[r], hi[r]);
             match finish {
-                Finish::Accumulate(beta) if beta != 0.0 => {
+                Finish::Accumulate(beta) | Finish::AccumulateBias(beta, _) if beta != 0.0 => {
                     let scale = _mm512_set1_ps(beta);
                     x0 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m0, cr), x0);
                     x1 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m1, cr.wrapping_add(16)), x1);
@@ -305,12 +325,15 @@ mod avx512 {
                     let s = _mm512_set1_ps(*shift.add(r));
                     (x0, x1) = (exp_flushed(_mm512_sub_ps(x0, s)), exp_flushed(_mm512_sub_ps(x1, s)));
                 }
-                Finish::Accumulate(_) => {}
+                Finish::Accumulate(_) | Finish::AccumulateBias(..) => {}
                 Finish::ScaledShifted(p, shift) => {
                     let (s, pr) = (_mm512_set1_ps(*shift.add(r)), p.wrapping_add(r * ldc));
                     x0 = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, pr), _mm512_sub_ps(x0, s));
                     x1 = _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, pr.wrapping_add(16)), _mm512_sub_ps(x1, s));
                 }
+            }
+            if let Finish::AccumulateBias(..) = finish {
+                (x0, x1) = (_mm512_add_ps(x0, bias.0), _mm512_add_ps(x1, bias.1));
             }
             _mm512_mask_storeu_ps(cr, m0, x0);
             _mm512_mask_storeu_ps(cr.wrapping_add(16), m1, x1);
@@ -376,8 +399,9 @@ mod tests {
         }
     }
 
-    /// Each epilogue in the kernel gives bit for bit what the kernel's plain product followed
-    /// by [`Epilogue::apply`] (the fallback's step) gives, on full and partial tiles.
+    /// Each epilogue in the kernel gives bit for bit what the kernel's plain product (with the
+    /// epilogue's `beta`) followed by [`Epilogue::apply`] (the fallback's step) gives, on full
+    /// and partial tiles.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     #[test]
     fn epilogues_match_the_product_then_the_step() {
@@ -389,7 +413,13 @@ mod tests {
             let ldc = w + 2;
             let shift: Vec<f32> = (0..m).map(|i| value(i + 5) * 3.0).collect();
             let p: Vec<f32> = (0..m * ldc).map(|i| value(i + 9).abs()).collect();
-            for epilogue in [Epilogue::ExpShifted(&shift), Epilogue::ScaledShifted { p: &p, shift: &shift }] {
+            let bias: Vec<f32> = (0..w).map(|i| value(i + 13)).collect();
+            for epilogue in [
+                Epilogue::ExpShifted(&shift),
+                Epilogue::ScaledShifted { p: &p, shift: &shift },
+                Epilogue::AccumulateBias { beta: 0.0, bias: &bias },
+                Epilogue::AccumulateBias { beta: 1.0, bias: &bias },
+            ] {
                 let mut fused = vec![7.0; m * ldc];
                 assert!(product((m, w, k), a, b, (Skip::Nothing, epilogue), (&mut fused, ldc)));
                 let mut plain = vec![7.0; m * ldc];
@@ -397,7 +427,7 @@ mod tests {
                     (m, w, k),
                     a,
                     b,
-                    (Skip::Nothing, Epilogue::Accumulate(0.0)),
+                    (Skip::Nothing, Epilogue::Accumulate(epilogue.beta())),
                     (&mut plain, ldc)
                 ));
                 epilogue.apply((m, w), (&mut plain, ldc));
