@@ -11,11 +11,12 @@
 //!    panel's rows are contiguous. The threads share this work, one panel at a time, and each
 //!    waits until every panel is packed. At most [`PACKED_MAX`] floats (1 MiB, a second-level
 //!    cache) are packed: a deeper or wider `b` goes to `sgemm`.
-//! 2. The rows of `c` go in blocks of a few register tiles, each taken by the next thread that
-//!    is free. A block multiplies its rows of `a`, read where they lie, by every panel on the
-//!    AVX-512 register tiles of [`super::tile`] ([`TILE_ROWS`] rows by 32 columns), tile by
-//!    tile, in steps of [`DEPTH`] along the inner dimension: a tile's rows of `a` stay in the
-//!    first-level cache while the panels stream past from the second.
+//! 2. The rows of `c` go in blocks of a few register tiles (fewer towards the end), each
+//!    taken by the next thread that is free. A block multiplies its rows of `a`, read where
+//!    they lie, by every panel on the AVX-512 register tiles of [`super::tile`] ([`TILE_ROWS`]
+//!    rows by 32 columns), tile by tile, in steps of [`DEPTH`] along the inner dimension: a
+//!    tile's rows of `a` stay in the first-level cache while the panels stream past from the
+//!    second.
 //!
 //! `a` must have contiguous rows (activations `x`, `dy`). A weight gradient `dyᵀ x` reads
 //! `dyᵀ` down its columns and packs the whole of `x`: `sgemm`, which packs both operands in
@@ -104,11 +105,6 @@ fn product_with(
         return;
     }
     let threads = if m * n * k < PARALLEL_MIN_FLOPS { 1 } else { rayon::current_num_threads().max(1) };
-    // At least eight blocks per thread, so a slowed thread hands most of its share to the
-    // others, and at most four tiles each, so the threads finish within a short block of each
-    // other (eight-tile blocks left one thread a block behind: 1.5-3 % of a step-2k step, whose
-    // products are 2048 rows).
-    let block = m.div_ceil(threads * 8).next_multiple_of(TILE_ROWS).clamp(TILE_ROWS, 4 * TILE_ROWS);
     let panels = n.div_ceil(PANEL);
     // The packed weight goes into one buffer kept for the next product (concurrent products
     // take a fresh one). From the tensor pool, whose trimming frees its smallest buffers
@@ -119,7 +115,7 @@ fn product_with(
     let packed: &mut Vec<f32> = kept.as_deref_mut().unwrap_or(&mut fresh);
     packed.resize(k * panels * PANEL, 0.0);
     let job = Product { a, b, k, n, beta, bias };
-    let (next_panel, panels_packed, next_block) =
+    let (next_panel, panels_packed, next_tile) =
         (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let (packed_len, packed_ptr, c_ptr) =
         (packed.len(), SendPtr(packed.as_mut_ptr()), SendPtr(c.as_mut_ptr()));
@@ -151,14 +147,10 @@ fn product_with(
         // SAFETY: every panel is written (the Acquire load above saw each task's Release after
         // its writes), and nothing writes `packed` any more.
         let packed = unsafe { std::slice::from_raw_parts(packed_ptr.get() as *const f32, packed_len) };
-        loop {
-            let r0 = next_block.fetch_add(1, Ordering::Relaxed) * block;
-            if r0 >= m {
-                break;
-            }
-            let rows = block.min(m - r0);
+        while let Some((tile, count)) = claim_tiles(&next_tile, m.div_ceil(TILE_ROWS), threads) {
+            let (r0, rows) = (tile * TILE_ROWS, (count * TILE_ROWS).min(m - tile * TILE_ROWS));
             // SAFETY: rows r0..r0 + rows of `c` (m·n, row-major) lie inside it; the counter
-            // hands each block to one task only, so no other task touches them, and `c`
+            // hands each tile to one task only, so no other task touches them, and `c`
             // outlives this parallel section (which joins before `product` returns).
             let c_rows = unsafe { std::slice::from_raw_parts_mut(c_ptr.get().add(r0 * n), rows * n) };
             job.multiply_rows(r0, packed, c_rows);
@@ -168,6 +160,25 @@ fn product_with(
         work();
     } else {
         (0..threads).into_par_iter().for_each(|_| work());
+    }
+}
+
+/// Claims the next row tiles of a product of `tiles` (the first and how many): four at a time
+/// while there are plenty, so that a slowed thread hands most of its share to the others, then
+/// fewer as they run out, so that the threads finish within one tile of each other. (Fixed
+/// blocks of four tiles left one thread up to a block behind the other at the end of each
+/// product; eight-tile blocks, twice that.)
+fn claim_tiles(next: &AtomicUsize, tiles: usize, threads: usize) -> Option<(usize, usize)> {
+    let mut t = next.load(Ordering::Relaxed);
+    loop {
+        if t >= tiles {
+            return None;
+        }
+        let count = ((tiles - t) / (2 * threads)).clamp(1, 4);
+        match next.compare_exchange_weak(t, t + count, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some((t, count)),
+            Err(now) => t = now,
+        }
     }
 }
 
