@@ -82,9 +82,12 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             }
         }
 
-        Op::Matmul { lhs, rhs, bias, a, b } => {
-            // y = a b (+ c): da = g bᵀ, db = aᵀ g (transposes are views; batch broadcasts
-            // summed), dc = Σ g over every row.
+        Op::Matmul { lhs, rhs, bias, residual, a, b } => {
+            // y = a b (+ c + r): da = g bᵀ, db = aᵀ g (transposes are views; batch broadcasts
+            // summed), dc = Σ g over every row, dr = g.
+            if let Some(n) = residual {
+                out.push((n, g.clone()));
+            }
             if let Some(n) = bias {
                 out.push((n, bias_gradient(&g)?));
             }

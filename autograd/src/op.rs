@@ -59,12 +59,14 @@ pub(crate) enum Op {
         mean: Tensor,
         rstd: Tensor,
     },
-    /// `a b`, plus a bias added to every row when the op was [`crate::Var::matmul_bias`]
-    /// (`bias` is its node, `None` also where the bias needs no gradient).
+    /// `a b`, plus a bias added to every row and a residual of the product's shape where the
+    /// op was [`crate::Var::matmul_plus`] (`bias` and `residual` are their nodes, `None` also
+    /// where they need no gradient).
     Matmul {
         lhs: Option<NodeId>,
         rhs: Option<NodeId>,
         bias: Option<NodeId>,
+        residual: Option<NodeId>,
         a: Tensor,
         b: Tensor,
     },

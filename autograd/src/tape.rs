@@ -164,9 +164,12 @@ impl Tape {
                 // The left operand's gradient `g bᵀ` added into the gradient that input already
                 // has (a normed input read by the q, k and v projections) by a product that
                 // accumulates in place, instead of made on its own and then added.
-                Op::Matmul { lhs: Some(x), rhs, bias, a, b }
+                Op::Matmul { lhs: Some(x), rhs, bias, residual, a, b }
                     if grads[x].is_some() && g.shape()[..g.rank() - 1] == a.shape()[..a.rank() - 1] =>
                 {
+                    if let Some(n) = residual {
+                        add_gradient(&mut grads[n], g.clone())?;
+                    }
                     if let Some(n) = bias {
                         add_gradient(&mut grads[n], bias_gradient(&g)?)?;
                     }

@@ -240,22 +240,35 @@ impl Var {
             lhs: n[0],
             rhs: n[1],
             bias: None,
+            residual: None,
             a: self.value.clone(),
             b: rhs.value.clone(),
         })
     }
 
     /// `self · rhs + bias` (`bias` `[n]`, added to every row): a linear layer, as one node.
-    /// The same values and gradients as [`Var::matmul`] then [`Var::add`], without the sum's
-    /// tensor of the output's size ([`Tensor::matmul_bias`]).
+    /// See [`Var::matmul_plus`].
     pub fn matmul_bias(&self, rhs: &Var, bias: &Var) -> Result<Var> {
-        let value = self.value.matmul_bias(&rhs.value, &bias.value)?;
-        Var::record(&[self, rhs, bias], value, |n| Op::Matmul {
-            lhs: n[0],
-            rhs: n[1],
-            bias: n[2],
-            a: self.value.clone(),
-            b: rhs.value.clone(),
+        self.matmul_plus(rhs, Some(bias), None)
+    }
+
+    /// `self · rhs + bias + residual`, each term where given (`bias` `[n]`, added to every
+    /// row; `residual` of the product's shape): a linear layer added to the residual stream,
+    /// as one node. The same values and gradients as [`Var::matmul`] then [`Var::add`]s,
+    /// without their tensors of the output's size ([`Tensor::matmul_plus`]).
+    pub fn matmul_plus(&self, rhs: &Var, bias: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
+        let value = self.value.matmul_plus(&rhs.value, bias.map(|b| &b.value), residual.map(|r| &r.value))?;
+        let inputs: Vec<&Var> = [Some(self), Some(rhs), bias, residual].into_iter().flatten().collect();
+        Var::record(&inputs, value, |n| {
+            let mut rest = n[2..].iter().copied();
+            Op::Matmul {
+                lhs: n[0],
+                rhs: n[1],
+                bias: bias.and_then(|_| rest.next().flatten()),
+                residual: residual.and_then(|_| rest.next().flatten()),
+                a: self.value.clone(),
+                b: rhs.value.clone(),
+            }
         })
     }
 

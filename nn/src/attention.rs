@@ -189,6 +189,23 @@ impl Attention {
     /// composed otherwise); the heads are merged and projected: `[B, L, C]`. The rotary
     /// tables in `opts` are not used here: `q` and `k` come rotated.
     pub fn attend(&self, ctx: &Ctx, q: &Var, k: &Var, v: &Var, opts: &AttendOptions) -> Result<Var> {
+        self.o_proj.forward(ctx, &self.merged_heads(ctx, q, k, v, opts)?)
+    }
+
+    /// [`Attention::attend`] added to the residual stream `residual` `[B, L, C]` by the output
+    /// projection itself (no pass of its own over the output).
+    pub fn attend_adding(
+        &self,
+        ctx: &Ctx,
+        (q, k, v): (&Var, &Var, &Var),
+        opts: &AttendOptions,
+        residual: &Var,
+    ) -> Result<Var> {
+        self.o_proj.forward_adding(ctx, &self.merged_heads(ctx, q, k, v, opts)?, residual)
+    }
+
+    /// The attention's heads, merged: `[B, L, H·Dv]`, before the output projection.
+    fn merged_heads(&self, ctx: &Ctx, q: &Var, k: &Var, v: &Var, opts: &AttendOptions) -> Result<Var> {
         let (b, l) = (q.shape()[0], q.shape()[2]);
         let with_dropout = ctx.train && opts.dropout > 0.0;
         let o = match opts.visibility {
@@ -206,8 +223,7 @@ impl Attention {
                 attend_composed(ctx, q, k, v, mask, opts.dropout)?
             }
         }; // [B, H, L, D]
-        let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.v_head_dim])?;
-        self.o_proj.forward(ctx, &o)
+        Ok(o.permute(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.v_head_dim])?)
     }
 }
 

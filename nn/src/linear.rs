@@ -36,6 +36,14 @@ impl Linear {
         })
     }
 
+    /// `x Wᵀ + b + residual` (`residual` of the output's shape): the layer's output added to
+    /// the residual stream by the product itself ([`autograd::Var::matmul_plus`]), without a
+    /// pass of its own over the output.
+    pub fn forward_adding(&self, ctx: &Ctx, x: &Var, residual: &Var) -> Result<Var> {
+        let bias = self.bias.map(|b| ctx.param(b));
+        Ok(x.matmul_plus(&ctx.param(self.weight).t()?, bias.as_ref(), Some(residual))?)
+    }
+
     /// `scale · (x Wᵀ + b)`, computed as `x (scale·W)ᵀ + scale·b`: scaling the weight (`out ×
     /// in` values) rather than the output (`rows × out`) spares a pass over the output, and
     /// the backward scales only the weight's gradient. (Attention's queries: `D^(-½)` on

@@ -57,7 +57,17 @@ impl Mlp {
 
     /// The MLP's output (the caller adds the residual).
     pub fn forward(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
+        self.fc2.forward(ctx, &self.hidden(ctx, x)?)
+    }
+
+    /// `x + mlp(x)`: the output added to the residual stream `x` by the last product.
+    pub fn forward_residual(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
+        self.fc2.forward_adding(ctx, &self.hidden(ctx, x)?, x)
+    }
+
+    /// The activated hidden layer, `act(fc1(norm(x)))`.
+    fn hidden(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
         let h = self.fc1.forward(ctx, &self.norm.forward(ctx, x)?)?;
-        self.fc2.forward(ctx, &self.activation.apply(&h)?)
+        self.activation.apply(&h)
     }
 }

@@ -65,14 +65,13 @@ impl CrossAttentionLayer {
         let visibility = KeyVisibility { hidden_keys: padding.map(Into::into), ..Default::default() };
         let opts =
             AttendOptions { visibility: Some(&visibility), dropout: self.dropout, ..Default::default() };
-        let attended = self.attention.forward(
-            ctx,
-            &self.q_norm.forward(ctx, x_q)?,
-            &self.kv_norm.forward(ctx, x_kv)?,
-            &opts,
-        )?;
-        let h = if self.residual { x_q.add(&attended)? } else { attended };
-        Ok(h.add(&self.mlp.forward(ctx, &h)?)?)
+        let q = self.attention.queries(ctx, &self.q_norm.forward(ctx, x_q)?, opts.rotary_q)?;
+        let (k, v) = self.attention.keys_values(ctx, &self.kv_norm.forward(ctx, x_kv)?, opts.rotary_k)?;
+        let h = match self.residual {
+            true => self.attention.attend_adding(ctx, (&q, &k, &v), &opts, x_q)?,
+            false => self.attention.attend(ctx, &q, &k, &v, &opts)?,
+        };
+        self.mlp.forward_residual(ctx, &h)
     }
 }
 
@@ -126,8 +125,8 @@ impl SelfAttentionLayer {
         let q = self.attention.queries(ctx, &normed, None)?;
         let (k, v) = self.attention.keys_values(ctx, &normed, None)?;
         let (k, v) = keys_values(k, v)?;
-        let h = x.add(&self.attention.attend(ctx, &q, &k, &v, &opts)?)?;
-        Ok(h.add(&self.mlp.forward(ctx, &h)?)?)
+        let h = self.attention.attend_adding(ctx, (&q, &k, &v), &opts, x)?;
+        Ok(self.mlp.forward_residual(ctx, &h)?)
     }
 }
 

@@ -332,10 +332,16 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     }
     /// Batched matrix product; the sizes are [`MatmulSpec::of`] the two layouts.
     fn matmul(a: Operand<Self>, b: Operand<Self>) -> Result<Self>;
-    /// `a·b + bias` for a `bias` of one value per column of the product (a linear layer's),
-    /// for the devices that add it as part of the product; `None` for the others (the caller
-    /// then adds it to the product). By default: none.
-    fn matmul_bias(_a: Operand<Self>, _b: Operand<Self>, _bias: Operand<Self>) -> Result<Option<Self>> {
+    /// `a·b + bias + residual`, each term where given, for a `bias` of one value per column of
+    /// the product (a linear layer's) and a `residual` of the product's shape (the stream its
+    /// output is added to), for the devices that add them as part of the product; `None` for
+    /// the others (the caller then adds them to the product). By default: none.
+    fn matmul_plus(
+        _a: Operand<Self>,
+        _b: Operand<Self>,
+        _bias: Option<Operand<Self>>,
+        _residual: Option<Operand<Self>>,
+    ) -> Result<Option<Self>> {
         Ok(None)
     }
     /// `c += a·b` written over `c` (laid out as the product's output), for the products a
@@ -456,7 +462,13 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
         dy: Operand,
     ) -> Result<Option<(Storage, Storage)>>;
     fn matmul(&self, a: Operand, b: Operand) -> Result<Storage>;
-    fn matmul_bias(&self, a: Operand, b: Operand, bias: Operand) -> Result<Option<Storage>>;
+    fn matmul_plus(
+        &self,
+        a: Operand,
+        b: Operand,
+        bias: Option<Operand>,
+        residual: Option<Operand>,
+    ) -> Result<Option<Storage>>;
     fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool>;
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput>;
     fn attention_backward(
@@ -560,8 +572,16 @@ impl<S: BackendStorage> DynStorage for S {
     fn matmul(&self, a: Operand, b: Operand) -> Result<Storage> {
         Ok(S::matmul(a.typed()?, b.typed()?)?.into_storage())
     }
-    fn matmul_bias(&self, a: Operand, b: Operand, bias: Operand) -> Result<Option<Storage>> {
-        Ok(S::matmul_bias(a.typed()?, b.typed()?, bias.typed()?)?.map(|s| s.into_storage()))
+    fn matmul_plus(
+        &self,
+        a: Operand,
+        b: Operand,
+        bias: Option<Operand>,
+        residual: Option<Operand>,
+    ) -> Result<Option<Storage>> {
+        let (bias, residual) =
+            (bias.map(|t| t.typed()).transpose()?, residual.map(|t| t.typed()).transpose()?);
+        Ok(S::matmul_plus(a.typed()?, b.typed()?, bias, residual)?.map(|s| s.into_storage()))
     }
     fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool> {
         S::matmul_add(c.typed()?, a.typed()?, b.typed()?)

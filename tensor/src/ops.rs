@@ -275,24 +275,61 @@ impl Tensor {
     }
 
     /// `self · rhs + bias`, `bias` `[n]` added to every row of the `[..., m, n]` product: a
-    /// linear layer's output. On the CPU the bias goes in as each tile of the product is
-    /// stored, so no second tensor of the output's size is made; the result is the same as
-    /// `self.matmul(rhs)?.add(bias)`, to the bit.
+    /// linear layer's output. The same as `self.matmul(rhs)?.add(bias)`, to the bit; see
+    /// [`Tensor::matmul_plus`].
     pub fn matmul_bias(&self, rhs: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        self.same_device("matmul_bias", bias)?;
+        self.matmul_plus(rhs, Some(bias), None)
+    }
+
+    /// `self · rhs + bias + residual`, each term where given: `bias` `[n]` added to every row
+    /// of the `[..., m, n]` product, `residual` of the product's shape added to it (a linear
+    /// layer's output added to the residual stream). On the CPU the terms go in as each tile of
+    /// the product is stored, so no other tensor of the output's size is made; the result is
+    /// the same as the product, then `add(bias)`, then `add(residual)`, to the bit.
+    pub fn matmul_plus(
+        &self,
+        rhs: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (la, lb, shape) = self.matmul_layouts(rhs)?;
         let n = shape[shape.len() - 1];
-        if bias.shape() != [n] {
-            bail!(
-                "matmul_bias",
-                "bias of shape {} for a product of shape {}",
-                fmt_shape(bias.shape()),
-                fmt_shape(&shape)
-            );
+        if let Some(bias) = bias {
+            self.same_device("matmul_plus", bias)?;
+            if bias.shape() != [n] {
+                bail!(
+                    "matmul_plus",
+                    "bias of shape {} for a product of shape {}",
+                    fmt_shape(bias.shape()),
+                    fmt_shape(&shape)
+                );
+            }
         }
-        match self.kernels().matmul_bias(self.operand_as(&la)?, rhs.operand_as(&lb)?, bias.operand()?)? {
-            Some(s) => Ok(Tensor::from_output(s, &shape)),
-            None => self.matmul(rhs)?.add(bias),
+        if let Some(residual) = residual {
+            self.same_device("matmul_plus", residual)?;
+            if residual.shape() != shape.as_slice() {
+                bail!(
+                    "matmul_plus",
+                    "residual of shape {} for a product of shape {}",
+                    fmt_shape(residual.shape()),
+                    fmt_shape(&shape)
+                );
+            }
+        }
+        let (bias_op, residual_op) =
+            (bias.map(|t| t.operand()).transpose()?, residual.map(|t| t.operand()).transpose()?);
+        if let Some(s) =
+            self.kernels().matmul_plus(self.operand_as(&la)?, rhs.operand_as(&lb)?, bias_op, residual_op)?
+        {
+            return Ok(Tensor::from_output(s, &shape));
+        }
+        let mut y = self.matmul(rhs)?;
+        if let Some(bias) = bias {
+            y = y.add(bias)?;
+        }
+        match residual {
+            Some(residual) => y.add(residual),
+            None => Ok(y),
         }
     }
 

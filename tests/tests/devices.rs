@@ -114,7 +114,9 @@ proptest! {
         for d in devices() {
             agree(&d, "matmul", &[&a, &b], 1e-4 * k as f32, |t| t[0].matmul(&t[1]));
             let bias = Viewed { base: uniform(&[n], -1.0, 1.0, seed ^ 3), recipe: tests::Recipe::Contiguous, shape: vec![n] };
-            agree(&d, "matmul_bias", &[&a, &b, &bias], 1e-4 * k as f32, |t| t[0].matmul_bias(&t[1], &t[2]));
+            let out_shape = [batch.clone(), vec![m, n]].concat();
+            let residual = Viewed { base: uniform(&out_shape, -1.0, 1.0, seed ^ 4), recipe: tests::Recipe::Contiguous, shape: out_shape.clone() };
+            agree(&d, "matmul_plus", &[&a, &b, &bias, &residual], 1e-4 * k as f32, |t| t[0].matmul_plus(&t[1], Some(&t[2]), Some(&t[3])));
         }
     }
 

@@ -192,13 +192,16 @@ proptest! {
         })?;
     }
 
-    /// A linear layer with its bias as one node (`Var::matmul_bias`): alone (few rows, or
-    /// enough for the CPU's GEMM), and with its input read by a second one, whose input
-    /// gradient the tape adds in place.
+    /// A linear layer with its bias, and with a residual, as one node (`Var::matmul_plus`):
+    /// alone (few rows, or enough for the CPU's GEMM), and with its input read by a second
+    /// one, whose input gradient the tape adds in place.
     #[test]
-    fn linear_with_bias(seed in any::<u64>(), rows in 1usize..24) {
+    fn linear_with_bias_and_residual(seed in any::<u64>(), rows in 1usize..24) {
         let (x, w1, w2, b1, b2) = (plain(&[2, rows, 6], seed), weight_t(seed + 1), weight_t(seed + 2), plain(&[5], seed + 3), plain(&[5], seed + 4));
         check(&[&x, &w1, &b1], &default(), |v| v[0].matmul_bias(&v[1], &v[2]))?;
+        let r = plain(&[2, rows, 5], seed + 5);
+        check(&[&x, &w1, &b1, &r], &default(), |v| v[0].matmul_plus(&v[1], Some(&v[2]), Some(&v[3])))?;
+        check(&[&x, &w1, &r], &default(), |v| v[0].matmul_plus(&v[1], None, Some(&v[2]))?.mul(&v[2]))?;
         check(&[&x, &w1, &b1, &w2, &b2], &default(), |v| {
             v[0].matmul_bias(&v[1], &v[2])?.mul(&v[0].matmul_bias(&v[3], &v[4])?)
         })?;

@@ -27,8 +27,8 @@ fn unary_tolerance(op: UnaryOp) -> (f32, f32) {
 /// Products big enough to be split across threads, through each way of splitting: the linear
 /// layers' own GEMM (left operand with contiguous rows), and `sgemm` cut by rows (a transposed
 /// left operand, taller than wide) or by columns (wider than tall, or a right operand too big
-/// for the GEMM to pack), against the triple loop; and with a bias, the bits of the product
-/// then the add.
+/// for the GEMM to pack), against the triple loop; and with a bias and a residual, the bits of
+/// the product then the adds.
 #[test]
 fn products_split_across_threads_match_the_triple_loop() {
     for (m, k, n, transposed_a) in [
@@ -46,8 +46,9 @@ fn products_split_across_threads_match_the_triple_loop() {
         let b = uniform(&[n, k], -1.0, 1.0, 2).t().unwrap();
         let product = a.matmul(&b).unwrap();
         assert_close(&product, &reference::matmul(&a, &b).unwrap(), 1e-5 * k as f32, 0.0);
-        let bias = uniform(&[n], -1.0, 1.0, 3);
-        assert_close(&a.matmul_bias(&b, &bias).unwrap(), &product.add(&bias).unwrap(), 0.0, 0.0);
+        let (bias, residual) = (uniform(&[n], -1.0, 1.0, 3), uniform(&[m, n], -1.0, 1.0, 4));
+        let want = product.add(&bias).unwrap().add(&residual).unwrap();
+        assert_close(&a.matmul_plus(&b, Some(&bias), Some(&residual)).unwrap(), &want, 0.0, 0.0);
     }
 }
 
@@ -228,12 +229,12 @@ proptest! {
         }
     }
 
-    /// A product with a bias added as part of it gives the bits of the product then the add:
-    /// through the linear layers' GEMM (rows from 5 up, contiguous), `sgemm` (a transposed left
-    /// operand, a batched right one), few rows, a bias read through a strided view, and the
-    /// single-threaded and split sizes.
+    /// A product with a bias and a residual added as part of it gives the bits of the product
+    /// then the adds: through the linear layers' GEMM (rows from 5 up, contiguous), `sgemm` (a
+    /// transposed left operand, a batched right one), few rows, a bias read through a strided
+    /// view, a transposed residual, and the single-threaded and split sizes.
     #[test]
-    fn matmul_bias_equals_matmul_then_add(
+    fn matmul_plus_equals_matmul_then_adds(
         batch in shape(0..=2, 1..=3),
         m in 1usize..40, k in 1usize..40, n in 1usize..70,
         ta in any::<bool>(), bcast in any::<bool>(), strided_bias in any::<bool>(), seed in any::<u64>(),
@@ -248,8 +249,18 @@ proptest! {
         } else {
             uniform(&[n], -1.0, 1.0, seed ^ 9)
         };
-        let want = a.matmul(&b).unwrap().add(&bias).unwrap();
-        assert_close(&a.matmul_bias(&b, &bias).unwrap(), &want, 0.0, 0.0);
+        let product = a.matmul(&b).unwrap();
+        let with_bias = product.add(&bias).unwrap();
+        assert_close(&a.matmul_bias(&b, &bias).unwrap(), &with_bias, 0.0, 0.0);
+        let shape = product.shape().to_vec();
+        let residual = if strided_bias {
+            let r = shape.len();
+            uniform(&[&shape[..r - 2], &[shape[r - 1], shape[r - 2]]].concat(), -1.0, 1.0, seed ^ 11).transpose(r - 2, r - 1).unwrap()
+        } else {
+            uniform(&shape, -1.0, 1.0, seed ^ 11)
+        };
+        assert_close(&a.matmul_plus(&b, Some(&bias), Some(&residual)).unwrap(), &with_bias.add(&residual).unwrap(), 0.0, 0.0);
+        assert_close(&a.matmul_plus(&b, None, Some(&residual)).unwrap(), &product.add(&residual).unwrap(), 0.0, 0.0);
     }
 
     #[test]
@@ -449,7 +460,9 @@ fn kernel_errors_name_op_and_shapes() {
     let b = Tensor::zeros(&[8, 32, 256]);
     assert_eq!(a.matmul(&b).unwrap_err().to_string(), "matmul: [8,256,64] x [8,32,256]: inner dims 64 != 32");
     let e = a.matmul_bias(&a.t().unwrap(), &Tensor::zeros(&[64])).unwrap_err().to_string();
-    assert_eq!(e, "matmul_bias: bias of shape [64] for a product of shape [8,256,256]");
+    assert_eq!(e, "matmul_plus: bias of shape [64] for a product of shape [8,256,256]");
+    let e = a.matmul_plus(&a.t().unwrap(), None, Some(&a)).unwrap_err().to_string();
+    assert_eq!(e, "matmul_plus: residual of shape [8,256,64] for a product of shape [8,256,256]");
     let e = Tensor::zeros(&[2, 3]).add(&Tensor::zeros(&[4])).unwrap_err().to_string();
     assert_eq!(e, "add: shapes [2,3] and [4] do not broadcast");
     let e = Tensor::zeros(&[2, 3]).sum(2).unwrap_err().to_string();

@@ -339,8 +339,8 @@ impl PerceiverAr {
         let (k, v) = layer.attention.keys_values(ctx, &kv, None)?;
         let (k, v) = through_cache(cache, k, v)?;
         let k = rotated(k, rotary)?;
-        let attended = layer.attention.attend(ctx, &q, &k, &v, &opts)?;
-        let h = add_attended_and_mlp(ctx, &layer.mlp, &latents, &attended, c.residual_dropout)?;
+        let parts = (&layer.attention, &layer.mlp);
+        let h = attend_and_mlp(ctx, parts, (&q, &k, &v), &opts, (&latents, c.residual_dropout))?;
         debug_assert_eq!(h.shape(), [batch, l, c.channels]);
         Ok((h, tables))
     }
@@ -415,8 +415,8 @@ impl PerceiverAr {
             let (k, v) = layer.attention.keys_values(ctx, &normed, None)?;
             let (k, v) = through_cache(cache, k, v)?;
             let k = rotated(k, rotary)?;
-            let attended = layer.attention.attend(ctx, &q, &k, &v, &opts)?;
-            h = add_attended_and_mlp(ctx, &layer.mlp, &h, &attended, c.residual_dropout)?;
+            let parts = (&layer.attention, &layer.mlp);
+            h = attend_and_mlp(ctx, parts, (&q, &k, &v), &opts, (&h, c.residual_dropout))?;
         }
         Ok(h)
     }
@@ -450,9 +450,20 @@ fn rotated(k: Var, rotary: Option<&RotaryTables>) -> Result<Var> {
     }
 }
 
-/// The residual half of a layer after its attention: `h + attended`, then `+ mlp(·)` (each
-/// branch through residual dropout).
-fn add_attended_and_mlp(ctx: &Ctx, mlp: &Mlp, h: &Var, attended: &Var, p: f32) -> Result<Var> {
-    let h = h.add(&dropout(ctx, attended, p)?)?;
+/// The rest of a layer from its heads: `h + attend(q, k, v)`, then `+ mlp(·)` (each branch
+/// through residual dropout `p`). Without dropout (`p = 0`, or outside training) each branch
+/// is added by its last product ([`Attention::attend_adding`], [`Mlp::forward_residual`]).
+fn attend_and_mlp(
+    ctx: &Ctx,
+    (attention, mlp): (&Attention, &Mlp),
+    (q, k, v): (&Var, &Var, &Var),
+    opts: &AttendOptions,
+    (h, p): (&Var, f32),
+) -> Result<Var> {
+    if !ctx.train || p == 0.0 {
+        let h = attention.attend_adding(ctx, (q, k, v), opts, h)?;
+        return Ok(mlp.forward_residual(ctx, &h)?);
+    }
+    let h = h.add(&dropout(ctx, &attention.attend(ctx, q, k, v, opts)?, p)?)?;
     Ok(h.add(&dropout(ctx, &mlp.forward(ctx, &h)?, p)?)?)
 }

@@ -62,46 +62,53 @@ pub(crate) fn applies((m, k, n): (usize, usize, usize), a: &Strided) -> bool {
 /// If an operand does not lie inside its slice, `c` is not `m·n` long, or the product does
 /// not [`applies`].
 pub(crate) fn product(shape: (usize, usize, usize), a: Strided, b: Strided, c: &mut [f32]) {
-    product_with(shape, a, b, None, (0.0, c));
+    product_with(shape, a, b, Terms::default(), (0.0, c));
 }
 
-/// [`product`] with `bias` (`n` values) added to every row: a linear layer's `x Wᵀ + b`,
-/// the bias added to each tile as it is stored instead of in a pass of its own over `c`.
-pub(crate) fn product_bias(
+/// What a linear layer adds to its product: a bias (`n` values, added to every row) and a
+/// residual (`m×n`, laid out as `c`), each where given.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Terms<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+}
+
+/// [`product`] plus `terms`: a linear layer's `x Wᵀ + b (+ r)`, the terms added to each tile
+/// as it is stored instead of in passes of their own over `c`.
+pub(crate) fn product_plus(
     shape: (usize, usize, usize),
     a: Strided,
     b: Strided,
-    bias: &[f32],
+    terms: Terms,
     c: &mut [f32],
 ) {
-    product_with(shape, a, b, Some(bias), (0.0, c));
+    product_with(shape, a, b, terms, (0.0, c));
 }
 
 /// [`product`] added to what `c` holds: `c += a·b`.
 pub(crate) fn product_add(shape: (usize, usize, usize), a: Strided, b: Strided, c: &mut [f32]) {
-    product_with(shape, a, b, None, (1.0, c));
+    product_with(shape, a, b, Terms::default(), (1.0, c));
 }
 
-/// `c = beta·c + a·b (+ bias)` (`beta` 0 or 1).
+/// `c = beta·c + a·b (+ bias + residual)` (`beta` 0 or 1).
 fn product_with(
     (m, k, n): (usize, usize, usize),
     a: Strided,
     b: Strided,
-    bias: Option<&[f32]>,
+    terms: Terms,
     (beta, c): (f32, &mut [f32]),
 ) {
     assert!(applies((m, k, n), &a), "gemm::product called where it does not apply");
     assert_eq!(c.len(), m * n, "product output length");
-    assert!(bias.is_none_or(|bias| bias.len() == n), "a bias per column");
+    assert!(terms.bias.is_none_or(|bias| bias.len() == n), "a bias per column");
+    assert!(terms.residual.is_none_or(|r| r.len() == m * n), "a residual of the output's size");
     few_rows::assert_product_in_bounds((m, n, k), &a, &b, (c.len(), n.max(1)));
     if n == 0 {
         return;
     }
     if k == 0 {
         c.iter_mut().for_each(|x| *x *= beta);
-        if let Some(bias) = bias {
-            c.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(bias).for_each(|(x, b)| *x += b));
-        }
+        Epilogue::Linear { beta, bias: terms.bias, residual: terms.residual }.apply((m, n), (c, n));
         return;
     }
     let threads = if m * n * k < PARALLEL_MIN_FLOPS { 1 } else { rayon::current_num_threads().max(1) };
@@ -114,7 +121,7 @@ fn product_with(
     let mut fresh = Vec::new();
     let packed: &mut Vec<f32> = kept.as_deref_mut().unwrap_or(&mut fresh);
     packed.resize(k * panels * PANEL, 0.0);
-    let job = Product { a, b, k, n, beta, bias };
+    let job = Product { a, b, k, n, beta, terms };
     let (next_panel, panels_packed, next_tile) =
         (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let (packed_len, packed_ptr, c_ptr) =
@@ -191,8 +198,8 @@ struct Product<'a> {
     n: usize,
     /// What `c`'s old contents are scaled by (0: never read).
     beta: f32,
-    /// Added to every row of `c` after the product.
-    bias: Option<&'a [f32]>,
+    /// Added to `c` after the product.
+    terms: Terms<'a>,
 }
 
 impl Product<'_> {
@@ -253,12 +260,17 @@ impl Product<'_> {
                     }
                     let c_block = &mut c_tile[j0..(tile_rows - 1) * n + j0 + width];
                     let shape = (tile_rows, width, steps);
-                    // The bias goes in with the last step, onto the finished sums.
-                    let epilogue = match self.bias {
-                        Some(bias) if s0 + DEPTH >= self.k => {
-                            Epilogue::AccumulateBias { beta, bias: &bias[j0..j0 + width] }
+                    // The terms go in with the last step, onto the finished sums.
+                    let Terms { bias, residual } = self.terms;
+                    let epilogue = if s0 + DEPTH >= self.k && (bias.is_some() || residual.is_some()) {
+                        let at = (r0 + t0) * n + j0;
+                        Epilogue::Linear {
+                            beta,
+                            bias: bias.map(|b| &b[j0..j0 + width]),
+                            residual: residual.map(|r| &r[at..at + (tile_rows - 1) * n + width]),
                         }
-                        _ => Epilogue::Accumulate(beta),
+                    } else {
+                        Epilogue::Accumulate(beta)
                     };
                     let done = tile::product_in_tiles_of::<TILE_ROWS>(
                         shape,

@@ -16,8 +16,9 @@
 use rayon::prelude::*;
 
 use super::few_rows::{self, Strided, FEW_ROWS};
-use super::gemm;
+use super::gemm::{self, Terms};
 use super::parallel::{SendPtr, PARALLEL_MIN_FLOPS};
+use super::tile::Epilogue;
 use crate::backend::MatmulSpec;
 use crate::layout::Layout;
 
@@ -165,27 +166,35 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
     out
 }
 
-/// `a·b + bias` (`bias` one value per column of the product, contiguous): a linear layer's
-/// output. Where [`gemm`] takes the product the bias is added to each tile as it is stored,
-/// else to each row of the finished product in place; either way the same roundings as adding
-/// it afterwards, without a pass of its own or a second tensor of the output's size.
-pub(crate) fn matmul_bias(
+/// `a·b + bias + residual`, each term where given (`bias` one value per column of the
+/// product, `residual` the product's shape; both contiguous): a linear layer's output, added
+/// to the residual stream. Where [`gemm`] takes the product the terms are added to each tile
+/// as it is stored, else to the finished product in place; either way the same roundings as
+/// adding them afterwards one after the other, without passes of their own or more tensors of
+/// the output's size.
+pub(crate) fn matmul_plus(
     a: (&[f32], &Layout),
     b: (&[f32], &Layout),
-    bias: &[f32],
+    terms: Terms,
     spec: &MatmulSpec,
 ) -> Vec<f32> {
-    assert_eq!(bias.len(), spec.n, "a bias per column of the product");
+    let batches: usize = spec.batch.iter().product();
+    assert!(terms.bias.is_none_or(|b| b.len() == spec.n), "a bias per column of the product");
+    assert!(
+        terms.residual.is_none_or(|r| r.len() == batches * spec.m * spec.n),
+        "a residual of the product's size"
+    );
     if let Some((shape, a_one, b_one)) = gemm_operands(a, b, spec) {
         let mut out = super::pool::uninit(shape.0 * shape.2);
-        gemm::product_bias(shape, a_one, b_one, bias, &mut out);
+        gemm::product_plus(shape, a_one, b_one, terms, &mut out);
         return out;
     }
     let mut out = matmul(a, b, spec);
-    super::parallel::for_each_rows(&mut out, spec.n, |_, rows| {
-        for row in rows.chunks_exact_mut(bias.len().max(1)) {
-            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-        }
+    let n = spec.n.max(1);
+    super::parallel::for_each_rows(&mut out, n, |first, rows| {
+        let residual = terms.residual.map(|r| &r[first * n..first * n + rows.len()]);
+        let epilogue = Epilogue::Linear { beta: 1.0, bias: terms.bias, residual };
+        epilogue.apply((rows.len() / n, spec.n), (rows, n));
     });
     out
 }

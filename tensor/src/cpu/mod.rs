@@ -175,11 +175,20 @@ impl BackendStorage for CpuStorage {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;
         out(matmul::matmul(parts(&a), parts(&b), &spec))
     }
-    fn matmul_bias(a: Operand<Self>, b: Operand<Self>, bias: Operand<Self>) -> Result<Option<Self>> {
+    fn matmul_plus(
+        a: Operand<Self>,
+        b: Operand<Self>,
+        bias: Option<Operand<Self>>,
+        residual: Option<Operand<Self>>,
+    ) -> Result<Option<Self>> {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;
-        let (data, layout) = parts(&bias);
-        let bias = elementwise::contiguous(data, layout);
-        Ok(Some(out(matmul::matmul_bias(parts(&a), parts(&b), &bias, &spec))?))
+        fn contiguous<'a>(t: &Operand<'a, CpuStorage>) -> elementwise::Contiguous<'a> {
+            let (data, layout) = parts(t);
+            elementwise::contiguous(data, layout)
+        }
+        let (bias, residual) = (bias.as_ref().map(contiguous), residual.as_ref().map(contiguous));
+        let terms = gemm::Terms { bias: bias.as_deref(), residual: residual.as_deref() };
+        Ok(Some(out(matmul::matmul_plus(parts(&a), parts(&b), terms, &spec))?))
     }
     fn matmul_add(mut c: Owned<Self>, a: Operand<Self>, b: Operand<Self>) -> Result<bool> {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;

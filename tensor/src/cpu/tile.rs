@@ -83,9 +83,11 @@ impl Skip<'_> {
 pub(crate) enum Epilogue<'a> {
     /// `c = beta·c + x`.
     Accumulate(f32),
-    /// `c = (beta·c + x) + bias[j]`: a linear layer's bias, one value per column, added as the
-    /// product's last step (the same roundings as adding it to the finished product).
-    AccumulateBias { beta: f32, bias: &'a [f32] },
+    /// `c = ((beta·c + x) + bias[j]) + residual[r, j]`, each term where given: a linear
+    /// layer's bias (one value per column) and the residual stream its output is added to (laid
+    /// out as `c`), added as the product's last steps, with the same roundings as adding them
+    /// to the finished product one after the other.
+    Linear { beta: f32, bias: Option<&'a [f32]>, residual: Option<&'a [f32]> },
     /// `c = e^{x − shift[r]}`: `shift` has a value per row.
     ExpShifted(&'a [f32]),
     /// `c = p[r, j] · (x − shift[r])`: `p` is laid out as `c` (same row stride).
@@ -96,7 +98,7 @@ impl Epilogue<'_> {
     /// The `beta` of a product that leaves its elementwise step to [`Epilogue::apply`].
     pub fn beta(&self) -> f32 {
         match self {
-            Epilogue::Accumulate(beta) | Epilogue::AccumulateBias { beta, .. } => *beta,
+            Epilogue::Accumulate(beta) | Epilogue::Linear { beta, .. } => *beta,
             _ => 0.0,
         }
     }
@@ -107,9 +109,14 @@ impl Epilogue<'_> {
         let rows = (0..m).map(|r| r * ldc..r * ldc + w);
         match *self {
             Epilogue::Accumulate(_) => {}
-            Epilogue::AccumulateBias { bias, .. } => {
+            Epilogue::Linear { bias, residual, .. } => {
                 for row in rows {
-                    c[row].iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+                    if let Some(bias) = bias {
+                        c[row.clone()].iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+                    }
+                    if let Some(residual) = residual {
+                        c[row.clone()].iter_mut().zip(&residual[row]).for_each(|(x, r)| *x += r);
+                    }
                 }
             }
             Epilogue::ExpShifted(shift) => {
@@ -131,7 +138,13 @@ impl Epilogue<'_> {
     fn assert_covers(&self, (m, w): (usize, usize), ldc: usize) {
         match *self {
             Epilogue::Accumulate(_) => {}
-            Epilogue::AccumulateBias { bias, .. } => assert!(bias.len() >= w, "a bias per column"),
+            Epilogue::Linear { bias, residual, .. } => {
+                assert!(bias.is_none_or(|b| b.len() >= w), "a bias per column");
+                assert!(
+                    residual.is_none_or(|r| m == 0 || w == 0 || r.len() >= (m - 1) * ldc + w),
+                    "residual as large as c"
+                );
+            }
             Epilogue::ExpShifted(shift) => assert!(shift.len() >= m, "a shift per row"),
             Epilogue::ScaledShifted { p, shift } => {
                 assert!(shift.len() >= m, "a shift per row");
@@ -178,13 +191,18 @@ pub(crate) fn product_in_tiles_of<const R: usize>(
     skip.assert_covers(m);
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     // SAFETY: the bounds checks above put `a[r, t]` (r < m, t < k), `b[t, j]`, `c[r, j]` (j < w)
-    // and the epilogue's `shift[r]`, `p[r, j]` (at `c`'s position) and `bias[j]` inside their slices, which
-    // is all the kernel reads or writes (columns past `w` are masked off); `c` is borrowed
-    // mutably, so nothing else aliases it.
+    // and the epilogue's `shift[r]`, `bias[j]`, and `p[r, j]` and `residual[r, j]` (at `c`'s
+    // position) inside their slices, which is all the kernel reads or writes (columns past `w`
+    // are masked off; absent terms are null and never read); `c` is borrowed mutably, so
+    // nothing else aliases it.
     unsafe {
         let finish = match epilogue {
             Epilogue::Accumulate(beta) => avx512::Finish::Accumulate(beta),
-            Epilogue::AccumulateBias { beta, bias } => avx512::Finish::AccumulateBias(beta, bias.as_ptr()),
+            Epilogue::Linear { beta, bias, residual } => avx512::Finish::Linear(
+                beta,
+                bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+            ),
             Epilogue::ExpShifted(shift) => avx512::Finish::ExpShifted(shift.as_ptr()),
             Epilogue::ScaledShifted { p, shift } => avx512::Finish::ScaledShifted(p.as_ptr(), shift.as_ptr()),
         };
@@ -213,7 +231,8 @@ mod avx512 {
     #[derive(Clone, Copy)]
     pub enum Finish {
         Accumulate(f32),
-        AccumulateBias(f32, *const f32),
+        /// `beta`, then the bias and the residual (null where absent).
+        Linear(f32, *const f32, *const f32),
         ExpShifted(*const f32),
         ScaledShifted(*const f32, *const f32),
     }
@@ -223,7 +242,11 @@ mod avx512 {
         fn at(self, r0: usize, j0: usize, ldc: usize) -> Finish {
             match self {
                 Finish::Accumulate(beta) => Finish::Accumulate(beta),
-                Finish::AccumulateBias(beta, bias) => Finish::AccumulateBias(beta, bias.wrapping_add(j0)),
+                Finish::Linear(beta, bias, residual) => {
+                    // An absent term stays null.
+                    let at = |p: *const f32, i: usize| if p.is_null() { p } else { p.wrapping_add(i) };
+                    Finish::Linear(beta, at(bias, j0), at(residual, r0 * ldc + j0))
+                }
                 Finish::ExpShifted(shift) => Finish::ExpShifted(shift.wrapping_add(r0)),
                 Finish::ScaledShifted(p, shift) => {
                     Finish::ScaledShifted(p.wrapping_add(r0 * ldc + j0), shift.wrapping_add(r0))
@@ -307,7 +330,7 @@ mod avx512 {
         }
         // A bias is the same for every row of the tile.
         let bias = match finish {
-            Finish::AccumulateBias(_, bias) => {
+            Finish::Linear(_, bias, _) if !bias.is_null() => {
                 (_mm512_maskz_loadu_ps(m0, bias), _mm512_maskz_loadu_ps(m1, bias.wrapping_add(16)))
             }
             _ => (_mm512_setzero_ps(), _mm512_setzero_ps()),
@@ -316,7 +339,7 @@ mod avx512 {
             let cr = c.wrapping_add(r * ldc);
             let (mut x0, mut x1) = (lo[r], hi[r]);
             match finish {
-                Finish::Accumulate(beta) | Finish::AccumulateBias(beta, _) if beta != 0.0 => {
+                Finish::Accumulate(beta) | Finish::Linear(beta, ..) if beta != 0.0 => {
                     let scale = _mm512_set1_ps(beta);
                     x0 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m0, cr), x0);
                     x1 = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(m1, cr.wrapping_add(16)), x1);
@@ -325,15 +348,22 @@ mod avx512 {
                     let s = _mm512_set1_ps(*shift.add(r));
                     (x0, x1) = (exp_flushed(_mm512_sub_ps(x0, s)), exp_flushed(_mm512_sub_ps(x1, s)));
                 }
-                Finish::Accumulate(_) | Finish::AccumulateBias(..) => {}
+                Finish::Accumulate(_) | Finish::Linear(..) => {}
                 Finish::ScaledShifted(p, shift) => {
                     let (s, pr) = (_mm512_set1_ps(*shift.add(r)), p.wrapping_add(r * ldc));
                     x0 = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, pr), _mm512_sub_ps(x0, s));
                     x1 = _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, pr.wrapping_add(16)), _mm512_sub_ps(x1, s));
                 }
             }
-            if let Finish::AccumulateBias(..) = finish {
-                (x0, x1) = (_mm512_add_ps(x0, bias.0), _mm512_add_ps(x1, bias.1));
+            if let Finish::Linear(_, b, residual) = finish {
+                if !b.is_null() {
+                    (x0, x1) = (_mm512_add_ps(x0, bias.0), _mm512_add_ps(x1, bias.1));
+                }
+                if !residual.is_null() {
+                    let rr = residual.wrapping_add(r * ldc);
+                    x0 = _mm512_add_ps(x0, _mm512_maskz_loadu_ps(m0, rr));
+                    x1 = _mm512_add_ps(x1, _mm512_maskz_loadu_ps(m1, rr.wrapping_add(16)));
+                }
             }
             _mm512_mask_storeu_ps(cr, m0, x0);
             _mm512_mask_storeu_ps(cr.wrapping_add(16), m1, x1);
@@ -417,8 +447,10 @@ mod tests {
             for epilogue in [
                 Epilogue::ExpShifted(&shift),
                 Epilogue::ScaledShifted { p: &p, shift: &shift },
-                Epilogue::AccumulateBias { beta: 0.0, bias: &bias },
-                Epilogue::AccumulateBias { beta: 1.0, bias: &bias },
+                Epilogue::Linear { beta: 0.0, bias: Some(&bias), residual: None },
+                Epilogue::Linear { beta: 1.0, bias: Some(&bias), residual: None },
+                Epilogue::Linear { beta: 0.0, bias: None, residual: Some(&p) },
+                Epilogue::Linear { beta: 1.0, bias: Some(&bias), residual: Some(&p) },
             ] {
                 let mut fused = vec![7.0; m * ldc];
                 assert!(product((m, w, k), a, b, (Skip::Nothing, epilogue), (&mut fused, ldc)));
