@@ -24,7 +24,8 @@
 //!   contiguous rows; a tile narrower than 32 columns is masked.
 //!
 //! A finished tile is stored as `beta·c + a·b`, or put through an elementwise step on its way
-//! out (`Epilogue`): a linear layer's bias added to each row; in the attention backward,
+//! out (`Epilogue`): a linear layer's bias added to each row and the residual stream added to
+//! its output; in the attention backward,
 //! `p = e^{s − lse}` as `S = Q Kᵀ` is recomputed, `ds = p (dp − Δ)` as `dP = dO Vᵀ` is made.
 //! Each spares a pass that would read the whole block back from a cache (or, for a layer's
 //! output, from memory) and write it again.
