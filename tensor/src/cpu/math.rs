@@ -247,8 +247,9 @@ fn extremum(
     }
 }
 
-/// `dst[i] = op(src[i])` on sixteen lanes, for the ops that have a sixteen-lane kernel (GELU and
-/// its derivative, the MLP's activation); `false` for the others, or without AVX-512.
+/// `dst[i] = op(src[i])` on sixteen lanes, for the ops that have a sixteen-lane kernel (`exp`,
+/// GELU and its derivative), the same bits as the eight-lane kernels; `false` for the others, or
+/// without AVX-512.
 pub(crate) fn map_sixteen(op: crate::backend::UnaryOp, src: &[f32], dst: &mut [f32]) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     // SAFETY: the build enables AVX-512 (the cfg), so the machine it runs on has it.
@@ -460,6 +461,7 @@ pub(crate) mod sixteen {
     pub fn map_op(op: crate::backend::UnaryOp, src: &[f32], dst: &mut [f32]) -> bool {
         use crate::backend::UnaryOp;
         match op {
+            UnaryOp::Exp => map(src, dst, |x| exp(x)),
             UnaryOp::Gelu => map(src, dst, |x| gelu(x)),
             UnaryOp::GeluDerivative => map(src, dst, |x| gelu_derivative(x)),
             _ => return false,
