@@ -85,12 +85,7 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
         Op::Matmul { lhs, rhs, bias, residual, a, b } => {
             // y = a b (+ c + r): da = g bᵀ, db = aᵀ g (transposes are views; batch broadcasts
             // summed), dc = Σ g over every row, dr = g.
-            if let Some(n) = residual {
-                out.push((n, g.clone()));
-            }
-            if let Some(n) = bias {
-                out.push((n, bias_gradient(&g)?));
-            }
+            out.extend(terms_gradients((bias, residual), &g)?);
             if let Some(n) = lhs {
                 out.push((n, g.matmul(&b.t()?)?.sum_to_shape(a.shape())?));
             }
@@ -179,10 +174,20 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
     Ok(out)
 }
 
-/// The gradient of the bias `c` `[n]` in `y = a b + c`, given `g = dy` `[..., n]`: `g` summed
-/// over every row.
-pub(crate) fn bias_gradient(g: &Tensor) -> Result<Tensor> {
-    g.sum_to_shape(&[g.shape()[g.rank() - 1]])
+/// The gradients of the terms added to a product, `y = a b + c + r`, given `g = dy`
+/// `[..., n]`: the residual `r` gets `g`, the bias `c` `[n]` gets `g` summed over every row.
+pub(crate) fn terms_gradients(
+    (bias, residual): (Option<NodeId>, Option<NodeId>),
+    g: &Tensor,
+) -> Result<Vec<(NodeId, Tensor)>> {
+    let mut out = Vec::new();
+    if let Some(n) = residual {
+        out.push((n, g.clone()));
+    }
+    if let Some(n) = bias {
+        out.push((n, g.sum_to_shape(&[g.shape()[g.rank() - 1]])?));
+    }
+    Ok(out)
 }
 
 /// The gradient of `b` in `y = a b`, given `g = dy`: `aᵀ g`, its batch broadcasts summed.

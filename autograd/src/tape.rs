@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use tensor::{bail, Result, Tensor};
 
-use crate::backward::{backward_rule, bias_gradient, matmul_rhs_gradient};
+use crate::backward::{backward_rule, matmul_rhs_gradient, terms_gradients};
 use crate::op::{NodeId, Op};
 use crate::param::ParamId;
 use crate::var::Var;
@@ -167,11 +167,8 @@ impl Tape {
                 Op::Matmul { lhs: Some(x), rhs, bias, residual, a, b }
                     if grads[x].is_some() && g.shape()[..g.rank() - 1] == a.shape()[..a.rank() - 1] =>
                 {
-                    if let Some(n) = residual {
-                        add_gradient(&mut grads[n], g.clone())?;
-                    }
-                    if let Some(n) = bias {
-                        add_gradient(&mut grads[n], bias_gradient(&g)?)?;
+                    for (n, t) in terms_gradients((bias, residual), &g)? {
+                        add_gradient(&mut grads[n], t)?;
                     }
                     let acc = grads[x].take().expect("checked by the guard");
                     grads[x] = Some(acc.matmul_add(&g, &b.t()?)?);

@@ -157,9 +157,28 @@ impl Attention {
     /// below, one after the other; a key/value cache calls them separately, keeping the keys
     /// and values of positions it has already seen.
     pub fn forward(&self, ctx: &Ctx, x_q: &Var, x_kv: &Var, opts: &AttendOptions) -> Result<Var> {
+        let (q, k, v) = self.heads(ctx, x_q, x_kv, opts)?;
+        self.attend(ctx, &q, &k, &v, opts)
+    }
+
+    /// [`Attention::forward`] added to the residual stream `residual` `[B, L, C]` by the output
+    /// projection ([`Attention::attend_adding`]).
+    pub fn forward_adding(
+        &self,
+        ctx: &Ctx,
+        (x_q, x_kv): (&Var, &Var),
+        opts: &AttendOptions,
+        residual: &Var,
+    ) -> Result<Var> {
+        let (q, k, v) = self.heads(ctx, x_q, x_kv, opts)?;
+        self.attend_adding(ctx, (&q, &k, &v), opts, residual)
+    }
+
+    /// The queries of `x_q` and the keys and values of `x_kv`, rotated as `opts` says.
+    fn heads(&self, ctx: &Ctx, x_q: &Var, x_kv: &Var, opts: &AttendOptions) -> Result<(Var, Var, Var)> {
         let q = self.queries(ctx, x_q, opts.rotary_q)?;
         let (k, v) = self.keys_values(ctx, x_kv, opts.rotary_k)?;
-        self.attend(ctx, &q, &k, &v, opts)
+        Ok((q, k, v))
     }
 
     /// The queries of `x_q` `[B, L, C]` as heads `[B, H, L, D]`, scaled by `D^(-½)` and

@@ -29,19 +29,14 @@ impl Linear {
 
     /// `x`: `[..., in]` → `[..., out]`.
     pub fn forward(&self, ctx: &Ctx, x: &Var) -> Result<Var> {
-        let w_t = ctx.param(self.weight).t()?;
-        Ok(match self.bias {
-            Some(b) => x.matmul_bias(&w_t, &ctx.param(b))?,
-            None => x.matmul(&w_t)?,
-        })
+        self.output(ctx, x, None, None)
     }
 
     /// `x Wᵀ + b + residual` (`residual` of the output's shape): the layer's output added to
     /// the residual stream by the product itself ([`autograd::Var::matmul_plus`]), without a
     /// pass of its own over the output.
     pub fn forward_adding(&self, ctx: &Ctx, x: &Var, residual: &Var) -> Result<Var> {
-        let bias = self.bias.map(|b| ctx.param(b));
-        Ok(x.matmul_plus(&ctx.param(self.weight).t()?, bias.as_ref(), Some(residual))?)
+        self.output(ctx, x, None, Some(residual))
     }
 
     /// `scale · (x Wᵀ + b)`, computed as `x (scale·W)ᵀ + scale·b`: scaling the weight (`out ×
@@ -49,10 +44,17 @@ impl Linear {
     /// the backward scales only the weight's gradient. (Attention's queries: `D^(-½)` on
     /// `[B, L, C]` queries cost as much as a layer norm per layer.)
     pub fn forward_scaled(&self, ctx: &Ctx, x: &Var, scale: f32) -> Result<Var> {
-        let w_t = ctx.param(self.weight).mul_scalar(scale)?.t()?;
-        Ok(match self.bias {
-            Some(b) => x.matmul_bias(&w_t, &ctx.param(b).mul_scalar(scale)?)?,
-            None => x.matmul(&w_t)?,
-        })
+        self.output(ctx, x, Some(scale), None)
+    }
+
+    /// `x (s·W)ᵀ + s·b + residual`, the weight and bias scaled by `s` where given: one product.
+    fn output(&self, ctx: &Ctx, x: &Var, scale: Option<f32>, residual: Option<&Var>) -> Result<Var> {
+        let scaled = |v: Var| match scale {
+            Some(s) => v.mul_scalar(s),
+            None => Ok(v),
+        };
+        let w_t = scaled(ctx.param(self.weight))?.t()?;
+        let bias = self.bias.map(|b| scaled(ctx.param(b))).transpose()?;
+        Ok(x.matmul_plus(&w_t, bias.as_ref(), residual)?)
     }
 }

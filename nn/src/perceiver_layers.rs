@@ -65,11 +65,10 @@ impl CrossAttentionLayer {
         let visibility = KeyVisibility { hidden_keys: padding.map(Into::into), ..Default::default() };
         let opts =
             AttendOptions { visibility: Some(&visibility), dropout: self.dropout, ..Default::default() };
-        let q = self.attention.queries(ctx, &self.q_norm.forward(ctx, x_q)?, opts.rotary_q)?;
-        let (k, v) = self.attention.keys_values(ctx, &self.kv_norm.forward(ctx, x_kv)?, opts.rotary_k)?;
+        let (normed_q, normed_kv) = (self.q_norm.forward(ctx, x_q)?, self.kv_norm.forward(ctx, x_kv)?);
         let h = match self.residual {
-            true => self.attention.attend_adding(ctx, (&q, &k, &v), &opts, x_q)?,
-            false => self.attention.attend(ctx, &q, &k, &v, &opts)?,
+            true => self.attention.forward_adding(ctx, (&normed_q, &normed_kv), &opts, x_q)?,
+            false => self.attention.forward(ctx, &normed_q, &normed_kv, &opts)?,
         };
         self.mlp.forward_residual(ctx, &h)
     }

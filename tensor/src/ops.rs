@@ -292,6 +292,9 @@ impl Tensor {
         bias: Option<&Tensor>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        if bias.is_none() && residual.is_none() {
+            return self.matmul(rhs);
+        }
         let (la, lb, shape) = self.matmul_layouts(rhs)?;
         let n = shape[shape.len() - 1];
         if let Some(bias) = bias {

@@ -190,6 +190,9 @@ pub(crate) fn matmul_plus(
         return out;
     }
     let mut out = matmul(a, b, spec);
+    if terms.bias.is_none() && terms.residual.is_none() {
+        return out;
+    }
     let n = spec.n.max(1);
     super::parallel::for_each_rows(&mut out, n, |first, rows| {
         let residual = terms.residual.map(|r| &r[first * n..first * n + rows.len()]);
