@@ -86,11 +86,21 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             // y = a b (+ c + r): da = g bᵀ, db = aᵀ g (transposes are views; batch broadcasts
             // summed), dc = Σ g over every row, dr = g.
             out.extend(terms_gradients((bias, residual), &g)?);
-            if let Some(n) = lhs {
-                out.push((n, g.matmul(&b.t()?)?.sum_to_shape(a.shape())?));
-            }
-            if let Some(n) = rhs {
-                out.push((n, matmul_rhs_gradient(&a, &b, &g)?));
+            // Both gradients are products: made together (see `Tensor::matmul_pair`).
+            match (lhs, rhs) {
+                (Some(l), Some(r)) => {
+                    let db = RhsGradient::of(&a, &b, &g)?;
+                    let (da, db_product) = Tensor::matmul_pair((&g, &b.t()?), (&db.lhs, &db.rhs))?;
+                    out.push((l, da.sum_to_shape(a.shape())?));
+                    out.push((r, db.finish(db_product)?));
+                }
+                (Some(l), None) => out.push((l, g.matmul(&b.t()?)?.sum_to_shape(a.shape())?)),
+                (None, Some(r)) => {
+                    let db = RhsGradient::of(&a, &b, &g)?;
+                    let product = db.lhs.matmul(&db.rhs)?;
+                    out.push((r, db.finish(product)?));
+                }
+                (None, None) => {}
             }
         }
 
@@ -190,22 +200,47 @@ pub(crate) fn terms_gradients(
     Ok(out)
 }
 
-/// The gradient of `b` in `y = a b`, given `g = dy`: `aᵀ g`, its batch broadcasts summed.
-pub(crate) fn matmul_rhs_gradient(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
-    if b.rank() == 2 && a.rank() >= 2 {
-        // A shared weight: fold the batch into rows, one product instead of many.
-        let k = a.shape()[a.rank() - 1];
-        let n_out = g.shape()[g.rank() - 1];
-        let (a, g) = (a.reshape(&[usize::MAX, k])?, g.reshape(&[usize::MAX, n_out])?);
-        if b.t()?.is_contiguous() {
-            // b = Wᵀ, a view of a weight stored [out, in] (Linear): db = (gᵀ a)ᵀ is the same
-            // sums, computed in W's own layout, so the transpose's rule hands W a contiguous
-            // gradient and the optimizer copies nothing.
-            g.t()?.matmul(&a)?.t()
+/// The gradient of `b` in `y = a b`, given `g = dy`, as the product that makes it and what
+/// is then done to that product: `aᵀ g`, its batch broadcasts summed.
+pub(crate) struct RhsGradient {
+    pub lhs: Tensor,
+    pub rhs: Tensor,
+    finish: Finish,
+}
+
+/// What [`RhsGradient`]'s product becomes the gradient by.
+enum Finish {
+    Nothing,
+    Transpose,
+    SumTo(Vec<usize>),
+}
+
+impl RhsGradient {
+    pub(crate) fn of(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Self> {
+        if b.rank() == 2 && a.rank() >= 2 {
+            // A shared weight: fold the batch into rows, one product instead of many.
+            let k = a.shape()[a.rank() - 1];
+            let n_out = g.shape()[g.rank() - 1];
+            let (a, g) = (a.reshape(&[usize::MAX, k])?, g.reshape(&[usize::MAX, n_out])?);
+            Ok(if b.t()?.is_contiguous() {
+                // b = Wᵀ, a view of a weight stored [out, in] (Linear): db = (gᵀ a)ᵀ is the
+                // same sums, computed in W's own layout, so the transpose's rule hands W a
+                // contiguous gradient and the optimizer copies nothing.
+                RhsGradient { lhs: g.t()?, rhs: a, finish: Finish::Transpose }
+            } else {
+                RhsGradient { lhs: a.t()?, rhs: g, finish: Finish::Nothing }
+            })
         } else {
-            a.t()?.matmul(&g)
+            Ok(RhsGradient { lhs: a.t()?, rhs: g.clone(), finish: Finish::SumTo(b.shape().to_vec()) })
         }
-    } else {
-        a.t()?.matmul(g)?.sum_to_shape(b.shape())
+    }
+
+    /// The gradient, from the product `lhs · rhs`.
+    pub(crate) fn finish(self, product: Tensor) -> Result<Tensor> {
+        match self.finish {
+            Finish::Nothing => Ok(product),
+            Finish::Transpose => product.t(),
+            Finish::SumTo(shape) => product.sum_to_shape(&shape),
+        }
     }
 }

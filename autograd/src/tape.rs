@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use tensor::{bail, Result, Tensor};
 
-use crate::backward::{backward_rule, matmul_rhs_gradient, terms_gradients};
+use crate::backward::{backward_rule, terms_gradients, RhsGradient};
 use crate::op::{NodeId, Op};
 use crate::param::ParamId;
 use crate::var::Var;
@@ -171,9 +171,14 @@ impl Tape {
                         add_gradient(&mut grads[n], t)?;
                     }
                     let acc = grads[x].take().expect("checked by the guard");
-                    grads[x] = Some(acc.matmul_add(&g, &b.t()?)?);
-                    if let Some(n) = rhs {
-                        add_gradient(&mut grads[n], matmul_rhs_gradient(&a, &b, &g)?)?;
+                    match rhs {
+                        Some(n) => {
+                            let db = RhsGradient::of(&a, &b, &g)?;
+                            let (sum, product) = acc.matmul_add_pair((&g, &b.t()?), (&db.lhs, &db.rhs))?;
+                            grads[x] = Some(sum);
+                            add_gradient(&mut grads[n], db.finish(product)?)?;
+                        }
+                        None => grads[x] = Some(acc.matmul_add(&g, &b.t()?)?),
                     }
                 }
                 op => {

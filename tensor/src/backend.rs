@@ -350,6 +350,18 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     fn matmul_add(_c: Owned<Self>, _a: Operand<Self>, _b: Operand<Self>) -> Result<bool> {
         Ok(false)
     }
+    /// `a·b` and `c·d` computed together, the first added into `acc` where given (as
+    /// [`Self::matmul_add`]; its result is then `None`), for the devices that share their
+    /// threads between two products (a linear layer's backward: its input's gradient and its
+    /// weight's); `None` for the others, `acc` left as it was (the caller then makes each
+    /// alone). By default: none.
+    fn matmul_pair(
+        _acc: Option<Owned<Self>>,
+        _first: (Operand<Self>, Operand<Self>),
+        _second: (Operand<Self>, Operand<Self>),
+    ) -> Result<Option<(Option<Self>, Self)>> {
+        Ok(None)
+    }
     /// Fused attention (see [`crate::attention`]): `q` `[B, H, L, D]`, `k` `[B, H, N, D]`, `v`
     /// `[B, H, N, Dv]`, the keys each query sees given by `vis`.
     fn attention(
@@ -470,6 +482,12 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
         residual: Option<Operand>,
     ) -> Result<Option<Storage>>;
     fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool>;
+    fn matmul_pair(
+        &self,
+        acc: Option<Owned>,
+        first: (Operand, Operand),
+        second: (Operand, Operand),
+    ) -> Result<Option<(Option<Storage>, Storage)>>;
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput>;
     fn attention_backward(
         &self,
@@ -585,6 +603,16 @@ impl<S: BackendStorage> DynStorage for S {
     }
     fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool> {
         S::matmul_add(c.typed()?, a.typed()?, b.typed()?)
+    }
+    fn matmul_pair(
+        &self,
+        acc: Option<Owned>,
+        (a, b): (Operand, Operand),
+        (c, d): (Operand, Operand),
+    ) -> Result<Option<(Option<Storage>, Storage)>> {
+        let acc = acc.map(|acc| acc.typed()).transpose()?;
+        let pair = S::matmul_pair(acc, (a.typed()?, b.typed()?), (c.typed()?, d.typed()?))?;
+        Ok(pair.map(|(first, second)| (first.map(|s| s.into_storage()), second.into_storage())))
     }
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput> {
         let out = S::attention(q.typed()?, k.typed()?, v.typed()?, vis)?;

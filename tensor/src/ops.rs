@@ -355,6 +355,61 @@ impl Tensor {
         self.add(&a.matmul(b)?)
     }
 
+    /// `(a·b, c·d)`: the same as two [`Tensor::matmul`] calls, to the bit, computed together
+    /// where the device shares its threads between the two (on the CPU, a linear layer's
+    /// backward: its input's gradient `dy W` and its weight's `dyᵀ x`, whose fixed halves
+    /// otherwise leave one thread waiting whenever the machine slows the other).
+    pub fn matmul_pair((a, b): (&Tensor, &Tensor), (c, d): (&Tensor, &Tensor)) -> Result<(Tensor, Tensor)> {
+        let (la, lb, first) = a.matmul_layouts(b)?;
+        let (lc, ld, second) = c.matmul_layouts(d)?;
+        a.same_device("matmul_pair", c)?;
+        let pair = a.kernels().matmul_pair(
+            None,
+            (a.operand_as(&la)?, b.operand_as(&lb)?),
+            (c.operand_as(&lc)?, d.operand_as(&ld)?),
+        )?;
+        match pair {
+            Some((Some(x), y)) => Ok((Tensor::from_output(x, &first), Tensor::from_output(y, &second))),
+            Some((None, _)) => bail!("matmul_pair", "the device returned no first product"),
+            None => Ok((a.matmul(b)?, c.matmul(d)?)),
+        }
+    }
+
+    /// `(self + a·b, c·d)`: [`Tensor::matmul_add`] and [`Tensor::matmul`] computed together as
+    /// in [`Tensor::matmul_pair`] (the gradient of an input that several linear layers read,
+    /// with one of their weights' gradients).
+    pub fn matmul_add_pair(
+        mut self,
+        (a, b): (&Tensor, &Tensor),
+        (c, d): (&Tensor, &Tensor),
+    ) -> Result<(Tensor, Tensor)> {
+        self.same_device("matmul_add_pair", a)?;
+        let (la, lb, first) = a.matmul_layouts(b)?;
+        let (lc, ld, second) = c.matmul_layouts(d)?;
+        a.same_device("matmul_add_pair", c)?;
+        if self.shape() != first.as_slice() {
+            bail!(
+                "matmul_add_pair",
+                "{} + a product of shape {}",
+                fmt_shape(self.shape()),
+                fmt_shape(&first)
+            );
+        }
+        if let Some(acc) = Owned::of(&mut self) {
+            let pair = a.kernels().matmul_pair(
+                Some(acc),
+                (a.operand_as(&la)?, b.operand_as(&lb)?),
+                (c.operand_as(&lc)?, d.operand_as(&ld)?),
+            )?;
+            match pair {
+                Some((None, y)) => return Ok((self, Tensor::from_output(y, &second))),
+                Some((Some(_), _)) => bail!("matmul_add_pair", "the device made a fresh first product"),
+                None => {}
+            }
+        }
+        Ok((self.matmul_add(a, b)?, c.matmul(d)?))
+    }
+
     /// The operands' layouts broadcast to a common batch, and the product's shape.
     fn matmul_layouts(&self, rhs: &Tensor) -> Result<(Layout, Layout, Vec<usize>)> {
         self.same_device("matmul", rhs)?;

@@ -117,6 +117,13 @@ proptest! {
             let out_shape = [batch.clone(), vec![m, n]].concat();
             let residual = Viewed { base: uniform(&out_shape, -1.0, 1.0, seed ^ 4), recipe: tests::Recipe::Contiguous, shape: out_shape.clone() };
             agree(&d, "matmul_plus", &[&a, &b, &bias, &residual], 1e-4 * k as f32, |t| t[0].matmul_plus(&t[1], Some(&t[2]), Some(&t[3])));
+            // Two products made together (each device's own way), the first also added.
+            agree(&d, "matmul_pair", &[&a, &b, &residual], 1e-4 * k as f32, |t| {
+                let (ab, other) = Tensor::matmul_pair((&t[0], &t[1]), (&t[2], &t[2].transpose(batch.len(), batch.len() + 1)?))?;
+                let (sum, _) = t[2].clone().matmul_add_pair((&t[0], &t[1]), (&t[0], &t[1]))?;
+                let rows = |x: &Tensor| x.reshape(&[usize::MAX]);
+                Tensor::cat(&[&rows(&ab)?, &rows(&other)?, &rows(&sum)?], 0)
+            });
         }
     }
 

@@ -263,6 +263,36 @@ proptest! {
         assert_close(&a.matmul_plus(&b, None, Some(&residual)).unwrap(), &product.add(&residual).unwrap(), 0.0, 0.0);
     }
 
+    /// Two products made together (`Tensor::matmul_pair`, `matmul_add_pair`) give the bits of
+    /// each made alone: a linear layer's backward (`dy W` and `dyᵀ x`, which the CPU shares its
+    /// threads between), and any other pair, which it makes one after the other.
+    #[test]
+    fn matmul_pairs_equal_each_product_alone(
+        batch in shape(0..=2, 1..=3),
+        t in 1usize..40, i in 1usize..40, o in 1usize..40, seed in any::<u64>(),
+    ) {
+        let dy = uniform(&[batch.clone(), vec![t, o]].concat(), -1.0, 1.0, seed);
+        let w = uniform(&[o, i], -1.0, 1.0, seed ^ 1);
+        let x = uniform(&[batch.clone(), vec![t, i]].concat(), -1.0, 1.0, seed ^ 2);
+        let rows = |v: &Tensor, c: usize| v.reshape(&[usize::MAX, c]).unwrap();
+        let (dy_t, x_rows) = (rows(&dy, o).t().unwrap(), rows(&x, i));
+        let (dx, dw) = Tensor::matmul_pair((&dy, &w), (&dy_t, &x_rows)).unwrap();
+        assert_close(&dx, &dy.matmul(&w).unwrap(), 0.0, 0.0);
+        assert_close(&dw, &dy_t.matmul(&x_rows).unwrap(), 0.0, 0.0);
+        // Added into a gradient that nothing else holds (in place), or that a copy shares.
+        let acc = uniform(dx.shape(), -1.0, 1.0, seed ^ 3);
+        let alone = Tensor::from_vec(acc.to_vec().unwrap(), acc.shape()).unwrap().matmul_add(&dy, &w).unwrap();
+        let (sum, dw2) = Tensor::from_vec(acc.to_vec().unwrap(), acc.shape()).unwrap().matmul_add_pair((&dy, &w), (&dy_t, &x_rows)).unwrap();
+        assert_close(&sum, &alone, 0.0, 0.0);
+        assert_close(&dw2, &dw, 0.0, 0.0);
+        let (shared_sum, _) = acc.clone().matmul_add_pair((&dy, &w), (&dy_t, &x_rows)).unwrap();
+        assert_close(&shared_sum, &acc.add(&dy.matmul(&w).unwrap()).unwrap(), 0.0, 0.0);
+        // Other pairs: the weight gradient first, a transposed first operand.
+        let (p, q) = Tensor::matmul_pair((&dy_t, &x_rows), (&x_rows.t().unwrap(), &rows(&dy, o))).unwrap();
+        assert_close(&p, &dw, 0.0, 0.0);
+        assert_close(&q, &x_rows.t().unwrap().matmul(&rows(&dy, o)).unwrap(), 0.0, 0.0);
+    }
+
     #[test]
     fn matmul_matches_triple_loop(
         batch in shape(0..=2, 1..=3),
@@ -463,6 +493,10 @@ fn kernel_errors_name_op_and_shapes() {
     assert_eq!(e, "matmul_plus: bias of shape [64] for a product of shape [8,256,256]");
     let e = a.matmul_plus(&a.t().unwrap(), None, Some(&a)).unwrap_err().to_string();
     assert_eq!(e, "matmul_plus: residual of shape [8,256,64] for a product of shape [8,256,256]");
+    let e = Tensor::matmul_pair((&a, &a.t().unwrap()), (&a, &b)).unwrap_err().to_string();
+    assert_eq!(e, "matmul: [8,256,64] x [8,32,256]: inner dims 64 != 32");
+    let e = a.clone().matmul_add_pair((&a, &a.t().unwrap()), (&a, &a.t().unwrap())).unwrap_err().to_string();
+    assert_eq!(e, "matmul_add_pair: [8,256,64] + a product of shape [8,256,256]");
     let e = Tensor::zeros(&[2, 3]).add(&Tensor::zeros(&[4])).unwrap_err().to_string();
     assert_eq!(e, "add: shapes [2,3] and [4] do not broadcast");
     let e = Tensor::zeros(&[2, 3]).sum(2).unwrap_err().to_string();

@@ -40,36 +40,15 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
     }
     // sgemm with beta = 0 writes every output element, so old contents do not matter.
     let mut out = super::pool::uninit(batches * m * n);
-    let rank = la.rank();
-    let (sa, sb) = (la.strides(), lb.strides());
-    let (rsa, csa) = (sa[rank - 2] as isize, sa[rank - 1] as isize);
-    let (rsb, csb) = (sb[rank - 2] as isize, sb[rank - 1] as isize);
-    // Storage offset of batch matrix `i` in each operand.
-    let batch_offset = |i: usize, l: &Layout| -> usize {
-        let mut rest = i;
-        let mut off = l.offset();
-        for d in (0..batch.len()).rev() {
-            off += (rest % batch[d]) * l.strides()[d];
-            rest /= batch[d];
-        }
-        off
-    };
     let threads = rayon::current_num_threads();
     // Matrix i of each operand, as a strided view.
     let operands = |i: usize| {
-        let a = Strided {
-            data: a,
-            offset: batch_offset(i, la),
-            row_stride: sa[rank - 2],
-            col_stride: sa[rank - 1],
+        let matrix = |data, l: &Layout| {
+            let (rank, s) = (l.rank(), l.strides());
+            let offset = batch_offset(batch, i, l);
+            Strided { data, offset, row_stride: s[rank - 2], col_stride: s[rank - 1] }
         };
-        let b = Strided {
-            data: b,
-            offset: batch_offset(i, lb),
-            row_stride: sb[rank - 2],
-            col_stride: sb[rank - 1],
-        };
-        (a, b)
+        (matrix(a, la), matrix(b, lb))
     };
     if m <= FEW_ROWS {
         // Few rows are bound by reading the right operand from memory, which two threads do
@@ -100,31 +79,96 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
         gemm::product(shape, a_one, b_one, &mut out);
         return out;
     }
-    // A single matrix is cut across the threads by rows or by columns. Each task packs its
-    // share of one operand and all of the other: cutting rows, every task packs all of `b`
-    // (`k·n`); cutting columns, all of `a` (`m·k`). So columns are cut where `m < n` (a weight
-    // gradient `[256, 2048]·[2048, 1024]` would otherwise pack the 8 MB `b` once per thread).
-    let split_columns = batches == 1 && m < n;
-    let extent = if split_columns { n } else { m };
-    let blocks = if batches * m * n * k < PARALLEL_MIN_FLOPS || batches >= threads {
-        1
-    } else {
-        threads.div_ceil(batches).min(extent.div_ceil(MIN_ROWS_PER_TASK)).max(1)
-    };
-    let per_block = extent.div_ceil(blocks);
-    let per_block = if split_columns { per_block.next_multiple_of(16) } else { per_block };
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let task = |t: usize| {
-        let (i, blk) = (t / blocks, t % blocks);
-        let s0 = blk * per_block;
-        let len = per_block.min(extent - s0.min(extent));
+    let blocks = Blocks::new((a, la), (b, lb), spec, &mut out);
+    match blocks.tasks() {
+        1 => blocks.run(0),
+        tasks => (0..tasks).into_par_iter().for_each(|t| blocks.run(t)),
+    }
+    out
+}
+
+/// Storage offset of batch matrix `i` of a layout over the batch axes `batch`.
+fn batch_offset(batch: &[usize], i: usize, l: &Layout) -> usize {
+    let mut rest = i;
+    let mut off = l.offset();
+    for d in (0..batch.len()).rev() {
+        off += (rest % batch[d]) * l.strides()[d];
+        rest /= batch[d];
+    }
+    off
+}
+
+/// A product cut into blocks for single-threaded `sgemm` calls, each writing its own part of
+/// the output: one task per batch matrix when there are at least as many batches as threads,
+/// otherwise each matrix's rows (or columns) cut so that every thread gets work.
+struct Blocks<'a> {
+    a: (&'a [f32], &'a Layout),
+    b: (&'a [f32], &'a Layout),
+    spec: &'a MatmulSpec,
+    split_columns: bool,
+    blocks: usize,
+    per_block: usize,
+    /// The output, `batches · m · n` floats, borrowed for as long as the blocks live.
+    out: SendPtr,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> Blocks<'a> {
+    /// `spec` must be [`MatmulSpec::of`] the layouts, which lie inside their slices (as for
+    /// [`matmul`]), with no empty axis and `k > 0`; `out` holds the product.
+    fn new(
+        a: (&'a [f32], &'a Layout),
+        b: (&'a [f32], &'a Layout),
+        spec: &'a MatmulSpec,
+        out: &'a mut [f32],
+    ) -> Self {
+        let MatmulSpec { batch, m, k, n } = spec;
+        let batches: usize = batch.iter().product();
+        assert_eq!(out.len(), batches * m * n, "product output length");
+        assert!(!out.is_empty() && *k > 0, "an empty product has no blocks");
+        let threads = rayon::current_num_threads();
+        // A single matrix is cut across the threads by rows or by columns. Each task packs its
+        // share of one operand and all of the other: cutting rows, every task packs all of `b`
+        // (`k·n`); cutting columns, all of `a` (`m·k`). So columns are cut where `m < n` (a
+        // weight gradient `[256, 2048]·[2048, 1024]` would otherwise pack the 8 MB `b` once
+        // per thread).
+        let split_columns = batches == 1 && m < n;
+        let extent = if split_columns { *n } else { *m };
+        let blocks = if batches * m * n * k < PARALLEL_MIN_FLOPS || batches >= threads {
+            1
+        } else {
+            threads.div_ceil(batches).min(extent.div_ceil(MIN_ROWS_PER_TASK)).max(1)
+        };
+        let per_block = extent.div_ceil(blocks);
+        let per_block = if split_columns { per_block.next_multiple_of(16) } else { per_block };
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        Blocks { a, b, spec, split_columns, blocks, per_block, out: out_ptr, _out: std::marker::PhantomData }
+    }
+
+    /// How many `sgemm` calls the product takes.
+    fn tasks(&self) -> usize {
+        self.spec.batch.iter().product::<usize>() * self.blocks
+    }
+
+    /// Task `t`: its rows (or columns) of one output matrix. Each task is to run once.
+    fn run(&self, t: usize) {
+        let MatmulSpec { batch, m, k, n } = self.spec;
+        let ((a, la), (b, lb)) = (self.a, self.b);
+        let rank = la.rank();
+        let (sa, sb) = (la.strides(), lb.strides());
+        let (rsa, csa) = (sa[rank - 2] as isize, sa[rank - 1] as isize);
+        let (rsb, csb) = (sb[rank - 2] as isize, sb[rank - 1] as isize);
+        let extent = if self.split_columns { *n } else { *m };
+        let (i, blk) = (t / self.blocks, t % self.blocks);
+        let s0 = blk * self.per_block;
+        let len = self.per_block.min(extent - s0.min(extent));
         if len == 0 {
             return;
         }
-        let (oa, ob) = (batch_offset(i, la), batch_offset(i, lb));
+        let (oa, ob) = (batch_offset(batch, i, la), batch_offset(batch, i, lb));
         // This task's rows s0..s0+len (or columns s0..s0+len) of output matrix i.
-        let (rows, cols) = if split_columns { (m, len) } else { (len, n) };
-        let (oa, ob, oc) = if split_columns {
+        let (rows, cols) = if self.split_columns { (*m, len) } else { (len, *n) };
+        let (oa, ob, oc) = if self.split_columns {
             (oa, ob + s0 * csb as usize, s0)
         } else {
             (oa + s0 * rsa as usize, ob, s0 * n)
@@ -134,14 +178,14 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
         // matrix i of `a` is m x k and of `b` k x n at the strides sgemm is given: every
         // element it reads (rows s0..s0+len of matrix i of `a` and all of `b`, or all of `a`
         // and columns s0..s0+len of `b`) is in bounds. Task (i, blk) writes only its rows (or
-        // columns) of output matrix i, which no other task writes, and `out` lives until every
-        // task has finished (the parallel loop below joins before we return it). beta = 0, so
-        // sgemm never reads `out`.
+        // columns) of output matrix i, which no other task writes, inside `out` (`batches·m·n`
+        // floats, checked in `new`), which `self` borrows mutably for its whole life. beta = 0,
+        // so sgemm never reads `out`.
         unsafe {
-            let c = out_ptr.get().add(i * m * n + oc);
+            let c = self.out.get().add(i * m * n + oc);
             matrixmultiply::sgemm(
                 rows,
-                k,
+                *k,
                 cols,
                 1.0,
                 a.as_ptr().add(oa),
@@ -152,18 +196,11 @@ pub(crate) fn matmul((a, la): (&[f32], &Layout), (b, lb): (&[f32], &Layout), spe
                 csb,
                 0.0,
                 c,
-                n as isize,
+                *n as isize,
                 1,
             );
         }
-    };
-    let tasks = batches * blocks;
-    if tasks == 1 {
-        task(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
     }
-    out
 }
 
 /// `a·b + bias + residual`, each term where given (`bias` one value per column of the
@@ -219,6 +256,55 @@ pub(crate) fn matmul_add(
     true
 }
 
+/// One product's operands for [`matmul_pair`]: `a`, `b` and [`MatmulSpec::of`] their layouts.
+pub(crate) type Product<'a> = ((&'a [f32], &'a Layout), (&'a [f32], &'a Layout), &'a MatmulSpec);
+
+/// `first` and `second` in one pass over the threads, where `first` takes [`gemm`] and
+/// `second` takes `sgemm` blocks (a linear layer's backward: its input's gradient `dy W` and its
+/// weight's `dyᵀ x`). Each thread first runs its share of the blocks, then takes `first`'s
+/// tiles as they come (see [`gemm::Before`]). `first` is added into `acc` where given (as
+/// [`matmul_add`]; then the first result is `None`). The same numbers as [`matmul`] (or
+/// [`matmul_add`]) of each alone. `None`, with nothing computed, where the products do not
+/// take those two paths or `acc` is not laid out as `first`'s output.
+pub(crate) fn matmul_pair(
+    acc: Option<(&mut [f32], &Layout)>,
+    (a, b, first): Product,
+    (c, d, second): Product,
+) -> Option<(Option<Vec<f32>>, Vec<f32>)> {
+    let (shape, a, b) = gemm_operands(a, b, first)?;
+    let folded = fold_batch(c.1, d.1, second);
+    let (c, d, second) = match &folded {
+        Some((fc, fd, folded)) => ((c.0, fc), (d.0, fd), folded),
+        None => (c, d, second),
+    };
+    let MatmulSpec { batch, m, k, n } = second;
+    if batch.iter().product::<usize>() * m * n == 0 || *k == 0 || *m <= FEW_ROWS {
+        return None;
+    }
+    if gemm_operands(c, d, second).is_some() {
+        return None;
+    }
+    let len = shape.0 * shape.2;
+    if acc.as_ref().is_some_and(|(_, l)| !l.is_contiguous() || l.numel() != len) {
+        return None;
+    }
+    let mut second_out = super::pool::uninit(batch.iter().product::<usize>() * m * n);
+    let blocks = Blocks::new(c, d, second, &mut second_out);
+    let before = gemm::Before { tasks: blocks.tasks(), run: &|t| blocks.run(t) };
+    let first_out = match acc {
+        Some((acc, l)) => {
+            gemm::product_after(shape, a, b, (1.0, &mut acc[l.offset()..l.offset() + len]), before);
+            None
+        }
+        None => {
+            let mut out = super::pool::uninit(len);
+            gemm::product_after(shape, a, b, (0.0, &mut out), before);
+            Some(out)
+        }
+    };
+    Some((first_out, second_out))
+}
+
 /// The product as the one matrix [`gemm`] takes, `(m, k, n)` and both operands, when it is
 /// one (its batch folded into rows, or a batch of one) with more than a few rows.
 fn gemm_operands<'a>(
@@ -268,4 +354,92 @@ fn fold_batch(la: &Layout, lb: &Layout, spec: &MatmulSpec) -> Option<(Layout, La
     let sb = lb.strides();
     let fb = Layout::from_parts(vec![spec.k, spec.n], vec![sb[nb], sb[nb + 1]], lb.offset());
     Some((fa, fb, MatmulSpec { batch: vec![], m: rows, k: spec.k, n: spec.n }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A linear layer's backward products, `dy W` (GEMM) and `dyᵀ x` (`sgemm` blocks, cut by
+    /// rows or by columns), made together give the bits of each made alone, added in place
+    /// or not, on one thread, two or three; products that do not take those two paths, and an
+    /// accumulator not laid out as the product, are left to the caller untouched.
+    #[test]
+    fn pairs_give_the_bits_of_each_product_alone() {
+        let value = |i: usize| ((i as u64 * 2654435761 % 1000) as f32) / 500.0 - 1.0;
+        let same = |x: &[f32], y: &[f32]| {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
+        };
+        // (tokens, inputs, outputs): rows of dW cut (outputs >= inputs) or columns (fewer).
+        for (t, i, o) in [(300, 40, 70), (200, 90, 30), (64, 33, 17), (20, 8, 8), (30, 9, 3)] {
+            let dy: Vec<f32> = (0..t * o).map(value).collect();
+            let w: Vec<f32> = (0..o * i).map(|j| value(j + 7)).collect();
+            let x: Vec<f32> = (0..t * i).map(|j| value(j + 13)).collect();
+            let acc0: Vec<f32> = (0..t * i).map(|j| value(j + 21)).collect();
+            // dx = dy · W ([t, o]·[o, i]); dWᵀ's product dyᵀ · x ([o, t]·[t, i]).
+            let (l_dy, l_w, l_x) =
+                (Layout::contiguous(&[t, o]), Layout::contiguous(&[o, i]), Layout::contiguous(&[t, i]));
+            let l_dy_t = l_dy.transpose(0, 1).unwrap();
+            let first = MatmulSpec::of(&l_dy, &l_w).unwrap();
+            let second = MatmulSpec::of(&l_dy_t, &l_x).unwrap();
+            let dx_alone = matmul((&dy, &l_dy), (&w, &l_w), &first);
+            let dw_alone = matmul((&dy, &l_dy_t), (&x, &l_x), &second);
+            let mut added_alone = acc0.clone();
+            let in_place = matmul_add((&mut added_alone, &l_x), (&dy, &l_dy), (&w, &l_w), &first);
+            let pools: Vec<_> = [1, 2, 3]
+                .iter()
+                .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap())
+                .collect();
+            for pool in &pools {
+                let fresh = pool.install(|| {
+                    matmul_pair(
+                        None,
+                        ((&dy, &l_dy), (&w, &l_w), &first),
+                        ((&dy, &l_dy_t), (&x, &l_x), &second),
+                    )
+                });
+                let mut acc = acc0.clone();
+                let added = pool.install(|| {
+                    matmul_pair(
+                        Some((&mut acc, &l_x)),
+                        ((&dy, &l_dy), (&w, &l_w), &first),
+                        ((&dy, &l_dy_t), (&x, &l_x), &second),
+                    )
+                });
+                if t.min(o) <= FEW_ROWS || !gemm::applies((t, o, i), &Strided::contiguous(&dy, o)) {
+                    assert!(
+                        fresh.is_none() && added.is_none() && same(&acc, &acc0),
+                        "({t},{i},{o}) left to the caller"
+                    );
+                    continue;
+                }
+                let (dx, dw) = fresh.expect("a pair");
+                assert!(same(&dx.expect("a fresh first product"), &dx_alone), "({t},{i},{o}) dx");
+                assert!(same(&dw, &dw_alone), "({t},{i},{o}) dW");
+                let (none, dw) = added.expect("a pair");
+                assert!(
+                    in_place && none.is_none() && same(&acc, &added_alone),
+                    "({t},{i},{o}) dx added in place"
+                );
+                assert!(same(&dw, &dw_alone), "({t},{i},{o}) dW beside the addition");
+            }
+            // The first product through sgemm (a transposed left operand), or an accumulator
+            // of the wrong size: nothing is computed.
+            let spec = MatmulSpec::of(&l_dy_t, &l_dy).unwrap();
+            assert!(matmul_pair(
+                None,
+                ((&dy, &l_dy_t), (&dy, &l_dy), &spec),
+                ((&dy, &l_dy_t), (&x, &l_x), &second)
+            )
+            .is_none());
+            let mut short = vec![0.0; t * i - 1];
+            let l_short = Layout::contiguous(&[t * i - 1]);
+            assert!(matmul_pair(
+                Some((&mut short, &l_short)),
+                ((&dy, &l_dy), (&w, &l_w), &first),
+                ((&dy, &l_dy_t), (&x, &l_x), &second)
+            )
+            .is_none());
+        }
+    }
 }

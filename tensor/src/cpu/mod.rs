@@ -195,6 +195,21 @@ impl BackendStorage for CpuStorage {
         let layout = c.layout();
         Ok(matmul::matmul_add((&mut c.storage_mut().data, layout), parts(&a), parts(&b), &spec))
     }
+    fn matmul_pair(
+        acc: Option<Owned<Self>>,
+        (a, b): (Operand<Self>, Operand<Self>),
+        (c, d): (Operand<Self>, Operand<Self>),
+    ) -> Result<Option<(Option<Self>, Self)>> {
+        let first = MatmulSpec::of(a.layout(), b.layout())?;
+        let second = MatmulSpec::of(c.layout(), d.layout())?;
+        let mut acc = acc;
+        let acc = acc.as_mut().map(|acc| {
+            let layout = acc.layout();
+            (acc.storage_mut().data.as_mut_slice(), layout)
+        });
+        let pair = matmul::matmul_pair(acc, (parts(&a), parts(&b), &first), (parts(&c), parts(&d), &second));
+        Ok(pair.map(|(first, second)| (first.map(CpuStorage::new), CpuStorage::new(second))))
+    }
     fn attention(
         q: Operand<Self>,
         k: Operand<Self>,
