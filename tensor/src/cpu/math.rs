@@ -508,6 +508,51 @@ pub(crate) mod sixteen {
         }
     }
 
+    /// Columns `c0..c0 + 16` of sixteen rows, transposed: column `c0 + c` (one value from each
+    /// row, in row order) into `dst[c·stride..c·stride + 16]`. Four rounds of sixty-four
+    /// shuffles in registers, where copying element by element took a load and a store each.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn transpose_16x16(rows: [&[f32]; 16], c0: usize, (dst, stride): (&mut [f32], usize)) {
+        assert!(rows.iter().all(|r| r.len() >= c0 + LANES), "sixteen columns in every row");
+        assert!(stride >= LANES && dst.len() >= (LANES - 1) * stride + LANES, "sixteen rows of dst");
+        // SAFETY: each row holds `c0..c0 + 16` (asserted).
+        let r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(rows[i].as_ptr().add(c0)) });
+        // Within each 128-bit lane L: pairs of rows interleaved, then quads, so that vector
+        // `4k + m` holds column `4L + m` of rows `4k..4k + 4`.
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (k, m) = (i / 4, i % 4);
+            let (a, b) = (_mm512_castps_pd(t[4 * k + m / 2]), _mm512_castps_pd(t[4 * k + 2 + m / 2]));
+            _mm512_castpd_ps(if m % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+        });
+        // Then the 128-bit lanes: column `4L + m` gathers lane L of vectors m, 4 + m, 8 + m, 12 + m.
+        for m in 0..4 {
+            let x0 = _mm512_shuffle_f32x4::<0x88>(u[m], u[4 + m]);
+            let x1 = _mm512_shuffle_f32x4::<0xDD>(u[m], u[4 + m]);
+            let y0 = _mm512_shuffle_f32x4::<0x88>(u[8 + m], u[12 + m]);
+            let y1 = _mm512_shuffle_f32x4::<0xDD>(u[8 + m], u[12 + m]);
+            let columns = [
+                (m, _mm512_shuffle_f32x4::<0x88>(x0, y0)),
+                (4 + m, _mm512_shuffle_f32x4::<0x88>(x1, y1)),
+                (8 + m, _mm512_shuffle_f32x4::<0xDD>(x0, y0)),
+                (12 + m, _mm512_shuffle_f32x4::<0xDD>(x1, y1)),
+            ];
+            for (c, v) in columns {
+                // SAFETY: `c < 16`, so `c·stride + 16 ≤ 15·stride + 16 ≤ dst.len()` (asserted);
+                // `dst` is borrowed mutably.
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(c * stride), v) };
+            }
+        }
+    }
+
     /// The mask of the first `n` lanes (all sixteen for `n ≥ 16`).
     pub(crate) fn first(n: usize) -> __mmask16 {
         ((1u32 << n.min(LANES)) - 1) as __mmask16
@@ -694,6 +739,24 @@ mod tests {
         let lse = max(&xs) + sum_exp_shifted(&xs, max(&xs), None).ln();
         let want = xs.iter().map(|&x| (x as f64 - 50.0).exp()).sum::<f64>().ln() + 50.0;
         assert!((lse as f64 - want).abs() < 1e-5);
+    }
+
+    /// The sixteen-lane transpose puts every element where the definition does.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[test]
+    fn sixteen_by_sixteen_transpose() {
+        let data: Vec<f32> = (0..16 * 40).map(|i| i as f32).collect();
+        let rows: [&[f32]; 16] = std::array::from_fn(|r| &data[r * 40..(r + 1) * 40]);
+        for c0 in [0, 5, 24] {
+            let mut dst = vec![f32::NAN; 15 * 20 + 16];
+            // SAFETY: the build enables AVX-512 (the cfg).
+            unsafe { sixteen::transpose_16x16(rows, c0, (&mut dst, 20)) };
+            for c in 0..16 {
+                for r in 0..16 {
+                    assert_eq!(dst[c * 20 + r], rows[r][c0 + c], "column {c}, row {r}");
+                }
+            }
+        }
     }
 
     /// The sixteen-lane exp gives every element bit for bit what the eight-lane one does, and

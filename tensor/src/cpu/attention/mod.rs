@@ -281,20 +281,43 @@ fn backward_head(s: Saved, d_out: Heads, vis: &KeyVisibility, (b, h): (usize, us
 
 /// Head `(b, h)`'s per-query inputs of the backward: the saved log-sum-exp, and
 /// `Δ_i = do_i · o_i`.
-fn per_query(
-    (out, (lse_data, lse_layout)): (Heads, (&[f32], &Layout)),
-    d_out: Heads,
+fn per_query<'a>(
+    (out, (lse_data, lse_layout)): (Heads<'a>, (&[f32], &Layout)),
+    d_out: Heads<'a>,
     (b, h): (usize, usize),
 ) -> (Vec<f32>, Vec<f32>) {
     let (l, dv) = (out.dim(2), out.dim(3));
     let ls = lse_layout.strides();
     let lse = (0..l).map(|i| lse_data[lse_layout.offset() + b * ls[0] + h * ls[1] + i * ls[2]]).collect();
-    let delta = (0..l)
-        .map(|i| {
-            let (o, g) = (out.matrix(b, h, i), d_out.matrix(b, h, i));
-            (0..dv).map(|c| o.data[o.offset + c * o.col_stride] * g.data[g.offset + c * g.col_stride]).sum()
-        })
-        .collect();
+    // Each Δ_i is summed in order over its columns, a chain of dependent adds: eight rows side
+    // by side keep the adder busy where one row at a time waited on every add (the
+    // backward's per-query pass was 6 % of a step-2k self-attention's backward).
+    const SIDE_BY_SIDE: usize = 8;
+    let mut delta = vec![0.0; l];
+    let row = |m: Matrix<'a>| &m.data[m.offset..][..dv];
+    let unit_columns = out.layout.strides()[3] == 1 && d_out.layout.strides()[3] == 1;
+    for (block, d) in delta.chunks_mut(SIDE_BY_SIDE).enumerate() {
+        let i0 = block * SIDE_BY_SIDE;
+        if !unit_columns || d.len() < SIDE_BY_SIDE {
+            for (r, x) in d.iter_mut().enumerate() {
+                let (o, g) = (out.matrix(b, h, i0 + r), d_out.matrix(b, h, i0 + r));
+                *x = (0..dv)
+                    .map(|c| o.data[o.offset + c * o.col_stride] * g.data[g.offset + c * g.col_stride])
+                    .sum();
+            }
+            continue;
+        }
+        let o: [&[f32]; SIDE_BY_SIDE] = std::array::from_fn(|r| row(out.matrix(b, h, i0 + r)));
+        let g: [&[f32]; SIDE_BY_SIDE] = std::array::from_fn(|r| row(d_out.matrix(b, h, i0 + r)));
+        // `-0.0`, as `Iterator::sum` starts from: the same bits as summing each row alone.
+        let mut sums = [-0.0f32; SIDE_BY_SIDE];
+        for c in 0..dv {
+            for r in 0..SIDE_BY_SIDE {
+                sums[r] += o[r][c] * g[r][c];
+            }
+        }
+        d.copy_from_slice(&sums);
+    }
     (lse, delta)
 }
 
