@@ -482,14 +482,16 @@ fn over_keys_in_chunks(
     assert!(chunk > 0 && chunk.is_multiple_of(KEY_BLOCK), "chunks of whole key blocks");
     let (heads, l, d) = (q.dim(1), q.dim(2), q.dim(3));
     let (n, dv) = (k_layout.shape()[2], v_layout.shape()[3]);
-    let mut dq = super::pool::zeroed(q.dim(0) * heads * l * d);
     if l * d == 0 || n * d == 0 || n * dv == 0 {
-        return dq;
+        return super::pool::zeroed(q.dim(0) * heads * l * d);
     }
+    // Each task zeroes its own head's rows, in parallel and just before it adds into them.
+    let mut dq = super::pool::uninit(q.dim(0) * heads * l * d);
     assert!(k_layout.checked_extent().is_some_and(|e| e <= k.len()), "attention backward: k outside storage");
     assert!(v_layout.checked_extent().is_some_and(|e| e <= v.len()), "attention backward: v outside storage");
     let (k_data, v_data) = (SendPtr(k.as_mut_ptr()), SendPtr(v.as_mut_ptr()));
     dq.par_chunks_mut(l * d).enumerate().for_each(|(bh, dq)| {
+        dq.fill(0.0);
         let (b, h) = (bh / heads, bh % heads);
         let (keys, values) =
             (HeadInPlace::new(k_data, k_layout, (b, h)), HeadInPlace::new(v_data, v_layout, (b, h)));
