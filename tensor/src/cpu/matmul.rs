@@ -278,7 +278,8 @@ pub(crate) fn matmul_pair(
         None => (c, d, second),
     };
     let MatmulSpec { batch, m, k, n } = second;
-    if batch.iter().product::<usize>() * m * n == 0 || *k == 0 || *m <= FEW_ROWS {
+    let second_len = batch.iter().product::<usize>() * m * n;
+    if second_len == 0 || *k == 0 || *m <= FEW_ROWS {
         return None;
     }
     if gemm_operands(c, d, second).is_some() {
@@ -288,7 +289,7 @@ pub(crate) fn matmul_pair(
     if acc.as_ref().is_some_and(|(_, l)| !l.is_contiguous() || l.numel() != len) {
         return None;
     }
-    let mut second_out = super::pool::uninit(batch.iter().product::<usize>() * m * n);
+    let mut second_out = super::pool::uninit(second_len);
     let blocks = Blocks::new(c, d, second, &mut second_out);
     let before = gemm::Before { tasks: blocks.tasks(), run: &|t| blocks.run(t) };
     let first_out = match acc {
