@@ -82,19 +82,36 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             }
         }
 
-        Op::Matmul { lhs, rhs, bias, residual, a, b } => {
+        Op::Matmul { lhs, rhs, bias, residual, a, b, lhs_gelu_of } => {
             // y = a b (+ c + r): da = g bᵀ, db = aᵀ g (transposes are views; batch broadcasts
-            // summed), dc = Σ g over every row, dr = g.
+            // summed), dc = Σ g over every row, dr = g. Where a = GELU(x), the left node is x's:
+            // dx = da ⊙ GELU'(x).
             out.extend(terms_gradients((bias, residual), &g)?);
-            // Both gradients are products: made together (see `Tensor::matmul_pair`).
+            let g_bt = (&g, &b.t()?);
+            // The product's shape, which `a` has unless it was broadcast over the batch.
+            let unbroadcast = g.shape()[..g.rank() - 1] == a.shape()[..a.rank() - 1];
+            let through_gelu = |da: Tensor| match &lhs_gelu_of {
+                Some(x) => da.gelu_backward(x),
+                None => Ok(da),
+            };
+            // Both gradients are products: made together (see `Tensor::matmul_pair`), GELU's
+            // derivative applied as the first is made where there is one.
             match (lhs, rhs) {
                 (Some(l), Some(r)) => {
                     let db = RhsGradient::of(&a, &b, &g)?;
-                    let (da, db_product) = Tensor::matmul_pair((&g, &b.t()?), (&db.lhs, &db.rhs))?;
-                    out.push((l, da.sum_to_shape(a.shape())?));
+                    let (da, db_product) = match &lhs_gelu_of {
+                        Some(x) if unbroadcast => {
+                            Tensor::matmul_pair_gelu_backward(g_bt, (&db.lhs, &db.rhs), x)?
+                        }
+                        _ => {
+                            let (da, db_product) = Tensor::matmul_pair(g_bt, (&db.lhs, &db.rhs))?;
+                            (through_gelu(da.sum_to_shape(a.shape())?)?, db_product)
+                        }
+                    };
+                    out.push((l, da));
                     out.push((r, db.finish(db_product)?));
                 }
-                (Some(l), None) => out.push((l, g.matmul(&b.t()?)?.sum_to_shape(a.shape())?)),
+                (Some(l), None) => out.push((l, through_gelu(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?)?)),
                 (None, Some(r)) => {
                     let db = RhsGradient::of(&a, &b, &g)?;
                     let product = db.lhs.matmul(&db.rhs)?;

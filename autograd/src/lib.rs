@@ -29,7 +29,7 @@ mod var;
 pub use gradcheck::{check_gradients, GradCheck, GradCheckReport};
 pub use param::ParamId;
 pub use tape::{Gradients, Tape};
-pub use var::Var;
+pub use var::{GeluOfLinear, Var};
 
 /// Autograd errors are tensor errors: they name the op and the shapes.
 pub use tensor::{Error, Result};

@@ -61,7 +61,8 @@ pub(crate) enum Op {
     },
     /// `a b`, plus a bias added to every row and a residual of the product's shape where the
     /// op was [`crate::Var::matmul_plus`] (`bias` and `residual` are their nodes, `None` also
-    /// where they need no gradient).
+    /// where they need no gradient). Where `lhs_gelu_of` is given, `a` is GELU of it and `lhs`
+    /// is its node ([`crate::GeluOfLinear::matmul_plus`]).
     Matmul {
         lhs: Option<NodeId>,
         rhs: Option<NodeId>,
@@ -69,6 +70,7 @@ pub(crate) enum Op {
         residual: Option<NodeId>,
         a: Tensor,
         b: Tensor,
+        lhs_gelu_of: Option<Tensor>,
     },
     /// Rotation of channel pairs by fixed angles: the backward rotates back, so only the
     /// tables are kept.

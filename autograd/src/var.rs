@@ -243,6 +243,7 @@ impl Var {
             residual: None,
             a: self.value.clone(),
             b: rhs.value.clone(),
+            lhs_gelu_of: None,
         })
     }
 
@@ -258,7 +259,30 @@ impl Var {
     /// without their tensors of the output's size ([`Tensor::matmul_plus`]).
     pub fn matmul_plus(&self, rhs: &Var, bias: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
         let value = self.value.matmul_plus(&rhs.value, bias.map(|b| &b.value), residual.map(|r| &r.value))?;
-        let inputs: Vec<&Var> = [Some(self), Some(rhs), bias, residual].into_iter().flatten().collect();
+        Var::record_matmul(value, (self, &self.value, None), rhs, (bias, residual))
+    }
+
+    /// `self · rhs + bias` (`bias` `[n]` where given) and GELU of it: a hidden layer of an MLP,
+    /// its pre-activation recorded as [`Var::matmul_plus`] would, and the activation made as
+    /// each part of the product is stored ([`Tensor::matmul_plus_gelu`]). Feed the activation
+    /// to the next layer with [`GeluOfLinear::matmul_plus`], whose backward multiplies by
+    /// GELU's derivative as it makes the gradient: GELU then costs no pass of its own over the
+    /// hidden layer, forward or backward (on the CPU each was 1.5 % of a `step-2k` step).
+    pub fn matmul_plus_gelu(&self, rhs: &Var, bias: Option<&Var>) -> Result<GeluOfLinear> {
+        let (value, activation) = self.value.matmul_plus_gelu(&rhs.value, bias.map(|b| &b.value))?;
+        let pre = Var::record_matmul(value, (self, &self.value, None), rhs, (bias, None))?;
+        Ok(GeluOfLinear { pre, activation })
+    }
+
+    /// Records `a · rhs + bias + residual` with output `value`: `a` is `lhs`'s value, or GELU of
+    /// it where `gelu_of_lhs` (`lhs`'s value) is given.
+    fn record_matmul(
+        value: Tensor,
+        (lhs, a, gelu_of_lhs): (&Var, &Tensor, Option<&Tensor>),
+        rhs: &Var,
+        (bias, residual): (Option<&Var>, Option<&Var>),
+    ) -> Result<Var> {
+        let inputs: Vec<&Var> = [Some(lhs), Some(rhs), bias, residual].into_iter().flatten().collect();
         Var::record(&inputs, value, |n| {
             let mut rest = n[2..].iter().copied();
             Op::Matmul {
@@ -266,8 +290,9 @@ impl Var {
                 rhs: n[1],
                 bias: bias.and_then(|_| rest.next().flatten()),
                 residual: residual.and_then(|_| rest.next().flatten()),
-                a: self.value.clone(),
+                a: a.clone(),
                 b: rhs.value.clone(),
+                lhs_gelu_of: gelu_of_lhs.cloned(),
             }
         })
     }
@@ -406,5 +431,42 @@ fn node_on(tracked: Option<&Tracked>, tape: &Tape) -> Result<Option<NodeId>> {
             bail!("autograd", "a value from a tape whose backward already ran was used")
         }
         Some(t) => Ok(Some(t.node)),
+    }
+}
+
+/// GELU of a linear layer's output, made with it by [`Var::matmul_plus_gelu`]: the layer's
+/// output `pre` (on the tape) and the activation's value, which is not on the tape by itself.
+/// Its gradient reaches `pre` through [`GeluOfLinear::matmul_plus`] (the next layer's
+/// product), or through [`GeluOfLinear::into_var`] for any other use.
+pub struct GeluOfLinear {
+    pre: Var,
+    activation: Tensor,
+}
+
+impl GeluOfLinear {
+    /// The activation, `GELU(pre)`.
+    pub fn value(&self) -> &Tensor {
+        &self.activation
+    }
+
+    /// `GELU(pre) · rhs + bias + residual`, each term where given, as one node whose left
+    /// operand's gradient `(g rhsᵀ) ⊙ GELU'(pre)` goes to `pre`, the derivative applied as the
+    /// product is made ([`Tensor::matmul_pair_gelu_backward`]). The same values and gradients
+    /// as [`GeluOfLinear::into_var`] then [`Var::matmul_plus`].
+    pub fn matmul_plus(&self, rhs: &Var, bias: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
+        let value =
+            self.activation.matmul_plus(&rhs.value, bias.map(|b| &b.value), residual.map(|r| &r.value))?;
+        let lhs = (&self.pre, &self.activation, Some(&self.pre.value));
+        Var::record_matmul(value, lhs, rhs, (bias, residual))
+    }
+
+    /// The activation as a node of its own (`pre.gelu()`, its value already made).
+    pub fn into_var(self) -> Result<Var> {
+        let GeluOfLinear { pre, activation } = self;
+        let op = UnaryOp::Gelu;
+        let (keep_input, keep_output) = op.keeps();
+        let input = keep_input.then(|| pre.value.clone());
+        let output = keep_output.then(|| activation.clone());
+        pre.record1(activation, |x| Op::Unary { x, op, input, output })
     }
 }

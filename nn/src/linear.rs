@@ -5,7 +5,7 @@
 //! ([`autograd::Var::matmul_bias`]), not by a pass of its own over the output. Backward (the
 //! product's rule): `dx = dy W`, `dW = dyᵀ x` (summed over every leading axis), `db = Σ dy`.
 
-use autograd::Var;
+use autograd::{GeluOfLinear, Var};
 
 use crate::ctx::Ctx;
 use crate::error::Result;
@@ -37,6 +37,23 @@ impl Linear {
     /// pass of its own over the output.
     pub fn forward_adding(&self, ctx: &Ctx, x: &Var, residual: &Var) -> Result<Var> {
         self.output(ctx, x, None, Some(residual))
+    }
+
+    /// `GELU(x Wᵀ + b)`, made as the product is stored ([`autograd::Var::matmul_plus_gelu`]):
+    /// feed it to the next layer with [`Linear::forward_of_gelu`].
+    pub fn forward_gelu(&self, ctx: &Ctx, x: &Var) -> Result<GeluOfLinear> {
+        let w_t = ctx.param(self.weight).t()?;
+        let bias = self.bias.map(|b| ctx.param(b));
+        Ok(x.matmul_plus_gelu(&w_t, bias.as_ref())?)
+    }
+
+    /// `h Wᵀ + b + residual` (the residual where given) for `h` GELU of a layer's output: its
+    /// backward multiplies `h`'s gradient by GELU's derivative as it makes it
+    /// ([`autograd::GeluOfLinear::matmul_plus`]).
+    pub fn forward_of_gelu(&self, ctx: &Ctx, h: &GeluOfLinear, residual: Option<&Var>) -> Result<Var> {
+        let w_t = ctx.param(self.weight).t()?;
+        let bias = self.bias.map(|b| ctx.param(b));
+        Ok(h.matmul_plus(&w_t, bias.as_ref(), residual)?)
     }
 
     /// `scale · (x Wᵀ + b)`, computed as `x (scale·W)ᵀ + scale·b`: scaling the weight (`out ×

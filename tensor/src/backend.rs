@@ -344,6 +344,16 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     ) -> Result<Option<Self>> {
         Ok(None)
     }
+    /// `y = a·b + bias` (the bias where given) and `gelu(y)`, a linear layer's output and its
+    /// activation, for the devices that make both as the product is stored; `None` for the
+    /// others (the caller then applies GELU to the product). By default: none.
+    fn matmul_plus_gelu(
+        _a: Operand<Self>,
+        _b: Operand<Self>,
+        _bias: Option<Operand<Self>>,
+    ) -> Result<Option<(Self, Self)>> {
+        Ok(None)
+    }
     /// `c += a·b` written over `c` (laid out as the product's output), for the products a
     /// device adds in place; `false`, leaving `c` as it was, for the others (the caller then
     /// adds a fresh product). By default: none.
@@ -351,14 +361,17 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
         Ok(false)
     }
     /// `a·b` and `c·d` computed together, the first added into `acc` where given (as
-    /// [`Self::matmul_add`]; its result is then `None`), for the devices that share their
-    /// threads between two products (a linear layer's backward: its input's gradient and its
-    /// weight's); `None` for the others, `acc` left as it was (the caller then makes each
-    /// alone). By default: none.
+    /// [`Self::matmul_add`]; its result is then `None`), or multiplied elementwise by the
+    /// derivative of GELU at `gelu_input` (of the first product's shape) where that is given
+    /// (the gradient of a GELU's input, from the product that makes its output's), for the
+    /// devices that share their threads between two products (a linear layer's backward: its
+    /// input's gradient and its weight's); `None` for the others, `acc` left as it was (the
+    /// caller then makes each alone). By default: none.
     fn matmul_pair(
         _acc: Option<Owned<Self>>,
         _first: (Operand<Self>, Operand<Self>),
         _second: (Operand<Self>, Operand<Self>),
+        _gelu_input: Option<Operand<Self>>,
     ) -> Result<Option<(Option<Self>, Self)>> {
         Ok(None)
     }
@@ -481,12 +494,19 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
         bias: Option<Operand>,
         residual: Option<Operand>,
     ) -> Result<Option<Storage>>;
+    fn matmul_plus_gelu(
+        &self,
+        a: Operand,
+        b: Operand,
+        bias: Option<Operand>,
+    ) -> Result<Option<(Storage, Storage)>>;
     fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool>;
     fn matmul_pair(
         &self,
         acc: Option<Owned>,
         first: (Operand, Operand),
         second: (Operand, Operand),
+        gelu_input: Option<Operand>,
     ) -> Result<Option<(Option<Storage>, Storage)>>;
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput>;
     fn attention_backward(
@@ -601,6 +621,16 @@ impl<S: BackendStorage> DynStorage for S {
             (bias.map(|t| t.typed()).transpose()?, residual.map(|t| t.typed()).transpose()?);
         Ok(S::matmul_plus(a.typed()?, b.typed()?, bias, residual)?.map(|s| s.into_storage()))
     }
+    fn matmul_plus_gelu(
+        &self,
+        a: Operand,
+        b: Operand,
+        bias: Option<Operand>,
+    ) -> Result<Option<(Storage, Storage)>> {
+        let bias = bias.map(|t| t.typed()).transpose()?;
+        let made = S::matmul_plus_gelu(a.typed()?, b.typed()?, bias)?;
+        Ok(made.map(|(y, activations)| (y.into_storage(), activations.into_storage())))
+    }
     fn matmul_add(&self, c: Owned, a: Operand, b: Operand) -> Result<bool> {
         S::matmul_add(c.typed()?, a.typed()?, b.typed()?)
     }
@@ -609,9 +639,11 @@ impl<S: BackendStorage> DynStorage for S {
         acc: Option<Owned>,
         (a, b): (Operand, Operand),
         (c, d): (Operand, Operand),
+        gelu_input: Option<Operand>,
     ) -> Result<Option<(Option<Storage>, Storage)>> {
         let acc = acc.map(|acc| acc.typed()).transpose()?;
-        let pair = S::matmul_pair(acc, (a.typed()?, b.typed()?), (c.typed()?, d.typed()?))?;
+        let gelu_input = gelu_input.map(|t| t.typed()).transpose()?;
+        let pair = S::matmul_pair(acc, (a.typed()?, b.typed()?), (c.typed()?, d.typed()?), gelu_input)?;
         Ok(pair.map(|(first, second)| (first.map(|s| s.into_storage()), second.into_storage())))
     }
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput> {

@@ -336,6 +336,34 @@ impl Tensor {
         }
     }
 
+    /// `(y, GELU(y))` for `y = self·rhs + bias` (the bias `[n]` where given): a linear layer's
+    /// output and its activation. Devices that can apply GELU as they store each part of the
+    /// product do (the CPU's linear layers), without reading the product back in a pass of
+    /// its own; the numbers are those of [`Tensor::matmul_plus`] then [`Tensor::gelu`].
+    pub fn matmul_plus_gelu(&self, rhs: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let (la, lb, shape) = self.matmul_layouts(rhs)?;
+        if let Some(bias) = bias {
+            self.same_device("matmul_plus_gelu", bias)?;
+            if bias.shape() != [shape[shape.len() - 1]] {
+                bail!(
+                    "matmul_plus_gelu",
+                    "bias of shape {} for a product of shape {}",
+                    fmt_shape(bias.shape()),
+                    fmt_shape(&shape)
+                );
+            }
+        }
+        let bias_op = bias.map(|t| t.operand()).transpose()?;
+        if let Some((y, activations)) =
+            self.kernels().matmul_plus_gelu(self.operand_as(&la)?, rhs.operand_as(&lb)?, bias_op)?
+        {
+            return Ok((Tensor::from_output(y, &shape), Tensor::from_output(activations, &shape)));
+        }
+        let y = self.matmul_plus(rhs, bias, None)?;
+        let activations = y.gelu()?;
+        Ok((y, activations))
+    }
+
     /// `self + a·b`, where `self` has the product's shape. Written over `self` when no other
     /// tensor shares its storage and the device adds such a product in place (on the CPU, a
     /// linear layer's product), so no tensor of the product's size is made: the gradient of
@@ -359,19 +387,61 @@ impl Tensor {
     /// where the device shares its threads between the two (on the CPU, a linear layer's
     /// backward: its input's gradient `dy W` and its weight's `dyᵀ x`, whose fixed halves
     /// otherwise leave one thread waiting whenever the machine slows the other).
-    pub fn matmul_pair((a, b): (&Tensor, &Tensor), (c, d): (&Tensor, &Tensor)) -> Result<(Tensor, Tensor)> {
+    pub fn matmul_pair(first: (&Tensor, &Tensor), second: (&Tensor, &Tensor)) -> Result<(Tensor, Tensor)> {
+        Tensor::pair("matmul_pair", first, second, None)
+    }
+
+    /// `((a·b) ⊙ GELU'(x), c·d)`: [`Tensor::matmul_pair`] where the first product is the
+    /// gradient of a GELU's output and `x` that GELU's input, so the first result is the
+    /// gradient of the input (the same numbers as `(a·b).gelu_backward(x)`). Devices that can
+    /// multiply by the derivative as they store each part of the product do (the CPU's linear
+    /// layers), without a pass over it of its own.
+    pub fn matmul_pair_gelu_backward(
+        (a, b): (&Tensor, &Tensor),
+        second: (&Tensor, &Tensor),
+        x: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        Tensor::pair("matmul_pair_gelu_backward", (a, b), second, Some(x))
+    }
+
+    /// [`Tensor::matmul_pair`], the first product times `GELU'(x)` where `x` is given.
+    fn pair(
+        name: &'static str,
+        (a, b): (&Tensor, &Tensor),
+        (c, d): (&Tensor, &Tensor),
+        gelu_input: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let (la, lb, first) = a.matmul_layouts(b)?;
         let (lc, ld, second) = c.matmul_layouts(d)?;
-        a.same_device("matmul_pair", c)?;
+        a.same_device(name, c)?;
+        if let Some(x) = gelu_input {
+            a.same_device(name, x)?;
+            if x.shape() != first.as_slice() {
+                bail!(
+                    name,
+                    "GELU input of shape {} for a product of shape {}",
+                    fmt_shape(x.shape()),
+                    fmt_shape(&first)
+                );
+            }
+        }
         let pair = a.kernels().matmul_pair(
             None,
             (a.operand_as(&la)?, b.operand_as(&lb)?),
             (c.operand_as(&lc)?, d.operand_as(&ld)?),
+            gelu_input.map(|x| x.operand()).transpose()?,
         )?;
         match pair {
             Some((Some(x), y)) => Ok((Tensor::from_output(x, &first), Tensor::from_output(y, &second))),
-            Some((None, _)) => bail!("matmul_pair", "the device returned no first product"),
-            None => Ok((a.matmul(b)?, c.matmul(d)?)),
+            Some((None, _)) => bail!(name, "the device returned no first product"),
+            None => {
+                let product = a.matmul(b)?;
+                let first = match gelu_input {
+                    Some(x) => product.gelu_backward(x)?,
+                    None => product,
+                };
+                Ok((first, c.matmul(d)?))
+            }
         }
     }
 
@@ -400,6 +470,7 @@ impl Tensor {
                 Some(acc),
                 (a.operand_as(&la)?, b.operand_as(&lb)?),
                 (c.operand_as(&lc)?, d.operand_as(&ld)?),
+                None,
             )?;
             match pair {
                 Some((None, y)) => return Ok((self, Tensor::from_output(y, &second))),

@@ -192,6 +192,21 @@ proptest! {
         })?;
     }
 
+    /// An MLP's hidden layer with GELU made by its product (`Var::matmul_plus_gelu`) and fed
+    /// to the next layer, whose backward applies GELU's derivative (`GeluOfLinear::
+    /// matmul_plus`): with biases and a residual or none, few rows or enough for the CPU's
+    /// GEMM; and the activation as a node of its own (`GeluOfLinear::into_var`).
+    #[test]
+    fn linear_gelu_linear(seed in any::<u64>(), rows in 1usize..24) {
+        let (x, w1, b1) = (plain(&[2, rows, 6], seed), weight_t(seed + 1), plain(&[5], seed + 2));
+        let (w2, b2, r) = (plain(&[5, 3], seed + 3), plain(&[3], seed + 4), plain(&[2, rows, 3], seed + 5));
+        check(&[&x, &w1, &b1, &w2, &b2, &r], &default(), |v| {
+            v[0].matmul_plus_gelu(&v[1], Some(&v[2]))?.matmul_plus(&v[3], Some(&v[4]), Some(&v[5]))
+        })?;
+        check(&[&x, &w1, &w2], &default(), |v| v[0].matmul_plus_gelu(&v[1], None)?.matmul_plus(&v[2], None, None))?;
+        check(&[&x, &w1, &b1], &default(), |v| v[0].matmul_plus_gelu(&v[1], Some(&v[2]))?.into_var())?;
+    }
+
     /// A linear layer with its bias, and with a residual, as one node (`Var::matmul_plus`):
     /// alone (few rows, or enough for the CPU's GEMM), and with its input read by a second
     /// one, whose input gradient the tape adds in place.

@@ -239,6 +239,21 @@ pub(crate) fn matmul_plus(
     out
 }
 
+/// [`matmul_plus`] and GELU of it (a linear layer's output and its activation), made together
+/// where the product is one that [`gemm`] takes; `None`, with nothing computed, elsewhere.
+pub(crate) fn matmul_plus_gelu(
+    a: (&[f32], &Layout),
+    b: (&[f32], &Layout),
+    terms: Terms,
+    spec: &MatmulSpec,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    let (shape, a, b) = gemm_operands(a, b, spec)?;
+    let (mut out, mut activations) =
+        (super::pool::uninit(shape.0 * shape.2), super::pool::uninit(shape.0 * shape.2));
+    gemm::product_plus_gelu(shape, a, b, terms, (&mut out, &mut activations));
+    Some((out, activations))
+}
+
 /// `c += a·b` written over `c` (`[batch…, m, n]`, contiguous) where the product is one that
 /// [`gemm`] takes: a layer input's gradient that several linear layers add to. Returns whether
 /// it did; otherwise `c` is unchanged.
@@ -263,13 +278,16 @@ pub(crate) type Product<'a> = ((&'a [f32], &'a Layout), (&'a [f32], &'a Layout),
 /// `second` takes `sgemm` blocks (a linear layer's backward: its input's gradient `dy W` and its
 /// weight's `dyᵀ x`). Each thread first runs its share of the blocks, then takes `first`'s
 /// tiles as they come (see [`gemm::Before`]). `first` is added into `acc` where given (as
-/// [`matmul_add`]; then the first result is `None`). The same numbers as [`matmul`] (or
-/// [`matmul_add`]) of each alone. `None`, with nothing computed, where the products do not
-/// take those two paths or `acc` is not laid out as `first`'s output.
+/// [`matmul_add`]; then the first result is `None`), or multiplied by the derivative of GELU
+/// at `gelu_input` (contiguous, of `first`'s size) where that is given. The same numbers as
+/// [`matmul`] (or [`matmul_add`]) of each alone, then the multiplication. `None`, with nothing
+/// computed, where the products do not take those two paths, `acc` is not laid out as
+/// `first`'s output, or both `acc` and `gelu_input` are given.
 pub(crate) fn matmul_pair(
     acc: Option<(&mut [f32], &Layout)>,
     (a, b, first): Product,
     (c, d, second): Product,
+    gelu_input: Option<&[f32]>,
 ) -> Option<(Option<Vec<f32>>, Vec<f32>)> {
     let (shape, a, b) = gemm_operands(a, b, first)?;
     let folded = fold_batch(c.1, d.1, second);
@@ -289,17 +307,21 @@ pub(crate) fn matmul_pair(
     if acc.as_ref().is_some_and(|(_, l)| !l.is_contiguous() || l.numel() != len) {
         return None;
     }
+    if gelu_input.is_some_and(|x| x.len() != len || acc.is_some()) {
+        return None;
+    }
+    let terms = Terms { gelu_backward_of: gelu_input, ..Terms::default() };
     let mut second_out = super::pool::uninit(second_len);
     let blocks = Blocks::new(c, d, second, &mut second_out);
     let before = gemm::Before { tasks: blocks.tasks(), run: &|t| blocks.run(t) };
     let first_out = match acc {
         Some((acc, l)) => {
-            gemm::product_after(shape, a, b, (1.0, &mut acc[l.offset()..l.offset() + len]), before);
+            gemm::product_after(shape, a, b, (1.0, &mut acc[l.offset()..l.offset() + len], terms), before);
             None
         }
         None => {
             let mut out = super::pool::uninit(len);
-            gemm::product_after(shape, a, b, (0.0, &mut out), before);
+            gemm::product_after(shape, a, b, (0.0, &mut out, terms), before);
             Some(out)
         }
     };
@@ -364,7 +386,9 @@ mod tests {
     /// A linear layer's backward products, `dy W` (GEMM) and `dyᵀ x` (`sgemm` blocks, cut by
     /// rows or by columns), made together give the bits of each made alone, added in place
     /// or not, on one thread, two or three; products that do not take those two paths, and an
-    /// accumulator not laid out as the product, are left to the caller untouched.
+    /// accumulator not laid out as the product, are left to the caller untouched. The first
+    /// product multiplied by GELU's derivative as it is made gives the bits of the product
+    /// then the multiplication (and is refused beside an accumulator).
     #[test]
     fn pairs_give_the_bits_of_each_product_alone() {
         let value = |i: usize| ((i as u64 * 2654435761 % 1000) as f32) / 500.0 - 1.0;
@@ -385,6 +409,12 @@ mod tests {
             let second = MatmulSpec::of(&l_dy_t, &l_x).unwrap();
             let dx_alone = matmul((&dy, &l_dy), (&w, &l_w), &first);
             let dw_alone = matmul((&dy, &l_dy_t), (&x, &l_x), &second);
+            // A GELU's input over both branches of its erf.
+            let pre: Vec<f32> = (0..t * i).map(|j| 4.0 * value(j + 29)).collect();
+            let mut through_gelu_alone = vec![0.0; t * i];
+            super::super::math::map2(&dx_alone, &pre, &mut through_gelu_alone, |g, x| {
+                g * super::super::math::gelu_derivative(x)
+            });
             let mut added_alone = acc0.clone();
             let in_place = matmul_add((&mut added_alone, &l_x), (&dy, &l_dy), (&w, &l_w), &first);
             let pools: Vec<_> = [1, 2, 3]
@@ -397,6 +427,7 @@ mod tests {
                         None,
                         ((&dy, &l_dy), (&w, &l_w), &first),
                         ((&dy, &l_dy_t), (&x, &l_x), &second),
+                        None,
                     )
                 });
                 let mut acc = acc0.clone();
@@ -405,6 +436,7 @@ mod tests {
                         Some((&mut acc, &l_x)),
                         ((&dy, &l_dy), (&w, &l_w), &first),
                         ((&dy, &l_dy_t), (&x, &l_x), &second),
+                        None,
                     )
                 });
                 if t.min(o) <= FEW_ROWS || !gemm::applies((t, o, i), &Strided::contiguous(&dy, o)) {
@@ -414,6 +446,25 @@ mod tests {
                     );
                     continue;
                 }
+                let through_gelu = pool.install(|| {
+                    matmul_pair(
+                        None,
+                        ((&dy, &l_dy), (&w, &l_w), &first),
+                        ((&dy, &l_dy_t), (&x, &l_x), &second),
+                        Some(&pre),
+                    )
+                });
+                let (dx_gelu, dw_gelu) = through_gelu.expect("a pair");
+                assert!(same(&dx_gelu.expect("a first product"), &through_gelu_alone), "({t},{i},{o}) GELU");
+                assert!(same(&dw_gelu, &dw_alone), "({t},{i},{o}) dW beside GELU");
+                let mut acc_gelu = acc0.clone();
+                let both = matmul_pair(
+                    Some((&mut acc_gelu, &l_x)),
+                    ((&dy, &l_dy), (&w, &l_w), &first),
+                    ((&dy, &l_dy_t), (&x, &l_x), &second),
+                    Some(&pre),
+                );
+                assert!(both.is_none() && same(&acc_gelu, &acc0), "({t},{i},{o}) GELU beside an accumulator");
                 let (dx, dw) = fresh.expect("a pair");
                 assert!(same(&dx.expect("a fresh first product"), &dx_alone), "({t},{i},{o}) dx");
                 assert!(same(&dw, &dw_alone), "({t},{i},{o}) dW");
@@ -430,7 +481,8 @@ mod tests {
             assert!(matmul_pair(
                 None,
                 ((&dy, &l_dy_t), (&dy, &l_dy), &spec),
-                ((&dy, &l_dy_t), (&x, &l_x), &second)
+                ((&dy, &l_dy_t), (&x, &l_x), &second),
+                None,
             )
             .is_none());
             let mut short = vec![0.0; t * i - 1];
@@ -438,7 +490,8 @@ mod tests {
             assert!(matmul_pair(
                 Some((&mut short, &l_short)),
                 ((&dy, &l_dy), (&w, &l_w), &first),
-                ((&dy, &l_dy_t), (&x, &l_x), &second)
+                ((&dy, &l_dy_t), (&x, &l_x), &second),
+                None,
             )
             .is_none());
         }

@@ -187,8 +187,23 @@ impl BackendStorage for CpuStorage {
             elementwise::contiguous(data, layout)
         }
         let (bias, residual) = (bias.as_ref().map(contiguous), residual.as_ref().map(contiguous));
-        let terms = gemm::Terms { bias: bias.as_deref(), residual: residual.as_deref() };
+        let terms =
+            gemm::Terms { bias: bias.as_deref(), residual: residual.as_deref(), ..Default::default() };
         Ok(Some(out(matmul::matmul_plus(parts(&a), parts(&b), terms, &spec))?))
+    }
+    fn matmul_plus_gelu(
+        a: Operand<Self>,
+        b: Operand<Self>,
+        bias: Option<Operand<Self>>,
+    ) -> Result<Option<(Self, Self)>> {
+        let spec = MatmulSpec::of(a.layout(), b.layout())?;
+        let bias = bias.as_ref().map(|t| {
+            let (data, layout) = parts(t);
+            elementwise::contiguous(data, layout)
+        });
+        let terms = gemm::Terms { bias: bias.as_deref(), ..Default::default() };
+        let made = matmul::matmul_plus_gelu(parts(&a), parts(&b), terms, &spec);
+        Ok(made.map(|(y, activations)| (CpuStorage::new(y), CpuStorage::new(activations))))
     }
     fn matmul_add(mut c: Owned<Self>, a: Operand<Self>, b: Operand<Self>) -> Result<bool> {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;
@@ -199,15 +214,25 @@ impl BackendStorage for CpuStorage {
         acc: Option<Owned<Self>>,
         (a, b): (Operand<Self>, Operand<Self>),
         (c, d): (Operand<Self>, Operand<Self>),
+        gelu_input: Option<Operand<Self>>,
     ) -> Result<Option<(Option<Self>, Self)>> {
         let first = MatmulSpec::of(a.layout(), b.layout())?;
+        let gelu_input = gelu_input.as_ref().map(|t| {
+            let (data, layout) = parts(t);
+            elementwise::contiguous(data, layout)
+        });
         let second = MatmulSpec::of(c.layout(), d.layout())?;
         let mut acc = acc;
         let acc = acc.as_mut().map(|acc| {
             let layout = acc.layout();
             (acc.storage_mut().data.as_mut_slice(), layout)
         });
-        let pair = matmul::matmul_pair(acc, (parts(&a), parts(&b), &first), (parts(&c), parts(&d), &second));
+        let pair = matmul::matmul_pair(
+            acc,
+            (parts(&a), parts(&b), &first),
+            (parts(&c), parts(&d), &second),
+            gelu_input.as_deref(),
+        );
         Ok(pair.map(|(first, second)| (first.map(CpuStorage::new), CpuStorage::new(second))))
     }
     fn attention(
