@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use ocl::Buffer;
 use tensor::backend::{
-    AttentionGrads, AttentionOutput, AttentionSaved, LayerNormGrads, LayerNormOutput, LayerNormSaved,
+    AttentionGrads, AttentionOutput, AttentionSaved, HeadOrder, LayerNormGrads, LayerNormOutput,
+    LayerNormSaved,
 };
 use tensor::{
     AdamWStep, BackendStorage, BinaryOp, Device, KeyVisibility, Layout, MatmulSpec, Operand, ReduceOp,
@@ -325,7 +326,7 @@ impl BackendStorage for OpenClStorage {
             kb.arg(vb.scalars).arg(&vb.pos).arg(&vb.hidden).arg(&vb.pattern);
             kb.arg(&out.buffer).arg(&lse.buffer).arg(rows_i);
         })?;
-        Ok(AttentionOutput { out, lse })
+        Ok(AttentionOutput { out, lse, order: HeadOrder::HeadMajor })
     }
 
     fn attention_backward(

@@ -222,7 +222,7 @@ impl Tensor {
         let out = self.kernels().attention(self.operand()?, k.operand()?, v.operand()?, vis)?;
         let (b, h, l) = (s.batch, s.heads, s.queries);
         Ok(AttentionParts {
-            out: Tensor::from_output(out.out, &[b, h, l, s.dv]),
+            out: Tensor::from_output_as(out.out, out.order.layout([b, h, l, s.dv])),
             lse: Tensor::from_output(out.lse, &[b, h, l]),
         })
     }
@@ -283,6 +283,8 @@ impl Tensor {
             };
             self.kernels().attention_backward_over_keys(saved, d_out.operand()?, vis)?
         };
-        Ok((Tensor::from_output(dq, &[s.batch, s.heads, s.queries, self.shape()[3]]), k, v))
+        let (dq, order) = dq;
+        let shape = [s.batch, s.heads, s.queries, self.shape()[3]];
+        Ok((Tensor::from_output_as(dq, order.layout(shape)), k, v))
     }
 }

@@ -183,11 +183,35 @@ pub struct LayerNormSaved<'a, S: ?Sized = Storage> {
     pub rstd: Operand<'a, S>,
 }
 
-/// The fused attention forward's outputs: `out` `[B, H, L, Dv]` and the per-query
-/// log-sum-exp `lse` `[B, H, L]` (−∞ for a query that sees no key), both contiguous.
+/// The fused attention forward's outputs: `out` `[B, H, L, Dv]` stored in `order`, and the
+/// per-query log-sum-exp `lse` `[B, H, L]` (−∞ for a query that sees no key), contiguous.
 pub struct AttentionOutput<S = Storage> {
     pub out: S,
     pub lse: S,
+    pub order: HeadOrder,
+}
+
+/// How the fused attention stores a `[B, H, T, W]` result (its output, the queries' gradient).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadOrder {
+    /// `[B, H, T, W]`, contiguous: each head's rows together.
+    HeadMajor,
+    /// `[B, T, H, W]`, contiguous: each position's heads side by side, the heads merged as a
+    /// `[B, T, H·W]` projection reads them (the output projection) or made them (the query
+    /// projection's gradient), so merging them costs no copy.
+    TokenMajor,
+}
+
+impl HeadOrder {
+    /// The `[B, H, T, W]` layout of a result of shape `shape` stored in this order.
+    pub fn layout(self, [b, h, t, w]: [usize; 4]) -> Layout {
+        match self {
+            HeadOrder::HeadMajor => Layout::contiguous(&[b, h, t, w]),
+            HeadOrder::TokenMajor => {
+                Layout::contiguous(&[b, t, h, w]).permute(&[0, 2, 1, 3]).expect("a permutation of four axes")
+            }
+        }
+    }
 }
 
 /// What the fused attention backward reads: the forward's `q` `[B, H, L, D]`, `k`
@@ -391,14 +415,15 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
         vis: &KeyVisibility,
     ) -> Result<AttentionGrads<Self>>;
     /// The fused attention backward with `dk` written over `k` and `dv` over `v`, each in its
-    /// own layout; returns `dq` (contiguous). At long contexts the keys and values are the
-    /// biggest tensors of a step, and their gradients need not take two more of their size.
-    /// By default: [`BackendStorage::attention_backward`], then the gradients copied over.
+    /// own layout; returns `dq`, stored in the order it gives. At long contexts the keys and
+    /// values are the biggest tensors of a step, and their gradients need not take two more
+    /// of their size. By default: [`BackendStorage::attention_backward`], then the gradients
+    /// copied over.
     fn attention_backward_over_keys(
         saved: AttentionSavedOwned<Self>,
         d_out: Operand<Self>,
         vis: &KeyVisibility,
-    ) -> Result<Self> {
+    ) -> Result<(Self, HeadOrder)> {
         let AttentionSavedOwned { q, mut k, mut v, out, lse } = saved;
         let grads = {
             let saved = AttentionSaved { q, k: k.operand(), v: v.operand(), out, lse };
@@ -409,7 +434,7 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
             let layout = owned.layout;
             owned.storage.write(layout, Operand { storage: grad, layout: &contiguous })?;
         }
-        Ok(grads.dq)
+        Ok((grads.dq, HeadOrder::HeadMajor))
     }
     /// Rotary's pair rotation (see [`crate::rotary`]): `cos` and `sin` are broadcast to `x`'s
     /// shape but for their last axis, the `dims` rotated channels.
@@ -520,7 +545,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
         saved: AttentionSavedOwned,
         d_out: Operand,
         vis: &KeyVisibility,
-    ) -> Result<Storage>;
+    ) -> Result<(Storage, HeadOrder)>;
     fn rotate_pairs(&self, x: Operand, cos: Operand, sin: Operand) -> Result<Storage>;
     fn rotate_pairs_in_place(&self, x: Owned, cos: Operand, sin: Operand) -> Result<()>;
     fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage>;
@@ -648,7 +673,7 @@ impl<S: BackendStorage> DynStorage for S {
     }
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput> {
         let out = S::attention(q.typed()?, k.typed()?, v.typed()?, vis)?;
-        Ok(AttentionOutput { out: out.out.into_storage(), lse: out.lse.into_storage() })
+        Ok(AttentionOutput { out: out.out.into_storage(), lse: out.lse.into_storage(), order: out.order })
     }
     fn attention_backward(
         &self,
@@ -671,7 +696,7 @@ impl<S: BackendStorage> DynStorage for S {
         saved: AttentionSavedOwned,
         d_out: Operand,
         vis: &KeyVisibility,
-    ) -> Result<Storage> {
+    ) -> Result<(Storage, HeadOrder)> {
         let saved = AttentionSavedOwned {
             q: saved.q.typed()?,
             k: saved.k.typed()?,
@@ -679,7 +704,8 @@ impl<S: BackendStorage> DynStorage for S {
             out: saved.out.typed()?,
             lse: saved.lse.typed()?,
         };
-        Ok(S::attention_backward_over_keys(saved, d_out.typed()?, vis)?.into_storage())
+        let (dq, order) = S::attention_backward_over_keys(saved, d_out.typed()?, vis)?;
+        Ok((dq.into_storage(), order))
     }
     fn rotate_pairs(&self, x: Operand, cos: Operand, sin: Operand) -> Result<Storage> {
         Ok(S::rotate_pairs(x.typed()?, cos.typed()?, sin.typed()?)?.into_storage())

@@ -60,6 +60,13 @@ impl Tensor {
         Tensor { storage: Arc::new(storage), layout: Layout::contiguous(shape) }
     }
 
+    /// A kernel's output seen through `layout`, which reaches every element of the storage
+    /// once (a permutation of its contiguous layout).
+    pub(crate) fn from_output_as(storage: Storage, layout: Layout) -> Tensor {
+        debug_assert_eq!(storage.backend().len(), layout.numel());
+        Tensor { storage: Arc::new(storage), layout }
+    }
+
     /// A tensor on the CPU holding `data` in row-major order.
     pub fn from_vec(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();

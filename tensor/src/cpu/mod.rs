@@ -24,7 +24,8 @@ pub mod walk;
 use crate::attention::KeyVisibility;
 use crate::backend::{
     AttentionGrads, AttentionOutput, AttentionSaved, AttentionSavedOwned, BackendStorage, BinaryOp, Device,
-    LayerNormGrads, LayerNormOutput, LayerNormSaved, MatmulSpec, Operand, Owned, ReduceOp, Storage, UnaryOp,
+    HeadOrder, LayerNormGrads, LayerNormOutput, LayerNormSaved, MatmulSpec, Operand, Owned, ReduceOp,
+    Storage, UnaryOp,
 };
 use crate::error::Result;
 use crate::layout::Layout;
@@ -242,7 +243,11 @@ impl BackendStorage for CpuStorage {
         vis: &KeyVisibility,
     ) -> Result<AttentionOutput<Self>> {
         let (out, lse) = attention::forward(heads(&q), heads(&k), heads(&v), vis);
-        Ok(AttentionOutput { out: CpuStorage::new(out), lse: CpuStorage::new(lse) })
+        Ok(AttentionOutput {
+            out: CpuStorage::new(out),
+            lse: CpuStorage::new(lse),
+            order: HeadOrder::TokenMajor,
+        })
     }
     fn attention_backward(
         saved: AttentionSaved<Self>,
@@ -263,17 +268,17 @@ impl BackendStorage for CpuStorage {
         saved: AttentionSavedOwned<Self>,
         d_out: Operand<Self>,
         vis: &KeyVisibility,
-    ) -> Result<Self> {
+    ) -> Result<(Self, HeadOrder)> {
         let AttentionSavedOwned { q, mut k, mut v, out, lse } = saved;
         let (k_layout, v_layout) = (k.layout(), v.layout());
-        let dq = attention::backward_over_keys(
+        let (dq, order) = attention::backward_over_keys(
             (heads(&q), heads(&out), parts(&lse)),
             (&mut k.storage_mut().data, k_layout),
             (&mut v.storage_mut().data, v_layout),
             heads(&d_out),
             vis,
         );
-        Ok(CpuStorage::new(dq))
+        Ok((CpuStorage::new(dq), order))
     }
     fn rotate_pairs(x: Operand<Self>, cos: Operand<Self>, sin: Operand<Self>) -> Result<Self> {
         out(rotary::rotate_pairs(parts(&x), parts(&cos), parts(&sin)))

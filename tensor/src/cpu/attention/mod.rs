@@ -25,6 +25,7 @@ use super::few_rows::Strided as Matrix;
 use super::parallel::SendPtr;
 use super::CpuStorage;
 use crate::attention::KeyVisibility;
+use crate::backend::HeadOrder;
 use crate::layout::Layout;
 use crate::sparse_pattern::{Reach, SparsePart};
 use sparse::{zeros, Gathered, Split};
@@ -211,19 +212,75 @@ fn uniform_average(v: Heads, b: usize, h: usize, row: &mut [f32]) {
     row.iter_mut().for_each(|x| *x /= n as f32);
 }
 
-/// The forward: `out` `[B, H, L, Dv]` and `lse` `[B, H, L]`, each (batch, head) computed by
-/// one task into its own rows (so the tasks never share memory).
+/// The forward: `out` stored `[B, L, H, Dv]` (token-major: the heads merged as the output
+/// projection reads them) and `lse` `[B, H, L]`. Each (batch, head) is computed by one task
+/// into rows of its own, then copied to its places in `out` while still in cache: merging
+/// the heads afterwards, a pass over the whole output, was 0.5 % of a `step-2k` step.
 pub(crate) fn forward(q: Heads, k: Heads, v: Heads, vis: &KeyVisibility) -> (Vec<f32>, Vec<f32>) {
     let (batch, heads, l, dv) = (q.dim(0), q.dim(1), q.dim(2), v.dim(3));
     let mut out = super::pool::uninit(batch * heads * l * dv);
     let mut lse = super::pool::uninit(batch * heads * l);
     if l > 0 {
-        out.par_chunks_mut((l * dv).max(1))
-            .zip(lse.par_chunks_mut(l))
-            .enumerate()
-            .for_each(|(bh, (o, s))| forward_head((q, k, v), vis, (bh / heads, bh % heads), o, s));
+        let merged = TokenMajor::over(&mut out, (heads, l, dv));
+        lse.par_chunks_mut(l).enumerate().for_each(|(bh, s)| {
+            let (b, h) = (bh / heads, bh % heads);
+            with_head_rows(l * dv, |o| {
+                forward_head((q, k, v), vis, (b, h), o, s);
+                // SAFETY: `merged` covers `out`, which outlives this parallel section and is
+                // not used elsewhere during it; head (b, h)'s rows are this task's alone.
+                unsafe { merged.write_head((b, h), o) };
+            });
+        });
     }
     (out, lse)
+}
+
+/// A `[B, T, H, W]` storage (`B·T·H·W` floats) that each (batch, head) task writes its
+/// `[T, W]` rows into.
+#[derive(Clone, Copy)]
+struct TokenMajor {
+    data: SendPtr,
+    heads: usize,
+    rows: usize,
+    width: usize,
+}
+
+impl TokenMajor {
+    /// `data` seen as `[B, T, H, W]` for `(heads, rows, width) = (H, T, W)`.
+    fn over(data: &mut [f32], (heads, rows, width): (usize, usize, usize)) -> Self {
+        assert!(data.len().is_multiple_of(heads * rows * width), "whole batches");
+        TokenMajor { data: SendPtr(data.as_mut_ptr()), heads, rows, width }
+    }
+
+    /// Copies head `(b, h)`'s rows (`[T, W]`, row-major) to their places.
+    ///
+    /// # Safety
+    /// The storage `self` was made over lives and holds batch `b`; no other task accesses head
+    /// `(b, h)`'s rows meanwhile.
+    unsafe fn write_head(&self, (b, h): (usize, usize), head_rows: &[f32]) {
+        for (t, row) in head_rows.chunks_exact(self.width).enumerate().take(self.rows) {
+            let at = ((b * self.rows + t) * self.heads + h) * self.width;
+            // SAFETY: position `at..at + W` is row t of head (b, h), inside the storage (the
+            // caller's contract) and this task's alone; `row` is a slice of its own.
+            unsafe { copy_row(self.width, (row.as_ptr(), 1), (self.data.get().add(at), 1)) };
+        }
+    }
+}
+
+thread_local! {
+    /// One head's rows of a result, kept by each thread for its next head.
+    static HEAD_ROWS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's buffer of `len` floats (old values: `f` writes before reading).
+fn with_head_rows<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buffer = HEAD_ROWS.take();
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    let result = f(&mut buffer[..len]);
+    HEAD_ROWS.set(buffer);
+    result
 }
 
 /// The saved forward of one attention, as the backward reads it.
@@ -362,7 +419,8 @@ const WAVES_MIN: usize = 1 << 25;
 const CHUNK_KEYS: usize = 32 * KEY_BLOCK;
 
 /// The backward with `dk` and `dv` written over the saved `k` and `v` (each in its own
-/// layout, which reaches no position twice); returns `dq` `[B, H, L, D]`.
+/// layout, which reaches no position twice); returns `dq` `[B, H, L, D]`, stored in the order
+/// it gives.
 ///
 /// Heads without a sparse split go a chunk of keys at a time ([`over_keys_in_chunks`]): the
 /// backward reads a key and value row only while it computes their gradients, so once a chunk
@@ -375,13 +433,14 @@ pub(crate) fn backward_over_keys(
     (v, v_layout): (&mut [f32], &Layout),
     d_out: Heads,
     vis: &KeyVisibility,
-) -> Vec<f32> {
+) -> (Vec<f32>, HeadOrder) {
     if (0..q.dim(1)).all(|h| Split::of(vis, h).is_none()) {
-        return over_keys_in_chunks((q, out, lse), (k, k_layout), (v, v_layout), d_out, vis, CHUNK_KEYS);
+        let dq = over_keys_in_chunks((q, out, lse), (k, k_layout), (v, v_layout), d_out, vis, CHUNK_KEYS);
+        return (dq, HeadOrder::TokenMajor);
     }
     let keys = k_layout.shape()[0] * k_layout.shape()[1] * k_layout.shape()[2];
     let waves = keys * (k_layout.shape()[3] + v_layout.shape()[3]) >= WAVES_MIN;
-    over_keys((q, out, lse), (k, k_layout), (v, v_layout), d_out, vis, waves)
+    (over_keys((q, out, lse), (k, k_layout), (v, v_layout), d_out, vis, waves), HeadOrder::HeadMajor)
 }
 
 /// The rows of one head in a storage that other tasks read and write elsewhere at the same
@@ -485,57 +544,64 @@ fn over_keys_in_chunks(
     if l * d == 0 || n * d == 0 || n * dv == 0 {
         return super::pool::zeroed(q.dim(0) * heads * l * d);
     }
-    // Each task zeroes its own head's rows, in parallel and just before it adds into them.
+    // Token-major, as the query projection's gradient reads it: each task adds into a head's
+    // rows of its own (zeroed just before), then copies them to their places.
     let mut dq = super::pool::uninit(q.dim(0) * heads * l * d);
+    let merged = TokenMajor::over(&mut dq, (heads, l, d));
     assert!(k_layout.checked_extent().is_some_and(|e| e <= k.len()), "attention backward: k outside storage");
     assert!(v_layout.checked_extent().is_some_and(|e| e <= v.len()), "attention backward: v outside storage");
     let (k_data, v_data) = (SendPtr(k.as_mut_ptr()), SendPtr(v.as_mut_ptr()));
-    dq.par_chunks_mut(l * d).enumerate().for_each(|(bh, dq)| {
-        dq.fill(0.0);
-        let (b, h) = (bh / heads, bh % heads);
-        let (keys, values) =
-            (HeadInPlace::new(k_data, k_layout, (b, h)), HeadInPlace::new(v_data, v_layout, (b, h)));
-        let (lse, delta) = per_query((out, lse), d_out, (b, h));
-        let up = Upstream { d_out: d_out.matrix(b, h, 0), lse: &lse, delta: &delta };
-        let rule = HeadRule { vis, b, h, n, band: None };
-        let chunk_rows = chunk.min(n);
-        let mut scratch = Scratch::take(l, chunk_rows);
-        let mut buffers = ChunkBuffers::take((chunk_rows * d, chunk_rows * dv));
-        let ChunkBuffers { keys: k_rows, values: v_rows, d_keys: dk, d_values: dvs } = &mut buffers;
-        for j0 in (0..n).step_by(chunk) {
-            let len = chunk.min(n - j0);
-            let (k_rows, v_rows) = (&mut k_rows[..len * d], &mut v_rows[..len * dv]);
-            let (dk, dvs) = (&mut dk[..len * d], &mut dvs[..len * dv]);
-            // SAFETY: the rows of head (b, h) lie inside `k` and `v` (asserted above, the
-            // layouts checked against their storage), whose borrows outlive this parallel
-            // section and are not used during it; each layout reaches a position once, so
-            // head (b, h)'s positions are this task's alone.
-            unsafe {
-                keys.read(j0, k_rows);
-                values.read(j0, v_rows);
+    (0..q.dim(0) * heads).into_par_iter().for_each(|bh| {
+        with_head_rows(l * d, |dq| {
+            dq.fill(0.0);
+            let (b, h) = (bh / heads, bh % heads);
+            let (keys, values) =
+                (HeadInPlace::new(k_data, k_layout, (b, h)), HeadInPlace::new(v_data, v_layout, (b, h)));
+            let (lse, delta) = per_query((out, lse), d_out, (b, h));
+            let up = Upstream { d_out: d_out.matrix(b, h, 0), lse: &lse, delta: &delta };
+            let rule = HeadRule { vis, b, h, n, band: None };
+            let chunk_rows = chunk.min(n);
+            let mut scratch = Scratch::take(l, chunk_rows);
+            let mut buffers = ChunkBuffers::take((chunk_rows * d, chunk_rows * dv));
+            let ChunkBuffers { keys: k_rows, values: v_rows, d_keys: dk, d_values: dvs } = &mut buffers;
+            for j0 in (0..n).step_by(chunk) {
+                let len = chunk.min(n - j0);
+                let (k_rows, v_rows) = (&mut k_rows[..len * d], &mut v_rows[..len * dv]);
+                let (dk, dvs) = (&mut dk[..len * d], &mut dvs[..len * dv]);
+                // SAFETY: the rows of head (b, h) lie inside `k` and `v` (asserted above, the
+                // layouts checked against their storage), whose borrows outlive this parallel
+                // section and are not used during it; each layout reaches a position once, so
+                // head (b, h)'s positions are this task's alone.
+                unsafe {
+                    keys.read(j0, k_rows);
+                    values.read(j0, v_rows);
+                }
+                dk.fill(0.0);
+                dvs.fill(0.0);
+                let rows = Rows {
+                    q: q.matrix(b, h, 0),
+                    k: Matrix::contiguous(k_rows, d),
+                    v: Matrix::contiguous(v_rows, dv),
+                    queries: l,
+                    keys: len,
+                    d,
+                    dv,
+                };
+                let grads = Grads { dq: &mut *dq, dk: &mut *dk, dv: &mut *dvs };
+                sweep::backward(rows, up, &FromKey { rule: &rule, first: j0 }, &mut scratch, grads);
+                seen_nothing(d_out, (b, h), &lse, n, dvs);
+                // SAFETY: as above; the sweep has read these rows for the last time.
+                unsafe {
+                    keys.write(j0, dk);
+                    values.write(j0, dvs);
+                }
             }
-            dk.fill(0.0);
-            dvs.fill(0.0);
-            let rows = Rows {
-                q: q.matrix(b, h, 0),
-                k: Matrix::contiguous(k_rows, d),
-                v: Matrix::contiguous(v_rows, dv),
-                queries: l,
-                keys: len,
-                d,
-                dv,
-            };
-            let grads = Grads { dq: &mut *dq, dk: &mut *dk, dv: &mut *dvs };
-            sweep::backward(rows, up, &FromKey { rule: &rule, first: j0 }, &mut scratch, grads);
-            seen_nothing(d_out, (b, h), &lse, n, dvs);
-            // SAFETY: as above; the sweep has read these rows for the last time.
-            unsafe {
-                keys.write(j0, dk);
-                values.write(j0, dvs);
-            }
-        }
-        scratch.give_back();
-        buffers.give_back();
+            scratch.give_back();
+            buffers.give_back();
+            // SAFETY: `merged` covers `dq`, which outlives this parallel section and is not used
+            // elsewhere during it; head (b, h)'s rows are this task's alone.
+            unsafe { merged.write_head((b, h), dq) };
+        })
     });
     dq
 }
@@ -715,7 +781,8 @@ mod tests {
     /// Writing dk and dv over k and v, in waves, all at once or a chunk of keys at a time,
     /// gives exactly the gradients of the plain backward, in k's and v's own layouts: with few
     /// queries and with query blocks, over keys of one chunk or several (the last one short),
-    /// causal or not, with hidden keys (some queries see none).
+    /// causal or not, with hidden keys (some queries see none). The forward's output and the
+    /// chunks' `dq` are token-major (read here through that layout).
     #[test]
     fn gradients_over_the_keys_equal_the_plain_backward() {
         for (b, h, l, n, d) in [(2, 3, 5, 37, 4), (1, 2, 40, 3 * KEY_BLOCK + 20, 32)] {
@@ -728,6 +795,8 @@ mod tests {
                     split_heads(b, h, n, d),
                     Layout::contiguous(&[b, h, l, d]),
                 );
+                // Token-major [B, L, H, D] seen as [B, H, L, D].
+                let lt = split_heads(b, h, l, d);
                 let (q, k, v, g) = (
                     values(b * h * l * d, 1),
                     values(b * h * n * d, 2),
@@ -741,20 +810,25 @@ mod tests {
                     q: heads(&q, &lq),
                     k: heads(&k, &lk),
                     v: heads(&v, &lk),
-                    out: heads(&out, &lo),
+                    out: heads(&out, &lt),
                     lse: (&lse, &ll),
                 };
                 let [dq, dk, dv] = backward(saved, heads(&g, &lo), &vis);
                 for way in ["all at once", "in waves", "in chunks of one block", "in chunks"] {
                     let (mut k2, mut v2) = (k.clone(), v.clone());
-                    let inputs = (heads(&q, &lq), heads(&out, &lo), (&lse[..], &ll));
+                    let inputs = (heads(&q, &lq), heads(&out, &lt), (&lse[..], &ll));
                     let (ko, vo, g) = ((&mut k2[..], &lk), (&mut v2[..], &lk), heads(&g, &lo));
-                    let dq2 = match way {
-                        "all at once" => over_keys(inputs, ko, vo, g, &vis, false),
-                        "in waves" => over_keys(inputs, ko, vo, g, &vis, true),
-                        "in chunks of one block" => over_keys_in_chunks(inputs, ko, vo, g, &vis, KEY_BLOCK),
-                        _ => over_keys_in_chunks(inputs, ko, vo, g, &vis, CHUNK_KEYS),
+                    let (dq2, order) = match way {
+                        "all at once" => (over_keys(inputs, ko, vo, g, &vis, false), &lo),
+                        "in waves" => (over_keys(inputs, ko, vo, g, &vis, true), &lo),
+                        "in chunks of one block" => {
+                            (over_keys_in_chunks(inputs, ko, vo, g, &vis, KEY_BLOCK), &lt)
+                        }
+                        _ => (over_keys_in_chunks(inputs, ko, vo, g, &vis, CHUNK_KEYS), &lt),
                     };
+                    let dq2: Vec<f32> = (0..dq2.len())
+                        .map(|i| dq2[order.position(&[i / (h * l * d), i / (l * d) % h, i / d % l, i % d])])
+                        .collect();
                     let same =
                         |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits());
                     assert!(dq2.len() == dq.len() && same(&dq2, &dq), "dq {way}, n={n}");
