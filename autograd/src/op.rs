@@ -125,6 +125,15 @@ pub(crate) enum Op {
         start: usize,
         len: usize,
     },
+    /// Rows `ids` of a `[vocab, dim]` table plus rows of `[N, dim]` (a token's embedding plus
+    /// its position's, [`crate::Var::embedding_plus`]).
+    EmbeddingPlus {
+        table: Option<NodeId>,
+        rows: Option<NodeId>,
+        ids: Vec<usize>,
+        vocab: usize,
+        rows_shape: Vec<usize>,
+    },
     IndexSelect {
         x: NodeId,
         axis: usize,

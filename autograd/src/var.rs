@@ -411,6 +411,22 @@ impl Var {
         self.index_select(0, ids)?.reshape(&[ids_shape, &[dim]].concat())
     }
 
+    /// [`Var::embedding`] plus `rows` `[N, dim]` broadcast over the leading axes of
+    /// `ids_shape` (`[.., N]`): each token's embedding plus its position's, as one node
+    /// ([`Tensor::embedding_plus`]), without a tensor of the lookup alone.
+    pub fn embedding_plus(&self, ids: &[usize], ids_shape: &[usize], rows: &Var) -> Result<Var> {
+        let value = self.value.embedding_plus(ids, ids_shape, &rows.value)?;
+        let vocab = self.value.shape()[0];
+        let rows_shape = rows.shape().to_vec();
+        Var::record(&[self, rows], value, |n| Op::EmbeddingPlus {
+            table: n[0],
+            rows: n[1],
+            ids: ids.to_vec(),
+            vocab,
+            rows_shape,
+        })
+    }
+
     /// `out[.., i, ..] = self[.., indices[.., i, ..], ..]` along `axis`.
     pub fn gather(&self, axis: usize, indices: &[usize], index_shape: &[usize]) -> Result<Var> {
         let size = self.value.dim(axis)?;

@@ -23,6 +23,12 @@ impl Embedding {
         Ok(ctx.param(self.weight).embedding(ids, shape)?)
     }
 
+    /// [`Embedding::forward`] plus `rows` `[N, dim]` (for `shape` `[.., N]`, e.g. the positions'
+    /// embeddings), added as the tokens are looked up (one node, one pass).
+    pub fn forward_plus(&self, ctx: &Ctx, ids: &[usize], shape: &[usize], rows: &Var) -> Result<Var> {
+        Ok(ctx.param(self.weight).embedding_plus(ids, shape, rows)?)
+    }
+
     /// Rows `start..start + len` as `[len, dim]`: the lookup of consecutive ids (positions),
     /// as a view of the table instead of a gathered copy. Its backward pads the gradient
     /// with zeros to the table's rows.

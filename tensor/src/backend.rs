@@ -449,6 +449,13 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     }
     /// Picks entries `indices` along `axis`: the output has `indices.len()` entries there.
     fn index_select(x: Operand<Self>, axis: usize, indices: &[usize]) -> Result<Self>;
+    /// Rows `ids` of the `[vocab, dim]` `table`, each plus row `i % N` of `rows` `[N, dim]`
+    /// (`ids` row-major over `[.., N]`): `[ids.len(), dim]`, contiguous. For the devices that
+    /// add as they look up; `None` for the others (the caller then composes). By default:
+    /// none.
+    fn embedding_plus(_table: Operand<Self>, _ids: &[usize], _rows: Operand<Self>) -> Result<Option<Self>> {
+        Ok(None)
+    }
     /// The adjoint of `index_select`: zeros with `size` entries along `axis`, and
     /// `out[.., indices[i], ..] += x[.., i, ..]` (repeated indices accumulate).
     fn index_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self>;
@@ -550,6 +557,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
     fn rotate_pairs_in_place(&self, x: Owned, cos: Operand, sin: Operand) -> Result<()>;
     fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage>;
     fn index_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
+    fn embedding_plus(&self, table: Operand, ids: &[usize], rows: Operand) -> Result<Option<Storage>>;
     fn gather(&self, x: Operand, axis: usize, indices: &[usize], out_shape: &[usize]) -> Result<Storage>;
     fn scatter_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage>;
     fn cat(&self, parts: &[Operand], axis: usize) -> Result<Storage>;
@@ -715,6 +723,9 @@ impl<S: BackendStorage> DynStorage for S {
     }
     fn index_select(&self, x: Operand, axis: usize, indices: &[usize]) -> Result<Storage> {
         Ok(S::index_select(x.typed()?, axis, indices)?.into_storage())
+    }
+    fn embedding_plus(&self, table: Operand, ids: &[usize], rows: Operand) -> Result<Option<Storage>> {
+        Ok(S::embedding_plus(table.typed()?, ids, rows.typed()?)?.map(|s| s.into_storage()))
     }
     fn index_add(&self, x: Operand, axis: usize, indices: &[usize], size: usize) -> Result<Storage> {
         Ok(S::index_add(x.typed()?, axis, indices, size)?.into_storage())

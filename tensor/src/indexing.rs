@@ -125,6 +125,39 @@ impl Tensor {
         rows.reshape(&[ids_shape, &[self.shape()[1]]].concat())
     }
 
+    /// [`Tensor::embedding`] plus `rows` `[N, dim]` (for `ids_shape` `[.., N]`, broadcast over
+    /// the leading axes): a token's embedding plus its position's, `table[ids[.., n]] +
+    /// rows[n]`. Devices that can add them as they look the tokens up do (the CPU), without a
+    /// tensor of the lookup alone and a pass over it; the numbers are the lookup's then the
+    /// add's.
+    pub fn embedding_plus(&self, ids: &[usize], ids_shape: &[usize], rows: &Tensor) -> Result<Tensor> {
+        let name = "embedding_plus";
+        if self.rank() != 2 {
+            bail!(name, "table must be [vocab, dim], got {}", fmt_shape(self.shape()));
+        }
+        if ids.len() != ids_shape.iter().product::<usize>() {
+            bail!(name, "{} ids do not fill shape {}", ids.len(), fmt_shape(ids_shape));
+        }
+        let dim = self.shape()[1];
+        let positions = ids_shape.last().copied().unwrap_or(1);
+        if rows.shape() != [positions, dim] {
+            bail!(
+                name,
+                "rows of shape {} for ids of shape {} into a table of shape {}: need [{positions}, {dim}]",
+                fmt_shape(rows.shape()),
+                fmt_shape(ids_shape),
+                fmt_shape(self.shape())
+            );
+        }
+        self.same_device(name, rows)?;
+        self.check_indices(name, 0, ids)?;
+        let shape = [ids_shape, &[dim]].concat();
+        match self.kernels().embedding_plus(self.operand()?, ids, rows.operand()?)? {
+            Some(s) => Ok(Tensor::from_output(s, &shape)),
+            None => self.embedding(ids, ids_shape)?.add(rows),
+        }
+    }
+
     /// The table gradient of an embedding lookup: rows of `self` (shape `ids_shape + [dim]`)
     /// added into a `[vocab, dim]` table at their ids.
     pub fn embedding_backward(&self, ids: &[usize], vocab: usize) -> Result<Tensor> {

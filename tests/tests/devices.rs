@@ -169,6 +169,10 @@ proptest! {
             let rows = x.shape.iter().product::<usize>();
             let ids = [0, 1 % rows, rows - 1];
             agree(&d, "embedding", &[&x], 0.0, |t| t[0].flatten()?.reshape(&[usize::MAX, 1])?.embedding(&ids, &[3]));
+            agree(&d, "embedding_plus", &[&x], 0.0, |t| {
+                let table = t[0].flatten()?.reshape(&[usize::MAX, 1])?;
+                table.embedding_plus(&ids, &[1, 3], &table.narrow(0, 0, 1)?.broadcast_to(&[3, 1])?)
+            });
         }
     }
 }

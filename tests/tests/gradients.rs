@@ -289,6 +289,11 @@ proptest! {
         let col_ids: Vec<usize> = picks.iter().map(|p| p % cols).collect();
         check(&[&x], &default(), |v| v[0].index_select(1, &col_ids))?;
         check(&[&x], &default(), |v| v[0].embedding(&row_ids, &[1, row_ids.len()]))?;
+        // Plus rows per position: the table's own (its gradient gets both parts) and another.
+        let n = row_ids.len();
+        check(&[&x], &default(), |v| v[0].embedding_plus(&row_ids, &[1, n], &v[0].index_select(0, &vec![0; n])?))?;
+        let positions = Viewed { base: uniform(&[2, n, cols], -1.0, 1.0, 9), recipe: Recipe::Contiguous, shape: vec![2, n, cols] };
+        check(&[&x, &positions], &default(), |v| v[0].embedding_plus(&row_ids, &[1, n], &v[1].narrow(0, 1, 1)?.squeeze(0)?))?;
         let gathered: Vec<usize> = (0..rows * 2).map(|i| picks[i % picks.len()] % cols).collect();
         check(&[&x], &default(), |v| v[0].gather(1, &gathered, &[rows, 2]))?;
     }

@@ -473,6 +473,31 @@ fn embedding_looks_up_rows_and_scatters_back() {
     assert!(err.contains("index 10 out of range") && err.contains("[10,4]"), "{err}");
 }
 
+/// A lookup plus rows added as it goes (`Tensor::embedding_plus`) gives the bits of the lookup
+/// then the broadcast add: rows contiguous or a transposed view, a table read through a view,
+/// ids of one or two leading axes, sizes on one thread and across the pool; bad shapes and ids
+/// are named.
+#[test]
+fn embedding_plus_equals_the_lookup_then_the_add() {
+    for (vocab, dim, ids_shape) in [(10, 4, vec![2, 3]), (7, 33, vec![5]), (300, 256, vec![3, 2, 200])] {
+        let table = uniform(&[dim, vocab], -1.0, 1.0, 3).t().unwrap(); // [vocab, dim], a view
+        let n = *ids_shape.last().unwrap();
+        let count: usize = ids_shape.iter().product();
+        let ids: Vec<usize> = (0..count).map(|i| (i * 7919 + 3) % vocab).collect();
+        for rows in [uniform(&[n, dim], -2.0, 2.0, 5), uniform(&[dim, n], -2.0, 2.0, 7).t().unwrap()] {
+            let got = table.embedding_plus(&ids, &ids_shape, &rows).unwrap();
+            let want = table.embedding(&ids, &ids_shape).unwrap().add(&rows).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            assert_close(&got, &want, 0.0, 0.0);
+        }
+    }
+    let (table, rows) = (uniform(&[10, 4], -1.0, 1.0, 3), uniform(&[3, 4], -1.0, 1.0, 4));
+    let err = table.embedding_plus(&[1, 2], &[1, 2], &rows).unwrap_err().to_string();
+    assert_eq!(err, "embedding_plus: rows of shape [3,4] for ids of shape [1,2] into a table of shape [10,4]: need [2, 4]");
+    let err = table.embedding_plus(&[1, 10, 2], &[1, 3], &rows).unwrap_err().to_string();
+    assert!(err.contains("index 10 out of range") && err.contains("[10,4]"), "{err}");
+}
+
 /// Sizes above the parallel threshold, with strided inputs, so the rayon paths are checked.
 #[test]
 fn large_inputs_take_parallel_paths_and_agree() {

@@ -247,10 +247,13 @@ impl PerceiverAr {
     /// Token embeddings plus absolute positions `first..first + N`: `[B, N] → [B, N, C]`.
     pub fn embed(&self, ctx: &Ctx, input: &Input, first: usize) -> Result<Var> {
         let (batch, n) = (input.batch, input.seq_len);
-        let mut x = self.token_embedding.forward(ctx, input.ids, &[batch, n])?;
-        if let Some(pos) = &self.position_embedding {
-            x = x.add(&pos.rows(ctx, first, n)?)?; // [n, C] broadcast over the batch
-        }
+        let mut x = match &self.position_embedding {
+            // [n, C] added over the batch as the tokens are looked up.
+            Some(pos) => {
+                self.token_embedding.forward_plus(ctx, input.ids, &[batch, n], &pos.rows(ctx, first, n)?)?
+            }
+            None => self.token_embedding.forward(ctx, input.ids, &[batch, n])?,
+        };
         if let Some(table) = &self.sinusoidal {
             // Fixed sinusoids have unit amplitude; as in Vaswani et al. (2017) the token
             // embeddings are scaled by √C so the two are comparable and tokens stay visible.

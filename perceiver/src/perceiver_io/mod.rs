@@ -275,8 +275,8 @@ impl PerceiverIo {
                         padding.map(<[bool]>::len)
                     )));
                 }
-                let x = tokens.forward(ctx, ids, &[batch, len])?;
-                Ok((x.add(&positions.rows(ctx, 0, len)?)?, batch, padding))
+                let x = tokens.forward_plus(ctx, ids, &[batch, len], &positions.rows(ctx, 0, len)?)?;
+                Ok((x, batch, padding))
             }
             (InputAdapter::Image { shape, features }, ModelInput::Image(images)) => {
                 let &[batch, h, w, ch] = images.shape() else {

@@ -233,8 +233,8 @@ impl SparseTransformer {
                 c.vocab_size
             )));
         }
-        let mut x = self.token_embedding.forward(ctx, ids, &[batch, n])?;
-        x = x.add(&self.position_embedding.rows(ctx, first, n)?)?;
+        let positions = self.position_embedding.rows(ctx, first, n)?;
+        let mut x = self.token_embedding.forward_plus(ctx, ids, &[batch, n], &positions)?;
         for (i, layer) in self.layers.iter().enumerate() {
             // Query j sits at position first + j; the keys are positions 0.. (cached, then new).
             let visibility = KeyVisibility {

@@ -102,6 +102,32 @@ pub(crate) fn index_select(src: &[f32], layout: &Layout, axis: usize, indices: &
     out
 }
 
+/// Rows `ids` of `table` `[vocab, dim]`, row `i` plus row `i % N` of `rows` `[N, dim]`:
+/// an embedding lookup and its positions in one pass, blocks of rows across threads.
+pub(crate) fn embedding_plus(
+    (table, lt): (&[f32], &Layout),
+    ids: &[usize],
+    (rows, lr): (&[f32], &Layout),
+) -> Vec<f32> {
+    let (table, rows) = (super::elementwise::contiguous(table, lt), super::elementwise::contiguous(rows, lr));
+    let dim = lt.shape()[1];
+    let positions = lr.shape()[0];
+    let mut out = super::pool::uninit(ids.len() * dim);
+    if dim == 0 {
+        return out;
+    }
+    super::parallel::for_each_rows(&mut out, dim, |first, chunk| {
+        for (r, (row, &id)) in chunk.chunks_exact_mut(dim).zip(&ids[first..]).enumerate() {
+            let (token, position) =
+                (&table[id * dim..][..dim], &rows[(first + r) % positions * dim..][..dim]);
+            for ((o, &t), &p) in row.iter_mut().zip(token).zip(position) {
+                *o = t + p;
+            }
+        }
+    });
+    out
+}
+
 pub(crate) fn index_add(
     src: &[f32],
     layout: &Layout,

@@ -292,6 +292,10 @@ impl BackendStorage for CpuStorage {
         let (data, layout) = parts(&x);
         out(index::index_select(data, layout, axis, indices))
     }
+    fn embedding_plus(table: Operand<Self>, ids: &[usize], rows: Operand<Self>) -> Result<Option<Self>> {
+        let (table, rows) = (parts(&table), parts(&rows));
+        Ok(Some(out(index::embedding_plus(table, ids, rows))?))
+    }
     fn index_add(x: Operand<Self>, axis: usize, indices: &[usize], size: usize) -> Result<Self> {
         let (data, layout) = parts(&x);
         out(index::index_add(data, layout, axis, indices, size))
