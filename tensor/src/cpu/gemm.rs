@@ -14,9 +14,9 @@
 //! 2. The rows of `c` go in blocks of a few register tiles (fewer towards the end), each
 //!    taken by the next thread that is free. A block multiplies its rows of `a`, read where
 //!    they lie, by every panel on the AVX-512 register tiles of [`super::tile`] ([`TILE_ROWS`]
-//!    rows by 32 columns), tile by tile, in steps of [`DEPTH`] along the inner dimension: a
-//!    tile's rows of `a` stay in the first-level cache while the panels stream past from the
-//!    second.
+//!    rows by 32 columns), tile by tile, each panel's whole inner dimension at once (up to
+//!    [`DEPTH`]): the panel streams past from the second-level cache in one run and each tile
+//!    of `c` is stored once.
 //!
 //! `a` must have contiguous rows (activations `x`, `dy`). A weight gradient `dyᵀ x` reads
 //! `dyᵀ` down its columns and packs the whole of `x`: `sgemm`, which packs both operands in
@@ -42,9 +42,11 @@ use super::tile::{self, Epilogue, Skip};
 pub const TILE_ROWS: usize = 14;
 /// Columns per packed panel of `b`: one register tile's width.
 pub const PANEL: usize = 32;
-/// Inner-dimension step: a tile's `14 × 256` floats of `a` (14 KiB) stay in the first-level
-/// cache across the panels.
-pub const DEPTH: usize = 256;
+/// Inner-dimension step. Steps of 256 (a tile's `14 × 256` floats of `a`, 14 KiB, kept in the
+/// first-level cache across the panels) made the products over 1024 (`fc2`'s forward, `fc1`'s
+/// input gradient) 2-8 % slower per node in a `step-2k` step than one step over the whole of
+/// it: each step stored and reloaded the tile of `c`, and broke each panel's stream in four.
+pub const DEPTH: usize = 1024;
 /// The most floats of `b` this path packs (1 MiB, so the panels stay in the second-level
 /// cache): every weight of the `step-2k` and `long-131k` models.
 pub const PACKED_MAX: usize = 1 << 18;
