@@ -194,7 +194,6 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                 out.push((n, gx));
             }
         }
-        // The adjoints of picking are adding back into place.
         // The lookup's rule for the table, the broadcast add's for the rows.
         Op::EmbeddingPlus { table, rows, ids, vocab, rows_shape } => {
             if let Some(n) = rows {
@@ -204,6 +203,7 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                 out.push((n, g.embedding_backward(&ids, vocab)?));
             }
         }
+        // The adjoints of picking are adding back into place.
         Op::IndexSelect { x, axis, indices, size } => out.push((x, g.index_add(axis, &indices, size)?)),
         Op::Gather { x, axis, indices, size } => out.push((x, g.scatter_add(axis, &indices, size)?)),
     }
