@@ -82,36 +82,34 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
             }
         }
 
-        Op::Matmul { lhs, rhs, bias, residual, a, b, lhs_gelu_of } => {
+        Op::Matmul { lhs, rhs, bias, residual, a, b, lhs_times } => {
             // y = a b (+ c + r): da = g bᵀ, db = aᵀ g (transposes are views; batch broadcasts
-            // summed), dc = Σ g over every row, dr = g. Where a = GELU(x), the left node is x's:
-            // dx = da ⊙ GELU'(x).
+            // summed), dc = Σ g over every row, dr = g. Where a = f(x) and the left node is x's,
+            // dx = da ⊙ f'(x), the derivative saved as `lhs_times`.
             out.extend(terms_gradients((bias, residual), &g)?);
             let g_bt = (&g, &b.t()?);
             // The product's shape, which `a` has unless it was broadcast over the batch.
             let unbroadcast = g.shape()[..g.rank() - 1] == a.shape()[..a.rank() - 1];
-            let through_gelu = |da: Tensor| match &lhs_gelu_of {
-                Some(x) => da.gelu_backward(x),
+            let times = |da: Tensor| match &lhs_times {
+                Some(by) => da.mul(by),
                 None => Ok(da),
             };
-            // Both gradients are products: made together (see `Tensor::matmul_pair`), GELU's
+            // Both gradients are products: made together (see `Tensor::matmul_pair`), the
             // derivative applied as the first is made where there is one.
             match (lhs, rhs) {
                 (Some(l), Some(r)) => {
                     let db = RhsGradient::of(&a, &b, &g)?;
-                    let (da, db_product) = match &lhs_gelu_of {
-                        Some(x) if unbroadcast => {
-                            Tensor::matmul_pair_gelu_backward(g_bt, (&db.lhs, &db.rhs), x)?
-                        }
+                    let (da, db_product) = match &lhs_times {
+                        Some(by) if unbroadcast => Tensor::matmul_pair_scaled(g_bt, (&db.lhs, &db.rhs), by)?,
                         _ => {
                             let (da, db_product) = Tensor::matmul_pair(g_bt, (&db.lhs, &db.rhs))?;
-                            (through_gelu(da.sum_to_shape(a.shape())?)?, db_product)
+                            (times(da.sum_to_shape(a.shape())?)?, db_product)
                         }
                     };
                     out.push((l, da));
                     out.push((r, db.finish(db_product)?));
                 }
-                (Some(l), None) => out.push((l, through_gelu(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?)?)),
+                (Some(l), None) => out.push((l, times(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?)?)),
                 (None, Some(r)) => {
                     let db = RhsGradient::of(&a, &b, &g)?;
                     let product = db.lhs.matmul(&db.rhs)?;
@@ -120,6 +118,8 @@ pub(crate) fn backward_rule(op: Op, g: Tensor) -> Result<Vec<(NodeId, Tensor)>> 
                 (None, None) => {}
             }
         }
+
+        Op::Times { x, by } => out.push((x, g.mul(&by)?)),
 
         // An orthogonal rotation: its adjoint rotates by the opposite angle.
         // (Written over `g` where nothing else holds it.)

@@ -61,8 +61,9 @@ pub(crate) enum Op {
     },
     /// `a b`, plus a bias added to every row and a residual of the product's shape where the
     /// op was [`crate::Var::matmul_plus`] (`bias` and `residual` are their nodes, `None` also
-    /// where they need no gradient). Where `lhs_gelu_of` is given, `a` is GELU of it and `lhs`
-    /// is its node ([`crate::GeluOfLinear::matmul_plus`]).
+    /// where they need no gradient). Where `lhs_times` is given, `a` is an activation of
+    /// `lhs`'s value and `lhs_times` its derivative there, so `lhs`'s gradient is
+    /// `(g bᵀ) ⊙ lhs_times` ([`crate::GeluOfLinear::matmul_plus`]).
     Matmul {
         lhs: Option<NodeId>,
         rhs: Option<NodeId>,
@@ -70,7 +71,13 @@ pub(crate) enum Op {
         residual: Option<NodeId>,
         a: Tensor,
         b: Tensor,
-        lhs_gelu_of: Option<Tensor>,
+        lhs_times: Option<Tensor>,
+    },
+    /// An elementwise function of `x` whose derivative there, `by`, its forward saved:
+    /// `dx = g ⊙ by` ([`crate::GeluOfLinear::into_var`]).
+    Times {
+        x: NodeId,
+        by: Tensor,
     },
     /// Rotation of channel pairs by fixed angles: the backward rotates back, so only the
     /// tables are kept.

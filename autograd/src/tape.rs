@@ -164,7 +164,7 @@ impl Tape {
                 // The left operand's gradient `g bᵀ` added into the gradient that input already
                 // has (a normed input read by the q, k and v projections) by a product that
                 // accumulates in place, instead of made on its own and then added.
-                Op::Matmul { lhs: Some(x), rhs, bias, residual, a, b, lhs_gelu_of: None }
+                Op::Matmul { lhs: Some(x), rhs, bias, residual, a, b, lhs_times: None }
                     if grads[x].is_some() && g.shape()[..g.rank() - 1] == a.shape()[..a.rank() - 1] =>
                 {
                     for (n, t) in terms_gradients((bias, residual), &g)? {

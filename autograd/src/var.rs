@@ -121,12 +121,24 @@ impl Var {
         value: Tensor,
         make: impl FnOnce(Vec<Option<NodeId>>) -> Op,
     ) -> Result<Var> {
+        let tracked = Var::record_node(inputs, value.shape(), make)?;
+        Ok(Var { value, tracked })
+    }
+
+    /// Records `make(input nodes)`, of output shape `shape`, if any input is tracked: the
+    /// output's tape entry, for an output whose value is never made.
+    fn record_node(
+        inputs: &[Option<&Tracked>],
+        shape: &[usize],
+        make: impl FnOnce(Vec<Option<NodeId>>) -> Op,
+    ) -> Result<Option<Tracked>> {
         let Some(tape) = inputs.iter().flatten().next().map(|t| t.tape.clone()) else {
-            return Ok(Var::constant(value));
+            return Ok(None);
         };
         let nodes = inputs.iter().map(|t| node_on(*t, &tape)).collect::<Result<Vec<_>>>()?;
-        let node = tape.push(make(nodes), value.shape().to_vec());
-        Ok(Var::on_tape(value, tape, node))
+        let node = tape.push(make(nodes), shape.to_vec());
+        let generation = tape.generation();
+        Ok(Some(Tracked { tape, node, generation }))
     }
 
     /// Records an op of one tracked input.
@@ -243,7 +255,7 @@ impl Var {
             residual: None,
             a: self.value.clone(),
             b: rhs.value.clone(),
-            lhs_gelu_of: None,
+            lhs_times: None,
         })
     }
 
@@ -259,40 +271,45 @@ impl Var {
     /// without their tensors of the output's size ([`Tensor::matmul_plus`]).
     pub fn matmul_plus(&self, rhs: &Var, bias: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
         let value = self.value.matmul_plus(&rhs.value, bias.map(|b| &b.value), residual.map(|r| &r.value))?;
-        Var::record_matmul(value, (self, &self.value, None), rhs, (bias, residual))
+        let inputs = (self.tracked.as_ref(), self.value.clone(), None);
+        let tracked = Var::record_matmul(value.shape(), inputs, rhs, (bias, residual))?;
+        Ok(Var { value, tracked })
     }
 
-    /// `self · rhs + bias` (`bias` `[n]` where given) and GELU of it: a hidden layer of an MLP,
-    /// its pre-activation recorded as [`Var::matmul_plus`] would, and the activation made as
-    /// each part of the product is stored ([`Tensor::matmul_plus_gelu`]). Feed the activation
-    /// to the next layer with [`GeluOfLinear::matmul_plus`], whose backward multiplies by
-    /// GELU's derivative as it makes the gradient: GELU then costs no pass of its own over the
-    /// hidden layer, forward or backward (on the CPU each was 1.5 % of a `step-2k` step).
+    /// GELU of `self · rhs + bias` (`bias` `[n]` where given): an MLP's hidden layer, made as
+    /// each part of the product is stored ([`Tensor::matmul_plus_gelu`]) with GELU's derivative
+    /// beside it; the product itself is recorded (as [`Var::matmul_plus`] would) but never
+    /// stored. Feed the activation to the next layer with [`GeluOfLinear::matmul_plus`], whose
+    /// backward multiplies the gradient by the saved derivative as it makes it: GELU then
+    /// costs no pass of its own over the hidden layer, forward or backward (on the CPU each
+    /// was about 1.5 % of a `step-2k` step), and its backward no `erf` at all.
     pub fn matmul_plus_gelu(&self, rhs: &Var, bias: Option<&Var>) -> Result<GeluOfLinear> {
-        let (value, activation) = self.value.matmul_plus_gelu(&rhs.value, bias.map(|b| &b.value))?;
-        let pre = Var::record_matmul(value, (self, &self.value, None), rhs, (bias, None))?;
-        Ok(GeluOfLinear { pre, activation })
+        let (activation, derivative) = self.value.matmul_plus_gelu(&rhs.value, bias.map(|b| &b.value))?;
+        let inputs = (self.tracked.as_ref(), self.value.clone(), None);
+        let product = Var::record_matmul(activation.shape(), inputs, rhs, (bias, None))?;
+        Ok(GeluOfLinear { product, activation, derivative })
     }
 
-    /// Records `a · rhs + bias + residual` with output `value`: `a` is `lhs`'s value, or GELU of
-    /// it where `gelu_of_lhs` (`lhs`'s value) is given.
+    /// Records `a · rhs + bias + residual` of shape `shape` for `lhs` the left operand's tape
+    /// entry and `a` its value, or an activation of it whose derivative is `times`.
     fn record_matmul(
-        value: Tensor,
-        (lhs, a, gelu_of_lhs): (&Var, &Tensor, Option<&Tensor>),
+        shape: &[usize],
+        (lhs, a, times): (Option<&Tracked>, Tensor, Option<Tensor>),
         rhs: &Var,
         (bias, residual): (Option<&Var>, Option<&Var>),
-    ) -> Result<Var> {
-        let inputs: Vec<&Var> = [Some(lhs), Some(rhs), bias, residual].into_iter().flatten().collect();
-        Var::record(&inputs, value, |n| {
+    ) -> Result<Option<Tracked>> {
+        let terms = [bias, residual].into_iter().flatten().map(|v| v.tracked.as_ref());
+        let inputs: Vec<Option<&Tracked>> = [lhs, rhs.tracked.as_ref()].into_iter().chain(terms).collect();
+        Var::record_node(&inputs, shape, |n| {
             let mut rest = n[2..].iter().copied();
             Op::Matmul {
                 lhs: n[0],
                 rhs: n[1],
                 bias: bias.and_then(|_| rest.next().flatten()),
                 residual: residual.and_then(|_| rest.next().flatten()),
-                a: a.clone(),
+                a,
                 b: rhs.value.clone(),
-                lhs_gelu_of: gelu_of_lhs.cloned(),
+                lhs_times: times,
             }
         })
     }
@@ -450,39 +467,38 @@ fn node_on(tracked: Option<&Tracked>, tape: &Tape) -> Result<Option<NodeId>> {
     }
 }
 
-/// GELU of a linear layer's output, made with it by [`Var::matmul_plus_gelu`]: the layer's
-/// output `pre` (on the tape) and the activation's value, which is not on the tape by itself.
-/// Its gradient reaches `pre` through [`GeluOfLinear::matmul_plus`] (the next layer's
-/// product), or through [`GeluOfLinear::into_var`] for any other use.
+/// GELU of a linear layer's output `y`, made with it by [`Var::matmul_plus_gelu`]: `y`'s tape
+/// entry (its value is never stored), the activation `GELU(y)` and its derivative `GELU'(y)`.
+/// The gradient reaches `y` through [`GeluOfLinear::matmul_plus`] (the next layer's product),
+/// or through [`GeluOfLinear::into_var`] for any other use.
 pub struct GeluOfLinear {
-    pre: Var,
+    product: Option<Tracked>,
     activation: Tensor,
+    derivative: Tensor,
 }
 
 impl GeluOfLinear {
-    /// The activation, `GELU(pre)`.
+    /// The activation, `GELU(y)`.
     pub fn value(&self) -> &Tensor {
         &self.activation
     }
 
-    /// `GELU(pre) · rhs + bias + residual`, each term where given, as one node whose left
-    /// operand's gradient `(g rhsᵀ) ⊙ GELU'(pre)` goes to `pre`, the derivative applied as the
-    /// product is made ([`Tensor::matmul_pair_gelu_backward`]). The same values and gradients
-    /// as [`GeluOfLinear::into_var`] then [`Var::matmul_plus`].
+    /// `GELU(y) · rhs + bias + residual`, each term where given, as one node whose left
+    /// operand's gradient `(g rhsᵀ) ⊙ GELU'(y)` goes to `y`, the saved derivative applied as the
+    /// product is made ([`Tensor::matmul_pair_scaled`]). The same values and gradients as
+    /// [`GeluOfLinear::into_var`] then [`Var::matmul_plus`].
     pub fn matmul_plus(&self, rhs: &Var, bias: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
         let value =
             self.activation.matmul_plus(&rhs.value, bias.map(|b| &b.value), residual.map(|r| &r.value))?;
-        let lhs = (&self.pre, &self.activation, Some(&self.pre.value));
-        Var::record_matmul(value, lhs, rhs, (bias, residual))
+        let lhs = (self.product.as_ref(), self.activation.clone(), Some(self.derivative.clone()));
+        let tracked = Var::record_matmul(value.shape(), lhs, rhs, (bias, residual))?;
+        Ok(Var { value, tracked })
     }
 
-    /// The activation as a node of its own (`pre.gelu()`, its value already made).
+    /// The activation as a node of its own, whose backward multiplies by the saved derivative.
     pub fn into_var(self) -> Result<Var> {
-        let GeluOfLinear { pre, activation } = self;
-        let op = UnaryOp::Gelu;
-        let (keep_input, keep_output) = op.keeps();
-        let input = keep_input.then(|| pre.value.clone());
-        let output = keep_output.then(|| activation.clone());
-        pre.record1(activation, |x| Op::Unary { x, op, input, output })
+        let GeluOfLinear { product, activation, derivative } = self;
+        let x = |n: Vec<Option<NodeId>>| n[0].expect("single tracked input");
+        Var::record_tracked(&[product.as_ref()], activation, |n| Op::Times { x: x(n), by: derivative })
     }
 }

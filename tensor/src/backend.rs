@@ -368,9 +368,10 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
     ) -> Result<Option<Self>> {
         Ok(None)
     }
-    /// `y = a·b + bias` (the bias where given) and `gelu(y)`, a linear layer's output and its
-    /// activation, for the devices that make both as the product is stored; `None` for the
-    /// others (the caller then applies GELU to the product). By default: none.
+    /// `GELU(y)` and `GELU'(y)` for `y = a·b + bias` (the bias where given): an MLP's hidden
+    /// layer and the factor its backward multiplies the gradient by, for the devices that make
+    /// both as the product is stored (without storing `y`); `None` for the others (the caller
+    /// then composes). By default: none.
     fn matmul_plus_gelu(
         _a: Operand<Self>,
         _b: Operand<Self>,
@@ -385,17 +386,17 @@ pub trait BackendStorage: Sized + Send + Sync + fmt::Debug + 'static {
         Ok(false)
     }
     /// `a·b` and `c·d` computed together, the first added into `acc` where given (as
-    /// [`Self::matmul_add`]; its result is then `None`), or multiplied elementwise by the
-    /// derivative of GELU at `gelu_input` (of the first product's shape) where that is given
-    /// (the gradient of a GELU's input, from the product that makes its output's), for the
-    /// devices that share their threads between two products (a linear layer's backward: its
-    /// input's gradient and its weight's); `None` for the others, `acc` left as it was (the
-    /// caller then makes each alone). By default: none.
+    /// [`Self::matmul_add`]; its result is then `None`), or multiplied elementwise by `times`
+    /// (of the first product's shape) where that is given (the gradient of an activation's
+    /// input: its output's gradient times its derivative), for the devices that share their
+    /// threads between two products (a linear layer's backward: its input's gradient and its
+    /// weight's); `None` for the others, `acc` left as it was (the caller then makes each
+    /// alone). By default: none.
     fn matmul_pair(
         _acc: Option<Owned<Self>>,
         _first: (Operand<Self>, Operand<Self>),
         _second: (Operand<Self>, Operand<Self>),
-        _gelu_input: Option<Operand<Self>>,
+        _times: Option<Operand<Self>>,
     ) -> Result<Option<(Option<Self>, Self)>> {
         Ok(None)
     }
@@ -538,7 +539,7 @@ pub trait DynStorage: Send + Sync + fmt::Debug + Any {
         acc: Option<Owned>,
         first: (Operand, Operand),
         second: (Operand, Operand),
-        gelu_input: Option<Operand>,
+        times: Option<Operand>,
     ) -> Result<Option<(Option<Storage>, Storage)>>;
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput>;
     fn attention_backward(
@@ -672,11 +673,11 @@ impl<S: BackendStorage> DynStorage for S {
         acc: Option<Owned>,
         (a, b): (Operand, Operand),
         (c, d): (Operand, Operand),
-        gelu_input: Option<Operand>,
+        times: Option<Operand>,
     ) -> Result<Option<(Option<Storage>, Storage)>> {
         let acc = acc.map(|acc| acc.typed()).transpose()?;
-        let gelu_input = gelu_input.map(|t| t.typed()).transpose()?;
-        let pair = S::matmul_pair(acc, (a.typed()?, b.typed()?), (c.typed()?, d.typed()?), gelu_input)?;
+        let times = times.map(|t| t.typed()).transpose()?;
+        let pair = S::matmul_pair(acc, (a.typed()?, b.typed()?), (c.typed()?, d.typed()?), times)?;
         Ok(pair.map(|(first, second)| (first.map(|s| s.into_storage()), second.into_storage())))
     }
     fn attention(&self, q: Operand, k: Operand, v: Operand, vis: &KeyVisibility) -> Result<AttentionOutput> {

@@ -336,10 +336,11 @@ impl Tensor {
         }
     }
 
-    /// `(y, GELU(y))` for `y = self·rhs + bias` (the bias `[n]` where given): a linear layer's
-    /// output and its activation. Devices that can apply GELU as they store each part of the
-    /// product do (the CPU's linear layers), without reading the product back in a pass of
-    /// its own; the numbers are those of [`Tensor::matmul_plus`] then [`Tensor::gelu`].
+    /// `(GELU(y), GELU'(y))` for `y = self·rhs + bias` (the bias `[n]` where given): an MLP's
+    /// hidden layer and the factor its backward multiplies the gradient by
+    /// ([`Tensor::matmul_pair_scaled`]). Devices that can apply both as they store each part of
+    /// the product do (the CPU's linear layers), without storing `y` or reading it back; the
+    /// numbers are those of [`Tensor::matmul_plus`] then GELU and its derivative.
     pub fn matmul_plus_gelu(&self, rhs: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let (la, lb, shape) = self.matmul_layouts(rhs)?;
         if let Some(bias) = bias {
@@ -354,14 +355,13 @@ impl Tensor {
             }
         }
         let bias_op = bias.map(|t| t.operand()).transpose()?;
-        if let Some((y, activations)) =
+        if let Some((activations, derivatives)) =
             self.kernels().matmul_plus_gelu(self.operand_as(&la)?, rhs.operand_as(&lb)?, bias_op)?
         {
-            return Ok((Tensor::from_output(y, &shape), Tensor::from_output(activations, &shape)));
+            return Ok((Tensor::from_output(activations, &shape), Tensor::from_output(derivatives, &shape)));
         }
         let y = self.matmul_plus(rhs, bias, None)?;
-        let activations = y.gelu()?;
-        Ok((y, activations))
+        Ok((y.gelu()?, y.unary(UnaryOp::GeluDerivative)?))
     }
 
     /// `self + a·b`, where `self` has the product's shape. Written over `self` when no other
@@ -391,36 +391,37 @@ impl Tensor {
         Tensor::pair("matmul_pair", first, second, None)
     }
 
-    /// `((a·b) ⊙ GELU'(x), c·d)`: [`Tensor::matmul_pair`] where the first product is the
-    /// gradient of a GELU's output and `x` that GELU's input, so the first result is the
-    /// gradient of the input (the same numbers as `(a·b).gelu_backward(x)`). Devices that can
-    /// multiply by the derivative as they store each part of the product do (the CPU's linear
-    /// layers), without a pass over it of its own.
-    pub fn matmul_pair_gelu_backward(
+    /// `((a·b) ⊙ by, c·d)`: [`Tensor::matmul_pair`] where the first product is the gradient
+    /// of an activation's output and `by` the activation's derivative at its input (as
+    /// [`Tensor::matmul_plus_gelu`] saves it), so the first result is the gradient of the
+    /// input. Devices that can multiply as they store each part of the product do (the CPU's
+    /// linear layers), without a pass over it of its own; the numbers are the product's then
+    /// the multiplication's.
+    pub fn matmul_pair_scaled(
         (a, b): (&Tensor, &Tensor),
         second: (&Tensor, &Tensor),
-        x: &Tensor,
+        by: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        Tensor::pair("matmul_pair_gelu_backward", (a, b), second, Some(x))
+        Tensor::pair("matmul_pair_scaled", (a, b), second, Some(by))
     }
 
-    /// [`Tensor::matmul_pair`], the first product times `GELU'(x)` where `x` is given.
+    /// [`Tensor::matmul_pair`], the first product times `by` where that is given.
     fn pair(
         name: &'static str,
         (a, b): (&Tensor, &Tensor),
         (c, d): (&Tensor, &Tensor),
-        gelu_input: Option<&Tensor>,
+        by: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let (la, lb, first) = a.matmul_layouts(b)?;
         let (lc, ld, second) = c.matmul_layouts(d)?;
         a.same_device(name, c)?;
-        if let Some(x) = gelu_input {
-            a.same_device(name, x)?;
-            if x.shape() != first.as_slice() {
+        if let Some(by) = by {
+            a.same_device(name, by)?;
+            if by.shape() != first.as_slice() {
                 bail!(
                     name,
-                    "GELU input of shape {} for a product of shape {}",
-                    fmt_shape(x.shape()),
+                    "factors of shape {} for a product of shape {}",
+                    fmt_shape(by.shape()),
                     fmt_shape(&first)
                 );
             }
@@ -429,15 +430,15 @@ impl Tensor {
             None,
             (a.operand_as(&la)?, b.operand_as(&lb)?),
             (c.operand_as(&lc)?, d.operand_as(&ld)?),
-            gelu_input.map(|x| x.operand()).transpose()?,
+            by.map(|t| t.operand()).transpose()?,
         )?;
         match pair {
             Some((Some(x), y)) => Ok((Tensor::from_output(x, &first), Tensor::from_output(y, &second))),
             Some((None, _)) => bail!(name, "the device returned no first product"),
             None => {
                 let product = a.matmul(b)?;
-                let first = match gelu_input {
-                    Some(x) => product.gelu_backward(x)?,
+                let first = match by {
+                    Some(by) => product.mul(by)?,
                     None => product,
                 };
                 Ok((first, c.matmul(d)?))

@@ -117,19 +117,19 @@ proptest! {
             let out_shape = [batch.clone(), vec![m, n]].concat();
             let residual = Viewed { base: uniform(&out_shape, -1.0, 1.0, seed ^ 4), recipe: tests::Recipe::Contiguous, shape: out_shape.clone() };
             agree(&d, "matmul_plus", &[&a, &b, &bias, &residual], 1e-4 * k as f32, |t| t[0].matmul_plus(&t[1], Some(&t[2]), Some(&t[3])));
-            // GELU made with the product, and its derivative applied to the first of a pair
-            // (each device's own way: the CPU's GEMM in the product, OpenCL after it).
+            // GELU and its derivative made with the product, and the first of a pair multiplied
+            // by factors (each device's own way: the CPU's GEMM in the product, OpenCL after).
             let cat_rows = |parts: &[&Tensor]| {
                 let rows: Vec<Tensor> = parts.iter().map(|x| x.reshape(&[usize::MAX])).collect::<tensor::Result<_>>()?;
                 Tensor::cat(&rows.iter().collect::<Vec<_>>(), 0)
             };
             agree(&d, "matmul_plus_gelu", &[&a, &b, &bias], 1e-4 * k as f32, |t| {
-                let (y, activations) = t[0].matmul_plus_gelu(&t[1], Some(&t[2]))?;
-                cat_rows(&[&y, &activations])
+                let (activations, derivatives) = t[0].matmul_plus_gelu(&t[1], Some(&t[2]))?;
+                cat_rows(&[&activations, &derivatives])
             });
-            agree(&d, "matmul_pair_gelu_backward", &[&a, &b, &residual], 1e-4 * k as f32, |t| {
+            agree(&d, "matmul_pair_scaled", &[&a, &b, &residual], 1e-4 * k as f32, |t| {
                 let second = (&t[2], &t[2].transpose(batch.len(), batch.len() + 1)?);
-                let (first, other) = Tensor::matmul_pair_gelu_backward((&t[0], &t[1]), second, &t[2])?;
+                let (first, other) = Tensor::matmul_pair_scaled((&t[0], &t[1]), second, &t[2])?;
                 cat_rows(&[&first, &other])
             });
             // Two products made together (each device's own way), the first also added.

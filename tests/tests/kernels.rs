@@ -263,12 +263,12 @@ proptest! {
         assert_close(&a.matmul_plus(&b, None, Some(&residual)).unwrap(), &product.add(&residual).unwrap(), 0.0, 0.0);
     }
 
-    /// GELU made by the product as it stores the output (`Tensor::matmul_plus_gelu`), and its
-    /// derivative applied by the product that makes the gradient of GELU's output
-    /// (`Tensor::matmul_pair_gelu_backward`), give the bits of the product then the op: through
-    /// the linear layers' GEMM (rows from 5 up, contiguous) and through `sgemm` (a transposed
-    /// left operand, a batched right one), with a bias or none, the GELU input contiguous or a
-    /// transposed view, over both branches of GELU's erf.
+    /// GELU and its derivative made by the product as it stores the output
+    /// (`Tensor::matmul_plus_gelu`), and a product multiplied by factors as it is made
+    /// (`Tensor::matmul_pair_scaled`, the gradient of GELU's input), give the bits of the
+    /// product then the ops: through the linear layers' GEMM (rows from 5 up, contiguous) and
+    /// through `sgemm` (a transposed left operand, a batched right one), with a bias or none,
+    /// the factors contiguous or a transposed view.
     #[test]
     fn gelu_in_products_equals_the_op_after(
         batch in shape(0..=2, 1..=3),
@@ -281,10 +281,10 @@ proptest! {
         let a = if ta { a.t().unwrap() } else { a };
         let b = uniform(&b_shape, -1.0, 1.0, seed ^ 7).t().unwrap();
         let bias = biased.then(|| uniform(&[n], -2.0, 2.0, seed ^ 9));
-        let (y, activations) = a.matmul_plus_gelu(&b, bias.as_ref()).unwrap();
-        let want = a.matmul_plus(&b, bias.as_ref(), None).unwrap();
-        assert_close(&y, &want, 0.0, 0.0);
-        assert_close(&activations, &want.gelu().unwrap(), 0.0, 0.0);
+        let (activations, derivatives) = a.matmul_plus_gelu(&b, bias.as_ref()).unwrap();
+        let y = a.matmul_plus(&b, bias.as_ref(), None).unwrap();
+        assert_close(&activations, &y.gelu().unwrap(), 0.0, 0.0);
+        assert_close(&derivatives, &y.unary(UnaryOp::GeluDerivative).unwrap(), 0.0, 0.0);
         // Backward: dy [.., m, n] times the weight [n, k] is the gradient of GELU's output,
         // `x` [.., m, k] its input; the second product is the weight's gradient.
         let dy = uniform(&[batch.clone(), vec![m, n]].concat(), -1.0, 1.0, seed ^ 11);
@@ -296,7 +296,10 @@ proptest! {
         };
         let rows = |v: &Tensor, c: usize| v.reshape(&[usize::MAX, c]).unwrap();
         let (dy_t, x_rows) = (rows(&dy, n).t().unwrap(), rows(&x.contiguous().unwrap(), k));
-        let (dx, dw) = Tensor::matmul_pair_gelu_backward((&dy, &w), (&dy_t, &x_rows), &x).unwrap();
+        // The derivative at `x` as the forward saves it (a transposed view where `x` is one).
+        let by = x.unary(UnaryOp::GeluDerivative).unwrap();
+        let by = if ta { by.t().unwrap().contiguous().unwrap().t().unwrap() } else { by };
+        let (dx, dw) = Tensor::matmul_pair_scaled((&dy, &w), (&dy_t, &x_rows), &by).unwrap();
         assert_close(&dx, &dy.matmul(&w).unwrap().gelu_backward(&x).unwrap(), 0.0, 0.0);
         assert_close(&dw, &dy_t.matmul(&x_rows).unwrap(), 0.0, 0.0);
     }
@@ -560,13 +563,9 @@ fn kernel_errors_name_op_and_shapes() {
     assert_eq!(e, "matmul: [8,256,64] x [8,32,256]: inner dims 64 != 32");
     let e = a.matmul_plus_gelu(&a.t().unwrap(), Some(&Tensor::zeros(&[64]))).unwrap_err().to_string();
     assert_eq!(e, "matmul_plus_gelu: bias of shape [64] for a product of shape [8,256,256]");
-    let e = Tensor::matmul_pair_gelu_backward((&a, &a.t().unwrap()), (&a, &a.t().unwrap()), &a)
-        .unwrap_err()
-        .to_string();
-    assert_eq!(
-        e,
-        "matmul_pair_gelu_backward: GELU input of shape [8,256,64] for a product of shape [8,256,256]"
-    );
+    let e =
+        Tensor::matmul_pair_scaled((&a, &a.t().unwrap()), (&a, &a.t().unwrap()), &a).unwrap_err().to_string();
+    assert_eq!(e, "matmul_pair_scaled: factors of shape [8,256,64] for a product of shape [8,256,256]");
     let e = a.clone().matmul_add_pair((&a, &a.t().unwrap()), (&a, &a.t().unwrap())).unwrap_err().to_string();
     assert_eq!(e, "matmul_add_pair: [8,256,64] + a product of shape [8,256,256]");
     let e = Tensor::zeros(&[2, 3]).add(&Tensor::zeros(&[4])).unwrap_err().to_string();

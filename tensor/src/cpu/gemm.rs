@@ -71,13 +71,13 @@ pub(crate) fn product(shape: (usize, usize, usize), a: Strided, b: Strided, c: &
 
 /// What a linear layer adds to its product: a bias (`n` values, added to every row) and a
 /// residual (`m×n`, laid out as `c`), each where given; or, for the product that makes the
-/// gradient of a GELU's output, that GELU's input (`m×n`), whose derivative the product is
-/// multiplied by.
+/// gradient of an activation's output, the activation's derivative (`m×n`), which the product
+/// is multiplied by.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Terms<'a> {
     pub bias: Option<&'a [f32]>,
     pub residual: Option<&'a [f32]>,
-    pub gelu_backward_of: Option<&'a [f32]>,
+    pub times: Option<&'a [f32]>,
 }
 
 /// [`product`] plus `terms`: a linear layer's `x Wᵀ + b (+ r)`, the terms added to each tile
@@ -92,17 +92,18 @@ pub(crate) fn product_plus(
     product_with(shape, a, b, terms, (0.0, c, None), None);
 }
 
-/// [`product_plus`] that also stores GELU of each element of `c` in `gelu_of_c` (`m×n`): a
-/// linear layer's output and its activation, made as each tile is stored instead of in a
-/// pass of its own that reads the output back from memory.
+/// `GELU(y)` into `c` and `GELU'(y)` into `gelu_derivative` (`m×n`) for `y` [`product_plus`]'s
+/// output: an MLP's hidden layer and the factor of its backward, made as each tile is stored
+/// instead of in passes of their own that read the layer back from memory (and `y` itself
+/// is never stored).
 pub(crate) fn product_plus_gelu(
     shape: (usize, usize, usize),
     a: Strided,
     b: Strided,
     terms: Terms,
-    (c, gelu_of_c): (&mut [f32], &mut [f32]),
+    (c, gelu_derivative): (&mut [f32], &mut [f32]),
 ) {
-    product_with(shape, a, b, terms, (0.0, c, Some(gelu_of_c)), None);
+    product_with(shape, a, b, terms, (0.0, c, Some(gelu_derivative)), None);
 }
 
 /// [`product`] added to what `c` holds: `c += a·b`.
@@ -135,26 +136,26 @@ pub(crate) fn product_after(
     product_with(shape, a, b, terms, (beta, c, None), Some(before));
 }
 
-/// `c = beta·c + a·b` through `terms` (`beta` 0 or 1), and GELU of it into `gelu_of_c` where
-/// given, after `before` where given.
+/// `c = beta·c + a·b` through `terms` (`beta` 0 or 1), after `before` where given; where
+/// `gelu_derivative` is given, `c` takes GELU of that and `gelu_derivative` GELU' of it.
 fn product_with(
     (m, k, n): (usize, usize, usize),
     a: Strided,
     b: Strided,
     terms: Terms,
-    (beta, c, mut gelu_of_c): (f32, &mut [f32], Option<&mut [f32]>),
+    (beta, c, mut gelu_derivative): (f32, &mut [f32], Option<&mut [f32]>),
     before: Option<Before>,
 ) {
     assert!(applies((m, k, n), &a), "gemm::product called where it does not apply");
     assert_eq!(c.len(), m * n, "product output length");
     assert!(terms.bias.is_none_or(|bias| bias.len() == n), "a bias per column");
     assert!(terms.residual.is_none_or(|r| r.len() == m * n), "a residual of the output's size");
-    assert!(terms.gelu_backward_of.is_none_or(|x| x.len() == m * n), "a GELU input of the output's size");
+    assert!(terms.times.is_none_or(|x| x.len() == m * n), "a factor per element of the output");
     assert!(
-        terms.gelu_backward_of.is_none() || (terms.bias.is_none() && terms.residual.is_none()),
-        "a GELU's backward adds no terms"
+        terms.times.is_none() || (terms.bias.is_none() && terms.residual.is_none()),
+        "a scaled product adds no terms"
     );
-    assert!(gelu_of_c.as_ref().is_none_or(|g| g.len() == m * n), "activations of the output's size");
+    assert!(gelu_derivative.as_ref().is_none_or(|g| g.len() == m * n), "derivatives of the output's size");
     few_rows::assert_product_in_bounds((m, n, k), &a, &b, (c.len(), n.max(1)));
     if n == 0 || k == 0 {
         if let Some(before) = before {
@@ -162,13 +163,15 @@ fn product_with(
         }
         if n > 0 {
             c.iter_mut().for_each(|x| *x *= beta);
-            match terms.gelu_backward_of {
-                Some(pre) => Epilogue::GeluBackward { beta, pre }.apply((m, n), (c, n)),
+            match terms.times {
+                Some(by) => Epilogue::Scaled { beta, by }.apply((m, n), (c, n)),
                 None => Epilogue::Linear { beta, bias: terms.bias, residual: terms.residual }
                     .apply((m, n), (c, n)),
             }
-            if let Some(g) = gelu_of_c {
-                super::math::map(c, g, super::math::gelu);
+            if let Some(g) = gelu_derivative {
+                super::math::map(c, g, super::math::gelu_derivative);
+                let y = c.to_vec();
+                super::math::map(&y, c, super::math::gelu);
             }
         }
         return;
@@ -189,7 +192,7 @@ fn product_with(
         (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let (packed_len, packed_ptr, c_ptr) =
         (packed.len(), SendPtr(packed.as_mut_ptr()), SendPtr(c.as_mut_ptr()));
-    let gelu_ptr = gelu_of_c.as_mut().map(|g| SendPtr(g.as_mut_ptr()));
+    let derivative_ptr = gelu_derivative.as_mut().map(|g| SendPtr(g.as_mut_ptr()));
     let work = |worker: usize| {
         if let Some(before) = before {
             (worker..before.tasks).step_by(threads).for_each(before.run);
@@ -227,11 +230,11 @@ fn product_with(
             // hands each tile to one task only, so no other task touches them, and `c`
             // outlives this parallel section (which joins before `product` returns).
             let c_rows = unsafe { std::slice::from_raw_parts_mut(c_ptr.get().add(r0 * n), rows * n) };
-            // SAFETY: as for `c`: `gelu_of_c` is `m·n` long (asserted), and these rows are
+            // SAFETY: as for `c`: `gelu_derivative` is `m·n` long (asserted), and these rows are
             // this task's alone.
-            let gelu_rows =
-                gelu_ptr.map(|g| unsafe { std::slice::from_raw_parts_mut(g.get().add(r0 * n), rows * n) });
-            job.multiply_rows(r0, packed, (c_rows, gelu_rows));
+            let derivative_rows = derivative_ptr
+                .map(|g| unsafe { std::slice::from_raw_parts_mut(g.get().add(r0 * n), rows * n) });
+            job.multiply_rows(r0, packed, (c_rows, derivative_rows));
         }
     };
     if threads <= 1 {
@@ -293,12 +296,12 @@ impl Product<'_> {
     }
 
     /// Rows `r0..` of `c` (`c_rows`, row-major with `n` columns) against every packed panel,
-    /// tile by tile, in steps of [`DEPTH`] (and GELU of them into `gelu_rows`, laid out alike).
+    /// tile by tile, in steps of [`DEPTH`] (and GELU of them into `derivative_rows`, laid out alike).
     fn multiply_rows(
         &self,
         r0: usize,
         packed: &[f32],
-        (c_rows, mut gelu_rows): (&mut [f32], Option<&mut [f32]>),
+        (c_rows, mut derivative_rows): (&mut [f32], Option<&mut [f32]>),
     ) {
         let (a, n) = (&self.a, self.n);
         let rows = c_rows.len() / n;
@@ -339,11 +342,11 @@ impl Product<'_> {
                     let shape = (tile_rows, width, steps);
                     // The terms go in with the last step, onto the finished sums.
                     let last = s0 + DEPTH >= self.k;
-                    let Terms { bias, residual, gelu_backward_of } = self.terms;
+                    let Terms { bias, residual, times } = self.terms;
                     let at = (r0 + t0) * n + j0;
-                    let epilogue = match gelu_backward_of {
-                        Some(pre) if last => {
-                            Epilogue::GeluBackward { beta, pre: &pre[at..at + (tile_rows - 1) * n + width] }
+                    let epilogue = match times {
+                        Some(by) if last => {
+                            Epilogue::Scaled { beta, by: &by[at..at + (tile_rows - 1) * n + width] }
                         }
                         _ if last && (bias.is_some() || residual.is_some()) => Epilogue::Linear {
                             beta,
@@ -352,7 +355,7 @@ impl Product<'_> {
                         },
                         _ => Epilogue::Accumulate(beta),
                     };
-                    let gelu_block = match gelu_rows.as_deref_mut() {
+                    let derivative_block = match derivative_rows.as_deref_mut() {
                         Some(g) if last => Some(&mut g[t0 * n..(t0 + tile_rows) * n][block]),
                         _ => None,
                     };
@@ -362,7 +365,7 @@ impl Product<'_> {
                         b_block,
                         (Skip::Nothing, epilogue),
                         (c_block, n),
-                        gelu_block,
+                        derivative_block,
                     );
                     assert!(done, "the tile kernel takes every packed panel");
                 }
@@ -436,41 +439,42 @@ mod tests {
         }
     }
 
-    /// GELU of the output stored beside it, and the output multiplied by GELU's derivative
-    /// at a given input, each as the last step along the inner dimension stores a tile, give
-    /// the bits of the plain product (with its bias) followed by the separate op, over one
-    /// step and several, partial tiles and panels, on one thread or three.
+    /// GELU of the output and its derivative stored in its place and beside it, and the
+    /// output multiplied elementwise by given factors, each as the last step along the inner
+    /// dimension stores a tile, give the bits of the plain product (with its bias) followed by
+    /// the separate ops, over one step and several, partial tiles and panels, on one thread or
+    /// three.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     #[test]
-    fn gelu_forward_and_backward_in_the_product_match_the_op_after() {
+    fn gelu_and_factors_in_the_product_match_the_ops_after() {
         use super::super::math;
         let value = |i: usize| ((i as u64 * 2654435761 % 1000) as f32) / 500.0 - 1.0;
-        for (m, k, n) in [(13, 7, 33), (40, 300, 64), (30, 600, 70)] {
+        for (m, k, n) in [(13, 7, 33), (40, 300, 64), (20, DEPTH + 76, 40)] {
             let a_data: Vec<f32> = (0..m * k).map(value).collect();
             let b_data: Vec<f32> = (0..k * n).map(|i| value(i + 5)).collect();
             let (a, b) = (Strided::contiguous(&a_data, k), Strided::contiguous(&b_data, n));
             let bias: Vec<f32> = (0..n).map(|i| value(i + 9)).collect();
-            let pre: Vec<f32> = (0..m * n).map(|i| 4.0 * value(i + 11)).collect();
+            let by: Vec<f32> = (0..m * n).map(|i| 4.0 * value(i + 11)).collect();
             let with_bias = Terms { bias: Some(&bias), ..Terms::default() };
             let mut plain = vec![0.0; m * n];
             product_plus((m, k, n), a, b, with_bias, &mut plain);
-            let mut gelu_after = vec![0.0; m * n];
+            let (mut gelu_after, mut derivative_after) = (vec![0.0; m * n], vec![0.0; m * n]);
             math::map(&plain, &mut gelu_after, math::gelu);
+            math::map(&plain, &mut derivative_after, math::gelu_derivative);
             let mut product_alone = vec![0.0; m * n];
             product((m, k, n), a, b, &mut product_alone);
-            let mut backward_after = vec![0.0; m * n];
-            math::map2(&product_alone, &pre, &mut backward_after, |g, x| g * math::gelu_derivative(x));
+            let scaled_after: Vec<f32> = product_alone.iter().zip(&by).map(|(x, b)| x * b).collect();
             let same = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits());
             for threads in [1, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                let (mut c, mut activations) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
-                pool.install(|| product_plus_gelu((m, k, n), a, b, with_bias, (&mut c, &mut activations)));
-                assert!(same(&c, &plain) && same(&activations, &gelu_after), "({m},{k},{n}) forward");
+                let (mut c, mut derivatives) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                pool.install(|| product_plus_gelu((m, k, n), a, b, with_bias, (&mut c, &mut derivatives)));
+                assert!(same(&c, &gelu_after) && same(&derivatives, &derivative_after), "({m},{k},{n}) GELU");
                 let mut c = vec![f32::NAN; m * n];
                 let before = Before { tasks: 0, run: &|_| {} };
-                let through = Terms { gelu_backward_of: Some(&pre), ..Terms::default() };
-                pool.install(|| product_after((m, k, n), a, b, (0.0, &mut c, through), before));
-                assert!(same(&c, &backward_after), "({m},{k},{n}) backward");
+                let scaled = Terms { times: Some(&by), ..Terms::default() };
+                pool.install(|| product_after((m, k, n), a, b, (0.0, &mut c, scaled), before));
+                assert!(same(&c, &scaled_after), "({m},{k},{n}) scaled");
             }
         }
     }

@@ -444,6 +444,20 @@ pub(crate) mod sixteen {
         _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, e))
     }
 
+    /// [`gelu`] and [`gelu_derivative`] of `x` from one `erf` and one exponential: the same
+    /// bits as each alone.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn gelu_and_derivative(x: __m512) -> (__m512, __m512) {
+        let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
+        let (e, gaussian) =
+            erf_and_gaussian(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+        let gelu = _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, e));
+        let cdf = _mm512_mul_ps(half, _mm512_add_ps(one, e));
+        let pdf = _mm512_mul_ps(_mm512_set1_ps(0.398_942_3), gaussian);
+        (gelu, _mm512_fmadd_ps(x, pdf, cdf))
+    }
+
     /// [`super::gelu_derivative`] on sixteen lanes.
     #[inline]
     #[target_feature(enable = "avx512f")]

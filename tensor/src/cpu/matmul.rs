@@ -239,8 +239,9 @@ pub(crate) fn matmul_plus(
     out
 }
 
-/// [`matmul_plus`] and GELU of it (a linear layer's output and its activation), made together
-/// where the product is one that [`gemm`] takes; `None`, with nothing computed, elsewhere.
+/// GELU of [`matmul_plus`] and GELU' of it (an MLP's hidden layer and the factor of its
+/// backward), made as the product is stored where it is one that [`gemm`] takes; `None`,
+/// with nothing computed, elsewhere.
 pub(crate) fn matmul_plus_gelu(
     a: (&[f32], &Layout),
     b: (&[f32], &Layout),
@@ -248,10 +249,10 @@ pub(crate) fn matmul_plus_gelu(
     spec: &MatmulSpec,
 ) -> Option<(Vec<f32>, Vec<f32>)> {
     let (shape, a, b) = gemm_operands(a, b, spec)?;
-    let (mut out, mut activations) =
-        (super::pool::uninit(shape.0 * shape.2), super::pool::uninit(shape.0 * shape.2));
-    gemm::product_plus_gelu(shape, a, b, terms, (&mut out, &mut activations));
-    Some((out, activations))
+    let len = shape.0 * shape.2;
+    let (mut activations, mut derivatives) = (super::pool::uninit(len), super::pool::uninit(len));
+    gemm::product_plus_gelu(shape, a, b, terms, (&mut activations, &mut derivatives));
+    Some((activations, derivatives))
 }
 
 /// `c += a·b` written over `c` (`[batch…, m, n]`, contiguous) where the product is one that
@@ -278,16 +279,16 @@ pub(crate) type Product<'a> = ((&'a [f32], &'a Layout), (&'a [f32], &'a Layout),
 /// `second` takes `sgemm` blocks (a linear layer's backward: its input's gradient `dy W` and its
 /// weight's `dyᵀ x`). Each thread first runs its share of the blocks, then takes `first`'s
 /// tiles as they come (see [`gemm::Before`]). `first` is added into `acc` where given (as
-/// [`matmul_add`]; then the first result is `None`), or multiplied by the derivative of GELU
-/// at `gelu_input` (contiguous, of `first`'s size) where that is given. The same numbers as
-/// [`matmul`] (or [`matmul_add`]) of each alone, then the multiplication. `None`, with nothing
-/// computed, where the products do not take those two paths, `acc` is not laid out as
-/// `first`'s output, or both `acc` and `gelu_input` are given.
+/// [`matmul_add`]; then the first result is `None`), or multiplied elementwise by `times`
+/// (contiguous, of `first`'s size) where that is given. The same numbers as [`matmul`] (or
+/// [`matmul_add`]) of each alone, then the multiplication. `None`, with nothing computed,
+/// where the products do not take those two paths, `acc` is not laid out as `first`'s
+/// output, or both `acc` and `times` are given.
 pub(crate) fn matmul_pair(
     acc: Option<(&mut [f32], &Layout)>,
     (a, b, first): Product,
     (c, d, second): Product,
-    gelu_input: Option<&[f32]>,
+    times: Option<&[f32]>,
 ) -> Option<(Option<Vec<f32>>, Vec<f32>)> {
     let (shape, a, b) = gemm_operands(a, b, first)?;
     let folded = fold_batch(c.1, d.1, second);
@@ -307,10 +308,10 @@ pub(crate) fn matmul_pair(
     if acc.as_ref().is_some_and(|(_, l)| !l.is_contiguous() || l.numel() != len) {
         return None;
     }
-    if gelu_input.is_some_and(|x| x.len() != len || acc.is_some()) {
+    if times.is_some_and(|x| x.len() != len || acc.is_some()) {
         return None;
     }
-    let terms = Terms { gelu_backward_of: gelu_input, ..Terms::default() };
+    let terms = Terms { times, ..Terms::default() };
     let mut second_out = super::pool::uninit(second_len);
     let blocks = Blocks::new(c, d, second, &mut second_out);
     let before = gemm::Before { tasks: blocks.tasks(), run: &|t| blocks.run(t) };
@@ -387,8 +388,8 @@ mod tests {
     /// rows or by columns), made together give the bits of each made alone, added in place
     /// or not, on one thread, two or three; products that do not take those two paths, and an
     /// accumulator not laid out as the product, are left to the caller untouched. The first
-    /// product multiplied by GELU's derivative as it is made gives the bits of the product
-    /// then the multiplication (and is refused beside an accumulator).
+    /// product multiplied by given factors as it is made gives the bits of the product then
+    /// the multiplication (and is refused beside an accumulator).
     #[test]
     fn pairs_give_the_bits_of_each_product_alone() {
         let value = |i: usize| ((i as u64 * 2654435761 % 1000) as f32) / 500.0 - 1.0;
@@ -409,12 +410,8 @@ mod tests {
             let second = MatmulSpec::of(&l_dy_t, &l_x).unwrap();
             let dx_alone = matmul((&dy, &l_dy), (&w, &l_w), &first);
             let dw_alone = matmul((&dy, &l_dy_t), (&x, &l_x), &second);
-            // A GELU's input over both branches of its erf.
-            let pre: Vec<f32> = (0..t * i).map(|j| 4.0 * value(j + 29)).collect();
-            let mut through_gelu_alone = vec![0.0; t * i];
-            super::super::math::map2(&dx_alone, &pre, &mut through_gelu_alone, |g, x| {
-                g * super::super::math::gelu_derivative(x)
-            });
+            let by: Vec<f32> = (0..t * i).map(|j| 4.0 * value(j + 29)).collect();
+            let scaled_alone: Vec<f32> = dx_alone.iter().zip(&by).map(|(x, b)| x * b).collect();
             let mut added_alone = acc0.clone();
             let in_place = matmul_add((&mut added_alone, &l_x), (&dy, &l_dy), (&w, &l_w), &first);
             let pools: Vec<_> = [1, 2, 3]
@@ -446,25 +443,28 @@ mod tests {
                     );
                     continue;
                 }
-                let through_gelu = pool.install(|| {
+                let scaled = pool.install(|| {
                     matmul_pair(
                         None,
                         ((&dy, &l_dy), (&w, &l_w), &first),
                         ((&dy, &l_dy_t), (&x, &l_x), &second),
-                        Some(&pre),
+                        Some(&by),
                     )
                 });
-                let (dx_gelu, dw_gelu) = through_gelu.expect("a pair");
-                assert!(same(&dx_gelu.expect("a first product"), &through_gelu_alone), "({t},{i},{o}) GELU");
-                assert!(same(&dw_gelu, &dw_alone), "({t},{i},{o}) dW beside GELU");
-                let mut acc_gelu = acc0.clone();
+                let (dx_scaled, dw_scaled) = scaled.expect("a pair");
+                assert!(same(&dx_scaled.expect("a first product"), &scaled_alone), "({t},{i},{o}) scaled");
+                assert!(same(&dw_scaled, &dw_alone), "({t},{i},{o}) dW beside the scaled product");
+                let mut acc_scaled = acc0.clone();
                 let both = matmul_pair(
-                    Some((&mut acc_gelu, &l_x)),
+                    Some((&mut acc_scaled, &l_x)),
                     ((&dy, &l_dy), (&w, &l_w), &first),
                     ((&dy, &l_dy_t), (&x, &l_x), &second),
-                    Some(&pre),
+                    Some(&by),
                 );
-                assert!(both.is_none() && same(&acc_gelu, &acc0), "({t},{i},{o}) GELU beside an accumulator");
+                assert!(
+                    both.is_none() && same(&acc_scaled, &acc0),
+                    "({t},{i},{o}) factors beside an accumulator"
+                );
                 let (dx, dw) = fresh.expect("a pair");
                 assert!(same(&dx.expect("a fresh first product"), &dx_alone), "({t},{i},{o}) dx");
                 assert!(same(&dw, &dw_alone), "({t},{i},{o}) dW");

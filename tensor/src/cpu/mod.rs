@@ -204,7 +204,8 @@ impl BackendStorage for CpuStorage {
         });
         let terms = gemm::Terms { bias: bias.as_deref(), ..Default::default() };
         let made = matmul::matmul_plus_gelu(parts(&a), parts(&b), terms, &spec);
-        Ok(made.map(|(y, activations)| (CpuStorage::new(y), CpuStorage::new(activations))))
+        Ok(made
+            .map(|(activations, derivatives)| (CpuStorage::new(activations), CpuStorage::new(derivatives))))
     }
     fn matmul_add(mut c: Owned<Self>, a: Operand<Self>, b: Operand<Self>) -> Result<bool> {
         let spec = MatmulSpec::of(a.layout(), b.layout())?;
@@ -215,10 +216,10 @@ impl BackendStorage for CpuStorage {
         acc: Option<Owned<Self>>,
         (a, b): (Operand<Self>, Operand<Self>),
         (c, d): (Operand<Self>, Operand<Self>),
-        gelu_input: Option<Operand<Self>>,
+        times: Option<Operand<Self>>,
     ) -> Result<Option<(Option<Self>, Self)>> {
         let first = MatmulSpec::of(a.layout(), b.layout())?;
-        let gelu_input = gelu_input.as_ref().map(|t| {
+        let times = times.as_ref().map(|t| {
             let (data, layout) = parts(t);
             elementwise::contiguous(data, layout)
         });
@@ -232,7 +233,7 @@ impl BackendStorage for CpuStorage {
             acc,
             (parts(&a), parts(&b), &first),
             (parts(&c), parts(&d), &second),
-            gelu_input.as_deref(),
+            times.as_deref(),
         );
         Ok(pair.map(|(first, second)| (first.map(CpuStorage::new), CpuStorage::new(second))))
     }
