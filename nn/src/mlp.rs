@@ -1,11 +1,12 @@
 //! The transformer MLP, pre-norm: `fc2(act(fc1(norm(x))))`, widening the channels by a factor
 //! in between.
 //!
-//! With GELU, `fc1`'s product applies the activation as it stores the hidden layer, and in
-//! the backward `fc2`'s product that makes the hidden layer's gradient multiplies it by
-//! `GELU'` as it goes (`Linear::forward_gelu`): the activation makes no pass of its own over
-//! the `[B, T, 4C]` hidden layer, reading it back from memory and writing it again (on the
-//! CPU, 1-1.5 % of a `step-2k` training step).
+//! With GELU, `fc1`'s product applies the activation as it stores the hidden layer and saves
+//! `GELU'` beside it, and in the backward `fc2`'s product that makes the hidden layer's
+//! gradient multiplies it by the saved `GELU'` as it goes (`Linear::forward_gelu`): the
+//! activation makes no pass of its own over the `[B, T, 4C]` hidden layer, reading it back
+//! from memory and writing it again (on the CPU, 1-1.5 % of a `step-2k` training step), and
+//! the backward computes no `erf`.
 //!
 //! Two activations, as the two reference implementations use them:
 //! - squared ReLU, `relu(x)²` (Perceiver AR paper, after So et al. 2021's Primer);
