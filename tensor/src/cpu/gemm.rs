@@ -296,7 +296,8 @@ impl Product<'_> {
     }
 
     /// Rows `r0..` of `c` (`c_rows`, row-major with `n` columns) against every packed panel,
-    /// tile by tile, in steps of [`DEPTH`] (and GELU of them into `derivative_rows`, laid out alike).
+    /// tile by tile, in steps of [`DEPTH`]; where `derivative_rows` is given (laid out alike),
+    /// the rows take GELU of the product and `derivative_rows` GELU' of it.
     fn multiply_rows(
         &self,
         r0: usize,

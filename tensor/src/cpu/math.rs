@@ -399,13 +399,6 @@ pub(crate) mod sixteen {
         _mm512_castsi512_ps(_mm512_or_si512(magnitude, _mm512_and_si512(bits, _mm512_castps_si512(sign))))
     }
 
-    /// [`super::erf`] on sixteen lanes.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn erf(x: __m512) -> __m512 {
-        erf_and_gaussian(x).0
-    }
-
     /// [`super::erf_and_gaussian`] on sixteen lanes.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -435,17 +428,16 @@ pub(crate) mod sixteen {
         (_mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(ax, one), big, small), gaussian)
     }
 
-    /// [`super::gelu`] on sixteen lanes.
+    /// [`super::gelu`] on sixteen lanes (the derivative's operations, unused, are dropped
+    /// when this is inlined).
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn gelu(x: __m512) -> __m512 {
-        let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
-        let e = erf(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
-        _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, e))
+        gelu_and_derivative(x).0
     }
 
-    /// [`gelu`] and [`gelu_derivative`] of `x` from one `erf` and one exponential: the same
-    /// bits as each alone.
+    /// [`super::gelu`] and [`super::gelu_derivative`] of `x` on sixteen lanes, from one `erf`
+    /// and one exponential: what GELU's backward multiplies by is made with the activation.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn gelu_and_derivative(x: __m512) -> (__m512, __m512) {
@@ -462,12 +454,7 @@ pub(crate) mod sixteen {
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn gelu_derivative(x: __m512) -> __m512 {
-        let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
-        let (e, gaussian) =
-            erf_and_gaussian(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
-        let cdf = _mm512_mul_ps(half, _mm512_add_ps(one, e));
-        let pdf = _mm512_mul_ps(_mm512_set1_ps(0.398_942_3), gaussian);
-        _mm512_fmadd_ps(x, pdf, cdf)
+        gelu_and_derivative(x).1
     }
 
     /// See [`super::map_sixteen`].

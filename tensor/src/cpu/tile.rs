@@ -27,10 +27,10 @@
 //! out (`Epilogue`): a linear layer's bias added to each row and the residual stream added to
 //! its output; an MLP's hidden layer stored as GELU of the product with GELU's derivative
 //! beside it, and in the backward the gradient of that GELU's output multiplied by the saved
-//! derivative as it is made; in the
-//! attention backward, `p = e^{s − lse}` as `S = Q Kᵀ` is recomputed, `ds = p (dp − Δ)` as
-//! `dP = dO Vᵀ` is made. Each spares a pass that would read the whole block back from a cache
-//! (or, for a layer's output, from memory) and write it again.
+//! derivative as it is made; in the attention backward, `p = e^{s − lse}` as `S = Q Kᵀ` is
+//! recomputed, `ds = p (dp − Δ)` as `dP = dO Vᵀ` is made. Each spares a pass that would read
+//! the whole block back from a cache (or, for a layer's output, from memory) and write it
+//! again.
 //!
 //! Each output is a sum over `t` in order, so results agree with `sgemm`'s to rounding, and do
 //! not depend on how the caller splits the work. A build without AVX-512 (or an operand `b`
